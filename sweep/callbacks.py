@@ -1,0 +1,143 @@
+"""Tune callbacks that run on the driver: progress, failure rows and scoring hand-off.
+
+They are pickled into the experiment state with the run config, so they hold only plain
+settings; the scoring pool is created in `setup` and never pickled.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+
+from ray import tune
+
+from sweep.spec import BundleConfig
+from sweep.tables import TableWriter
+
+
+class ProgressCallback(tune.Callback):
+    """One line of progress: bundles done/running/left, networks converged/diverged, time left."""
+
+    def __init__(self, total_bundles: int, total_networks: int, every_s: float = 5.0, stream=None):
+        self.total_bundles = total_bundles
+        self.total_networks = total_networks
+        self.every_s = every_s
+        self._stream = stream
+        self._last: dict[str, dict] = {}
+        self._started = time.monotonic()
+        self._printed = 0.0
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state["_stream"] = None
+        return state
+
+    def setup(self, **info):
+        self._started = time.monotonic()
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        self._last[trial.trial_id] = result
+        self._print(trials)
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self._print(trials, force=True)
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self._print(trials, force=True)
+
+    def _print(self, trials, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self._printed < self.every_s:
+            return
+        self._printed = now
+        print(self.line(trials, now - self._started), file=self._stream or sys.stdout, flush=True)
+
+    def line(self, trials, elapsed: float) -> str:
+        done = sum(t.status in ("TERMINATED", "ERROR") for t in trials)
+        running = sum(t.status == "RUNNING" for t in trials)
+        left = self.total_bundles - done - running
+        totals = {"converged": 0, "diverged": 0, "budget": 0}
+        for trial in trials:
+            result = self._last.get(trial.trial_id) or trial.last_result or {}
+            for key in totals:
+                totals[key] += int(result.get(key, 0) or 0)
+        eta = "?"
+        if done:
+            eta = f"{elapsed / done * (self.total_bundles - done):.0f}s"
+        return (
+            f"[sweep] bundles {done}/{self.total_bundles} done, {running} running, {left} waiting | "
+            f"networks {totals['converged']} converged, {totals['diverged']} diverged, "
+            f"{totals['budget']} at budget of {self.total_networks} | "
+            f"elapsed {elapsed:.0f}s, about {eta} left"
+        )
+
+
+class FailedTrialCallback(tune.Callback):
+    """A trial that exhausted its retries still leaves one `networks` row per member."""
+
+    def __init__(self, table_root: str, sweep: str):
+        self.table_root = table_root
+        self.sweep = sweep
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        bundle = BundleConfig.from_dict(trial.config["bundle"])
+        message = _error_message(trial)
+        rows = [failed_row(member, bundle.bundle_id, self.sweep, message) for member in bundle.members]
+        TableWriter(self.table_root).write("networks", bundle.bundle_id, rows)
+
+
+def failed_row(member, bundle_id: str, sweep: str, message: str) -> dict:
+    nan = float("nan")
+    return {
+        **member.row(),
+        "network_id": member.network_id,
+        "bundle_id": bundle_id,
+        "sweep": sweep,
+        "status": "failed",
+        "steps": 0,
+        "epochs": nan,
+        "train_loss": nan,
+        "train_acc": nan,
+        "test_loss": nan,
+        "test_acc": nan,
+        "gap": nan,
+        "loss_gap": nan,
+        "wall_time_s": nan,
+        "message": message,
+    }
+
+
+def _error_message(trial) -> str:
+    error_file = getattr(trial, "error_file", None)
+    text = ""
+    if error_file:
+        try:
+            with open(error_file) as f:
+                text = f.read().strip().splitlines()[-1]
+        except OSError:
+            text = ""
+    return f"trial failed after {trial.num_failures} attempt(s): {text or 'see the trial log'}"
+
+
+class ScoringCallback(tune.Callback):
+    """Hands every reported checkpoint to the scoring pool; never waits on scoring."""
+
+    def __init__(self, pool_kwargs: dict):
+        self.pool_kwargs = pool_kwargs
+        self.pool = None
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state["pool"] = None
+        return state
+
+    def setup(self, **info):
+        from sweep.scoring import ScoringPool
+
+        self.pool = ScoringPool(**self.pool_kwargs)
+
+    def on_checkpoint(self, iteration, trials, trial, checkpoint, **info):
+        self.pool.submit(checkpoint)
+
+    def on_experiment_end(self, trials, **info):
+        self.pool.drain()

@@ -1,0 +1,255 @@
+"""The `sweep` command: run, resume, status, score, report, presets."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from importlib import resources
+from pathlib import Path
+
+DEFAULT_PRESET = "digits"
+
+
+class UsageError(Exception):
+    """A problem the user can fix; printed without a traceback, exit status 2."""
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args) or 0
+    except UsageError as exc:
+        print(f"sweep: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("sweep: interrupted; continue with `sweep resume PATH`", file=sys.stderr)
+        return 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sweep", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run a sweep from a preset or a spec file")
+    run.add_argument("source", nargs="?", default=DEFAULT_PRESET,
+                     help=f"preset name or .yaml/.toml spec (default: {DEFAULT_PRESET})")
+    run.add_argument("--storage", help="folder or s3://, gs:// URI for checkpoints and tables (default: ./sweeps)")
+    run.add_argument("--name", help="sweep name (default: <spec name>-<date>-<time>)")
+    run.add_argument("--address", help="Ray cluster to join, e.g. `auto` after `ray start` (default: a local Ray)")
+    run.add_argument("--max-networks", type=int, help="train only the first N networks of the grid")
+    run.add_argument("--dry-run", action="store_true", help="print the expanded plan and exit")
+    run.add_argument("--no-score", action="store_true", help="train only; score later with `sweep score`")
+    run.add_argument("--no-report", action="store_true", help="skip the report at the end")
+    run.set_defaults(func=cmd_run)
+
+    resume = sub.add_parser("resume", help="continue an interrupted sweep")
+    resume.add_argument("path", help="the sweep folder (<storage>/<name>)")
+    resume.add_argument("--address", help="Ray cluster to join (default: a local Ray)")
+    resume.add_argument("--no-report", action="store_true")
+    resume.set_defaults(func=cmd_resume)
+
+    status = sub.add_parser("status", help="show a sweep's progress from its tables and checkpoints")
+    status.add_argument("path")
+    status.set_defaults(func=cmd_status)
+
+    score = sub.add_parser("score", help="score a sweep's checkpoints that are not yet scored")
+    score.add_argument("path")
+    score.add_argument("--metrics", nargs="+", help="metrics to compute (default: the sweep's)")
+    score.add_argument("--points", type=int, help="test and train points per network")
+    score.add_argument("--rescore", action="store_true", help="score every checkpoint again")
+    score.add_argument("--address", help="Ray cluster to join (default: a local Ray)")
+    score.set_defaults(func=cmd_score)
+
+    report = sub.add_parser("report", help="write the report (Markdown + PNG) of a sweep")
+    report.add_argument("path")
+    report.add_argument("--no-bootstrap", action="store_true", help="skip bootstrap confidence intervals")
+    report.set_defaults(func=cmd_report)
+
+    presets = sub.add_parser("presets", help="list the presets")
+    presets.set_defaults(func=cmd_presets)
+    return parser
+
+
+def cmd_presets(args) -> int:
+    from sweep.spec import list_presets
+
+    for name, description in list_presets():
+        print(f"{name:20s} {description}")
+    return 0
+
+
+def _spec_text(source: str) -> tuple[str, str]:
+    """The spec's text and suffix, so a resume re-reads exactly what was run."""
+    path = Path(source)
+    if path.is_file():
+        return path.read_text(), path.suffix
+    preset = resources.files("sweep.presets").joinpath(f"{source}.yaml")
+    return preset.read_text(), ".yaml"
+
+
+def prepare(args):
+    """Validate everything the user gave before any Ray process starts."""
+    from sweep import runner
+    from sweep.data import DataError, check_available
+    from sweep.spec import SpecError, expand, limit_networks, load_spec
+
+    try:
+        spec = load_spec(args.source)
+        bundles = expand(spec)
+    except (SpecError, FileNotFoundError) as exc:
+        raise UsageError(str(exc)) from None
+    if args.max_networks is not None:
+        if args.max_networks < 1:
+            raise UsageError(f"--max-networks must be at least 1, got {args.max_networks}")
+        bundles = limit_networks(bundles, args.max_networks)
+    try:
+        for data_spec in {m.dataset for b in bundles for m in b.members}:
+            check_available(data_spec)
+    except DataError as exc:
+        raise UsageError(str(exc)) from None
+    if spec.resources.gpus_per_trial > 0 and not args.address:
+        import torch
+
+        if not torch.cuda.is_available():
+            raise UsageError(
+                f"the spec asks for {spec.resources.gpus_per_trial} GPU(s) per trial (resources.gpus_per_trial) "
+                "but this machine has none; set it to 0 or pass --address of a cluster with GPUs"
+            )
+    storage = runner.resolve_storage(args.storage or spec.storage)
+    name = args.name or f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    text, suffix = _spec_text(args.source)
+    return runner.make_plan(spec, bundles, name=name, storage=storage, spec_source=args.source,
+                            spec_text=text, spec_suffix=suffix), spec, bundles
+
+
+def start_ray(address: str | None) -> None:
+    import ray
+
+    try:
+        if address:
+            ray.init(address=address, log_to_driver=False)
+        else:
+            ray.init(address="local", include_dashboard=False, log_to_driver=False)
+    except (ConnectionError, RuntimeError, ValueError) as exc:
+        target = address or "a local Ray instance"
+        raise UsageError(
+            f"could not connect to Ray at {target}: {exc}. Start a cluster with `ray start --head` "
+            "(or check the address), or leave --address out to run locally"
+        ) from None
+
+
+def cmd_run(args) -> int:
+    from sweep import runner
+    from sweep.spec import plan_summary
+
+    plan, spec, bundles = prepare(args)
+    if args.dry_run:
+        print(plan_summary(spec, bundles))
+        return 0
+    try:
+        runner.ensure_writable(plan.storage)
+    except PermissionError as exc:
+        raise UsageError(str(exc)) from None
+    print(f"[sweep] {plan.name}: {plan.networks} networks in {len(plan.bundles)} bundles -> {plan.sweep_dir}")
+    start_ray(args.address)
+    started = time.monotonic()
+    results = runner.run(plan, score=not args.no_score)
+    return finish(plan, results, started, report=not args.no_report)
+
+
+def cmd_resume(args) -> int:
+    from sweep import runner
+
+    try:
+        plan = runner.load_plan(args.path)
+    except FileNotFoundError as exc:
+        raise UsageError(str(exc)) from None
+    start_ray(args.address)
+    started = time.monotonic()
+    try:
+        results = runner.resume(plan)
+    except FileNotFoundError as exc:
+        raise UsageError(str(exc)) from None
+    summary = runner.score(plan, runner.scoring_pool_kwargs(plan)["settings"])
+    print(f"[sweep] scored {summary['scored']} checkpoint(s) left unscored")
+    return finish(plan, results, started, report=not args.no_report)
+
+
+def finish(plan, results, started: float, *, report: bool) -> int:
+    from sweep.status import describe
+
+    errors = sum(1 for r in results if r.error is not None)
+    print(f"[sweep] finished in {time.monotonic() - started:.0f}s")
+    print(describe(plan))
+    if report:
+        _report(plan.sweep_dir, bootstrap=True)
+    if errors:
+        print(f"[sweep] {errors} bundle(s) failed after retries; their networks are recorded as failed",
+              file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_status(args) -> int:
+    from sweep import runner
+    from sweep.status import describe
+
+    try:
+        plan = runner.load_plan(args.path)
+    except FileNotFoundError as exc:
+        raise UsageError(str(exc)) from None
+    print(describe(plan))
+    return 0
+
+
+def cmd_score(args) -> int:
+    from sweep import runner
+    from sweep.scoring import ScoreSettings
+
+    try:
+        plan = runner.load_plan(args.path)
+    except FileNotFoundError as exc:
+        raise UsageError(str(exc)) from None
+    settings = ScoreSettings.from_spec(plan.scoring)
+    overrides = {}
+    if args.points is not None:
+        if args.points < 1:
+            raise UsageError(f"--points must be at least 1, got {args.points}")
+        overrides.update(points=args.points, train_points=args.points)
+    if args.metrics:
+        overrides["metrics"] = tuple(args.metrics)
+    try:
+        settings = settings.replace(**overrides) if overrides else settings
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    start_ray(args.address)
+    summary = runner.score(plan, settings, rescore=args.rescore or bool(overrides))
+    print(f"[sweep] scored {summary['scored']} of {summary['checkpoints']} checkpoint(s) -> {plan.table_root}")
+    return 0
+
+
+def cmd_report(args) -> int:
+    from sweep import runner
+
+    _report(runner.resolve_storage(args.path), bootstrap=not args.no_bootstrap)
+    return 0
+
+
+def _report(sweep_dir: str, *, bootstrap: bool) -> None:
+    from analysis.report import format_correlation_table, write_report
+    import analysis
+
+    try:
+        path = write_report(sweep_dir, bootstrap=bootstrap)
+        table = analysis.correlations(analysis.load(sweep_dir).wide, bootstrap=False)
+    except (FileNotFoundError, ValueError) as exc:
+        raise UsageError(str(exc)) from None
+    print(format_correlation_table(table))
+    print(f"[sweep] report: {path}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,370 @@
+"""The population trainer: a bundle of same-shape networks trained as one batched computation.
+
+Each member has its own initialisation, labels (random-label fraction), data order and
+augmentation draws (all from its seed; see `NetworkConfig.generator`), learning rate and
+optimizer state; it stops on its own (100% train accuracy at an epoch end, the budget, or a
+non-finite loss or parameter) and then leaves the batched computation.
+
+Layout: the live members' parameters are one flat buffer holding, layer by layer, W_l as
+[m, out, in] and b_l as [m, out] (m = live members). The optimizers work on the whole buffer
+at once with a per-element learning rate, so an update is a few kernels whatever the depth.
+They follow torch.optim's default formulas (SGD; SGD with momentum 0.9, dampening 0; Adam with
+betas (0.9, 0.999), eps 1e-8; RMSprop with alpha 0.99, eps 1e-8), so a member follows the same
+trajectory as `build_network` + the torch.optim optimizer fed the same batches.
+
+Members never interact: every op is per member (bmm, per-member mean losses summed, so each
+member's gradient is its own), so a diverging member cannot disturb the others.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+import torch
+import torch.nn.functional as F
+
+from metrics_core.nets import MLP, default_chunk_size, preactivations
+from sweep.data import Dataset, augment, augmentation_pad, draw_augmentation, random_labels
+from sweep.models import activation_of, init_parameters
+from sweep.spec import Budget, BundleConfig, NetworkConfig, param_count
+
+MOMENTUM = 0.9
+ADAM_BETAS = (0.9, 0.999)
+RMSPROP_ALPHA = 0.99
+EPS = 1e-8
+_SLOTS = {"sgd": (), "momentum": ("momentum_buffer",), "adam": ("exp_avg", "exp_avg_sq"),
+          "rmsprop": ("square_avg",)}
+STATE_FORMAT = 1
+
+
+def epoch_order(config: NetworkConfig, epoch: int, n: int) -> torch.Tensor:
+    """The order in which a network visits the n training examples in `epoch` (0-based)."""
+    return torch.randperm(n, generator=config.generator("order", epoch))
+
+
+def member_labels(config: NetworkConfig, data: Dataset) -> torch.Tensor:
+    """The training labels a network learns: true labels with its random-label fraction."""
+    return random_labels(data.y_train, config.random_label_fraction, data.num_classes,
+                         config.generator("labels"))
+
+
+def epoch_augmentation(config: NetworkConfig, epoch: int, data: Dataset):
+    """(shifts [N, 2], flips [N]) for the examples in epoch order, from the ``augment`` stream."""
+    return draw_augmentation(len(data.y_train), augmentation_pad(data.image_shape), data.hflip,
+                             config.generator("augment", epoch))
+
+
+class PopulationTrainer:
+    def __init__(self, bundle: BundleConfig, data: Dataset, budget: Budget, device="cpu"):
+        self.bundle = bundle
+        self.data = data
+        self.budget = budget
+        self.device = torch.device(device)
+        if data.x_train.device != self.device:
+            raise ValueError(f"data set is on {data.x_train.device} but the trainer on "
+                             f"{self.device}; load it with load_dataset(spec, device)")
+        self.members = bundle.members
+        self.activation = activation_of(self.members[0])
+        self.n = len(data.y_train)
+        self.batch = min(bundle.batch_size or self.n, self.n)
+        self.steps_per_epoch = math.ceil(self.n / self.batch)
+        self.sizes = [data.input_dim] + [bundle.width] * bundle.depth + [data.num_classes]
+        self.epoch = 0
+        self.steps = 0
+        self.elapsed = 0.0
+        count = len(self.members)
+        self.status = ["running"] * count
+        self.stopped_at = [(0, 0.0, 0.0)] * count  # (steps, epochs, wall time) at the stop
+        self.messages = [""] * count
+        self.labels = torch.stack([member_labels(c, data) for c in self.members])  # [M, N]
+        params = [init_parameters(c, data.input_dim, data.num_classes) for c in self.members]
+        # Population of all members (finished ones frozen); live rows are refreshed on demand.
+        self._weights = [torch.stack([p[l][0] for p in params]).to(self.device)
+                         for l in range(len(self.sizes) - 1)]
+        self._biases = [torch.stack([p[l][1] for p in params]).to(self.device)
+                        for l in range(len(self.sizes) - 1)]
+        self._set_live(list(range(count)), None, 0)
+
+    # ---- layout --------------------------------------------------------------------------
+
+    def _shapes(self) -> list[tuple[int, ...]]:
+        m = len(self.live)
+        out = []
+        for fan_in, fan_out in zip(self.sizes[:-1], self.sizes[1:]):
+            out += [(m, fan_out, fan_in), (m, fan_out)]
+        return out
+
+    def _views(self, flat: torch.Tensor) -> list[torch.Tensor]:
+        shapes = self._shapes()
+        parts = torch.split(flat, [math.prod(s) for s in shapes])
+        return [p.view(s) for p, s in zip(parts, shapes)]
+
+    def _flatten(self, tensors: list[torch.Tensor]) -> torch.Tensor:
+        return torch.cat([t.reshape(-1) for t in tensors])
+
+    def _set_live(self, live: list[int], slots: dict[str, torch.Tensor] | None,
+                  opt_step: int) -> None:
+        """Make `live` (member indices) the batched computation, taking parameters from the
+        population stacks and optimizer slots from `slots` (already in live order)."""
+        self.live = live
+        index = torch.tensor(live, dtype=torch.int64, device=self.device)
+        tensors = []
+        for w, b in zip(self._weights, self._biases):
+            tensors += [w.index_select(0, index), b.index_select(0, index)]
+        self._params = self._flatten(tensors).requires_grad_()
+        lrs = torch.tensor([self.members[i].learning_rate for i in live],
+                           dtype=torch.float32, device=self.device)
+        self._lr = self._flatten([lrs.view(-1, *[1] * (len(s) - 1)).expand(s)
+                                  for s in self._shapes()])
+        self._slots = slots if slots is not None else {
+            name: torch.zeros_like(self._params, requires_grad=False)
+            for name in _SLOTS[self.bundle.optimizer]}
+        self._opt_step = opt_step
+        self._live_labels = self.labels.index_select(0, index)
+
+    def _sync_population(self) -> None:
+        """Copy the live members' current parameters into the population stacks."""
+        if not self.live:
+            return
+        index = torch.tensor(self.live, dtype=torch.int64, device=self.device)
+        views = self._views(self._params.detach())
+        for layer in range(len(self._weights)):
+            self._weights[layer].index_copy_(0, index, views[2 * layer])
+            self._biases[layer].index_copy_(0, index, views[2 * layer + 1])
+
+    # ---- training ------------------------------------------------------------------------
+
+    @property
+    def done(self) -> bool:
+        return not self.live
+
+    def _forward(self, views: list[torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+        h = x
+        last = len(views) // 2 - 1
+        for layer in range(last + 1):
+            h = torch.baddbmm(views[2 * layer + 1].unsqueeze(1), h,
+                              views[2 * layer].transpose(1, 2))
+            if layer < last:
+                h = self.activation.forward(h)
+        return h
+
+    @torch.no_grad()
+    def _update(self, grad: torch.Tensor) -> None:
+        p, lr, s = self._params, self._lr, self._slots
+        self._opt_step += 1
+        kind = self.bundle.optimizer
+        if kind == "sgd":
+            p.sub_(lr * grad)
+        elif kind == "momentum":
+            s["momentum_buffer"].mul_(MOMENTUM).add_(grad)
+            p.sub_(lr * s["momentum_buffer"])
+        elif kind == "adam":
+            beta1, beta2 = ADAM_BETAS
+            s["exp_avg"].lerp_(grad, 1 - beta1)
+            s["exp_avg_sq"].mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+            correction1 = 1 - beta1 ** self._opt_step
+            correction2 = math.sqrt(1 - beta2 ** self._opt_step)
+            denom = (s["exp_avg_sq"].sqrt() / correction2).add_(EPS)
+            p.sub_(lr / correction1 * s["exp_avg"] / denom)
+        else:
+            s["square_avg"].mul_(RMSPROP_ALPHA).addcmul_(grad, grad, value=1 - RMSPROP_ALPHA)
+            p.sub_(lr * grad / s["square_avg"].sqrt().add_(EPS))
+
+    def _epoch_inputs(self):
+        """Per live member: the epoch's order [m, N] and augmentation draws, on the device."""
+        members = [self.members[i] for i in self.live]
+        order = torch.stack([epoch_order(c, self.epoch, self.n) for c in members])
+        if not self.bundle.augmentation:
+            return order.to(self.device), None
+        draws = [epoch_augmentation(c, self.epoch, self.data) for c in members]
+        shifts = torch.stack([d[0] for d in draws]).to(self.device)
+        flips = torch.stack([d[1] for d in draws]).to(self.device)
+        return order.to(self.device), (shifts, flips)
+
+    def _batch_inputs(self, idx: torch.Tensor, aug, start: int, stop: int) -> torch.Tensor:
+        x = self.data.x_train[idx]  # [m, B, d]
+        if aug is None:
+            return x
+        d = self.data
+        raw = augment(x * d.std + d.mean, d.image_shape, aug[0][:, start:stop],
+                      aug[1][:, start:stop], augmentation_pad(d.image_shape))
+        return (raw - d.mean) / d.std
+
+    def train_epoch(self) -> dict:
+        """One epoch for the live members, then the stopping and divergence checks."""
+        if self.done:
+            raise RuntimeError("every member of this bundle has stopped; check `done` first")
+        started = time.perf_counter()
+        order, aug = self._epoch_inputs()
+        m = len(self.live)
+        epoch_loss = torch.zeros(m, device=self.device)
+        steps_before = self.steps
+        for step in range(self.steps_per_epoch):
+            if self.budget.max_steps is not None and self.steps >= self.budget.max_steps:
+                break
+            start, stop = step * self.batch, min(self.n, (step + 1) * self.batch)
+            idx = order[:, start:stop]
+            x = self._batch_inputs(idx, aug, start, stop)
+            y = self._live_labels.gather(1, idx)
+            views = self._views(self._params)
+            logits = self._forward(views, x)
+            losses = F.cross_entropy(logits.flatten(0, 1), y.reshape(-1),
+                                     reduction="none").view(m, -1).mean(1)
+            grads = torch.autograd.grad(losses.sum(), views)
+            self._update(self._flatten(grads))
+            epoch_loss += losses.detach()
+            self.steps += 1
+        self.epoch += 1
+        model_steps = m * (self.steps - steps_before)
+        stopped = self._end_of_epoch(epoch_loss)
+        self.elapsed += time.perf_counter() - started
+        for member in stopped:
+            self.stopped_at[member] = (self.steps, self.steps / self.steps_per_epoch,
+                                       self.elapsed)
+        return {"epoch": self.epoch, "live": len(self.live), **self._counts(),
+                "model_steps": model_steps}
+
+    def _counts(self) -> dict:
+        return {k: self.status.count(k) for k in ("converged", "diverged", "budget")}
+
+    @torch.no_grad()
+    def _end_of_epoch(self, epoch_loss: torch.Tensor) -> list[int]:
+        """Mark members that diverged, converged or ran out of budget, take them out of the
+        batched computation, and return their indices."""
+        views = self._views(self._params.detach())
+        finite = torch.isfinite(epoch_loss)
+        for v in views:
+            finite &= torch.isfinite(v).flatten(1).all(1)
+        if self.budget.stop_at_full_train_acc:
+            live = MLP(tuple(views[0::2]), tuple(views[1::2]), self.activation)
+            _, acc = evaluate(live, self.data.x_train, self._live_labels)
+            full = acc == 1.0
+        else:
+            full = torch.zeros_like(finite)
+        out_of_budget = self.epoch >= self.budget.max_epochs or (
+            self.budget.max_steps is not None and self.steps >= self.budget.max_steps)
+        keep, stopped = [], []
+        for j, (ok, converged) in enumerate(zip(finite.tolist(), full.tolist())):
+            member = self.live[j]
+            if not ok:
+                self.status[member] = "diverged"
+                self.messages[member] = (
+                    f"non-finite loss or parameters in epoch {self.epoch} (learning rate "
+                    f"{self.members[member].learning_rate:g}); kept with the weights it had then")
+            elif converged:
+                self.status[member] = "converged"
+            elif out_of_budget:
+                self.status[member] = "budget"
+            else:
+                keep.append(j)
+                continue
+            stopped.append(member)
+        if stopped:
+            self._sync_population()  # freezes the stopped members' final weights
+            index = torch.tensor(keep, dtype=torch.int64, device=self.device)
+            slots = {k: self._views_select(v, index) for k, v in self._slots.items()}
+            self._set_live([self.live[j] for j in keep], slots, self._opt_step)
+        return stopped
+
+    def _views_select(self, flat: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        return self._flatten([v.index_select(0, index) for v in self._views(flat)])
+
+    # ---- results -------------------------------------------------------------------------
+
+    def population(self) -> MLP:
+        """All members in bundle order; finished members frozen at their final weights."""
+        self._sync_population()
+        return MLP(tuple(w.clone() for w in self._weights),
+                   tuple(b.clone() for b in self._biases), self.activation)
+
+    def network_rows(self) -> list[dict]:
+        """One `networks` row per member (docs/tables.md columns, minus `sweep`)."""
+        mlp = self.population()
+        train_loss, train_acc = evaluate(mlp, self.data.x_train, self.labels)
+        labels_test = self.data.y_test.expand(len(self.members), -1)
+        test_loss, test_acc = evaluate(mlp, self.data.x_test, labels_test)
+        params = param_count(self.members[0], self.data.input_dim, self.data.num_classes)
+        rows = []
+        for i, config in enumerate(self.members):
+            running = self.status[i] == "running"
+            steps, epochs, wall = ((self.steps, self.steps / self.steps_per_epoch, self.elapsed)
+                                   if running else self.stopped_at[i])
+            metrics = [train_loss[i].item(), train_acc[i].item(), test_loss[i].item(),
+                       test_acc[i].item()]
+            if self.status[i] == "diverged":  # missing, never a misleading number
+                metrics = [math.nan] * 4
+            tr_loss, tr_acc, te_loss, te_acc = metrics
+            rows.append({
+                **config.row(),
+                "bundle_id": self.bundle.bundle_id,
+                "train_size": self.n,
+                "batch_size": self.batch,
+                "param_count": params,
+                "status": self.status[i],
+                "steps": steps,
+                "epochs": float(epochs),
+                "train_loss": tr_loss, "train_acc": tr_acc,
+                "test_loss": te_loss, "test_acc": te_acc,
+                "gap": tr_acc - te_acc,
+                "loss_gap": te_loss - tr_loss,
+                "wall_time_s": float(wall),
+                "message": self.messages[i],
+            })
+        return rows
+
+    # ---- exact resume --------------------------------------------------------------------
+
+    def state_dict(self) -> dict:
+        """Everything needed to continue exactly: population weights, live set, optimizer
+        state and counters. Data order, labels and augmentation are functions of (seed, epoch)
+        and need no generator state. Plain tensors (CPU), lists, dicts, str, int, float."""
+        pop = self.population()
+        return {
+            "format": STATE_FORMAT,
+            "network_ids": self.bundle.network_ids,
+            "epoch": self.epoch,
+            "steps": self.steps,
+            "elapsed": self.elapsed,
+            "weights": [w.cpu() for w in pop.weights],
+            "biases": [b.cpu() for b in pop.biases],
+            "live": list(self.live),
+            "optimizer_step": self._opt_step,
+            "optimizer_slots": {k: v.cpu() for k, v in self._slots.items()},
+            "status": list(self.status),
+            "stopped_at": [list(s) for s in self.stopped_at],
+            "messages": list(self.messages),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        if state.get("format") != STATE_FORMAT:
+            raise ValueError(f"trainer state has format {state.get('format')!r}, expected "
+                             f"{STATE_FORMAT}; it was written by another version of sweep")
+        if state["network_ids"] != self.bundle.network_ids:
+            raise ValueError("trainer state belongs to another bundle (its network ids differ "
+                             f"from bundle {self.bundle.bundle_id}); resume with the bundle "
+                             "config stored next to it")
+        self.epoch, self.steps, self.elapsed = state["epoch"], state["steps"], state["elapsed"]
+        self._weights = [w.to(self.device) for w in state["weights"]]
+        self._biases = [b.to(self.device) for b in state["biases"]]
+        self.status = list(state["status"])
+        self.stopped_at = [tuple(s) for s in state["stopped_at"]]
+        self.messages = list(state["messages"])
+        slots = {k: v.to(self.device) for k, v in state["optimizer_slots"].items()}
+        self._set_live(list(state["live"]), slots, state["optimizer_step"])
+
+
+@torch.no_grad()
+def evaluate(mlp: MLP, x: torch.Tensor, labels: torch.Tensor):
+    """Mean cross-entropy and accuracy [M] of each member on x [N, d] with labels [M, N]."""
+    m, n = mlp.num_models, x.shape[0]
+    loss = torch.zeros(m, dtype=torch.float64, device=x.device)
+    correct = torch.zeros(m, dtype=torch.int64, device=x.device)
+    chunk = default_chunk_size(m * (max(mlp.hidden_sizes) + mlp.num_classes))
+    for start in range(0, n, chunk):
+        h = preactivations(mlp, x[start:start + chunk])[1]  # logits [M, chunk, C]
+        y = labels[:, start:start + chunk]
+        loss += F.cross_entropy(h.flatten(0, 1), y.reshape(-1), reduction="none").view(
+            m, -1).sum(1, dtype=torch.float64)
+        correct += (h.argmax(-1) == y).sum(1)
+    return loss / n, correct.double() / n

@@ -1,0 +1,234 @@
+"""Turns a validated sweep spec into a Ray Tune experiment, and resumes one."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow.fs as pafs
+
+from sweep.spec import BundleConfig, SweepSpec
+
+SWEEP_FILE = "sweep.json"
+
+
+@dataclass(frozen=True)
+class SweepPlan:
+    """Everything a run or a resume needs, saved beside the experiment as sweep.json."""
+
+    name: str
+    storage: str
+    spec_source: str
+    spec_text: str
+    spec_suffix: str
+    bundles: tuple[dict, ...]
+    checkpoint_every_epochs: int | None
+    budget: dict
+    resources: dict
+    scoring: dict
+
+    @property
+    def sweep_dir(self) -> str:
+        return join_uri(self.storage, self.name)
+
+    @property
+    def table_root(self) -> str:
+        return join_uri(self.sweep_dir, "tables")
+
+    @property
+    def networks(self) -> int:
+        return sum(len(b["members"]) for b in self.bundles)
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=1)
+
+    @classmethod
+    def from_json(cls, text: str) -> "SweepPlan":
+        data = json.loads(text)
+        data["bundles"] = tuple(data["bundles"])
+        return cls(**data)
+
+
+def join_uri(base: str, *parts: str) -> str:
+    return "/".join([base.rstrip("/"), *parts])
+
+
+def resolve_storage(storage: str | None) -> str:
+    """A URI stays as it is; a local path becomes absolute (Ray Tune needs that)."""
+    if storage and "://" in storage:
+        return storage
+    return str(Path(storage or "sweeps").expanduser().resolve())
+
+
+def save_plan(plan: SweepPlan) -> None:
+    fs, path = pafs.FileSystem.from_uri(plan.sweep_dir)
+    fs.create_dir(path, recursive=True)
+    with fs.open_output_stream(f"{path}/{SWEEP_FILE}") as f:
+        f.write(plan.to_json().encode())
+
+
+def load_plan(sweep_dir: str) -> SweepPlan:
+    fs, path = pafs.FileSystem.from_uri(resolve_storage(sweep_dir))
+    try:
+        with fs.open_input_stream(f"{path}/{SWEEP_FILE}") as f:
+            return SweepPlan.from_json(f.read().decode())
+    except FileNotFoundError:
+        raise FileNotFoundError(
+            f"{sweep_dir} is not a sweep directory (no {SWEEP_FILE}); pass the folder that "
+            "`sweep run` printed, e.g. sweeps/digits-20261127-120000"
+        ) from None
+
+
+def make_plan(spec: SweepSpec, bundles: list[BundleConfig], *, name: str, storage: str,
+              spec_source: str, spec_text: str, spec_suffix: str) -> SweepPlan:
+    return SweepPlan(
+        name=name,
+        storage=storage,
+        spec_source=spec_source,
+        spec_text=spec_text,
+        spec_suffix=spec_suffix,
+        bundles=tuple(b.to_dict() for b in bundles),
+        checkpoint_every_epochs=spec.checkpoints.every_epochs,
+        budget=dataclasses.asdict(spec.budget),
+        resources=dataclasses.asdict(spec.resources),
+        scoring=dataclasses.asdict(spec.scoring),
+    )
+
+
+def param_space(plan: SweepPlan, extra: dict | None = None) -> dict:
+    from ray import tune
+
+    return {
+        "bundle": tune.grid_search(list(plan.bundles)),
+        "budget": plan.budget,
+        "checkpoint_every_epochs": plan.checkpoint_every_epochs,
+        "cpus_per_trial": plan.resources["cpus_per_trial"],
+        "gpus_per_trial": plan.resources["gpus_per_trial"],
+        "sweep": plan.name,
+        "sweep_dir": plan.sweep_dir,
+        "table_root": plan.table_root,
+        **(extra or {}),
+    }
+
+
+def _trial_dirname(trial) -> str:
+    return f"bundle-{trial.config['bundle']['bundle_id']}"
+
+
+def _trainable(plan: SweepPlan):
+    from ray import tune
+
+    from sweep.trainable import train_bundle
+
+    return tune.with_resources(
+        train_bundle,
+        {"cpu": plan.resources["cpus_per_trial"], "gpu": plan.resources["gpus_per_trial"]},
+    )
+
+
+def _run_config(plan: SweepPlan, *, score: bool, max_failures: int, progress_stream=None):
+    from ray import tune
+
+    from sweep.callbacks import FailedTrialCallback, ProgressCallback, ScoringCallback
+
+    callbacks = [
+        ProgressCallback(len(plan.bundles), plan.networks, stream=progress_stream),
+        FailedTrialCallback(plan.table_root, plan.name),
+    ]
+    if score:
+        callbacks.append(ScoringCallback(scoring_pool_kwargs(plan)))
+    return tune.RunConfig(
+        name=plan.name,
+        storage_path=plan.storage,
+        failure_config=tune.FailureConfig(max_failures=max_failures),
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=None),
+        callbacks=callbacks,
+        verbose=0,
+    )
+
+
+def scoring_pool_kwargs(plan: SweepPlan, settings=None) -> dict:
+    from sweep.scoring import ScoreSettings
+
+    return {
+        "num_actors": plan.resources["scoring_actors"],
+        "gpus_per_actor": plan.resources.get("gpus_per_scoring_actor", 0.0),
+        "table_root": plan.table_root,
+        "settings": settings or ScoreSettings.from_spec(plan.scoring),
+    }
+
+
+def run(plan: SweepPlan, *, score: bool = True, max_failures: int = 2, extra_config: dict | None = None,
+        progress_stream=None):
+    """Run every bundle of the plan as a Tune trial; returns Tune's ResultGrid."""
+    from ray import tune
+
+    save_plan(plan)
+    tuner = tune.Tuner(
+        _trainable(plan),
+        param_space=param_space(plan, extra_config),
+        tune_config=tune.TuneConfig(trial_dirname_creator=_trial_dirname, reuse_actors=False),
+        run_config=_run_config(plan, score=score, max_failures=max_failures, progress_stream=progress_stream),
+    )
+    return tuner.fit()
+
+
+def score(plan: SweepPlan, settings, *, rescore: bool = False) -> dict:
+    """Score the sweep's checkpoints that have no scores yet (all of them with `rescore`)."""
+    from ray import tune
+
+    from sweep.scoring import ScoringPool, unscored
+
+    found = checkpoints(plan)
+    todo = found if rescore else unscored(plan.table_root, found)
+    pool = ScoringPool(**scoring_pool_kwargs(plan, settings))
+    for _, uri in todo:
+        pool.submit(tune.Checkpoint(uri))
+    pool.drain()
+    return {"checkpoints": len(found), "scored": len(todo), **pool.stats()}
+
+
+def resume(plan: SweepPlan):
+    """Continue an interrupted sweep: finished bundles are kept, the others continue from
+    their last checkpoint, errored ones are retried from theirs."""
+    from ray import tune
+
+    if not tune.Tuner.can_restore(plan.sweep_dir):
+        raise FileNotFoundError(
+            f"{plan.sweep_dir} has no Ray Tune experiment state to resume (it was stopped before its "
+            "first trial started); start it again with `sweep run`"
+        )
+    tuner = tune.Tuner.restore(plan.sweep_dir, trainable=_trainable(plan), resume_errored=True)
+    return tuner.fit()
+
+
+def checkpoints(plan: SweepPlan) -> list[tuple[str, str]]:
+    """(bundle_id, checkpoint directory URI) for every checkpoint the sweep has written."""
+    fs, root = pafs.FileSystem.from_uri(plan.sweep_dir)
+    found = []
+    for info in fs.get_file_info(pafs.FileSelector(root, allow_not_found=True)):
+        name = info.base_name
+        if info.type != pafs.FileType.Directory or not name.startswith("bundle-"):
+            continue
+        for sub in fs.get_file_info(pafs.FileSelector(info.path)):
+            if sub.type == pafs.FileType.Directory and sub.base_name.startswith("checkpoint_"):
+                found.append((name.removeprefix("bundle-"), join_uri(plan.sweep_dir, name, sub.base_name)))
+    return sorted(found)
+
+
+def ensure_writable(storage: str) -> None:
+    """Fail before Ray starts when the storage cannot take the sweep."""
+    fs, path = pafs.FileSystem.from_uri(storage)
+    probe = f"{path}/.sweep-write-test-{os.getpid()}"
+    try:
+        fs.create_dir(path, recursive=True)
+        with fs.open_output_stream(probe) as f:
+            f.write(b"ok")
+        fs.delete_file(probe)
+    except OSError as exc:
+        raise PermissionError(
+            f"storage {storage} is not writable ({exc}); pass --storage with a folder or bucket you can write to"
+        ) from None

@@ -1,0 +1,26 @@
+"""What a sweep has produced so far, read from its storage alone (no Ray needed)."""
+
+from __future__ import annotations
+
+from sweep.runner import SweepPlan, checkpoints
+from sweep.scoring import unscored
+from sweep.tables import TableWriter
+
+
+def describe(plan: SweepPlan) -> str:
+    tables = TableWriter(plan.table_root)
+    networks = tables.read("networks")
+    done_bundles = set(networks["bundle_id"]) if len(networks) else set()
+    counts = networks["status"].value_counts() if len(networks) else {}
+    found = checkpoints(plan)
+    waiting = unscored(plan.table_root, found)
+    lines = [
+        f"sweep {plan.name} at {plan.sweep_dir}",
+        f"  bundles: {len(done_bundles)} of {len(plan.bundles)} finished",
+        f"  networks: {len(networks)} of {plan.networks} recorded"
+        + "".join(f", {int(counts.get(s, 0))} {s}" for s in ("converged", "budget", "diverged", "failed")),
+        f"  checkpoints: {len(found)} written, {len(found) - len(waiting)} scored",
+        f"  tables: {plan.table_root}",
+    ]
+    return "\n".join(lines)
+

@@ -1,0 +1,121 @@
+"""The Ray Tune trial: one bundle of same-shape networks trained as a population.
+
+Checkpoints (docs/architecture.md) are reported at initialisation, every
+`checkpoint_every_epochs` epochs and at the end; a retried or resumed trial restores the
+trainer's full state from the latest one and continues exactly where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+
+import torch
+
+from sweep.data import load_dataset
+from sweep.population import PopulationTrainer
+from sweep.spec import Budget, BundleConfig
+from sweep.tables import TableWriter
+
+POPULATION_FILE = "population.pt"
+META_FILE = "meta.json"
+
+
+def checkpoint_payload(trainer: PopulationTrainer, bundle: BundleConfig, tag: str) -> tuple[dict, dict]:
+    """The two files of a checkpoint: tensors (weights_only-loadable) and JSON metadata."""
+    mlp = trainer.population()
+    population = {
+        "weights": [w.detach().cpu() for w in mlp.weights],
+        "biases": [b.detach().cpu() for b in mlp.biases],
+        "activation": mlp.activation.name,
+        "activation_params": dict(mlp.activation.params),
+        "trainer": trainer.state_dict(),
+    }
+    rows = trainer.network_rows()
+    meta = {
+        "bundle_id": bundle.bundle_id,
+        "bundle": bundle.to_dict(),
+        "network_ids": [m.network_id for m in bundle.members],
+        "tag": tag,
+        "step": trainer.steps,
+        "epoch": trainer.epoch,
+        "statuses": [row["status"] for row in rows],
+    }
+    return population, meta
+
+
+def write_checkpoint(directory: Path, population: dict, meta: dict) -> None:
+    torch.save(population, directory / POPULATION_FILE)
+    (directory / META_FILE).write_text(json.dumps(meta, indent=1))
+
+
+def _device(config: dict) -> str:
+    return "cuda" if config.get("gpus_per_trial", 0) > 0 and torch.cuda.is_available() else "cpu"
+
+
+def _maybe_inject_fault(config: dict, epoch: int, bundle_id: str) -> None:
+    """Fail once at a chosen epoch (tests of retry and exact resume), marked on the storage."""
+    fault = config.get("fail_once_at_epoch")
+    if fault is None or epoch != fault:
+        return
+    marker = Path(config["sweep_dir"]) / "injected-faults" / bundle_id
+    if marker.exists():
+        return
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    marker.touch()
+    raise RuntimeError(f"fault injected on purpose at epoch {epoch} (fail_once_at_epoch)")
+
+
+def train_bundle(config: dict) -> None:
+    """Tune function trainable; `config` is built by `sweep.runner.param_space`."""
+    from ray import tune
+
+    torch.set_num_threads(max(1, int(config.get("cpus_per_trial", 1))))
+    bundle = BundleConfig.from_dict(config["bundle"])
+    budget = Budget(**config["budget"])
+    every = config.get("checkpoint_every_epochs")
+    device = _device(config)
+    data = load_dataset(bundle.members[0].dataset, device=device)
+    trainer = PopulationTrainer(bundle, data, budget, device=device)
+
+    def report(tag: str | None) -> None:
+        metrics = {
+            "bundle_id": bundle.bundle_id,
+            "members": len(bundle.members),
+            "epoch": trainer.epoch,
+            "steps": trainer.steps,
+            "done": trainer.done,
+            **_status_counts(trainer),
+        }
+        if tag is None:
+            tune.report(metrics)
+            return
+        population, meta = checkpoint_payload(trainer, bundle, tag)
+        with tempfile.TemporaryDirectory() as tmp:
+            write_checkpoint(Path(tmp), population, meta)
+            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))
+
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is None:
+        report("init")
+    else:
+        with checkpoint.as_directory() as directory:
+            state = torch.load(Path(directory) / POPULATION_FILE, weights_only=True, map_location=device)
+        trainer.load_state_dict(state["trainer"])
+
+    while not trainer.done:
+        trainer.train_epoch()
+        _maybe_inject_fault(config, trainer.epoch, bundle.bundle_id)
+        if trainer.done:
+            rows = [{**row, "sweep": config["sweep"]} for row in trainer.network_rows()]
+            TableWriter(config["table_root"]).write("networks", bundle.bundle_id, rows)
+            report("end")
+        elif every and trainer.epoch % every == 0:
+            report(f"epoch-{trainer.epoch:06d}")
+        else:
+            report(None)
+
+
+def _status_counts(trainer: PopulationTrainer) -> dict:
+    return {status: trainer.status.count(status) for status in ("running", "converged", "budget", "diverged")}

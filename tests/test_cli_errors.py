@@ -1,0 +1,116 @@
+"""The bad-input catalogue (docs/failures.md): every case exits non-zero with a message that
+names the problem, before any Ray process starts, and never with a bare traceback."""
+
+from pathlib import Path
+
+import pytest
+
+from sweep.cli import main
+
+GOOD = """
+name: ok
+datasets: [digits]
+grid:
+  widths: [8]
+  depths: [1]
+  learning_rates: [0.1]
+budget:
+  max_epochs: 2
+"""
+
+
+def spec_file(tmp_path: Path, text: str, suffix: str = ".yaml") -> str:
+    path = tmp_path / f"spec{suffix}"
+    path.write_text(text)
+    return str(path)
+
+
+def run_cli(capsys, *argv):
+    code = main([str(a) for a in argv])
+    captured = capsys.readouterr()
+    return code, captured.err + captured.out
+
+
+CASES = {
+    "unknown preset": (["run", "no-such-preset"], "unknown preset"),
+    "missing spec file": (["run", "/nonexistent/spec.yaml"], "not found"),
+    "unknown top-level key": (GOOD + "colour: blue\n", "colour"),
+    "unknown grid key": (GOOD.replace("depths: [1]", "depths: [1]\n  dropout: [0.5]"), "grid.dropout"),
+    "wrong type": (GOOD.replace("widths: [8]", "widths: eight"), "grid.widths"),
+    "empty grid": (GOOD.replace("widths: [8]", "widths: []"), "grid.widths"),
+    "negative width": (GOOD.replace("widths: [8]", "widths: [-3]"), "grid.widths"),
+    "negative train size": (GOOD.replace("datasets: [digits]", "datasets: [{name: digits, train_size: -5}]"),
+                            "train_size"),
+    "train size beyond the data set": (GOOD.replace("datasets: [digits]",
+                                                    "datasets: [{name: digits, train_size: 99999}]"), "train_size"),
+    "unknown data set": (GOOD.replace("datasets: [digits]", "datasets: [imagenet]"), "imagenet"),
+    "unknown activation": (GOOD.replace("depths: [1]", "depths: [1]\n  activations: [swishy]"), "swishy"),
+    "negative learning rate": (GOOD.replace("learning_rates: [0.1]", "learning_rates: [-0.1]"),
+                               "learning_rates"),
+    "zero epochs": (GOOD.replace("max_epochs: 2", "max_epochs: 0"), "budget.max_epochs"),
+    "missing budget": (GOOD.replace("budget:\n  max_epochs: 2\n", ""), "budget"),
+    "not YAML": ("name: [unclosed\n", "YAML"),
+    "label noise above 1": (GOOD.replace("depths: [1]", "depths: [1]\n  random_label_fractions: [1.5]"),
+                            "random_label_fractions"),
+    "zero bundle size": (GOOD + "resources:\n  bundle_size: 0\n", "resources.bundle_size"),
+    "GPUs on a machine without them": (GOOD + "resources:\n  gpus_per_trial: 1\n", "GPU"),
+    "image_folder without a path": (GOOD.replace("datasets: [digits]", "datasets: [image_folder]"), "path"),
+    "missing data set offline": (GOOD.replace("datasets: [digits]",
+                                              "datasets: [{name: mnist, data_root: /nonexistent/data}]"),
+                                 "download"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_bad_spec_is_refused_with_a_message(case, tmp_path, capsys):
+    source, expected = CASES[case]
+    argv = source if isinstance(source, list) else ["run", spec_file(tmp_path, source), "--dry-run"]
+    code, text = run_cli(capsys, *argv)
+    assert code == 2, text
+    assert expected.lower() in text.lower(), text
+    assert "Traceback" not in text
+
+
+def test_toml_spec_with_wrong_type(tmp_path, capsys):
+    toml = 'name = "t"\ndatasets = ["digits"]\n[grid]\nwidths = ["x"]\ndepths = [1]\nlearning_rates = [0.1]\n' \
+           '[budget]\nmax_epochs = 1\n'
+    code, text = run_cli(capsys, "run", spec_file(tmp_path, toml, ".toml"), "--dry-run")
+    assert code == 2 and "grid.widths" in text
+
+
+def test_grid_beyond_the_limit(tmp_path, capsys):
+    huge = GOOD.replace("widths: [8]", f"widths: {list(range(1, 2001))}").replace(
+        "learning_rates: [0.1]", f"learning_rates: {[0.001 * i for i in range(1, 101)]}")
+    code, text = run_cli(capsys, "run", spec_file(tmp_path, huge), "--dry-run")
+    assert code == 2 and "networks" in text and "limit" in text
+
+
+def test_max_networks_must_be_positive(tmp_path, capsys):
+    code, text = run_cli(capsys, "run", spec_file(tmp_path, GOOD), "--max-networks", "0", "--dry-run")
+    assert code == 2 and "--max-networks" in text
+
+
+def test_storage_that_is_a_file(tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    code, text = run_cli(capsys, "run", spec_file(tmp_path, GOOD), "--storage", blocker / "sub")
+    assert code == 2 and "not writable" in text
+
+
+@pytest.mark.parametrize("command", ["status", "resume", "score", "report"])
+def test_commands_on_a_folder_that_is_not_a_sweep(command, tmp_path, capsys):
+    code, text = run_cli(capsys, command, tmp_path)
+    assert code == 2, text
+    assert str(tmp_path) in text and "Traceback" not in text
+
+
+def test_dry_run_prints_the_plan(tmp_path, capsys):
+    code, text = run_cli(capsys, "run", spec_file(tmp_path, GOOD), "--dry-run")
+    assert code == 0 and "1 networks" in text
+
+
+def test_presets_are_listed(capsys):
+    code, text = run_cli(capsys, "presets")
+    assert code == 0
+    for name in ("digits", "paper-trajectories", "paper-capacity", "paper-factors", "paper-datasets"):
+        assert name in text

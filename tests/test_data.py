@@ -1,0 +1,138 @@
+"""Data sets: digits, image_folder on real CIFAR-10 JPEGs, random labels, augmentation,
+and the offline error message."""
+
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from sweep.data import (DataError, augment, check_available, draw_augmentation, load_dataset,
+                        random_labels)
+from sweep.spec import DataSpec
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+CIFAR = SHARED / "cifar10"
+CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship",
+           "truck"]
+
+
+def test_digits_shapes_split_and_standardisation():
+    data = load_dataset(DataSpec("digits"))
+    assert data.x_train.shape == (1297, 64) and data.x_test.shape == (500, 64)
+    assert data.x_train.dtype == torch.float32 and data.y_train.dtype == torch.int64
+    assert data.image_shape == (1, 8, 8) and data.num_classes == 10 and not data.hflip
+    assert torch.bincount(torch.cat([data.y_train, data.y_test])).tolist() == [
+        178, 182, 177, 183, 181, 182, 181, 179, 174, 180]
+    # Standardised per feature on the train split; raw pixels come back in [0, 1] as /16.
+    raw = data.x_train * data.std + data.mean
+    raw_std = raw.std(0)
+    floor = 0.1 * raw_std.mean()
+    assert torch.allclose(data.std, raw_std.clamp_min(floor), rtol=1e-4)
+    assert data.x_train.mean(0).abs().max() < 1e-5
+    varying = raw_std > floor
+    assert 40 < int(varying.sum()) < 64  # digits has blank border pixels: those are floored
+    assert torch.allclose(data.x_train[:, varying].std(0), torch.ones(int(varying.sum())),
+                          atol=1e-4)
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    pixels = {tuple(row) for row in (digits.data / 16.0).round(4).tolist()}
+    assert all(tuple(row) in pixels for row in raw[:50].double().round(decimals=4).tolist())
+
+
+def test_digits_is_deterministic_and_cached():
+    a = load_dataset(DataSpec("digits"))
+    assert load_dataset(DataSpec("digits"), "cpu") is a  # one copy per process and device
+    assert load_dataset(DataSpec("digits", train_size=300)) is not a
+    small = load_dataset(DataSpec("digits", train_size=300, test_size=100))
+    assert small.x_train.shape == (300, 64) and small.x_test.shape == (100, 64)
+    again = load_dataset(DataSpec("digits", train_size=300, test_size=100, download=True))
+    assert torch.equal(again.x_train, small.x_train) and torch.equal(again.y_test, small.y_test)
+
+
+def test_random_labels_exact_fraction_and_seeded():
+    y = torch.arange(1000) % 10
+    gen = lambda seed: torch.Generator().manual_seed(seed)  # noqa: E731
+    for fraction in (0.0, 0.1, 0.25, 1.0):
+        noisy = random_labels(y, fraction, 10, gen(0))
+        assert int((noisy != y).sum()) == round(fraction * 1000)
+        assert noisy.min() >= 0 and noisy.max() < 10
+    assert torch.equal(random_labels(y, 0.3, 10, gen(1)), random_labels(y, 0.3, 10, gen(1)))
+    assert not torch.equal(random_labels(y, 0.3, 10, gen(1)), random_labels(y, 0.3, 10, gen(2)))
+    # New classes are spread over the other nine classes.
+    noisy = random_labels(y, 1.0, 10, gen(3))
+    assert torch.bincount((noisy - y) % 10, minlength=10)[1:].min() > 60
+
+
+def test_augment_matches_a_per_image_loop():
+    gen = torch.Generator().manual_seed(0)
+    c, h, w, pad = 3, 6, 5, 2
+    raw = torch.rand(4, 7, c * h * w, generator=gen)
+    shifts, flips = draw_augmentation(28, pad, True, gen)
+    out = augment(raw, (c, h, w), shifts.view(4, 7, 2), flips.view(4, 7), pad)
+    assert out.shape == raw.shape
+    images = raw.reshape(28, c, h, w)
+    for i in range(28):
+        img = torch.nn.functional.pad(images[i], (pad, pad, pad, pad))
+        dy, dx = shifts[i].tolist()
+        crop = img[:, dy:dy + h, dx:dx + w]
+        if flips[i]:
+            crop = crop.flip(-1)
+        assert torch.equal(out.reshape(28, c, h, w)[i], crop)
+    assert flips.any() and not draw_augmentation(28, pad, False, gen)[1].any()
+
+
+def test_missing_torchvision_data_offline(tmp_path):
+    spec = DataSpec("mnist", data_root=str(tmp_path), download=False)
+    with pytest.raises(DataError) as info:
+        check_available(spec)
+    message = str(info.value)
+    assert str(tmp_path / "MNIST" / "raw") in message and "download: true" in message
+    with pytest.raises(DataError, match="download: true"):
+        load_dataset(spec)
+    check_available(DataSpec("mnist", data_root=str(tmp_path), download=True))  # deferred
+
+
+def test_image_folder_needs_train_and_test(tmp_path):
+    (tmp_path / "train" / "cat").mkdir(parents=True)
+    with pytest.raises(DataError, match=r"test is missing or has no class folders"):
+        check_available(DataSpec("image_folder", path=str(tmp_path)))
+
+
+@pytest.fixture(scope="module")
+def cifar_folder(tmp_path_factory):
+    if not CIFAR.is_dir():
+        pytest.skip(f"real CIFAR-10 JPEGs not found at {CIFAR} (shared/data is absent)")
+    root = tmp_path_factory.mktemp("cifar_jpg")
+    for archive, keep in (("cifar10-train-jpg.tar.gz", 12), ("cifar10-test-jpg.tar.gz", 6)):
+        with tarfile.open(CIFAR / archive) as tar:
+            members = [m for m in tar if m.isfile() and int(Path(m.name).stem) < keep]
+            tar.extractall(root, members=members, filter="data")
+    return root
+
+
+def test_image_folder_on_real_jpegs(cifar_folder):
+    data = load_dataset(DataSpec("image_folder", path=str(cifar_folder)))
+    assert data.x_train.shape == (120, 3072) and data.x_test.shape == (60, 3072)
+    assert data.image_shape == (3, 32, 32) and data.num_classes == 10 and data.hflip
+    assert torch.bincount(data.y_train).tolist() == [12] * 10
+    # Independent decode with Pillow: image k of class c is train/<c>/000k.jpg (sorted order).
+    raw = (data.x_train * data.std + data.mean).view(120, 3, 32, 32)
+    for index in (0, 37, 119):
+        cls, k = divmod(index, 12)
+        path = cifar_folder / "train" / CLASSES[cls] / f"{k:04d}.jpg"
+        expected = np.asarray(Image.open(path).convert("RGB"), dtype=np.float32) / 255.0
+        assert data.y_train[index] == cls
+        assert np.abs(raw[index].permute(1, 2, 0).numpy() - expected).max() < 1e-5
+
+
+def test_image_folder_subset_decodes_only_what_it_keeps(cifar_folder):
+    data = load_dataset(DataSpec("image_folder", path=str(cifar_folder), train_size=30,
+                                 test_size=20))
+    assert data.x_train.shape == (30, 3072) and data.x_test.shape == (20, 3072)
+    again = load_dataset(DataSpec("image_folder", path=str(cifar_folder), train_size=30,
+                                  test_size=20, download=True))
+    assert torch.equal(data.x_train, again.x_train)

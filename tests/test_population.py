@@ -1,0 +1,246 @@
+"""Population trainer: members against networks trained alone with torch.optim, exact resume,
+divergence isolation and independent stopping. Data: scikit-learn's digits (offline)."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from sweep.data import augment, augmentation_pad, load_dataset
+from sweep.models import build_network
+from sweep.population import (PopulationTrainer, epoch_augmentation, epoch_order,
+                              member_labels)
+from sweep.spec import Budget, BundleConfig, DataSpec, NetworkConfig
+
+DIGITS = DataSpec("digits")
+TORCH_OPTIMIZERS = {
+    "sgd": lambda p, lr: torch.optim.SGD(p, lr=lr),
+    "momentum": lambda p, lr: torch.optim.SGD(p, lr=lr, momentum=0.9),
+    "adam": lambda p, lr: torch.optim.Adam(p, lr=lr),
+    "rmsprop": lambda p, lr: torch.optim.RMSprop(p, lr=lr),
+}
+LEARNING_RATES = {"sgd": (0.05, 0.1, 0.02), "momentum": (0.01, 0.03, 0.005),
+                  "adam": (0.001, 0.003, 0.0005), "rmsprop": (0.001, 0.0003, 0.002)}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    # Digits-sized nets are dominated by thread hand-offs; on a shared 2-core box one
+    # thread is several times faster.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_dataset(DIGITS)
+
+
+def net(optimizer="momentum", lr=0.03, seed=0, width=32, depth=2, batch=64, noise=0.0,
+        aug=False, activation="relu", init="torch_default", data=DIGITS):
+    return NetworkConfig(data, width, depth, activation, optimizer, lr, batch, noise, aug, seed,
+                         init)
+
+
+def train_alone(config: NetworkConfig, data, epochs: int) -> torch.nn.Sequential:
+    """The reference: nn.Sequential + torch.optim, fed the member's batches one by one."""
+    model = build_network(config, data.input_dim, data.num_classes)
+    opt = TORCH_OPTIMIZERS[config.optimizer](model.parameters(), config.learning_rate)
+    labels = member_labels(config, data)
+    n = len(labels)
+    batch = config.batch_size or n
+    pad = augmentation_pad(data.image_shape)
+    for epoch in range(epochs):
+        order = epoch_order(config, epoch, n)
+        shifts, flips = epoch_augmentation(config, epoch, data)
+        for start in range(0, n, batch):
+            idx = order[start:start + batch]
+            x = data.x_train[idx]
+            if config.augmentation:
+                raw = augment(x * data.std + data.mean, data.image_shape,
+                              shifts[start:start + batch], flips[start:start + batch], pad)
+                x = (raw - data.mean) / data.std
+            loss = F.cross_entropy(model(x), labels[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    return model
+
+
+def member_params(trainer: PopulationTrainer, member: int) -> list[torch.Tensor]:
+    pop = trainer.population()
+    out = []
+    for w, b in zip(pop.weights, pop.biases):
+        out += [w[member], b[member]]
+    return out
+
+
+def assert_close_params(actual: list[torch.Tensor], expected: list[torch.Tensor], tol: float):
+    for a, e in zip(actual, expected):
+        scale = e.abs().max().item()
+        assert (a - e).abs().max().item() <= tol * max(scale, 1.0)
+
+
+@pytest.mark.parametrize("optimizer", sorted(TORCH_OPTIMIZERS))
+def test_member_follows_the_network_trained_alone(digits, optimizer):
+    lrs = LEARNING_RATES[optimizer]
+    members = (net(optimizer, lrs[0], seed=1, noise=0.2), net(optimizer, lrs[1], seed=2),
+               net(optimizer, lrs[2], seed=3, noise=0.5))
+    trainer = PopulationTrainer(BundleConfig(members), digits,
+                                Budget(max_epochs=3, stop_at_full_train_acc=False))
+    while not trainer.done:
+        trainer.train_epoch()
+    assert trainer.steps == 3 * math.ceil(1297 / 64)
+    for i, config in enumerate(members):
+        alone = train_alone(config, digits, epochs=3)
+        assert_close_params(member_params(trainer, i), list(alone.parameters()), 2e-5)
+
+
+@pytest.mark.parametrize("variant", ["full_batch", "augmentation", "tanh_he_normal"])
+def test_member_follows_the_network_trained_alone_variants(digits, variant):
+    kwargs = {"full_batch": dict(optimizer="sgd", lr=0.5, batch=None),
+              "augmentation": dict(aug=True),
+              "tanh_he_normal": dict(activation="tanh", init="he_normal", depth=3)}[variant]
+    members = (net(seed=4, **kwargs), net(seed=5, **kwargs))
+    epochs = 20 if variant == "full_batch" else 2
+    trainer = PopulationTrainer(BundleConfig(members), digits,
+                                Budget(max_epochs=epochs, stop_at_full_train_acc=False))
+    while not trainer.done:
+        trainer.train_epoch()
+    for i, config in enumerate(members):
+        alone = train_alone(config, digits, epochs=epochs)
+        assert_close_params(member_params(trainer, i), list(alone.parameters()), 2e-5)
+    # The initial parameters alone differ from the trained ones (training did happen).
+    init = build_network(members[0], digits.input_dim, digits.num_classes)
+    assert not torch.allclose(member_params(trainer, 0)[0], next(init.parameters()))
+
+
+def run(trainer: PopulationTrainer) -> PopulationTrainer:
+    while not trainer.done:
+        trainer.train_epoch()
+    return trainer
+
+
+@pytest.mark.parametrize("optimizer", ["momentum", "adam"])
+def test_resume_is_exact(digits, tmp_path, optimizer):
+    lr = 0.1 if optimizer == "momentum" else 0.01
+    members = BundleConfig((net(optimizer, lr, seed=0, width=64),
+                            net(optimizer, lr / 3, seed=1, width=64),
+                            net(optimizer, lr, seed=2, noise=0.3, width=64),
+                            net(optimizer, 1e30, seed=3, width=64)))  # diverges
+    budget = Budget(max_epochs=14)
+    straight = run(PopulationTrainer(members, digits, budget))
+
+    first = PopulationTrainer(members, digits, budget)
+    for _ in range(5):
+        first.train_epoch()
+    assert 0 < len(first.live) < 4  # some members already stopped: compaction is resumed too
+    torch.save(first.state_dict(), tmp_path / "state.pt")
+    state = torch.load(tmp_path / "state.pt", weights_only=True)
+    resumed = PopulationTrainer(members, digits, budget)
+    resumed.load_state_dict(state)
+    run(resumed)
+
+    assert resumed.status == straight.status
+    assert resumed.steps == straight.steps and resumed.epoch == straight.epoch
+    for a, b in zip(resumed.population().weights + resumed.population().biases,
+                    straight.population().weights + straight.population().biases):
+        assert torch.equal(a.nan_to_num(), b.nan_to_num())
+    keys = ("status", "steps", "epochs", "train_loss", "test_acc")
+    assert ([[r[k] for k in keys] for r in resumed.network_rows()]
+            == [[r[k] for k in keys] for r in straight.network_rows()])
+
+
+def test_state_of_another_bundle_is_refused(digits):
+    a = PopulationTrainer(BundleConfig((net(seed=0),)), digits, Budget(max_epochs=1))
+    b = PopulationTrainer(BundleConfig((net(seed=1),)), digits, Budget(max_epochs=1))
+    with pytest.raises(ValueError, match="another bundle"):
+        b.load_state_dict(a.state_dict())
+
+
+def test_diverged_member_does_not_disturb_the_others(digits):
+    good = (net("sgd", 0.2, seed=0), net("sgd", 0.1, seed=1, noise=0.2))
+    bad = net("sgd", 1e6, seed=2)
+    budget = Budget(max_epochs=4, stop_at_full_train_acc=False)
+    with_bad = run(PopulationTrainer(BundleConfig((good[0], bad, good[1])), digits, budget))
+    without = run(PopulationTrainer(BundleConfig(good), digits, budget))
+
+    assert with_bad.status == ["budget", "diverged", "budget"]
+    assert_close_params(member_params(with_bad, 0), member_params(without, 0), 1e-6)
+    assert_close_params(member_params(with_bad, 2), member_params(without, 1), 1e-6)
+    rows = with_bad.network_rows()
+    assert len(rows) == 3  # recorded, never dropped
+    assert rows[1]["status"] == "diverged" and "non-finite" in rows[1]["message"]
+    assert rows[1]["steps"] < with_bad.steps  # stopped at the end of its first epoch
+    assert all(math.isnan(rows[1][k]) for k in ("train_loss", "test_acc", "gap"))
+    assert rows[0]["message"] == "" and rows[0]["train_acc"] > 0.5
+
+
+def test_members_stop_on_their_own(digits):
+    fast, slow = net("momentum", 0.1, seed=0, width=64), net("momentum", 0.002, seed=1, width=64)
+    trainer = PopulationTrainer(BundleConfig((fast, slow)), digits, Budget(max_epochs=12))
+    reports = []
+    while not trainer.done:
+        reports.append(trainer.train_epoch())
+    assert trainer.status == ["converged", "budget"]
+    stop = next(r["epoch"] for r in reports if r["converged"] == 1)
+    assert stop < 12
+    assert [r["live"] for r in reports] == [2] * (stop - 1) + [1] * (12 - stop) + [0]
+    assert all(r["model_steps"] == (2 if r["epoch"] <= stop else 1) * 21 for r in reports)
+
+    # The converged member stayed frozen: it equals the same network trained alone for
+    # exactly `stop` epochs, and its row shows 100% train accuracy at that point.
+    alone = train_alone(fast, digits, epochs=stop)  # bmm vs mm rounding grows with lr·steps
+    assert_close_params(member_params(trainer, 0), list(alone.parameters()), 1e-4)
+    longer = train_alone(fast, digits, epochs=stop + 1)
+    assert not torch.allclose(member_params(trainer, 0)[0], next(longer.parameters()), atol=1e-3)
+    rows = trainer.network_rows()
+    assert rows[0]["train_acc"] == 1.0 and rows[0]["epochs"] == stop
+    assert rows[0]["steps"] == stop * 21 and rows[1]["steps"] == 12 * 21
+    assert rows[1]["train_acc"] < 1.0 and rows[1]["status"] == "budget"
+    assert rows[0]["wall_time_s"] <= rows[1]["wall_time_s"]
+
+
+def test_max_steps_stops_mid_epoch(digits):
+    trainer = run(PopulationTrainer(BundleConfig((net(seed=0),)), digits,
+                                    Budget(max_epochs=10, max_steps=30,
+                                           stop_at_full_train_acc=False)))
+    row = trainer.network_rows()[0]
+    assert (row["status"], row["steps"]) == ("budget", 30)
+    assert row["epochs"] == pytest.approx(30 / 21)
+
+
+def test_rows_match_the_networks_table(digits):
+    config = net(batch=None, noise=0.25)
+    trainer = PopulationTrainer(BundleConfig((config,)), digits, Budget(max_epochs=1))
+    trainer.train_epoch()
+    row = trainer.network_rows()[0]
+    columns = ("network_id bundle_id dataset train_size random_label_fraction augmentation "
+               "width depth activation optimizer learning_rate batch_size full_batch seed init "
+               "param_count status steps epochs train_loss train_acc test_loss test_acc gap "
+               "loss_gap wall_time_s message").split()
+    assert sorted(row) == sorted(columns)
+    assert row["batch_size"] == row["train_size"] == 1297 and row["full_batch"] is True
+    assert row["param_count"] == sum(p.numel() for p in build_network(config, 64, 10).parameters())
+    # Train metrics use the member's own (noisy) labels: recompute them independently.
+    model = build_network(config, 64, 10)
+    pop = trainer.population()
+    with torch.no_grad():
+        for layer, linear in enumerate(model[0::2]):
+            linear.weight.copy_(pop.weights[layer][0])
+            linear.bias.copy_(pop.biases[layer][0])
+        logits = model(digits.x_train)
+    labels = member_labels(config, digits)
+    assert row["train_loss"] == pytest.approx(F.cross_entropy(logits, labels).item(), rel=1e-5)
+    assert row["train_acc"] == pytest.approx((logits.argmax(1) == labels).double().mean().item())
+    assert row["gap"] == pytest.approx(row["train_acc"] - row["test_acc"])
+
+
+def test_trainer_uses_the_data_set_in_place(digits):
+    trainer = PopulationTrainer(BundleConfig((net(),)), digits, Budget(max_epochs=1))
+    assert trainer.data is load_dataset(DIGITS)  # one copy per process, not per trainer
+    with pytest.raises(ValueError, match="load_dataset"):
+        PopulationTrainer(BundleConfig((net(),)), digits, Budget(max_epochs=1), device="meta")

@@ -1,0 +1,219 @@
+"""Sweep specs: validation messages, presets, expansion and stable ids."""
+
+import copy
+import json
+import re
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from sweep.spec import (BundleConfig, NetworkConfig, SpecError, expand, limit_networks,
+                        list_presets, load_spec, networks, parse_spec, plan_summary)
+
+VALID = {
+    "name": "small",
+    "datasets": ["digits"],
+    "grid": {"widths": [8, 16], "depths": [1, 2], "optimizers": ["sgd", "adam"],
+             "learning_rates": {"sgd": [0.1, 0.03], "adam": [0.001]},
+             "batch_sizes": [32, None], "random_label_fractions": [0.0, 0.5],
+             "seeds": [0, 1, 2]},
+    "budget": {"max_epochs": 5},
+    "resources": {"bundle_size": 4},
+}
+
+
+def with_change(path: str, value):
+    spec = copy.deepcopy(VALID)
+    *parents, last = path.split(".")
+    node = spec
+    for key in parents:
+        node = node[int(key)] if isinstance(node, list) else node[key]
+    if value is DELETE:
+        del node[last]
+    else:
+        node[last] = value
+    return spec
+
+
+DELETE = object()
+MALFORMED = [
+    (with_change("colour", "blue"), "colour: unknown key"),
+    (with_change("grid.widths", [32, -3]), "grid.widths[1]: expected a positive integer, got -3"),
+    (with_change("grid.widths", []), "grid.widths: must not be empty"),
+    (with_change("grid.depths", "2"), "grid.depths: expected a list"),
+    (with_change("grid.seeds", [0, 0]), "grid.seeds: duplicate"),
+    (with_change("datasets", ["imagenet"]), "datasets[0].name: unknown value 'imagenet'"),
+    (with_change("datasets", [{"name": "digits", "train_size": -10}]),
+     "datasets[0].train_size: expected a positive integer, got -10"),
+    (with_change("datasets", [{"name": "digits", "train_size": 5000}]),
+     "datasets[0].train_size: digits has 1297"),
+    (with_change("datasets", [{"name": "image_folder"}]), "datasets[0].path: required"),
+    (with_change("budget.max_epochs", 2.5), "budget.max_epochs: expected a positive integer"),
+    (with_change("budget", {}), "budget.max_epochs: required key is missing"),
+    (with_change("budget.stop_at_full_train_acc", "yes"),
+     "budget.stop_at_full_train_acc: expected true or false"),
+    (with_change("grid.learning_rates", {"sgd": [0.1]}), "grid.learning_rates.adam: missing"),
+    (with_change("grid.learning_rates", [0.1, -0.01]), "grid.learning_rates[1]: expected a number"),
+    (with_change("grid.random_label_fractions", [1.5]),
+     "grid.random_label_fractions[0]: expected a number in [0.0, 1.0]"),
+    (with_change("grid.activations", ["swish"]), "grid.activations[0]: unknown value 'swish'"),
+    (with_change("resources.bundle_size", 0), "resources.bundle_size: expected a positive integer"),
+    (with_change("resources.gpus", 1), "resources.gpus: unknown key"),
+    (with_change("scoring", {"metrics": ["jacobian"]}), "scoring.metrics[0]: unknown value"),
+    (with_change("grid", DELETE), "grid: required key is missing"),
+]
+
+
+@pytest.mark.parametrize("raw, message", MALFORMED, ids=[m for _, m in MALFORMED])
+def test_malformed_spec_names_the_key(tmp_path, raw, message):
+    with pytest.raises(SpecError, match="^" + re.escape(message)):
+        parse_spec(raw)
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    with pytest.raises(SpecError) as info:
+        load_spec(path)
+    assert str(info.value).startswith(f"{path}: {message}")
+
+
+def test_unknown_preset_and_missing_file():
+    with pytest.raises(SpecError, match=r"unknown preset 'digitz'; available presets: digits"):
+        load_spec("digitz")
+    with pytest.raises(SpecError, match="not found"):
+        load_spec("no/such/spec.yaml")
+
+
+def test_invalid_yaml_is_a_spec_error(tmp_path):
+    path = tmp_path / "broken.yaml"
+    path.write_text("grid: [unclosed\n")
+    with pytest.raises(SpecError, match="not valid YAML"):
+        load_spec(path)
+
+
+def test_cli_style_exit_before_anything_starts(tmp_path):
+    """A bad spec fails in a fresh interpreter without importing Ray or torch."""
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(with_change("grid.widths", [-3])))
+    code = ("import sys; from sweep.spec import load_spec, SpecError\n"
+            "try:\n    load_spec(sys.argv[1])\nexcept SpecError as e:\n"
+            "    print(e); print('ray' in sys.modules, 'torch' in sys.modules); sys.exit(2)")
+    result = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 2
+    assert "grid.widths[0]" in result.stdout and "False False" in result.stdout
+
+
+def test_toml_spec_equals_yaml(tmp_path):
+    toml = tmp_path / "small.toml"
+    toml.write_text("""
+name = "small"
+datasets = ["digits"]
+[grid]
+widths = [8, 16]
+depths = [1, 2]
+optimizers = ["sgd", "adam"]
+batch_sizes = [32, "full"]
+random_label_fractions = [0.0, 0.5]
+seeds = [0, 1, 2]
+[grid.learning_rates]
+sgd = [0.1, 0.03]
+adam = [0.001]
+[budget]
+max_epochs = 5
+[resources]
+bundle_size = 4
+""")
+    assert load_spec(toml) == parse_spec(VALID)
+
+
+def test_expansion_counts_and_bundles():
+    spec = parse_spec(VALID)
+    nets = networks(spec)
+    # widths 2 × depths 2 × (sgd 2 + adam 1) × batches 2 × noise 2 × seeds 3, by brute force:
+    expected = {(w, d, o, lr, b, f, s) for w in (8, 16) for d in (1, 2)
+                for o, lrs in (("sgd", (0.1, 0.03)), ("adam", (0.001,))) for lr in lrs
+                for b in (32, None) for f in (0.0, 0.5) for s in (0, 1, 2)}
+    assert {(n.width, n.depth, n.optimizer, n.learning_rate, n.batch_size,
+             n.random_label_fraction, n.seed) for n in nets} == expected
+    assert len(nets) == len(expected) == spec.grid.size() == 144
+    assert len({n.network_id for n in nets}) == 144
+
+    bundles = expand(spec)
+    members = [m for b in bundles for m in b.members]
+    assert sorted(m.network_id for m in members) == sorted(n.network_id for n in nets)
+    for b in bundles:
+        assert 1 <= len(b.members) <= 4
+        assert len({(m.width, m.depth, m.optimizer, m.batch_size) for m in b.members}) == 1
+    # A group of 12 sgd networks (2 lr × 2 noise × 3 seeds) splits into 3 bundles of 4;
+    # a group of 6 adam networks into 2 bundles of 3 (even sizes, not 4 + 2).
+    sizes = sorted(len(b.members) for b in bundles if b.optimizer == "adam")
+    assert sizes == [3] * 16
+
+
+def test_ids_are_stable_and_ignore_where_data_lives():
+    net = networks(load_spec("digits"))[0]
+    assert net.network_id == NetworkConfig.from_dict(json.loads(json.dumps(net.to_dict()))).network_id
+    assert len(net.network_id) == 16
+    moved = NetworkConfig.from_dict({**net.to_dict(),
+                                     "dataset": {**net.to_dict()["dataset"], "data_root": "/x"}})
+    assert moved.network_id == net.network_id
+    reseeded = NetworkConfig.from_dict({**net.to_dict(), "seed": 99})
+    assert reseeded.network_id != net.network_id
+    # Pinned: a change here re-keys every stored result, so it must be deliberate.
+    assert net.network_id == PINNED_FIRST_DIGITS_ID
+
+
+PINNED_FIRST_DIGITS_ID = "443905e18f17aa37"
+
+
+def test_bundle_round_trips_through_json():
+    bundle = expand(load_spec("digits"))[0]
+    again = BundleConfig.from_dict(json.loads(json.dumps(bundle.to_dict())))
+    assert again == bundle and again.bundle_id == bundle.bundle_id
+    assert again.network_ids == [m.network_id for m in bundle.members]
+
+
+def test_bundle_refuses_mixed_shapes():
+    a, b = networks(parse_spec(VALID))[0], networks(parse_spec(VALID))[-1]
+    with pytest.raises(ValueError, match="differ in 'width'"):
+        BundleConfig((a, b))
+
+
+def test_presets_load_and_match_their_descriptions():
+    presets = dict(list_presets())
+    assert set(presets) == {"digits", "paper-trajectories", "paper-capacity", "paper-factors",
+                            "paper-datasets"}
+    counts = {name: len(networks(load_spec(name))) for name in presets}
+    assert counts["digits"] >= 48
+    assert counts["paper-capacity"] == 2160
+    for name, description in presets.items():
+        assert f"{counts[name]} networks" in description, name
+        assert load_spec(name).name == name
+    digits = load_spec("digits")
+    assert {len(digits.grid.widths) > 1, len(digits.grid.depths) > 1,
+            len(digits.grid.learning_rates[0][1]) > 1,
+            len(digits.grid.random_label_fractions) > 1} == {True}
+
+
+def test_plan_summary_reports_networks_bundles_and_memory():
+    spec = load_spec("digits")
+    text = plan_summary(spec, expand(spec))
+    assert text.startswith("sweep digits: 48 networks in 6 bundles")
+    assert "MiB" in text and "64→128×2" in text
+
+
+def test_row_has_the_hyperparameter_columns():
+    row = networks(parse_spec(VALID))[0].row()
+    assert set(row) == {"network_id", "dataset", "train_size", "random_label_fraction",
+                        "augmentation", "width", "depth", "activation", "optimizer",
+                        "learning_rate", "batch_size", "full_batch", "seed", "init"}
+    assert row["dataset"] == "digits" and row["full_batch"] is False
+
+
+def test_limit_networks_keeps_the_first_ones():
+    bundles = expand(load_spec("digits"))
+    limited = limit_networks(bundles, 11)
+    assert [len(b.members) for b in limited] == [8, 3]
+    assert [m for b in limited for m in b.members] == [m for b in bundles for m in b.members][:11]
+    assert limit_networks(bundles, 1000) == bundles
