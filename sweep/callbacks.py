@@ -139,5 +139,16 @@ class ScoringCallback(tune.Callback):
     def on_checkpoint(self, iteration, trials, trial, checkpoint, **info):
         self.pool.submit(checkpoint)
 
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        self.pool.poll()  # notices dead actors during the sweep, not only at the end
+
     def on_experiment_end(self, trials, **info):
-        self.pool.drain()
+        stats = self.pool.drain()
+        self.pool.shutdown()
+        print(scoring_summary(stats), flush=True)
+
+
+def scoring_summary(stats: dict) -> str:
+    line = (f"[sweep] scored {stats['done']} checkpoint(s), {stats['failed']} failed, "
+            f"{stats['retried']} retried after an actor was lost")
+    return "\n".join([line, *(f"[sweep]   failed: {f}" for f in stats["failures"])])

@@ -138,7 +138,7 @@ def _run_config(plan: SweepPlan, *, score: bool, max_failures: int, progress_str
         ProgressCallback(len(plan.bundles), plan.networks, stream=progress_stream),
         FailedTrialCallback(plan.table_root, plan.name),
     ]
-    if score:
+    if score and plan.resources["scoring_actors"] > 0:
         callbacks.append(ScoringCallback(scoring_pool_kwargs(plan)))
     return tune.RunConfig(
         name=plan.name,
@@ -154,8 +154,9 @@ def scoring_pool_kwargs(plan: SweepPlan, settings=None) -> dict:
     from sweep.scoring import ScoreSettings
 
     return {
-        "num_actors": plan.resources["scoring_actors"],
-        "gpus_per_actor": plan.resources.get("gpus_per_scoring_actor", 0.0),
+        "num_actors": max(1, plan.resources["scoring_actors"]),
+        "cpus_per_actor": plan.resources["cpus_per_scoring_actor"],
+        "gpus_per_actor": plan.resources["gpus_per_scoring_actor"],
         "table_root": plan.table_root,
         "settings": settings or ScoreSettings.from_spec(plan.scoring),
     }
@@ -187,8 +188,9 @@ def score(plan: SweepPlan, settings, *, rescore: bool = False) -> dict:
     pool = ScoringPool(**scoring_pool_kwargs(plan, settings))
     for _, uri in todo:
         pool.submit(tune.Checkpoint(uri))
-    pool.drain()
-    return {"checkpoints": len(found), "scored": len(todo), **pool.stats()}
+    stats = pool.drain()
+    pool.shutdown()
+    return {"checkpoints": len(found), "scored": len(todo), **stats}
 
 
 def resume(plan: SweepPlan):

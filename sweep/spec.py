@@ -263,7 +263,9 @@ class Resources:
     cpus_per_trial: float = 1.0
     gpus_per_trial: float = 0.0
     scoring_actors: int = 1
-    cpus_per_scoring_actor: float = 1.0
+    # Scoring comes in bursts at checkpoints: by default it shares the trials' cores rather than
+    # reserving one that would idle in between (and hold back a trial on a small machine).
+    cpus_per_scoring_actor: float = 0.0
     gpus_per_scoring_actor: float = 0.0
     max_concurrent_trials: int | None = None  # None = as many as resources allow
 

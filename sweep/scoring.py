@@ -1,0 +1,631 @@
+"""Scoring checkpoints: the metric core on a bundle's stacked population, as table rows.
+
+Pure computation and file I/O only (no Ray): `ScoringActor` in `sweep.scoring_actors` wraps
+`Scorer`, and the benchmark and tests use it directly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import math
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+import metrics_core as mc
+from sweep import storage
+from sweep.tables import TableWriter, checkpoint_key, empty
+
+POPULATION_FILE = "population.pt"
+META_FILE = "meta.json"
+
+WEIGHT_METRICS = ("param_count", "weight_norm_sq", "spectral_product", "path_norm")
+POINT_METRICS = ("jacobian_softmax", "jacobian_logits", "transitions", "margin", "loss", "accuracy")
+METRICS = POINT_METRICS[:3] + WEIGHT_METRICS + POINT_METRICS[3:]
+TRAJECTORY_KINDS = ("random", "different_class", "same_class")
+# Trajectory profiles and slice maps are the paper's before/after-training pictures.
+PROFILE_TAGS = ("init", "end")
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be read; the message names its path."""
+
+
+@dataclass(frozen=True)
+class ScoreSettings:
+    """What to compute for every checkpoint: the fields of `SweepSpec.scoring` (same names and
+    defaults) plus `chunk_size` (points per chunk, bounds memory) and the points' `seed`."""
+
+    points: int = 1000
+    train_points: int = 1000
+    transitions_k: int = 256
+    trajectory: str = "ellipse"
+    circle_radius: float = 1.0
+    metrics: tuple[str, ...] = METRICS
+    trajectories: bool = False
+    ellipses_per_kind: int = 16
+    slices: bool = False
+    slice_count: int = 2
+    slice_grid: int = 256
+    slice_layers: str = "last"
+    chunk_size: int | None = None
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "metrics", tuple(self.metrics))
+        unknown = sorted(set(self.metrics) - set(METRICS))
+        if unknown or not self.metrics:
+            raise ValueError(
+                f"scoring.metrics: unknown {unknown or 'empty list'}; choose from {', '.join(METRICS)}"
+            )
+        for name in ("points", "transitions_k", "ellipses_per_kind", "slice_count", "slice_grid"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"scoring.{name} must be at least 1, got {getattr(self, name)}")
+        if self.train_points < 0:
+            raise ValueError(f"scoring.train_points must be 0 (no train split) or more, got {self.train_points}")
+        if self.trajectory not in ("ellipse", "circle"):
+            raise ValueError(f"scoring.trajectory must be 'ellipse' or 'circle', got {self.trajectory!r}")
+        if not self.circle_radius > 0:
+            raise ValueError(f"scoring.circle_radius must be positive, got {self.circle_radius}")
+        if self.slice_layers not in ("last", "all"):
+            raise ValueError(f"scoring.slice_layers must be 'last' or 'all', got {self.slice_layers!r}")
+        if self.chunk_size is not None and self.chunk_size < 1:
+            raise ValueError(f"scoring.chunk_size must be a positive number of points, got {self.chunk_size}")
+
+    @classmethod
+    def from_spec(cls, scoring: object) -> ScoreSettings:
+        """From `SweepSpec.scoring` (the dataclass or its dict)."""
+        values = dict(scoring) if isinstance(scoring, Mapping) else dataclasses.asdict(scoring)
+        unknown = sorted(set(values) - {f.name for f in dataclasses.fields(cls)})
+        if unknown:
+            raise ValueError(f"scoring settings {unknown} are not known to sweep.scoring.ScoreSettings")
+        return cls(**values)
+
+    def replace(self, **changes: object) -> ScoreSettings:
+        return dataclasses.replace(self, **changes)
+
+
+@dataclass(frozen=True)
+class Probe:
+    """The fixed points of one split that every network of a data set is scored on."""
+
+    split: str
+    index: np.ndarray  # [n] indices into the split
+    x: Tensor  # [n, d]
+    y: Tensor  # [n]
+    partners: Tensor  # [n, 2, d]: the other two anchors of each point's transition ellipse
+
+
+@dataclass(frozen=True)
+class ScoringInputs:
+    """Everything a checkpoint is scored on, prepared once per data set, settings and device."""
+
+    probes: tuple[Probe, ...]
+    ellipses: Mapping[str, Tensor]  # kind -> [E, k, d]
+    slice_anchors: Tensor  # [S, 3, d]
+
+
+def fixed_points(num_points: int, n: int, seed: int) -> np.ndarray:
+    """Sorted indices of `n` points of a split of `num_points` (all of them when n >= num_points);
+    a function of the seed alone, so every network of a data set sees the same points."""
+    if n >= num_points:
+        return np.arange(num_points)
+    generator = torch.Generator().manual_seed(seed)
+    return np.sort(torch.randperm(num_points, generator=generator)[:n].numpy())
+
+
+def prepare(data, settings: ScoreSettings) -> ScoringInputs:
+    """The fixed points, transition partners, ellipses and slice anchors for `data` (a
+    `sweep.data.Dataset`), on the data's device; deterministic in `settings.seed`."""
+    generator = torch.Generator().manual_seed(settings.seed)
+    splits = [("test", data.x_test, data.y_test, settings.points)]
+    if settings.train_points:
+        splits.append(("train", data.x_train, data.y_train, settings.train_points))
+    probes = []
+    for offset, (split, x, y, n) in enumerate(splits):
+        index = fixed_points(len(x), n, settings.seed + offset)
+        partners = _partner_indices(torch.as_tensor(index), len(x), generator).to(x.device)
+        probes.append(Probe(split, index, x[index], y[index], x[partners]))
+    ellipses: dict[str, Tensor] = {}
+    if settings.trajectories:
+        ellipses = _ellipses(data, settings.ellipses_per_kind, settings.transitions_k, generator)
+    picks = torch.stack([torch.randperm(len(data.x_train), generator=generator)[:3] for _ in range(settings.slice_count)])
+    return ScoringInputs(tuple(probes), ellipses, data.x_train[picks.to(data.x_train.device)])
+
+
+def _partner_indices(index: Tensor, num_points: int, generator: torch.Generator) -> Tensor:
+    """[n, 2] indices of two points of the split, distinct from each other and from `index`.
+
+    Offsets r1 != r2 in [0, n-2] from each point land on two other points: r2 is r1 shifted
+    by 1 + s (mod n-1), s in [0, n-3], so it can never equal r1.
+    """
+    if num_points < 3:
+        raise ValueError(f"transition ellipses need at least 3 points in a split, got {num_points}")
+    r1 = torch.randint(0, num_points - 1, index.shape, generator=generator)
+    s = torch.randint(0, num_points - 2, index.shape, generator=generator)
+    r2 = (r1 + 1 + s) % (num_points - 1)
+    return torch.stack([(index + 1 + r1) % num_points, (index + 1 + r2) % num_points], dim=1)
+
+
+def _ellipses(data, n: int, k: int, generator: torch.Generator) -> dict[str, Tensor]:
+    """[n, k, d] trajectories of the three kinds of the paper's manifold experiment."""
+    x, y = data.x_train, data.y_train.cpu()
+    classes = torch.unique(y)
+    if len(classes) < 3:
+        raise ValueError(f"different-class ellipses need 3 classes in the train split, got {len(classes)}")
+    different, same = [], []
+    members = {int(c): torch.nonzero(y == c).flatten() for c in classes}
+    eligible = [c for c, idx in members.items() if len(idx) >= 3]
+    for _ in range(n):
+        chosen = classes[torch.randperm(len(classes), generator=generator)[:3]]
+        different.append(torch.stack([_pick(members[int(c)], 1, generator)[0] for c in chosen]))
+        cls = eligible[int(torch.randint(len(eligible), (1,), generator=generator))]
+        same.append(_pick(members[cls], 3, generator))
+    anchors = {
+        "different_class": x[torch.stack(different).to(x.device)],
+        "same_class": x[torch.stack(same).to(x.device)],
+    }
+    mean, std = x.mean(0), x.std(0)
+    random = mc.random_ellipse(mean, std, k, generator=_device_generator(generator, x.device), n=n)
+    return {
+        "random": random,
+        **{kind: mc.ellipse(a[:, 0], a[:, 1], a[:, 2], k) for kind, a in anchors.items()},
+    }
+
+
+def _pick(indices: Tensor, n: int, generator: torch.Generator) -> Tensor:
+    return indices[torch.randperm(len(indices), generator=generator)[:n]]
+
+
+def _device_generator(generator: torch.Generator, device: torch.device) -> torch.Generator:
+    seed = int(torch.randint(2**62, (1,), generator=generator))
+    return torch.Generator(device=device).manual_seed(seed)
+
+
+# --- the computation -------------------------------------------------------------------------
+
+
+def score_checkpoint(
+    population: mc.MLP,
+    meta: Mapping,
+    data,
+    settings: ScoreSettings,
+    inputs: ScoringInputs | None = None,
+) -> dict[str, pd.DataFrame]:
+    """Rows of `scores`, `points`, `trajectories` and `slices` for every member of a checkpoint.
+
+    All members are scored as one stacked population. Members whose weights are not finite
+    (diverged) get NaN metrics without being computed; if the batched computation raises, each
+    member is retried alone, so one failing network is recorded as failed and the others still
+    get their scores.
+    """
+    inputs = inputs or prepare(data, settings)
+    ids = list(meta["network_ids"])
+    if len(ids) != population.num_models:
+        raise CheckpointError(
+            f"checkpoint {meta.get('bundle_id')}/{meta.get('tag')} lists {len(ids)} network_ids "
+            f"for {population.num_models} stacked networks"
+        )
+    population = population.to(device=inputs.probes[0].x.device, dtype=inputs.probes[0].x.dtype)
+    profiles = meta["tag"] in PROFILE_TAGS
+    finite = _finite_members(population)
+    measured: dict[int, dict[str, Tensor]] = {}
+    errors: dict[int, str] = {}
+    todo = [i for i in range(len(ids)) if finite[i]]
+    if todo:
+        try:
+            measured.update(_split(_measure(_select(population, todo), inputs, settings, profiles), todo))
+        except Exception:  # noqa: BLE001 - any failure is narrowed down member by member below
+            for i in todo:
+                try:
+                    measured.update(_split(_measure(_select(population, [i]), inputs, settings, profiles), [i]))
+                except Exception as error:  # noqa: BLE001 - recorded as this member's failure
+                    errors[i] = f"scoring raised {type(error).__name__}: {error}"
+    statuses = list(meta.get("statuses") or ["unknown"] * len(ids))
+    notes = {
+        i: f"weights are not finite (network {statuses[i]}): metrics are NaN"
+        for i in range(len(ids))
+        if not finite[i]
+    }
+    return _frames(meta, ids, inputs, settings, profiles, measured, errors, notes)
+
+
+def failure_frames(meta: Mapping, settings: ScoreSettings, message: str) -> dict[str, pd.DataFrame]:
+    """Rows that record a checkpoint that could not be scored at all: a failed `scores` row per
+    member, split and metric; no rows in the other tables."""
+    ids = list(meta["network_ids"])
+    everyone = set(range(len(ids)))
+    frames = {name: empty(name) for name in ("points", "trajectories", "slices")}
+    frames["scores"] = pd.concat(
+        [
+            _score_rows(meta, ids, split, metric, _nan_stats(len(ids)), settings, dict.fromkeys(everyone, message), everyone)
+            for split, metric in _score_keys(settings)
+        ],
+        ignore_index=True,
+    )
+    return frames
+
+
+def _finite_members(population: mc.MLP) -> list[bool]:
+    ok = torch.ones(population.num_models, dtype=torch.bool, device=population.device)
+    for t in (*population.weights, *population.biases):
+        ok &= torch.isfinite(t).flatten(1).all(dim=1)
+    return ok.tolist()
+
+
+def _select(population: mc.MLP, members: Sequence[int]) -> mc.MLP:
+    if len(members) == population.num_models:
+        return population
+    index = torch.as_tensor(members, device=population.device)
+    return mc.MLP(
+        tuple(w.index_select(0, index) for w in population.weights),
+        tuple(b.index_select(0, index) for b in population.biases),
+        population.activation,
+    )
+
+
+def _split(measures: dict[str, Tensor], members: Sequence[int]) -> dict[int, dict[str, Tensor]]:
+    host = {name: value.cpu() for name, value in measures.items()}
+    return {member: {name: value[row] for name, value in host.items()} for row, member in enumerate(members)}
+
+
+@torch.no_grad()
+def _measure(net: mc.MLP, inputs: ScoringInputs, settings: ScoreSettings, profiles: bool) -> dict[str, Tensor]:
+    """Every measure of every member, as tensors with a leading member axis."""
+    wanted = set(settings.metrics)
+    chunk = settings.chunk_size
+    out: dict[str, Tensor] = {}
+    for probe in inputs.probes:
+        logits = mc.forward(net, probe.x, chunk_size=chunk)  # [M, n, C]
+        y = probe.y.expand(logits.shape[0], -1)
+        out[f"{probe.split}/loss"] = F.cross_entropy(logits.transpose(1, 2), y, reduction="none")
+        out[f"{probe.split}/prediction"] = logits.argmax(dim=2)
+        out[f"{probe.split}/accuracy"] = (out[f"{probe.split}/prediction"] == y).to(logits.dtype)
+        if "margin" in wanted:
+            out[f"{probe.split}/margin"] = mc.margin(net, probe.x, probe.y)
+        if wanted & {"jacobian_softmax", "jacobian_logits"} or probe.split == "test":
+            softmax, logit = mc.jacobian_norms(net, probe.x, output="both", chunk_size=chunk)
+            out[f"{probe.split}/jacobian_softmax"] = softmax
+            out[f"{probe.split}/jacobian_logits"] = logit
+        if "transitions" in wanted:
+            out[f"{probe.split}/transitions"] = _transitions(net, probe, settings)
+    for metric in WEIGHT_METRICS:
+        if metric in wanted:
+            out[f"weights/{metric}"] = getattr(mc, metric)(net)
+    if profiles and settings.trajectories:
+        for kind, z in inputs.ellipses.items():
+            per_ellipse = None if chunk is None else max(1, chunk // z.shape[1])
+            jac, density = mc.trajectory_profile(net, z, chunk_size=per_ellipse)  # [M, E, k]
+            out[f"trajectory/{kind}/jacobian_softmax"] = jac
+            out[f"trajectory/{kind}/transition_density"] = density
+    if profiles and settings.slices and net.activation.piecewise_linear:
+        for s, (a, b, c) in enumerate(inputs.slice_anchors):
+            maps = mc.slice_codes(
+                net, a, b, c, grid=settings.slice_grid, layers=settings.slice_layers, chunk_size=chunk
+            )
+            out[f"slice/{s}/region"] = maps.region.flatten(1)
+            out[f"slice/{s}/boundary"] = maps.boundary.flatten(1)
+            # The plane and its coordinates are the same for every member.
+            out[f"slice/{s}/anchors"] = maps.anchors.expand(net.num_models, -1)
+            out[f"slice/{s}/extent"] = maps.extent.expand(net.num_models, -1)
+    return out
+
+
+def _transitions(net: mc.MLP, probe: Probe, settings: ScoreSettings) -> Tensor:
+    common = {"k": settings.transitions_k, "chunk_size": settings.chunk_size}
+    if settings.trajectory == "ellipse":
+        return mc.transition_counts(net, probe.x, partners=probe.partners, **common)
+    # A fresh generator with a fixed seed: every network gets the same random planes.
+    generator = torch.Generator().manual_seed(settings.seed)
+    return mc.transition_counts(
+        net, probe.x, trajectory="circle", radius=settings.circle_radius, generator=generator, **common
+    )
+
+
+# --- rows ------------------------------------------------------------------------------------
+
+
+def _score_keys(settings: ScoreSettings) -> list[tuple[str, str]]:
+    splits = ["test"] + (["train"] if settings.train_points else [])
+    keys = [(split, m) for split in splits for m in POINT_METRICS if m in settings.metrics]
+    return keys + [("weights", m) for m in WEIGHT_METRICS if m in settings.metrics]
+
+
+def _params(metric: str, settings: ScoreSettings) -> str:
+    if metric == "transitions":
+        params = {"k": settings.transitions_k, "trajectory": settings.trajectory}
+        if settings.trajectory == "circle":
+            params["radius"] = settings.circle_radius
+        return json.dumps(params)
+    return "{}"
+
+
+def _nan_stats(m: int) -> dict[str, np.ndarray]:
+    nan = np.full(m, np.nan)
+    return {"mean": nan, "median": nan, "std": nan, "n_points": np.zeros(m, dtype=np.int64)}
+
+
+def _stats(values: Tensor) -> dict[str, np.ndarray]:
+    """Mean, median and sample std over points of [M, n] values; NaN propagates (a diverged
+    member keeps NaN rather than a statistic of its finite points)."""
+    v = values.double()
+    n = v.shape[1]
+    std = v.std(dim=1) if n > 1 else torch.full_like(v[:, 0], math.nan)
+    return {
+        "mean": v.mean(dim=1).numpy(),
+        "median": torch.quantile(v, 0.5, dim=1).numpy(),
+        "std": std.numpy(),
+        "n_points": np.full(len(v), n, dtype=np.int64),
+    }
+
+
+def _value_stats(values: Tensor) -> dict[str, np.ndarray]:
+    """A measure of the weights alone: mean = median = the value; no points, so std is NaN."""
+    value = values.numpy()
+    return {"mean": value, "median": value, "std": np.full(len(value), np.nan), "n_points": np.zeros(len(value), dtype=np.int64)}
+
+
+def _score_rows(meta, ids, split, metric, stats, settings, messages: Mapping[int, str], failed: set[int]) -> pd.DataFrame:
+    m = len(ids)
+    return pd.DataFrame(
+        {
+            "network_id": ids,
+            "checkpoint": [meta["tag"]] * m,
+            "step": np.full(m, int(meta["step"]), dtype=np.int64),
+            "split": [split] * m,
+            "metric": [metric] * m,
+            **stats,
+            "params": [_params(metric, settings)] * m,
+            "status": ["failed" if i in failed else "ok" for i in range(m)],
+            "message": [messages.get(i, "") for i in range(m)],
+        }
+    )
+
+
+def _gather(measured: Mapping[int, Mapping[str, Tensor]], m: int, name: str, shape: tuple) -> Tensor:
+    """[m, *shape] float64 of one measure across members, NaN for members without it."""
+    out = torch.full((m, *shape), math.nan, dtype=torch.float64)
+    for member, values in measured.items():
+        if name in values:
+            out[member] = values[name].double()
+    return out
+
+
+def _frames(meta, ids, inputs, settings, profiles, measured, errors, notes) -> dict[str, pd.DataFrame]:
+    m = len(ids)
+    messages = {**notes, **errors}
+    failed = set(errors)
+    sizes = {probe.split: len(probe.index) for probe in inputs.probes}
+
+    score_frames = []
+    for split, metric in _score_keys(settings):
+        shape = () if split == "weights" else (sizes[split],)
+        values = _gather(measured, m, f"{split}/{metric}", shape)
+        stats = _stats(values) if shape else _value_stats(values)
+        score_frames.append(_score_rows(meta, ids, split, metric, stats, settings, messages, failed))
+    frames = {"scores": pd.concat(score_frames, ignore_index=True)}
+
+    test = inputs.probes[0]
+    n = len(test.index)
+    prediction = _gather(measured, m, "test/prediction", (n,))
+    frames["points"] = pd.DataFrame(
+        {
+            "network_id": np.repeat(ids, n),
+            "checkpoint": meta["tag"],
+            "split": "test",
+            "point_index": np.tile(test.index, m),
+            "label": np.tile(test.y.cpu().numpy(), m),
+            "prediction": pd.array(prediction.flatten().numpy(), dtype="Int64"),
+            **{
+                column: _gather(measured, m, f"test/{column}", (n,)).flatten().numpy()
+                for column in ("loss", "jacobian_softmax", "jacobian_logits", "transitions")
+            },
+        }
+    )
+
+    frames["trajectories"] = empty("trajectories")
+    if profiles and settings.trajectories:
+        parts = []
+        for kind, z in inputs.ellipses.items():
+            e, k = z.shape[0], z.shape[1]
+            parts.append(
+                pd.DataFrame(
+                    {
+                        "network_id": np.repeat(ids, e * k),
+                        "checkpoint": meta["tag"],
+                        "kind": kind,
+                        "ellipse": np.tile(np.repeat(np.arange(e), k), m),
+                        "position": np.tile(np.arange(k), m * e),
+                        **{
+                            column: _gather(measured, m, f"trajectory/{kind}/{column}", (e, k)).flatten().numpy()
+                            for column in ("jacobian_softmax", "transition_density")
+                        },
+                    }
+                )
+            )
+        frames["trajectories"] = pd.concat(parts, ignore_index=True)
+
+    rows = []
+    if profiles and settings.slices:
+        for s in range(len(inputs.slice_anchors)):
+            for member in range(m):
+                values = measured.get(member, {})
+                maps = {part: values.get(f"slice/{s}/{part}") for part in ("region", "boundary", "anchors", "extent")}
+                rows.append(
+                    {
+                        "network_id": ids[member],
+                        "checkpoint": meta["tag"],
+                        "slice": s,
+                        "layers": settings.slice_layers,
+                        "grid": settings.slice_grid,
+                        **{part: None if t is None else t.numpy() for part, t in maps.items()},
+                    }
+                )
+    frames["slices"] = pd.DataFrame(rows) if rows else empty("slices")
+    return frames
+
+
+# --- checkpoints and the scorer ---------------------------------------------------------------
+
+
+def read_meta(source) -> dict:
+    """meta.json of a checkpoint (a directory path or URI, or a `ray.tune.Checkpoint`)."""
+    fs, path = _locate(source)
+    where = f"{path}/{META_FILE}"
+    try:
+        meta = json.loads(storage.read_bytes(fs, where))
+    except (OSError, ValueError) as error:
+        raise CheckpointError(
+            f"cannot read checkpoint metadata {where}: {error}; the checkpoint is missing or was not "
+            "written completely: re-run its trial, or leave it out of scoring"
+        ) from None
+    missing = [key for key in ("bundle_id", "network_ids", "tag", "step") if key not in meta]
+    if missing:
+        raise CheckpointError(f"checkpoint metadata {where} lacks {missing} (see docs/architecture.md)")
+    return meta
+
+
+def load_checkpoint(source) -> tuple[mc.MLP, dict]:
+    """The stacked population and the metadata of a checkpoint; CheckpointError names the file
+    when either cannot be read."""
+    meta = read_meta(source)
+    return _load_population(source), meta
+
+
+def _locate(source) -> tuple[storage.pafs.FileSystem, str]:
+    # A ray.tune.Checkpoint carries its own file system; duck-typed so no Ray import is needed.
+    if hasattr(source, "filesystem") and hasattr(source, "path"):
+        return source.filesystem, source.path.rstrip("/")
+    fs, path = storage.resolve(source)
+    return fs, path.rstrip("/")
+
+
+def _load_population(source) -> mc.MLP:
+    fs, path = _locate(source)
+    where = f"{path}/{POPULATION_FILE}"
+    try:
+        state = torch.load(io.BytesIO(storage.read_bytes(fs, where)), map_location="cpu", weights_only=True)
+        activation = mc.Activation(state["activation"], state.get("activation_params") or {})
+        return mc.MLP(tuple(state["weights"]), tuple(state["biases"]), activation)
+    except Exception as error:  # noqa: BLE001 - whatever the cause, the file cannot be used
+        raise CheckpointError(
+            f"cannot load {where}: {type(error).__name__}: {error}; the file is missing or corrupt: "
+            "re-run its trial, or leave the checkpoint out of scoring"
+        ) from None
+
+
+def write_frames(writer: TableWriter, key: str, frames: Mapping[str, pd.DataFrame]) -> None:
+    """Write a checkpoint's rows; `scores` last, so a checkpoint counts as scored only when
+    everything else is on the storage."""
+    for name in sorted(frames, key=lambda table: table == "scores"):
+        writer.write(name, key, frames[name])
+
+
+def record_failure(table_root: str, source, settings: ScoreSettings, message: str) -> str:
+    """Record a checkpoint that could not be scored as failed `scores` rows (when its metadata
+    can be read, else there are no network ids to record); returns a description."""
+    try:
+        meta = read_meta(source)
+    except CheckpointError as error:
+        return f"{_label(source)}: {message} ({error})"
+    key = checkpoint_key(meta["bundle_id"], meta["tag"])
+    write_frames(TableWriter(table_root), key, failure_frames(meta, settings, message))
+    return f"{key}: {message}"
+
+
+def unscored(table_root: str, checkpoints: Iterable) -> list:
+    """The checkpoints whose key has no `scores` file yet. Items are checkpoint sources (paths,
+    URIs, `ray.tune.Checkpoint`s) or `(bundle_id, source)` pairs; they come back as given.
+    A checkpoint whose metadata cannot be read counts as unscored (scoring then records why)."""
+    done = set(TableWriter(table_root).keys("scores"))
+    todo = []
+    for item in checkpoints:
+        try:
+            meta = read_meta(item[1] if isinstance(item, tuple) else item)
+        except CheckpointError:
+            todo.append(item)
+            continue
+        if checkpoint_key(meta["bundle_id"], meta["tag"]) not in done:
+            todo.append(item)
+    return todo
+
+
+def _label(source) -> str:
+    return str(getattr(source, "path", source))
+
+
+class Scorer:
+    """Scores checkpoints and writes their rows; keeps data sets and fixed points on its device
+    between checkpoints, so a checkpoint costs only loading its weights and computing."""
+
+    def __init__(self, device: str | torch.device | None = None, threads: int | None = None):
+        if threads:
+            torch.set_num_threads(threads)
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self._inputs: dict[tuple, tuple[object, ScoringInputs]] = {}
+
+    def inputs(self, meta: Mapping, settings: ScoreSettings):
+        """The data set of a checkpoint's bundle and its scoring inputs, prepared once."""
+        from sweep.data import load_dataset
+        from sweep.spec import BundleConfig
+
+        if "bundle" not in meta:
+            raise CheckpointError(
+                f"checkpoint {meta['bundle_id']}/{meta['tag']}: meta.json has no 'bundle' (the BundleConfig "
+                "naming its data set); it was not written by sweep.trainable"
+            )
+        spec = BundleConfig.from_dict(meta["bundle"]).dataset
+        key = (spec, settings)
+        if key not in self._inputs:
+            data = load_dataset(spec, device=self.device)
+            self._inputs[key] = (data, prepare(data, settings))
+        return self._inputs[key]
+
+    def score(self, source, table_root: str, settings: ScoreSettings) -> dict:
+        """Score one checkpoint and write its rows; never raises for a bad checkpoint or a failing
+        network (those are recorded as failed rows). Returns a summary for progress."""
+        started = time.perf_counter()
+        summary = {"source": _label(source), "key": None, "members": 0, "failed_members": 0, "points": 0, "message": ""}
+        try:
+            meta = read_meta(source)
+        except CheckpointError as error:
+            return {**summary, "message": str(error), "seconds": time.perf_counter() - started}
+        key = checkpoint_key(meta["bundle_id"], meta["tag"])
+        try:
+            population = _load_population(source)
+            data, inputs = self.inputs(meta, settings)
+            frames = score_checkpoint(population, meta, data, settings, inputs)
+            message = ""
+        except Exception as error:  # noqa: BLE001 - recorded as failed rows, never lost
+            message = f"scoring failed: {type(error).__name__}: {error}"
+            frames = failure_frames(meta, settings, message)
+        write_frames(TableWriter(table_root), key, frames)
+        scores = frames["scores"]
+        failed = scores.loc[scores["status"] == "failed", "network_id"].nunique()
+        return {
+            **summary,
+            "key": key,
+            "members": len(meta["network_ids"]),
+            "failed_members": int(failed),
+            "points": len(frames["points"]),
+            "message": message,
+            "seconds": time.perf_counter() - started,
+        }
+
+
+def __getattr__(name: str):
+    # The pool and actor live with Ray in sweep.scoring_actors; importing them from here loads
+    # Ray only when asked, so sweep.scoring stays importable (and benchmarkable) without it.
+    if name in ("ScoringPool", "ScoringActor"):
+        from sweep import scoring_actors
+
+        return getattr(scoring_actors, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,77 @@
+"""Where a sweep's files live: a local path, a shared file system, or an s3:// / gs:// URI.
+
+Everything goes through pyarrow's file systems, so the same code reads and writes all of them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import uuid
+from collections.abc import Callable
+
+import pyarrow.fs as pafs
+
+# Object stores have no atomic rename (a move is copy + delete), but a single PUT is atomic.
+_OBJECT_STORES = frozenset({"s3", "gcs", "abfs"})
+
+
+def resolve(uri: str | os.PathLike) -> tuple[pafs.FileSystem, str]:
+    """The file system and the path inside it for a local path (relative allowed) or a URI."""
+    text = os.fspath(uri)
+    if "://" not in text:
+        return pafs.LocalFileSystem(), os.path.abspath(text)
+    return pafs.FileSystem.from_uri(text)
+
+
+def join(uri: str | os.PathLike, *parts: str) -> str:
+    """`uri/part/...` for local paths and URIs alike."""
+    text = os.fspath(uri).rstrip("/")
+    return "/".join([text, *parts])
+
+
+def write_atomic(fs: pafs.FileSystem, path: str, write: Callable[[object], None]) -> None:
+    """Call `write(stream)` so that readers see either the old file or the whole new one.
+
+    Local and shared file systems: write a hidden temporary file beside the target (hidden
+    names are skipped by pyarrow datasets and pandas) and rename it over the target. Object
+    stores: write the target directly, since one upload is atomic there.
+    """
+    directory, name = path.rsplit("/", 1)
+    fs.create_dir(directory, recursive=True)
+    if fs.type_name in _OBJECT_STORES:
+        with fs.open_output_stream(path) as stream:
+            write(stream)
+        return
+    temp = f"{directory}/.{name}.{uuid.uuid4().hex}.tmp"
+    try:
+        with fs.open_output_stream(temp) as stream:
+            write(stream)
+        fs.move(temp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):  # keep the original error
+            fs.delete_file(temp)
+        raise
+
+
+def read_bytes(fs: pafs.FileSystem, path: str) -> bytes:
+    with fs.open_input_stream(path) as stream:
+        return stream.read()
+
+
+def list_files(fs: pafs.FileSystem, directory: str, suffix: str) -> list[str]:
+    """Base names of the visible (not hidden, not temporary) files in `directory` ending in `suffix`."""
+    infos = fs.get_file_info(pafs.FileSelector(directory, allow_not_found=True))
+    return sorted(
+        info.base_name
+        for info in infos
+        if info.type == pafs.FileType.File
+        and info.base_name.endswith(suffix)
+        and not info.base_name.startswith((".", "_"))
+    )
+
+
+def delete(fs: pafs.FileSystem, path: str) -> None:
+    """Remove a file if it is there."""
+    with contextlib.suppress(FileNotFoundError):
+        fs.delete_file(path)

@@ -1,0 +1,259 @@
+"""The five Parquet tables (schemas in docs/tables.md) and their atomic, idempotent writer.
+
+Each table is a directory; each writing unit (a bundle, or a bundle's checkpoint) owns one file
+named after its key, so rewriting a key replaces its rows instead of adding to them.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping, Sequence
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.dataset as pads
+import pyarrow.parquet as pq
+
+from sweep import storage
+
+CATEGORY = pa.dictionary(pa.int32(), pa.string())
+
+SCHEMAS: dict[str, pa.Schema] = {
+    "networks": pa.schema(
+        [
+            pa.field("network_id", pa.string(), nullable=False),
+            pa.field("bundle_id", pa.string(), nullable=False),
+            ("sweep", CATEGORY),
+            ("dataset", CATEGORY),
+            ("train_size", pa.int64()),
+            ("random_label_fraction", pa.float64()),
+            ("augmentation", pa.bool_()),
+            ("width", pa.int64()),
+            ("depth", pa.int64()),
+            ("activation", CATEGORY),
+            ("optimizer", CATEGORY),
+            ("learning_rate", pa.float64()),
+            ("batch_size", pa.int64()),
+            ("full_batch", pa.bool_()),
+            ("seed", pa.int64()),
+            ("init", CATEGORY),
+            ("param_count", pa.int64()),
+            pa.field("status", CATEGORY, nullable=False),
+            ("steps", pa.int64()),
+            ("epochs", pa.float64()),
+            ("train_loss", pa.float64()),
+            ("train_acc", pa.float64()),
+            ("test_loss", pa.float64()),
+            ("test_acc", pa.float64()),
+            ("gap", pa.float64()),
+            ("loss_gap", pa.float64()),
+            ("wall_time_s", pa.float64()),
+            ("message", pa.string()),
+        ]
+    ),
+    "scores": pa.schema(
+        [
+            pa.field("network_id", pa.string(), nullable=False),
+            pa.field("checkpoint", CATEGORY, nullable=False),
+            ("step", pa.int64()),
+            pa.field("split", CATEGORY, nullable=False),
+            pa.field("metric", CATEGORY, nullable=False),
+            ("mean", pa.float64()),
+            ("median", pa.float64()),
+            ("std", pa.float64()),
+            ("n_points", pa.int64()),
+            ("params", pa.string()),
+            pa.field("status", CATEGORY, nullable=False),
+            ("message", pa.string()),
+        ]
+    ),
+    "points": pa.schema(
+        [
+            pa.field("network_id", pa.string(), nullable=False),
+            pa.field("checkpoint", CATEGORY, nullable=False),
+            pa.field("split", CATEGORY, nullable=False),
+            pa.field("point_index", pa.int64(), nullable=False),
+            ("label", pa.int64()),
+            ("prediction", pa.int64()),
+            ("loss", pa.float64()),
+            ("jacobian_softmax", pa.float64()),
+            ("jacobian_logits", pa.float64()),
+            ("transitions", pa.float64()),
+        ]
+    ),
+    "trajectories": pa.schema(
+        [
+            pa.field("network_id", pa.string(), nullable=False),
+            pa.field("checkpoint", CATEGORY, nullable=False),
+            pa.field("kind", CATEGORY, nullable=False),
+            pa.field("ellipse", pa.int64(), nullable=False),
+            pa.field("position", pa.int64(), nullable=False),
+            ("jacobian_softmax", pa.float64()),
+            ("transition_density", pa.float64()),
+        ]
+    ),
+    "slices": pa.schema(
+        [
+            pa.field("network_id", pa.string(), nullable=False),
+            pa.field("checkpoint", CATEGORY, nullable=False),
+            pa.field("slice", pa.int64(), nullable=False),
+            ("layers", CATEGORY),
+            ("grid", pa.int64()),
+            ("region", pa.list_(pa.int32())),
+            ("boundary", pa.list_(pa.bool_())),
+            ("anchors", pa.list_(pa.float64())),
+            ("extent", pa.list_(pa.float64())),
+        ]
+    ),
+}
+TABLES = tuple(SCHEMAS)
+
+_KEY = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+_SUFFIX = ".parquet"
+
+Rows = pd.DataFrame | Sequence[Mapping[str, object]]
+
+
+class TableSchemaError(ValueError):
+    """Rows that do not match a table's documented columns and types."""
+
+
+def checkpoint_key(bundle_id: str, tag: str) -> str:
+    """The key of a checkpoint's rows in scores, points, trajectories and slices."""
+    return f"{bundle_id}--{tag}"
+
+
+def empty(table: str) -> pd.DataFrame:
+    """A frame with no rows and the table's columns and dtypes."""
+    return _schema(table).empty_table().to_pandas()
+
+
+def to_arrow(table: str, rows: Rows) -> pa.Table:
+    """Check rows against the table's schema and convert them; TableSchemaError names the problem."""
+    schema = _schema(table)
+    frame = rows if isinstance(rows, pd.DataFrame) else _frame_from_records(table, schema, rows)
+    missing = [name for name in schema.names if name not in frame.columns]
+    extra = [str(name) for name in frame.columns if name not in schema.names]
+    if missing or extra:
+        raise TableSchemaError(
+            f"{table}: columns do not match docs/tables.md"
+            + (f"; missing {missing}" if missing else "")
+            + (f"; unexpected {extra}" if extra else "")
+            + ". Give exactly the documented columns."
+        )
+    arrays = [_column(table, field, frame[field.name]) for field in schema]
+    return pa.Table.from_arrays(arrays, schema=schema)
+
+
+class TableWriter:
+    """Reads and writes the tables under `root` (`<storage>/<sweep>/tables`, a path or a URI)."""
+
+    def __init__(self, root: str | os.PathLike):
+        self.root = os.fspath(root)
+        self._fs, self._path = storage.resolve(self.root)
+
+    def write(self, table: str, key: str, rows: Rows) -> int:
+        """Replace the rows stored under `key` with `rows`, atomically; returns the row count.
+
+        No rows removes the key's file, so a re-score that produces fewer tables leaves no stale rows.
+        """
+        if not _KEY.fullmatch(key):
+            raise ValueError(
+                f"table key {key!r} is not a plain file name: use letters, digits, '_', '.', '-'"
+                " and start with a letter or digit"
+            )
+        data = to_arrow(table, rows)
+        if data.num_rows == 0:
+            storage.delete(self._fs, self._file(table, key))
+        else:
+            storage.write_atomic(self._fs, self._file(table, key), lambda stream: pq.write_table(data, stream))
+        return data.num_rows
+
+    def read(self, table: str) -> pd.DataFrame:
+        """All rows of a table (an empty frame with its columns when nothing was written yet)."""
+        schema = _schema(table)
+        files = [f"{self._dir(table)}/{name}" for name in storage.list_files(self._fs, self._dir(table), _SUFFIX)]
+        dataset = pads.dataset(files, schema=schema, format="parquet", filesystem=self._fs)
+        return dataset.to_table().to_pandas()
+
+    def keys(self, table: str) -> list[str]:
+        """Keys that have a file in the table, sorted."""
+        _schema(table)
+        return [name[: -len(_SUFFIX)] for name in storage.list_files(self._fs, self._dir(table), _SUFFIX)]
+
+    def _dir(self, table: str) -> str:
+        return f"{self._path.rstrip('/')}/{table}"
+
+    def _file(self, table: str, key: str) -> str:
+        return f"{self._dir(table)}/{key}{_SUFFIX}"
+
+
+def _schema(table: str) -> pa.Schema:
+    try:
+        return SCHEMAS[table]
+    except KeyError:
+        raise ValueError(f"unknown table {table!r}; the tables are {', '.join(TABLES)}") from None
+
+
+def _frame_from_records(table: str, schema: pa.Schema, rows: Sequence[Mapping[str, object]]) -> pd.DataFrame:
+    expected = set(schema.names)
+    for index, row in enumerate(rows):
+        if row.keys() != expected:
+            missing = sorted(expected - row.keys())
+            extra = sorted(map(str, row.keys() - expected))
+            raise TableSchemaError(
+                f"{table}: row {index} does not match docs/tables.md"
+                + (f"; missing {missing}" if missing else "")
+                + (f"; unexpected {extra}" if extra else "")
+                + ". Give exactly the documented columns."
+            )
+    return pd.DataFrame.from_records(list(rows), columns=schema.names)
+
+
+def _kind(type_: pa.DataType) -> str:
+    if pa.types.is_null(type_):
+        return "null"
+    if pa.types.is_boolean(type_):
+        return "bool"
+    if pa.types.is_integer(type_):
+        return "int"
+    if pa.types.is_floating(type_):
+        return "float"
+    if pa.types.is_string(type_) or pa.types.is_large_string(type_):
+        return "string"
+    if pa.types.is_dictionary(type_):
+        return _kind(type_.value_type)
+    if pa.types.is_list(type_) or pa.types.is_large_list(type_):
+        return f"list<{_kind(type_.value_type)}>"
+    return str(type_)
+
+
+# Which inferred kinds may be cast to a column's kind without changing meaning (ints widen to
+# floats; nothing else converts: a float never truncates into an int column, a string is no number).
+_ACCEPTS = {
+    "int": {"int"},
+    "float": {"int", "float"},
+    "bool": {"bool"},
+    "string": {"string"},
+    "list<int>": {"list<int>", "list<null>"},
+    "list<float>": {"list<int>", "list<float>", "list<null>"},
+    "list<bool>": {"list<bool>", "list<null>"},
+}
+
+
+def _column(table: str, field: pa.Field, values: pd.Series) -> pa.Array:
+    where = f"{table}.{field.name}"
+    try:
+        array = pa.array(values, from_pandas=True)
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as error:
+        raise TableSchemaError(f"{where}: values of mixed or unsupported types ({error}); expected {field.type}") from None
+    want, got = _kind(field.type), _kind(array.type)
+    if got != "null" and got not in _ACCEPTS[want]:
+        raise TableSchemaError(f"{where}: expected {field.type}, got values of type {array.type}")
+    if not field.nullable and array.null_count:
+        raise TableSchemaError(f"{where}: {array.null_count} missing values in a column that must always be set")
+    try:
+        return array.cast(field.type, safe=True)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as error:
+        raise TableSchemaError(f"{where}: cannot store as {field.type} ({error})") from None

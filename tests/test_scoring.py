@@ -1,0 +1,379 @@
+"""Scoring checkpoints: the batched computation against per-network float64 references, faults
+recorded as rows, and the Ray actor pool (replacing a killed actor without duplicating rows)."""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import torch.nn.functional as F
+
+import metrics_core as mc
+from sweep.data import load_dataset
+from sweep.models import build_network
+from sweep.scoring import (
+    CheckpointError,
+    Scorer,
+    ScoreSettings,
+    fixed_points,
+    load_checkpoint,
+    prepare,
+    score_checkpoint,
+    unscored,
+)
+from sweep.spec import BundleConfig, DataSpec, NetworkConfig, ScoringSpec
+from sweep.tables import TableWriter, to_arrow
+
+DIGITS = DataSpec("digits")
+SETTINGS = ScoreSettings(points=24, train_points=12, transitions_k=32, ellipses_per_kind=2, slice_grid=16, slice_count=1)
+
+
+@pytest.fixture(scope="module")
+def data():
+    return load_dataset(DIGITS)
+
+
+def make_bundle(activation="relu", members=3, width=16, depth=2, seed0=0) -> BundleConfig:
+    return BundleConfig(
+        tuple(
+            NetworkConfig(
+                dataset=DIGITS, width=width, depth=depth, activation=activation, optimizer="sgd",
+                learning_rate=0.1, batch_size=32, random_label_fraction=0.0, augmentation=False,
+                seed=seed0 + s, init="torch_default",
+            )
+            for s in range(members)
+        )
+    )
+
+
+def make_nets(bundle: BundleConfig, sharpen: float = 4.0):
+    """The members as built alone; the last layer scaled so softmax outputs are far from uniform."""
+    nets = [build_network(member, 64, 10) for member in bundle.members]
+    with torch.no_grad():
+        for net in nets:
+            net[-1].weight.mul_(sharpen)
+    return nets
+
+
+def write_checkpoint(directory: Path, bundle: BundleConfig, nets, tag="end", statuses=None) -> Path:
+    """A checkpoint in the documented layout (docs/architecture.md), built by hand."""
+    directory.mkdir(parents=True, exist_ok=True)
+    mlp = mc.stack(nets)
+    torch.save(
+        {
+            "weights": list(mlp.weights),
+            "biases": list(mlp.biases),
+            "activation": mlp.activation.name,
+            "activation_params": dict(mlp.activation.params),
+        },
+        directory / "population.pt",
+    )
+    meta = {
+        "bundle_id": bundle.bundle_id,
+        "bundle": bundle.to_dict(),
+        "network_ids": bundle.network_ids,
+        "tag": tag,
+        "step": 7,
+        "epoch": 1,
+        "statuses": statuses or ["converged"] * len(nets),
+    }
+    (directory / "meta.json").write_text(json.dumps(meta))
+    return directory
+
+
+def meta_of(bundle: BundleConfig, tag="end", statuses=None) -> dict:
+    n = len(bundle.members)
+    return {"bundle_id": bundle.bundle_id, "network_ids": bundle.network_ids, "tag": tag, "step": 7,
+            "statuses": statuses or ["converged"] * n}
+
+
+def softmax_jacobian_norm64(net, x: torch.Tensor, logits: bool = False) -> float:
+    net64 = copy.deepcopy(net).double()
+    f = (lambda v: net64(v)) if logits else (lambda v: torch.softmax(net64(v), -1))
+    return torch.autograd.functional.jacobian(f, x.double()).norm().item()
+
+
+def brute_force_transitions(net, x, p1, p2, k) -> int:
+    """Units changing piece between neighbours on the ellipse through x, p1, p2, one point at a time."""
+    m = (x + p1 + p2) / 3
+    u, v = m - p1, (x - p2) / math.sqrt(3)
+    codes = []
+    for i in range(k):
+        theta = 2 * math.pi * i / k
+        h, code = m + u * math.cos(theta) + v * math.sin(theta), []
+        for module in net:
+            h = module(h) if isinstance(module, torch.nn.Linear) else h
+            if isinstance(module, torch.nn.ReLU):
+                code.append(h > 0)
+                h = torch.relu(h)
+        codes.append(torch.cat(code))
+    return sum(int((codes[i] != codes[(i + 1) % k]).sum()) for i in range(k))
+
+
+# --- the pure computation -------------------------------------------------------------------
+
+
+def test_scores_match_each_network_recomputed_alone_in_float64(data):
+    bundle = make_bundle()
+    nets = make_nets(bundle)
+    frames = score_checkpoint(mc.stack(nets), meta_of(bundle), data, SETTINGS)
+    points, scores = frames["points"], frames["scores"]
+    assert len(points) == 3 * SETTINGS.points
+    for network_id, net in zip(bundle.network_ids, nets):
+        mine = points[points.network_id == network_id]
+        index = torch.as_tensor(mine.point_index.to_numpy(copy=True))
+        x = data.x_test[index]
+        reference = [softmax_jacobian_norm64(net, xi) for xi in x]
+        np.testing.assert_allclose(mine.jacobian_softmax, reference, rtol=1e-4)
+        np.testing.assert_allclose(mine.jacobian_logits, [softmax_jacobian_norm64(net, xi, logits=True) for xi in x], rtol=1e-4)
+        with torch.no_grad():
+            logits = copy.deepcopy(net).double()(x.double())
+        y = data.y_test[index]
+        np.testing.assert_allclose(mine.loss, F.cross_entropy(logits, y, reduction="none"), rtol=1e-4)
+        assert (mine.prediction.to_numpy() == logits.argmax(1).numpy()).all()
+        own = scores[(scores.network_id == network_id) & (scores.split == "test")].set_index("metric")
+        assert own.loc["jacobian_softmax", "mean"] == pytest.approx(np.mean(reference), rel=1e-4)
+        assert own.loc["accuracy", "mean"] == pytest.approx((logits.argmax(1) == y).double().mean().item())
+        true = logits.gather(1, y[:, None])[:, 0]
+        others = logits.scatter(1, y[:, None], -math.inf).amax(1)
+        assert own.loc["margin", "mean"] == pytest.approx((true - others).mean().item(), rel=1e-4)
+
+
+def test_score_statistics_agree_with_pandas_over_the_points(data):
+    bundle = make_bundle(members=2)
+    frames = score_checkpoint(mc.stack(make_nets(bundle)), meta_of(bundle), data, SETTINGS)
+    scores = frames["scores"].query("split == 'test'").set_index(["network_id", "metric"])
+    by_network = frames["points"].groupby("network_id")
+    for metric in ("jacobian_softmax", "jacobian_logits", "transitions", "loss"):
+        for network_id, group in by_network:
+            row = scores.loc[(network_id, metric)]
+            assert row["mean"] == pytest.approx(group[metric].mean(), rel=1e-12)
+            assert row["median"] == pytest.approx(group[metric].median(), rel=1e-12)
+            assert row["std"] == pytest.approx(group[metric].std(), rel=1e-9)
+            assert row["n_points"] == len(group) == SETTINGS.points
+    train = frames["scores"].query("split == 'train'")
+    assert set(train.n_points) == {SETTINGS.train_points}
+
+
+def test_weight_measures_match_direct_computation(data):
+    bundle = make_bundle(members=2, depth=3)
+    nets = make_nets(bundle)
+    scores = score_checkpoint(mc.stack(nets), meta_of(bundle), data, SETTINGS)["scores"]
+    weights = scores[scores.split == "weights"].set_index(["network_id", "metric"])
+    for network_id, net in zip(bundle.network_ids, nets):
+        mats = [m.weight.detach().double() for m in net if isinstance(m, torch.nn.Linear)]
+        expected = {
+            "param_count": sum(p.numel() for p in net.parameters()),
+            "weight_norm_sq": sum(float((w**2).sum()) for w in mats),
+            "spectral_product": math.prod(float(torch.linalg.matrix_norm(w, 2)) for w in mats),
+        }
+        for metric, value in expected.items():
+            row = weights.loc[(network_id, metric)]
+            assert row["mean"] == pytest.approx(value, rel=1e-5) and row["median"] == row["mean"]
+            assert math.isnan(row["std"]) and row["n_points"] == 0
+
+
+def test_transitions_match_a_brute_force_walk_along_the_ellipse(data):
+    bundle = make_bundle(members=2)
+    nets = make_nets(bundle)
+    frames = score_checkpoint(mc.stack(nets), meta_of(bundle), data, SETTINGS)
+    test = prepare(data, SETTINGS).probes[0]
+    assert not (test.partners == test.x[:, None]).all(-1).any()  # partners are other points
+    mine = frames["points"][frames["points"].network_id == bundle.network_ids[1]]
+    for i in range(4):
+        expected = brute_force_transitions(nets[1], test.x[i], test.partners[i, 0], test.partners[i, 1], SETTINGS.transitions_k)
+        assert mine.transitions.iloc[i] == expected
+
+
+def test_smooth_networks_have_nan_transitions_never_zero(data):
+    bundle = make_bundle(activation="tanh", members=2)
+    frames = score_checkpoint(mc.stack(make_nets(bundle)), meta_of(bundle), data, SETTINGS.replace(slices=True))
+    transitions = frames["scores"][frames["scores"].metric == "transitions"]
+    assert len(transitions) == 4 and transitions["mean"].isna().all() and (transitions.status == "ok").all()
+    assert frames["points"].transitions.isna().all() and frames["points"].jacobian_softmax.notna().all()
+    assert frames["slices"].region.isna().all()  # no linear regions for tanh: recorded as missing
+
+
+def test_non_finite_weights_give_nan_metrics_and_leave_the_others_unchanged(data):
+    bundle = make_bundle(members=3)
+    nets = make_nets(bundle)
+    with torch.no_grad():
+        nets[1][0].weight[0, 0] = float("nan")
+    statuses = ["converged", "diverged", "budget"]
+    frames = score_checkpoint(mc.stack(nets), meta_of(bundle, statuses=statuses), data, SETTINGS)
+    scores, points = frames["scores"], frames["points"]
+    bad = scores[scores.network_id == bundle.network_ids[1]]
+    assert bad["mean"].isna().all() and (bad.status == "ok").all()
+    assert bad.message.str.contains("network diverged").all()
+    assert points[points.network_id == bundle.network_ids[1]].prediction.isna().all()
+    healthy = BundleConfig((bundle.members[0], bundle.members[2]))
+    alone = score_checkpoint(mc.stack([nets[0], nets[2]]), meta_of(healthy), data, SETTINGS)["scores"]
+    good = scores[scores.network_id != bundle.network_ids[1]].reset_index(drop=True)
+    pd.testing.assert_frame_equal(good.sort_values(["network_id", "split", "metric"], ignore_index=True),
+                                  alone.sort_values(["network_id", "split", "metric"], ignore_index=True))
+
+
+def test_one_failing_network_is_recorded_and_the_others_are_scored(data, monkeypatch):
+    bundle = make_bundle(members=3)
+    nets = make_nets(bundle)
+    with torch.no_grad():
+        nets[2][0].bias[0] = 123.0  # marks the member the injected fault hits
+    real = mc.margin
+
+    def margin_failing_on_the_marked_member(net, x, y, **kwargs):
+        if (net.biases[0][:, 0] == 123.0).any():
+            raise RuntimeError("injected fault")
+        return real(net, x, y, **kwargs)
+
+    monkeypatch.setattr(mc, "margin", margin_failing_on_the_marked_member)
+    scores = score_checkpoint(mc.stack(nets), meta_of(bundle), data, SETTINGS)["scores"]
+    failed = scores[scores.status == "failed"]
+    assert set(failed.network_id) == {bundle.network_ids[2]} and failed["mean"].isna().all()
+    assert failed.message.str.contains("RuntimeError: injected fault").all()
+    assert scores[scores.status == "ok"]["mean"].notna().all()
+
+
+def test_profiles_and_slices_only_at_init_and_end(data):
+    bundle = make_bundle(members=2)
+    nets = make_nets(bundle)
+    settings = SETTINGS.replace(trajectories=True, slices=True)
+    end = score_checkpoint(mc.stack(nets), meta_of(bundle, tag="end"), data, settings)
+    k, e = settings.transitions_k, settings.ellipses_per_kind
+    assert len(end["trajectories"]) == 2 * 3 * e * k
+    assert set(end["trajectories"].kind) == {"random", "different_class", "same_class"}
+    assert end["trajectories"][["jacobian_softmax", "transition_density"]].notna().all().all()
+    assert len(end["slices"]) == 2 and all(len(r) == 16 * 16 for r in end["slices"].region)
+    assert all(len(a) == 6 for a in end["slices"].anchors)
+    middle = score_checkpoint(mc.stack(nets), meta_of(bundle, tag="epoch-000010"), data, settings)
+    assert middle["trajectories"].empty and middle["slices"].empty
+    for name, frame in end.items():  # every frame fits its documented table
+        to_arrow(name, frame)
+
+
+def test_fixed_points_are_a_function_of_the_seed():
+    a, b = fixed_points(1000, 50, seed=3), fixed_points(1000, 50, seed=3)
+    assert (a == b).all() and len(np.unique(a)) == 50 and a.max() < 1000
+    assert not (fixed_points(1000, 50, seed=4) == a).all()
+    assert (fixed_points(30, 50, seed=3) == np.arange(30)).all()
+
+
+def test_settings_from_the_spec_and_their_errors():
+    assert ScoreSettings.from_spec(ScoringSpec()) == ScoreSettings()
+    assert ScoreSettings.from_spec({"points": 10}).points == 10
+    with pytest.raises(ValueError, match="scoring.metrics: unknown \\['jacobian'\\]"):
+        ScoreSettings().replace(metrics=("jacobian",))
+    with pytest.raises(ValueError, match="scoring.points must be at least 1"):
+        ScoreSettings(points=0)
+
+
+# --- checkpoints, the scorer and the tables ----------------------------------------------------
+
+
+def test_checkpoint_round_trip_and_corrupt_files(tmp_path):
+    bundle = make_bundle(members=2)
+    nets = make_nets(bundle)
+    directory = write_checkpoint(tmp_path / "ckpt", bundle, nets)
+    population, meta = load_checkpoint(str(directory))
+    for got, expected in zip(population.weights, mc.stack(nets).weights):
+        assert torch.equal(got, expected)
+    assert meta["network_ids"] == bundle.network_ids
+    (directory / "population.pt").write_bytes((directory / "population.pt").read_bytes()[:100])
+    with pytest.raises(CheckpointError, match=f"cannot load {directory}/population.pt"):
+        load_checkpoint(directory)
+    torch.save({"weights": [torch.nn.Linear(2, 2)]}, directory / "population.pt")  # not weights_only-safe
+    with pytest.raises(CheckpointError, match="population.pt"):
+        load_checkpoint(directory)
+    with pytest.raises(CheckpointError, match=f"cannot read checkpoint metadata {tmp_path}/missing/meta.json"):
+        load_checkpoint(tmp_path / "missing")
+
+
+def test_scorer_writes_rows_and_records_a_corrupt_checkpoint(tmp_path, data):
+    tables = tmp_path / "tables"
+    good, bad = make_bundle(members=2), make_bundle(members=2, seed0=10)
+    write_checkpoint(tmp_path / "good", good, make_nets(good))
+    write_checkpoint(tmp_path / "bad", bad, make_nets(bad))
+    (tmp_path / "bad" / "population.pt").write_bytes(b"not a checkpoint")
+    scorer = Scorer("cpu")
+    ok = scorer.score(str(tmp_path / "good"), str(tables), SETTINGS)
+    failed = scorer.score(str(tmp_path / "bad"), str(tables), SETTINGS)
+    assert ok["failed_members"] == 0 and ok["points"] == 2 * SETTINGS.points
+    assert failed["failed_members"] == 2 and "population.pt" in failed["message"]
+    scores = TableWriter(tables).read("scores")
+    bad_rows = scores[scores.network_id.isin(bad.network_ids)]
+    assert (bad_rows.status == "failed").all() and bad_rows.message.str.contains("bad/population.pt").all()
+    assert len(bad_rows) == len(scores) // 2  # every member × split × metric is recorded
+    missing = scorer.score(str(tmp_path / "nowhere"), str(tables), SETTINGS)
+    assert missing["key"] is None and "nowhere/meta.json" in missing["message"]
+    assert TableWriter(tables).keys("points") == [f"{good.bundle_id}--end"]
+
+
+def test_unscored_lists_checkpoints_without_scores(tmp_path):
+    tables = str(tmp_path / "tables")
+    first, second = make_bundle(members=2), make_bundle(members=2, seed0=5)
+    a = write_checkpoint(tmp_path / "a", first, make_nets(first))
+    b = write_checkpoint(tmp_path / "b", second, make_nets(second), tag="init")
+    pairs = [(first.bundle_id, str(a)), (second.bundle_id, str(b))]
+    assert unscored(tables, pairs) == pairs
+    Scorer("cpu").score(str(a), tables, SETTINGS)
+    assert unscored(tables, pairs) == [pairs[1]]
+    assert unscored(tables, [str(a), str(b), str(tmp_path / "gone")]) == [str(b), str(tmp_path / "gone")]
+
+
+# --- the Ray actor pool ------------------------------------------------------------------------
+
+
+@pytest.mark.ray
+def test_pool_scores_like_the_scorer_and_replaces_a_killed_actor(tmp_path, ray_session):
+    from sweep.scoring_actors import ScoringPool
+
+    bundles = [make_bundle(members=2, seed0=s) for s in (0, 20, 40, 60)]
+    sources = [str(write_checkpoint(tmp_path / f"c{i}", b, make_nets(b))) for i, b in enumerate(bundles)]
+    reference = tmp_path / "reference"
+    for source in sources:
+        Scorer("cpu").score(source, str(reference), SETTINGS)
+
+    tables = str(tmp_path / "tables")
+    pool = ScoringPool(tables, SETTINGS, num_actors=2, max_retries=1)
+    pool.submit(sources[0])
+    assert pool.stats()["running"] == 1  # submit handed the work out and returned
+    pool.drain(timeout=120)
+    for source in sources[1:]:  # the first actor gets two of them, the second one
+        pool.submit(source)
+    killed = pool.actors()[0]
+    ray_session.kill(killed)  # with its two checkpoints in flight or queued
+    stats = pool.drain(timeout=120)
+    assert (stats["done"], stats["failed"], stats["retried"], stats["replaced"]) == (4, 0, 2, 1)
+    assert killed not in pool.actors()
+    got, expected = TableWriter(tables), TableWriter(reference)
+    for table in ("scores", "points"):
+        columns = ["network_id", "split", "metric"] if table == "scores" else ["network_id", "point_index"]
+        pd.testing.assert_frame_equal(
+            got.read(table).sort_values(columns, ignore_index=True),
+            expected.read(table).sort_values(columns, ignore_index=True),
+        )
+    assert got.keys("scores") == expected.keys("scores")
+    pool.shutdown()
+
+
+@pytest.mark.ray
+def test_pool_records_a_checkpoint_whose_actor_keeps_dying(tmp_path, ray_session):
+    from sweep.scoring_actors import ScoringPool
+
+    bundle = make_bundle(members=2)
+    source = str(write_checkpoint(tmp_path / "c", bundle, make_nets(bundle)))
+    tables = str(tmp_path / "tables")
+    pool = ScoringPool(tables, SETTINGS, num_actors=1, max_retries=0)
+    pool.submit(source)
+    ray_session.kill(pool.actors()[0])
+    stats = pool.drain(timeout=120)
+    assert (stats["done"], stats["failed"], stats["replaced"]) == (0, 1, 1)
+    assert "scoring actor died 1 time(s)" in stats["failures"][0]
+    scores = TableWriter(tables).read("scores")
+    assert set(scores.network_id) == set(bundle.network_ids) and (scores.status == "failed").all()
+    pool.shutdown()

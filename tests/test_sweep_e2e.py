@@ -1,0 +1,169 @@
+"""End to end: a small sweep through Ray Tune, the scoring actors, Parquet and the report."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+import analysis
+import metrics_core as mc
+from sweep import runner
+from sweep.cli import main
+from sweep.data import load_dataset
+from sweep.scoring import ScoreSettings, fixed_points
+from sweep.spec import BundleConfig
+
+pytestmark = pytest.mark.ray
+
+SPEC = """
+name: tiny
+datasets:
+  - {name: digits, train_size: 300}
+grid:
+  widths: [16, 24]
+  depths: [1]
+  activations: [relu]
+  optimizers: [momentum]
+  learning_rates: [0.05, 0.1]
+  batch_sizes: [50]
+  seeds: [0, 1]
+budget:
+  max_epochs: 12
+  stop_at_full_train_acc: true
+checkpoints:
+  every_epochs: 5
+scoring:
+  points: 60
+  train_points: 40
+  transitions_k: 24
+  trajectories: true
+  ellipses_per_kind: 2
+  slices: true
+  slice_count: 1
+  slice_grid: 12
+resources:
+  bundle_size: 4
+  cpus_per_trial: 1
+  scoring_actors: 1
+"""
+
+METRICS_PER_SPLIT = {"test", "train"}
+
+
+@pytest.fixture(scope="module")
+def sweep_dir(ray_session, tmp_path_factory):
+    root = tmp_path_factory.mktemp("e2e")
+    spec = root / "tiny.yaml"
+    spec.write_text(SPEC)
+    code = main(["run", str(spec), "--storage", str(root / "store"), "--name", "tiny"])
+    assert code == 0
+    return root / "store" / "tiny"
+
+
+def _end_checkpoints(sweep_dir: Path) -> dict[str, Path]:
+    out = {}
+    for meta_file in sweep_dir.glob("bundle-*/checkpoint_*/meta.json"):
+        meta = json.loads(meta_file.read_text())
+        if meta["tag"] == "end":
+            out[meta["bundle_id"]] = meta_file.parent
+    return out
+
+
+def test_networks_table_has_one_row_per_network(sweep_dir):
+    nets = pd.read_parquet(sweep_dir / "tables" / "networks")
+    assert len(nets) == 8
+    assert nets["network_id"].is_unique
+    assert set(nets["status"]) <= {"converged", "budget"}
+    np.testing.assert_allclose(nets["gap"], nets["train_acc"] - nets["test_acc"])
+    assert (nets["bundle_id"].value_counts() == 4).all()
+
+
+def test_scores_cover_every_network_checkpoint_split_metric(sweep_dir):
+    scores = pd.read_parquet(sweep_dir / "tables" / "scores")
+    key = ["network_id", "checkpoint", "split", "metric"]
+    assert not scores.duplicated(key).any()
+    assert (scores["status"] == "ok").all(), scores.loc[scores["status"] != "ok", "message"].tolist()
+    per_network = scores.groupby("network_id", observed=True)["checkpoint"].nunique()
+    # init, end, and an epoch-5 / epoch-10 checkpoint for networks still training then
+    assert len(per_network) == 8 and (per_network >= 2).all()
+    for metric in ("jacobian_softmax", "jacobian_logits", "transitions"):
+        got = scores[scores.metric == metric]
+        assert set(got["split"]) == METRICS_PER_SPLIT
+        assert (got.groupby(["network_id", "checkpoint"], observed=True).size() == 2).all()
+
+
+def test_jacobian_means_match_metrics_core_on_the_checkpoint(sweep_dir):
+    scores = pd.read_parquet(sweep_dir / "tables" / "scores")
+    settings = ScoreSettings(points=60)
+    for bundle_id, directory in _end_checkpoints(sweep_dir).items():
+        meta = json.loads((directory / "meta.json").read_text())
+        state = torch.load(directory / "population.pt", weights_only=True)
+        bundle = BundleConfig.from_dict(meta["bundle"])
+        data = load_dataset(bundle.members[0].dataset)
+        x = data.x_test[fixed_points(len(data.x_test), settings.points, settings.seed)]
+        for i, network_id in enumerate(meta["network_ids"]):
+            net = mc.MLP(tuple(w[i:i + 1] for w in state["weights"]),
+                         tuple(b[i:i + 1] for b in state["biases"]),
+                         mc.Activation(state["activation"], state["activation_params"]))
+            expected = mc.jacobian_norms(net, x)[0].mean().item()
+            row = scores[(scores.network_id == network_id) & (scores.checkpoint == "end")
+                         & (scores.split == "test") & (scores.metric == "jacobian_softmax")]
+            assert len(row) == 1
+            assert row["mean"].iloc[0] == pytest.approx(expected, rel=1e-4)
+
+
+def test_per_point_trajectory_and_slice_tables(sweep_dir):
+    points = pd.read_parquet(sweep_dir / "tables" / "points")
+    assert not points.duplicated(["network_id", "checkpoint", "split", "point_index"]).any()
+    end_test = points[(points.checkpoint == "end") & (points.split == "test")]
+    assert end_test.groupby("network_id").size().eq(60).all()
+    traj = pd.read_parquet(sweep_dir / "tables" / "trajectories")
+    assert set(traj["kind"]) == {"random", "different_class", "same_class"}
+    assert set(traj["checkpoint"]) == {"init", "end"}
+    slices = pd.read_parquet(sweep_dir / "tables" / "slices")
+    assert (slices["region"].map(len) == 12 * 12).all()
+
+
+def test_rescoring_never_duplicates_rows(sweep_dir):
+    before = pd.read_parquet(sweep_dir / "tables" / "scores")
+    assert main(["score", str(sweep_dir), "--rescore"]) == 0
+    after = pd.read_parquet(sweep_dir / "tables" / "scores")
+    assert len(after) == len(before)
+    merged = before.merge(after, on=["network_id", "checkpoint", "split", "metric"], suffixes=("", "_again"))
+    np.testing.assert_allclose(merged["mean"], merged["mean_again"], rtol=1e-6)
+
+
+def test_report_and_loader(sweep_dir):
+    report = sweep_dir / "report" / "report.md"
+    assert report.is_file()
+    assert list((sweep_dir / "report").glob("*.png"))
+    tables = analysis.load(str(sweep_dir))
+    assert len(tables.wide) == 8
+    assert "jacobian_softmax" in tables.wide.columns
+
+
+def test_failed_trial_resumes_exactly(ray_session, tmp_path):
+    """A trial that fails after a checkpoint and is retried ends identical to an uninterrupted one."""
+    from sweep.spec import expand, load_spec
+
+    spec_file = tmp_path / "tiny.yaml"
+    spec_file.write_text(SPEC.replace("widths: [16, 24]", "widths: [16]").replace("seeds: [0, 1]", "seeds: [0]"))
+    spec = load_spec(spec_file)
+    bundles = expand(spec)
+    finals = {}
+    for name, extra in (("clean", {}), ("faulty", {"fail_once_at_epoch": 7})):
+        plan = runner.make_plan(spec, bundles, name=name, storage=str(tmp_path / "store"),
+                                spec_source=str(spec_file), spec_text=spec_file.read_text(), spec_suffix=".yaml")
+        results = runner.run(plan, score=False, extra_config=extra)
+        assert not results.errors
+        (directory,) = _end_checkpoints(Path(plan.sweep_dir)).values()
+        finals[name] = torch.load(directory / "population.pt", weights_only=True)
+    assert (tmp_path / "store" / "faulty" / "injected-faults").is_dir()
+    for clean, faulty in zip(finals["clean"]["weights"], finals["faulty"]["weights"]):
+        torch.testing.assert_close(clean, faulty, rtol=0, atol=0)
+    nets = {n: pd.read_parquet(tmp_path / "store" / n / "tables" / "networks") for n in finals}
+    assert len(nets["faulty"]) == len(nets["clean"]) == 2
+    pd.testing.assert_series_equal(nets["clean"]["steps"], nets["faulty"]["steps"])

@@ -1,0 +1,199 @@
+"""The Parquet tables: schemas, atomic and idempotent writes, readers that never see partial files."""
+
+from __future__ import annotations
+
+import multiprocessing
+import threading
+from concurrent.futures import ProcessPoolExecutor
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from sweep.tables import SCHEMAS, TableSchemaError, TableWriter, checkpoint_key, to_arrow
+
+
+def score_rows(network_ids, checkpoint="end", metric="jacobian_softmax", mean=1.0):
+    return [
+        {
+            "network_id": nid,
+            "checkpoint": checkpoint,
+            "step": 10,
+            "split": "test",
+            "metric": metric,
+            "mean": mean + i,
+            "median": mean,
+            "std": float("nan"),
+            "n_points": 100,
+            "params": "{}",
+            "status": "ok",
+            "message": "",
+        }
+        for i, nid in enumerate(network_ids)
+    ]
+
+
+def test_round_trip_keeps_values_and_dtypes(tmp_path):
+    tables = TableWriter(tmp_path / "tables")
+    rows = score_rows(["a", "b"])
+    assert tables.write("scores", checkpoint_key("bundle1", "end"), rows) == 2
+    for frame in (tables.read("scores"), pd.read_parquet(tmp_path / "tables" / "scores")):
+        assert frame["mean"].tolist() == [1.0, 2.0]
+        assert frame["std"].isna().all()
+        for column in ("checkpoint", "split", "metric", "status"):
+            assert isinstance(frame[column].dtype, pd.CategoricalDtype), column
+        assert frame["step"].dtype == np.int64 and frame["n_points"].dtype == np.int64
+        assert not (frame.dtypes == object).any(), frame.dtypes
+    assert tables.keys("scores") == ["bundle1--end"]
+
+
+def test_rewriting_a_key_replaces_its_rows(tmp_path):
+    tables = TableWriter(tmp_path)
+    tables.write("scores", "b1--end", score_rows(["a", "b"], mean=1.0))
+    tables.write("scores", "b2--end", score_rows(["c"], mean=5.0))
+    tables.write("scores", "b1--end", score_rows(["a", "b"], mean=3.0))  # a retried trial
+    frame = tables.read("scores").sort_values("network_id")
+    assert frame["network_id"].tolist() == ["a", "b", "c"]
+    assert frame["mean"].tolist() == [3.0, 4.0, 5.0]
+    assert sorted(p.name for p in (tmp_path / "scores").iterdir()) == ["b1--end.parquet", "b2--end.parquet"]
+
+
+def test_categories_from_different_files_are_unified(tmp_path):
+    tables = TableWriter(tmp_path)
+    tables.write("scores", "b1--init", score_rows(["a"], checkpoint="init", metric="loss"))
+    tables.write("scores", "b1--end", score_rows(["a"], checkpoint="end", metric="accuracy"))
+    frame = pd.read_parquet(tmp_path / "scores")
+    assert sorted(frame["metric"].cat.categories) == ["accuracy", "loss"]
+    assert sorted(frame["checkpoint"].astype(str)) == ["end", "init"]
+
+
+def test_no_rows_removes_the_key(tmp_path):
+    tables = TableWriter(tmp_path)
+    tables.write("scores", "b1--end", score_rows(["a"]))
+    assert tables.write("scores", "b1--end", []) == 0
+    assert tables.keys("scores") == []
+    assert len(tables.read("scores")) == 0
+
+
+def test_reading_a_table_never_written_gives_typed_empty_frame(tmp_path):
+    frame = TableWriter(tmp_path / "nothing-yet").read("points")
+    assert list(frame.columns) == SCHEMAS["points"].names and len(frame) == 0
+    assert isinstance(frame["checkpoint"].dtype, pd.CategoricalDtype)
+
+
+def test_temporary_files_are_invisible_to_readers(tmp_path):
+    tables = TableWriter(tmp_path)
+    tables.write("scores", "b1--end", score_rows(["a"]))
+    # What a writer killed between writing and renaming leaves behind.
+    (tmp_path / "scores" / ".b2--end.parquet.0123.tmp").write_bytes(b"PAR1 half a file")
+    assert tables.keys("scores") == ["b1--end"]
+    assert tables.read("scores")["network_id"].tolist() == ["a"]
+    assert pd.read_parquet(tmp_path / "scores")["network_id"].tolist() == ["a"]
+
+
+def test_reader_never_sees_a_partial_or_doubled_file_while_a_key_is_rewritten(tmp_path):
+    tables = TableWriter(tmp_path)
+    ids = [f"net{i}" for i in range(500)]
+    tables.write("scores", "b1--end", score_rows(ids))
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def rewrite():
+        try:
+            for round_ in range(40):
+                tables.write("scores", "b1--end", score_rows(ids, mean=float(round_)))
+        except BaseException as error:  # surfaced by the assertion below
+            errors.append(error)
+        finally:
+            stop.set()
+
+    writer = threading.Thread(target=rewrite)
+    writer.start()
+    reads = 0
+    while not stop.is_set():
+        frame = tables.read("scores")
+        assert len(frame) == len(ids) and frame["network_id"].is_unique
+        assert frame["mean"].diff().dropna().eq(1.0).all()  # all rows from one write
+        reads += 1
+    writer.join()
+    assert not errors and reads > 0
+    assert [p.name for p in (tmp_path / "scores").iterdir()] == ["b1--end.parquet"]
+
+
+def _write_many(root: str, keys: list[str], tag: float) -> None:
+    tables = TableWriter(root)
+    for key in keys:
+        tables.write("scores", key, score_rows([f"{key}-x", f"{key}-y"], mean=tag))
+
+
+def test_processes_writing_concurrently_lose_and_duplicate_nothing(tmp_path):
+    root = str(tmp_path)
+    own = [[f"p{p}-k{i}" for i in range(15)] for p in range(2)]
+    shared = ["race--end"] * 15  # both processes write the same key over and over
+    with ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn")) as pool:
+        list(pool.map(_write_many, [root, root], [own[0] + shared, own[1] + shared], [0.0, 100.0]))
+    frame = TableWriter(root).read("scores")
+    expected = {f"{key}-{s}" for keys in own for key in keys for s in "xy"} | {"race--end-x", "race--end-y"}
+    assert set(frame["network_id"]) == expected and frame["network_id"].is_unique
+    race = frame[frame["network_id"].str.startswith("race")].sort_values("network_id")["mean"].tolist()
+    assert race in ([0.0, 1.0], [100.0, 101.0])  # one whole write won
+    assert not [p for p in (tmp_path / "scores").iterdir() if p.name.startswith(".")]
+
+
+def test_file_uri_root(tmp_path):
+    tables = TableWriter(f"file://{tmp_path}/tables")
+    tables.write("scores", "b1--end", score_rows(["a"]))
+    assert pd.read_parquet(tmp_path / "tables" / "scores")["network_id"].tolist() == ["a"]
+
+
+def test_slices_list_columns_round_trip(tmp_path):
+    tables = TableWriter(tmp_path)
+    region = np.arange(16, dtype=np.int32)
+    boundary = np.tile([True, False], 8)
+    row = {
+        "network_id": "a", "checkpoint": "end", "slice": 0, "layers": "last", "grid": 4,
+        "region": region, "boundary": boundary, "anchors": np.linspace(0, 1, 6), "extent": [0.0, 1.0, -1.0, 2.0],
+    }
+    tables.write("slices", "b1--end", [row, {**row, "network_id": "b", "region": None, "boundary": None}])
+    frame = tables.read("slices")
+    np.testing.assert_array_equal(frame["region"][0], region)
+    np.testing.assert_array_equal(frame["boundary"][0], boundary)
+    assert frame["region"][1] is None
+    assert to_arrow("slices", frame).schema.equals(SCHEMAS["slices"])
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda r: r.pop("mean"), r"missing \['mean'\]"),
+        (lambda r: r.update(bundle_id="x"), r"unexpected \['bundle_id'\]"),
+        (lambda r: r.update(step="ten"), r"scores\.step: .*int64"),
+        (lambda r: r.update(step=1.5), r"scores\.step: expected int64, got values of type double"),
+        (lambda r: r.update(mean="high"), r"scores\.mean: .*expected double"),
+        (lambda r: r.update(network_id=None), r"scores\.network_id: 1 missing values"),
+    ],
+)
+def test_schema_violations_name_the_column(tmp_path, change, message):
+    rows = score_rows(["a", "b"])
+    change(rows[1])
+    if set(rows[0]) != set(rows[1]):
+        rows = [rows[1]]  # a row whose keys are off is reported as such
+    with pytest.raises(TableSchemaError, match=message):
+        TableWriter(tmp_path).write("scores", "b1--end", rows)
+    assert not (tmp_path / "scores").exists()
+
+
+def test_mixed_types_in_one_column_are_refused():
+    frame = pd.DataFrame(score_rows(["a", "b"]))
+    frame["step"] = pd.Series([1, "2"], dtype=object)
+    with pytest.raises(TableSchemaError, match=r"scores\.step: values of mixed or unsupported types"):
+        to_arrow("scores", frame)
+
+
+def test_unknown_table_and_bad_keys_are_refused(tmp_path):
+    tables = TableWriter(tmp_path)
+    with pytest.raises(ValueError, match="unknown table 'score'; the tables are networks, scores"):
+        tables.write("score", "k", [])
+    for key in ("../escape", ".hidden", "a/b", ""):
+        with pytest.raises(ValueError, match="not a plain file name"):
+            tables.write("scores", key, score_rows(["a"]))
