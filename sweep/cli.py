@@ -128,6 +128,8 @@ def prepare(args):
 def start_ray(address: str | None) -> None:
     import ray
 
+    if ray.is_initialized():  # an embedding program (or a test session) already chose its Ray
+        return
     try:
         if address:
             ray.init(address=address, log_to_driver=False)
@@ -239,17 +241,14 @@ def cmd_report(args) -> int:
 
 
 def _report(sweep_dir: str, *, bootstrap: bool) -> None:
-    from analysis.report import format_correlation_table, write_report
-    import analysis
+    from analysis.report import build_report, format_correlation_table
 
     try:
-        path = write_report(sweep_dir, bootstrap=bootstrap)
-        table = analysis.correlations(analysis.load(sweep_dir).wide, bootstrap=False)
-    except (FileNotFoundError, ValueError) as exc:
+        report = build_report(sweep_dir, bootstrap=bootstrap)
+    except (FileNotFoundError, OSError, ValueError) as exc:
         raise UsageError(str(exc)) from None
-    print(format_correlation_table(table))
-    print(f"[sweep] report: {path}")
-
+    print(format_correlation_table(report.correlations))
+    print(f"[sweep] report: {report.path}")
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -139,7 +139,7 @@ def test_rescoring_never_duplicates_rows(sweep_dir):
 def test_report_and_loader(sweep_dir):
     report = sweep_dir / "report" / "report.md"
     assert report.is_file()
-    assert list((sweep_dir / "report").glob("*.png"))
+    assert list((sweep_dir / "report").glob("**/*.png"))
     tables = analysis.load(str(sweep_dir))
     assert len(tables.wide) == 8
     assert "jacobian_softmax" in tables.wide.columns

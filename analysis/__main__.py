@@ -1,0 +1,37 @@
+"""`python -m analysis PATH`: write a sweep's report and print its correlation table."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from analysis.correlations import DEFAULT_RESAMPLES
+from analysis.report import build_report, format_correlation_table
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m analysis",
+        description="Rank-correlate a sweep's metrics with the generalization gap and write "
+                    "report/report.md with tables and figures.")
+    parser.add_argument("path", help="sweep directory (<storage>/<name>) or its tables/ directory; "
+                                     "local, s3:// or gs://")
+    parser.add_argument("--out", help="report directory (default: <sweep>/report)")
+    parser.add_argument("--no-bootstrap", action="store_true",
+                        help="skip the bootstrap confidence intervals (much faster)")
+    parser.add_argument("--resamples", type=int, default=DEFAULT_RESAMPLES,
+                        help=f"bootstrap resamples (default {DEFAULT_RESAMPLES})")
+    args = parser.parse_args(argv)
+    try:
+        report = build_report(args.path, args.out, bootstrap=not args.no_bootstrap,
+                              n_resamples=args.resamples)
+    except (OSError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(format_correlation_table(report.correlations))
+    print(f"\nreport: {report.path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

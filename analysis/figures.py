@@ -1,0 +1,249 @@
+"""The report's figures (PNG). Built on matplotlib's object API: no pyplot, no global backend."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import matplotlib
+import numpy as np
+import pandas as pd
+from matplotlib.axes import Axes
+from matplotlib.colors import ListedColormap
+from matplotlib.figure import Figure
+
+from analysis.columns import EXCLUDED_STATUSES, LOG_SCALE, label
+from analysis.trajectories import KIND_ORDER
+
+STYLE = {
+    "font.size": 11,
+    "axes.titlesize": 11,
+    "axes.labelsize": 11,
+    "xtick.labelsize": 10,
+    "ytick.labelsize": 10,
+    "legend.fontsize": 9,
+    "figure.titlesize": 13,
+    "axes.grid": True,
+    "grid.alpha": 0.3,
+}
+DPI = 110
+PANEL = (5.0, 4.0)  # inches per panel
+KIND_LABELS = {"random": "random ellipse", "different_class": "3 train points, different classes",
+               "same_class": "3 train points, same class"}
+CHECKPOINT_LABELS = {"init": "before training (init)", "end": "after training (end)"}
+
+
+def gap_vs_capacity(wide: pd.DataFrame, path: Path) -> Path:
+    """Gap against parameter count and against train loss (log x), one colour per data set."""
+    trained = _trained(wide)
+    columns = [c for c in ("param_count", "train_loss") if c in trained.columns]
+    with matplotlib.rc_context(STYLE):
+        figure, axes = _figure(1, max(len(columns), 1))
+        for ax, column in zip(axes[0], columns):
+            _scatter_by_dataset(ax, trained, column, "gap")
+        figure.suptitle(f"Generalization gap vs capacity and fit ({len(trained)} trained networks)")
+        return _save(figure, path)
+
+
+def metric_vs_gap(wide: pd.DataFrame, correlations: pd.DataFrame, metric: str, path: Path,
+                  target: str = "gap") -> Path:
+    """One panel per data set (and pooled when several): metric against gap, ρ and τ in the
+    title."""
+    trained = _trained(wide)
+    datasets = sorted(trained["dataset"].astype(str).unique()) if "dataset" in trained else []
+    panels = [*datasets, "pooled"] if len(datasets) != 1 else datasets
+    stats = correlations[(correlations["metric"] == metric) & (correlations["target"] == target)]
+    stats = stats.set_index(stats.columns[0])
+    with matplotlib.rc_context(STYLE):
+        figure, axes = _figure(1, len(panels))
+        for ax, panel in zip(axes[0], panels):
+            part = (trained if panel == "pooled"
+                    else trained[trained["dataset"].astype(str) == panel])
+            _scatter_by_dataset(ax, part, metric, target, legend=panel == "pooled")
+            row = stats.loc[panel] if panel in stats.index else None
+            ax.set_title(f"{panel}: {_rho_text(row)}")
+        figure.suptitle(f"{metric} vs {target}")
+        return _save(figure, path)
+
+
+def factor_scatter(pairs: pd.DataFrame, title: str, good: str, bad: str,
+                   metrics: Sequence[str], path: Path) -> Path:
+    """For factor pairs: value at the hurting level against value at the good level, per quantity,
+    against the diagonal (points above it: the hurting level raised the quantity)."""
+    with matplotlib.rc_context(STYLE):
+        figure, axes = _figure(1, len(metrics))
+        for ax, metric in zip(axes[0], metrics):
+            x = pairs[f"{metric}_good"].to_numpy(float, na_value=np.nan)
+            y = pairs[f"{metric}_bad"].to_numpy(float, na_value=np.nan)
+            finite = np.isfinite(x) & np.isfinite(y)
+            log = metric in LOG_SCALE and finite.any() and (x[finite] > 0).all() and (
+                y[finite] > 0).all()
+            x, y = x[finite], y[finite]
+            ax.scatter(x, y, s=18, alpha=0.7, edgecolors="none")
+            if finite.any():
+                low, high = min(x.min(), y.min()), max(x.max(), y.max())
+                pad = (high / low) ** 0.05 if log else 0.05 * (high - low or 1.0)
+                low, high = (low / pad, high * pad) if log else (low - pad, high + pad)
+                ax.plot([low, high], [low, high], color="0.3", lw=1, ls="--", label="no change")
+                ax.set_xlim(low, high)
+                ax.set_ylim(low, high)
+                ax.legend(loc="upper left")
+            if log:
+                ax.set_xscale("log")
+                ax.set_yscale("log")
+            above = float(np.mean(y > x)) if len(x) else np.nan
+            ax.set_title(f"{metric}: {above:.0%} of {len(x)} pairs above diagonal"
+                         if len(x) else f"{metric}: no pairs with values")
+            ax.set_xlabel(f"{good}\n{label(metric)}")
+            ax.set_ylabel(f"{bad}")
+        figure.suptitle(title)
+        return _save(figure, path)
+
+
+def trajectory_figure(profile: pd.DataFrame, dataset: str, path: Path) -> Path:
+    """Jacobian norm and transition density along the three ellipse kinds: median and the
+    interquartile band across networks and ellipses, before and after training."""
+    part = profile[profile["dataset"] == dataset]
+    checkpoints = [c for c in ("init", "end") if c in set(part["checkpoint"])] or sorted(
+        set(part["checkpoint"]))
+    values = [v for v in ("jacobian_softmax", "transition_density") if v in set(part["value"])]
+    with matplotlib.rc_context(STYLE):
+        figure, axes = _figure(len(values), len(checkpoints), sharey="row")
+        for row, value in enumerate(values):
+            for col, checkpoint in enumerate(checkpoints):
+                ax = axes[row][col]
+                curves = part[(part["value"] == value) & (part["checkpoint"] == checkpoint)]
+                for kind in [k for k in KIND_ORDER if k in set(curves["kind"])]:
+                    curve = curves[curves["kind"] == kind]
+                    line, = ax.plot(curve["phase"], curve["median"], lw=1.5,
+                                    label=KIND_LABELS.get(kind, kind))
+                    ax.fill_between(curve["phase"], curve["q25"], curve["q75"], alpha=0.2,
+                                    color=line.get_color(), lw=0)
+                for anchor in (1 / 6, 1 / 2, 5 / 6):
+                    ax.axvline(anchor, color="0.4", lw=0.8, ls=":",
+                               label="anchor points" if anchor == 1 / 6 else None)
+                if value == "jacobian_softmax" and (curves["q25"] > 0).all() and len(curves):
+                    ax.set_yscale("log")
+                ax.set_title(CHECKPOINT_LABELS.get(checkpoint, checkpoint))
+                ax.set_xlabel("position along ellipse (fraction of a turn)")
+                if col == 0:
+                    ax.set_ylabel(label(value))
+                ax.set_xlim(0, 1)
+        if values and checkpoints:
+            axes[0][0].legend(loc="best")
+        figure.suptitle(f"{dataset}: sensitivity along ellipses (median, 25–75% band)")
+        return _save(figure, path)
+
+
+def slice_figure(slices: pd.DataFrame, path: Path, max_slices: int = 2) -> Path | None:
+    """Linear-region maps of one network's slices before and after training; None when no
+    network has slices at two checkpoints."""
+    chosen = _slice_network(slices)
+    if chosen is None:
+        return None
+    checkpoints = [c for c in ("init", "end") if c in set(chosen["checkpoint"])]
+    numbers = sorted(set(chosen["slice"]))[:max_slices]
+    with matplotlib.rc_context(STYLE):
+        figure, axes = _figure(len(numbers), len(checkpoints), panel=(4.6, 4.6))
+        for row, number in enumerate(numbers):
+            for col, checkpoint in enumerate(checkpoints):
+                ax = axes[row][col]
+                match = chosen[(chosen["slice"] == number) & (chosen["checkpoint"] == checkpoint)]
+                if match.empty:
+                    ax.set_axis_off()
+                    continue
+                _draw_slice(ax, match.iloc[0])
+                ax.set_title(f"slice {number}, {CHECKPOINT_LABELS.get(checkpoint, checkpoint)}\n"
+                             f"{_region_count(match.iloc[0])} linear regions "
+                             f"({_LAYERS.get(str(match.iloc[0]['layers']), 'hidden layers')})")
+        figure.suptitle(f"Linear regions on a plane through 3 training points "
+                        f"(network {chosen['network_id'].iloc[0][:12]})")
+        return _save(figure, path)
+
+
+def _draw_slice(ax: Axes, row: pd.Series) -> None:
+    grid = int(row["grid"])
+    regions = np.asarray(row["region"]).reshape(grid, grid)
+    boundary = np.asarray(row["boundary"], dtype=bool).reshape(grid, grid)
+    u_min, u_max, v_min, v_max = np.asarray(row["extent"], dtype=float)
+    _, index = np.unique(regions, return_inverse=True)
+    # Neighbouring regions get well-separated colours from a 20-colour qualitative map.
+    colours = (index.reshape(grid, grid) * 7) % 20
+    image = np.where(boundary, np.nan, colours)
+    ax.imshow(image, origin="lower", extent=(u_min, u_max, v_min, v_max), cmap=_REGION_CMAP,
+              vmin=0, vmax=19, interpolation="nearest", aspect="auto")
+    ax.set_facecolor("black")
+    anchors = np.asarray(row["anchors"], dtype=float).reshape(3, 2)
+    ax.scatter(anchors[:, 0], anchors[:, 1], s=60, c="white", edgecolors="black", zorder=3,
+               label="training points")
+    ax.set_xlabel("u (input-space distance along plane axis 1)")
+    ax.set_ylabel("v (axis 2)")
+    ax.grid(False)
+
+
+_LAYERS = {"last": "last hidden layer", "all": "all hidden layers"}
+_REGION_CMAP = ListedColormap(matplotlib.colormaps["tab20"].colors)
+
+
+def _region_count(row: pd.Series) -> int:
+    return len(np.unique(np.asarray(row["region"])))
+
+
+def _slice_network(slices: pd.DataFrame) -> pd.DataFrame | None:
+    if slices.empty:
+        return None
+    layers = slices["layers"].astype(str)
+    preferred = slices[layers == "last"] if (layers == "last").any() else slices
+    per_network = preferred.groupby(preferred["network_id"].astype(str))["checkpoint"].nunique()
+    candidates = per_network[per_network >= 2].index
+    network = candidates[0] if len(candidates) else per_network.index[0]
+    return preferred[preferred["network_id"].astype(str) == network]
+
+
+def _scatter_by_dataset(ax: Axes, df: pd.DataFrame, x: str, y: str, legend: bool = True) -> None:
+    xs = df[x].to_numpy(float, na_value=np.nan)
+    ys = df[y].to_numpy(float, na_value=np.nan)
+    finite = np.isfinite(xs) & np.isfinite(ys)
+    log = x in LOG_SCALE
+    hidden = int((finite & (xs <= 0)).sum()) if log else 0
+    shown = finite & (xs > 0) if log else finite
+    datasets = df["dataset"].astype(str).to_numpy() if "dataset" in df else np.full(len(df), "all")
+    for name in sorted(set(datasets[shown])):
+        keep = shown & (datasets == name)
+        ax.scatter(xs[keep], ys[keep], s=14, alpha=0.6, edgecolors="none", label=name)
+    if log and shown.any():
+        ax.set_xscale("log")
+    ax.set_xlabel(label(x) + (", log scale" if log else ""))
+    ax.set_ylabel(label(y))
+    missing = int((~finite).sum()) + hidden
+    if missing:
+        ax.text(0.99, 0.01, f"{missing} networks without a plottable value not shown",
+                transform=ax.transAxes, ha="right", va="bottom", fontsize=8, color="0.3")
+    if legend and len(set(datasets[shown])) > 1:
+        ax.legend(title="data set", loc="best", markerscale=1.5)
+
+
+def _rho_text(row: pd.Series | None) -> str:
+    if row is None or not np.isfinite(row["rho"]):
+        return "ρ undefined" if row is None else f"ρ undefined (n={row['n']})"
+    return f"ρ={row['rho']:.2f}, τ={row['tau']:.2f} (n={row['n']})"
+
+
+def _trained(df: pd.DataFrame) -> pd.DataFrame:
+    if "status" not in df.columns:
+        return df
+    return df[~df["status"].astype(str).isin(EXCLUDED_STATUSES)]
+
+
+def _figure(rows: int, cols: int, panel: tuple[float, float] = PANEL, sharey: str | bool = False
+            ) -> tuple[Figure, list[list[Axes]]]:
+    figure = Figure(figsize=(panel[0] * cols, panel[1] * rows + 0.6), dpi=DPI,
+                    layout="constrained")
+    axes = figure.subplots(rows, cols, squeeze=False, sharey=sharey)
+    return figure, [list(row) for row in axes]
+
+
+def _save(figure: Figure, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path)
+    return path

@@ -1,0 +1,320 @@
+"""The sweep report: statistics tables, figures and timings in `<sweep>/report/report.md`."""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from analysis import figures
+from analysis.columns import EXCLUDED_STATUSES, metric_columns
+from analysis.correlations import DEFAULT_RESAMPLES, correlations
+from analysis.factors import FACTORS, factor_pairs, paired_factors
+from analysis.granulated import PSI, granulated_kendall
+from analysis.per_point import per_point, summarize_per_point
+from analysis.tables import Tables, load
+from analysis.trajectories import trajectory_profiles
+
+# Quantities shown in the paired-factor scatters, besides the gap, when present.
+FACTOR_FIGURE_METRICS: tuple[str, ...] = ("jacobian_softmax", "transitions")
+
+
+@dataclass(frozen=True, eq=False)
+class Report:
+    """What `build_report` computed and where it wrote it."""
+
+    path: Path
+    correlations: pd.DataFrame
+    granulated: pd.DataFrame
+    factors: pd.DataFrame
+    per_point: pd.DataFrame
+    per_point_summary: pd.DataFrame
+    figures: tuple[Path, ...]
+    timings: dict[str, float]
+
+
+def write_report(sweep_path: str | os.PathLike, out_dir: str | os.PathLike | None = None,
+                 bootstrap: bool = True) -> Path:
+    """Write `<sweep>/report/report.md` (or `out_dir/report.md`) with its figures and CSV
+    tables; returns the path of report.md."""
+    return build_report(sweep_path, out_dir, bootstrap).path
+
+
+def build_report(sweep_path: str | os.PathLike, out_dir: str | os.PathLike | None = None,
+                 bootstrap: bool = True, n_resamples: int = DEFAULT_RESAMPLES) -> Report:
+    """Load a sweep, compute every statistic, draw the figures and write the report.
+
+    The report goes to `out_dir`, by default `<sweep>/report` for a local sweep and
+    `./<sweep name>-report` for a remote (s3://, gs://) one.
+    """
+    timings: dict[str, float] = {}
+    start = time.perf_counter()
+    tables = load(sweep_path)
+    timings["load tables"] = time.perf_counter() - start
+    out = Path(out_dir) if out_dir is not None else default_out_dir(tables)
+    figure_dir = out / "figures"
+    figure_dir.mkdir(parents=True, exist_ok=True)
+    wide = tables.wide
+
+    clock = time.perf_counter()
+    corr = correlations(wide, bootstrap=bootstrap, n_resamples=n_resamples)
+    key = f"correlations with bootstrap ({n_resamples} resamples)" if bootstrap else "correlations"
+    timings[key] = time.perf_counter() - clock
+
+    clock = time.perf_counter()
+    granulated = granulated_kendall(wide)
+    factors = paired_factors(wide)
+    points = per_point(_trained_points(tables))
+    points_summary = summarize_per_point(points)
+    profile = trajectory_profiles(tables.trajectories, tables.networks)
+    timings["granulated Kendall, factors, per point, trajectories"] = time.perf_counter() - clock
+
+    clock = time.perf_counter()
+    drawn = _draw_figures(tables, corr, profile, figure_dir)
+    timings["figures"] = time.perf_counter() - clock
+
+    for name, frame in (("correlations", corr), ("granulated_kendall", granulated),
+                        ("paired_factors", factors), ("per_point", points),
+                        ("per_point_summary", points_summary)):
+        frame.to_csv(out / f"{name}.csv", index=False)
+    timings["total"] = time.perf_counter() - start
+    path = out / "report.md"
+    report = Report(path, corr, granulated, factors, points, points_summary,
+                    tuple(p for paths in drawn.values() for p in paths), timings)
+    path.write_text(_markdown(tables, report, drawn, bootstrap), encoding="utf-8")
+    return report
+
+
+def _trained_points(tables: Tables) -> pd.DataFrame:
+    """The per-point records of networks that trained (not diverged or failed)."""
+    networks = tables.networks
+    bad = networks.loc[networks["status"].astype(str).isin(EXCLUDED_STATUSES), "network_id"]
+    return tables.points[~tables.points["network_id"].isin(bad)]
+
+
+def default_out_dir(tables: Tables) -> Path:
+    sweep_dir = tables.path.rstrip("/").rsplit("/", 1)[0]
+    if "://" in sweep_dir:
+        return Path.cwd() / f"{sweep_dir.rsplit('/', 1)[-1]}-report"
+    return Path(sweep_dir) / "report"
+
+
+def format_correlation_table(df: pd.DataFrame) -> str:
+    """The correlation table as aligned text for the terminal."""
+    if df.empty:
+        return "no correlations: the sweep has no metric columns or no networks"
+    group = df.columns[0]
+    text = pd.DataFrame({
+        group: df[group].astype(str),
+        "metric": df["metric"],
+        "target": df["target"],
+        "n": df["n"].astype(str),
+        "excluded": df["n_excluded"].astype(str),
+        "Spearman ρ [95% CI]": [_estimate(r, "rho") for r in df.itertuples()],
+        "p(ρ)": df["rho_p"].map(_p_value),
+        "Kendall τ [95% CI]": [_estimate(r, "tau") for r in df.itertuples()],
+        "p(τ)": df["tau_p"].map(_p_value),
+        "note": df["note"].fillna(""),
+    })
+    return text.to_string(index=False, justify="left")
+
+
+def _draw_figures(tables: Tables, corr: pd.DataFrame, profile: pd.DataFrame, out: Path
+                  ) -> dict[str, list[Path]]:
+    wide = tables.wide
+    drawn: dict[str, list[Path]] = {"capacity": [], "metrics": [], "factors": [],
+                                    "trajectories": [], "slices": []}
+    drawn["capacity"].append(figures.gap_vs_capacity(wide, out / "gap_vs_capacity.png"))
+    for metric in metric_columns(wide):
+        if metric in ("param_count", "train_loss"):
+            continue
+        drawn["metrics"].append(
+            figures.metric_vs_gap(wide, corr, metric, out / f"gap_vs_{_file_name(metric)}.png"))
+    for factor in FACTORS:
+        if factor.column not in wide.columns:
+            continue
+        for level in factor.levels(wide[factor.column]):
+            pairs = factor_pairs(wide, factor, level)
+            if pairs.empty:
+                continue
+            shown = ["gap", *[m for m in FACTOR_FIGURE_METRICS if m in wide.columns]]
+            name = f"factor_{factor.column}_{_file_name(str(level))}.png"
+            drawn["factors"].append(figures.factor_scatter(
+                pairs, f"{factor.name}: {factor.describe(level)} ({len(pairs)} pairs)",
+                factor.level_text(factor.good), factor.level_text(level),
+                shown, out / name))
+    for dataset in sorted(profile["dataset"].unique()) if not profile.empty else []:
+        drawn["trajectories"].append(figures.trajectory_figure(
+            profile, dataset, out / f"trajectories_{_file_name(dataset)}.png"))
+    slice_path = figures.slice_figure(tables.slices, out / "slices.png")
+    if slice_path is not None:
+        drawn["slices"].append(slice_path)
+    return drawn
+
+
+def _markdown(tables: Tables, report: Report, drawn: dict[str, list[Path]], bootstrap: bool
+              ) -> str:
+    networks = tables.networks
+    statuses = networks["status"].astype(str).value_counts() if "status" in networks else None
+    datasets = sorted(networks["dataset"].astype(str).unique()) if "dataset" in networks else []
+    lines = [
+        f"# Sensitivity and generalization report: {Path(tables.path).parent.name}",
+        "",
+        f"Tables: `{tables.path}`  ",
+        f"Networks: {len(networks)}"
+        + (" (" + ", ".join(f"{n} {s}" for s, n in statuses.items()) + ")" if statuses is not None
+           else "") + "  ",
+        f"Data sets: {', '.join(datasets) or 'none'}  ",
+        f"Excluded from all statistics: networks whose status is {' or '.join(EXCLUDED_STATUSES)};"
+        " per statistic also those missing the metric (counted in each table).",
+        "",
+        "## Rank correlation with the generalization gap",
+        "",
+        "Spearman ρ and Kendall τ across networks of each metric with the gap (train accuracy − "
+        "test accuracy) and with the loss gap (test − train loss), per data set and pooled. "
+        + ("Intervals: 95% percentile bootstrap over networks." if bootstrap else
+           "Bootstrap intervals were skipped (`--no-bootstrap`)."),
+        "",
+    ]
+    for target in report.correlations["target"].unique():
+        rows = report.correlations[report.correlations["target"] == target]
+        lines += [f"### Target: `{target}`", "", _markdown_table(_correlation_rows(rows)), ""]
+    lines += _figure_lines("Each metric against the gap", drawn["metrics"])
+    lines += [
+        "## Capacity and fit",
+        "",
+        "The paper: bigger networks often generalize better; training loss does not track "
+        "generalization. Both are also ranked as baselines in the tables above.",
+        "",
+    ]
+    lines += _figure_lines(None, drawn["capacity"])
+    lines += ["## Granulated Kendall coefficient", "",
+              "ψ per hyperparameter: mean Kendall τ (metric vs gap) over groups of networks that "
+              "share every other hyperparameter; Ψ: the mean over hyperparameters "
+              "(Jiang et al., ICLR 2020). Group counts and notes are in `granulated_kendall.csv`.",
+              ""]
+    lines += [_markdown_table(_granulated_rows(report.granulated)), ""]
+    lines += ["## Paired factor studies", "",
+              "Networks identical but for one factor. Δ = hurting level − helping level. "
+              "`same direction`: share of pairs (where both change) in which the metric and the "
+              "gap move the same way; `metric up` / `gap up`: share of pairs where the hurting "
+              "level raises them; `median ratio`: metric(hurting) / metric(helping).", ""]
+    lines += [_markdown_table(_factor_rows(report.factors)), ""]
+    lines += _figure_lines("Pair scatters", drawn["factors"])
+    lines += ["## Per point", ""]
+    if report.per_point.empty:
+        lines += ["The sweep has no per-point records (`points` table is empty).", ""]
+    else:
+        lines += ["Per network: AUROC of the metric for predicting that a test point is "
+                  "misclassified, and Spearman ρ of the metric with the point's loss; summarised "
+                  "across the trained networks (diverged and failed ones excluded; per-network "
+                  "values, with points excluded and why, in `per_point.csv`).", "",
+                  _markdown_table(_per_point_rows(report.per_point_summary)), ""]
+    lines += ["## Trajectory profiles", ""]
+    if not drawn["trajectories"]:
+        lines += ["The sweep has no trajectory records (`trajectories` table is empty).", ""]
+    lines += _figure_lines(None, drawn["trajectories"])
+    lines += ["## Slices", ""]
+    if not drawn["slices"]:
+        lines += ["The sweep has no slice records (`slices` table is empty).", ""]
+    lines += _figure_lines(None, drawn["slices"])
+    lines += ["## Timing", "", "| step | seconds |", "| --- | --- |"]
+    lines += [f"| {step} | {seconds:.2f} |" for step, seconds in report.timings.items()]
+    return "\n".join(lines) + "\n"
+
+
+def _figure_lines(title: str | None, paths: list[Path]) -> list[str]:
+    lines = [f"### {title}", ""] if title and paths else []
+    for path in paths:
+        lines += [f"![{path.stem}](figures/{path.name})", ""]
+    return lines
+
+
+def _correlation_rows(df: pd.DataFrame) -> pd.DataFrame:
+    group = df.columns[0]
+    return pd.DataFrame({
+        group: df[group].astype(str),
+        "metric": df["metric"],
+        "n": df["n"],
+        "excluded": df["n_excluded"],
+        "Spearman ρ [95% CI]": [_estimate(r, "rho") for r in df.itertuples()],
+        "p(ρ)": df["rho_p"].map(_p_value),
+        "Kendall τ [95% CI]": [_estimate(r, "tau") for r in df.itertuples()],
+        "p(τ)": df["tau_p"].map(_p_value),
+        "note": df["note"],
+    })
+
+
+def _granulated_rows(df: pd.DataFrame) -> pd.DataFrame:
+    if df.empty:
+        return pd.DataFrame({"note": ["no metric columns"]})
+    table = df.pivot(index="metric", columns="hyperparam", values="tau")
+    order = [h for h in df["hyperparam"].unique() if h != PSI] + [PSI]
+    table = table.reindex(index=df["metric"].unique(), columns=order)
+    return table.map(_number).rename(columns={PSI: "Ψ"}).reset_index()
+
+
+def _factor_rows(df: pd.DataFrame) -> pd.DataFrame:
+    return pd.DataFrame({
+        "factor": df["factor"],
+        "comparison": df["comparison"],
+        "metric": df["metric"].fillna(""),
+        "pairs": df["n_pairs"],
+        "same direction": df["share_same_direction"].map(_share),
+        "metric up": df["share_metric_up"].map(_share),
+        "gap up": df["share_gap_up"].map(_share),
+        "median ratio": df["median_ratio"].map(_number),
+        "median Δgap": df["median_gap_change"].map(_number),
+        "note": df["note"].fillna(""),
+    })
+
+
+def _per_point_rows(df: pd.DataFrame) -> pd.DataFrame:
+    return pd.DataFrame({
+        "metric": df["metric"],
+        "networks": df["n_networks"],
+        "AUROC median [IQR]": [f"{_number(r.auroc_median)} [{_number(r.auroc_q25)}, "
+                               f"{_number(r.auroc_q75)}]" for r in df.itertuples()],
+        "AUROC > 0.5": df["share_auroc_above_half"].map(_share),
+        "ρ(loss) median [IQR]": [f"{_number(r.spearman_median)} [{_number(r.spearman_q25)}, "
+                                 f"{_number(r.spearman_q75)}]" for r in df.itertuples()],
+    })
+
+
+def _markdown_table(df: pd.DataFrame) -> str:
+    cells = df.astype(str).replace({"nan": "—", "None": "—"})
+    header = "| " + " | ".join(map(str, df.columns)) + " |"
+    rule = "| " + " | ".join("---" for _ in df.columns) + " |"
+    body = ["| " + " | ".join(v.replace("|", "\\|") for v in row) + " |"
+            for row in cells.itertuples(index=False)]
+    return "\n".join([header, rule, *body])
+
+
+def _estimate(row, name: str) -> str:
+    value, low, high = (getattr(row, name), getattr(row, f"{name}_lo"), getattr(row, f"{name}_hi"))
+    if not np.isfinite(value):
+        return "—"
+    interval = f" [{low:+.2f}, {high:+.2f}]" if np.isfinite(low) and np.isfinite(high) else ""
+    return f"{value:+.3f}{interval}"
+
+
+def _p_value(p: float) -> str:
+    if not np.isfinite(p):
+        return "—"
+    return "<1e-300" if p == 0 else f"{p:.1e}"
+
+
+def _number(value: float) -> str:
+    return f"{value:.3g}" if np.isfinite(value) else "—"
+
+
+def _share(value: float) -> str:
+    return f"{value:.0%}" if np.isfinite(value) else "—"
+
+
+def _file_name(text: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in text)

@@ -1,0 +1,168 @@
+"""analysis.correlations against scipy computed directly."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats
+
+from analysis import correlations
+from analysis.correlations import ResampleStatistics, bootstrap_intervals
+
+
+def table(n: int = 40, seed: int = 0) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    gap = rng.random(n)
+    return pd.DataFrame({
+        "dataset": pd.Categorical(np.where(np.arange(n) % 2 == 0, "digits", "mnist")),
+        "status": pd.Categorical(["converged"] * n),
+        "jacobian_softmax": gap + rng.normal(0, 0.3, n),
+        "margin": -gap + rng.normal(0, 0.5, n),
+        "param_count": rng.integers(100, 120, n),  # ties
+        "train_loss": rng.random(n),
+        "gap": gap,
+        "loss_gap": gap * 2 + rng.normal(0, 0.1, n),
+    })
+
+
+def row(result: pd.DataFrame, dataset: str, metric: str, target: str = "gap") -> pd.Series:
+    match = result[(result["dataset"] == dataset) & (result["metric"] == metric)
+                   & (result["target"] == target)]
+    assert len(match) == 1
+    return match.iloc[0]
+
+
+def test_point_estimates_and_p_values_equal_scipy_per_dataset_and_pooled():
+    df = table()
+    result = correlations(df, bootstrap=False)
+    assert set(result["dataset"]) == {"digits", "mnist", "pooled"}
+    assert set(result["metric"]) == {"jacobian_softmax", "margin", "param_count", "train_loss"}
+    for dataset, part in [("digits", df[df.dataset == "digits"]),
+                          ("mnist", df[df.dataset == "mnist"]), ("pooled", df)]:
+        for metric in ("jacobian_softmax", "param_count"):
+            for target in ("gap", "loss_gap"):
+                got = row(result, dataset, metric, target)
+                rho = stats.spearmanr(part[metric], part[target])
+                tau = stats.kendalltau(part[metric], part[target])
+                assert got["rho"] == pytest.approx(rho.statistic, abs=1e-12)
+                assert got["rho_p"] == pytest.approx(rho.pvalue, rel=1e-9)
+                assert got["tau"] == pytest.approx(tau.statistic, abs=1e-12)
+                assert got["tau_p"] == pytest.approx(tau.pvalue, rel=1e-9)
+                assert got["n"] == len(part) and got["n_excluded"] == 0
+                assert np.isnan(got["rho_lo"])  # no bootstrap asked
+
+
+def test_metric_equal_to_gap_gives_one_and_reversed_gives_minus_one():
+    df = table()
+    df["same"] = df["gap"] * 3 + 1
+    df["reversed"] = -df["gap"]
+    result = correlations(df, metrics=["same", "reversed"], targets=("gap",), n_resamples=200)
+    for dataset in ("digits", "mnist", "pooled"):
+        same, reversed_ = row(result, dataset, "same"), row(result, dataset, "reversed")
+        assert (same["rho"], same["tau"]) == (pytest.approx(1.0), pytest.approx(1.0))
+        assert (reversed_["rho"], reversed_["tau"]) == (pytest.approx(-1.0), pytest.approx(-1.0))
+        assert same["rho_lo"] == pytest.approx(1.0) and same["tau_hi"] == pytest.approx(1.0)
+
+
+def test_bootstrap_interval_equals_scipy_bootstrap_on_the_pairs():
+    df = table(60, seed=3)
+    result = correlations(df, metrics=["jacobian_softmax"], targets=("gap",), by=None,
+                          n_resamples=500, seed=11)
+    got = row(result, "pooled", "jacobian_softmax")
+    x, y = df["jacobian_softmax"].to_numpy(), df["gap"].to_numpy()
+    for name, statistic in (("rho", lambda a, b: stats.spearmanr(a, b).statistic),
+                            ("tau", lambda a, b: stats.kendalltau(a, b).statistic)):
+        reference = stats.bootstrap((x, y), statistic, paired=True, vectorized=False,
+                                    n_resamples=500, method="percentile",
+                                    rng=np.random.default_rng(11)).confidence_interval
+        assert got[f"{name}_lo"] == pytest.approx(reference.low, abs=1e-12)
+        assert got[f"{name}_hi"] == pytest.approx(reference.high, abs=1e-12)
+        assert got[f"{name}_lo"] <= got[name] <= got[f"{name}_hi"]
+
+
+@pytest.mark.parametrize("ties", [False, True])
+def test_resample_statistics_equal_scipy_on_each_resample(ties):
+    rng = np.random.default_rng(5)
+    n = 30
+    x = rng.integers(0, 5, n).astype(float) if ties else rng.random(n)
+    y = x + (rng.integers(0, 3, n) if ties else rng.random(n))
+    index = rng.integers(0, n, (25, n))
+    rho, tau = ResampleStatistics(x, y)(index)
+    for b, draw in enumerate(index):
+        assert rho[b] == pytest.approx(stats.spearmanr(x[draw], y[draw]).statistic, abs=1e-12)
+        assert tau[b] == pytest.approx(stats.kendalltau(x[draw], y[draw]).statistic, abs=1e-12)
+
+
+def test_diverged_failed_and_missing_values_are_excluded_and_counted():
+    df = table(30)
+    df["status"] = df["status"].cat.add_categories(["diverged", "failed"])
+    df.loc[[0, 1], "status"] = "diverged"
+    df.loc[2, "status"] = "failed"
+    df.loc[[3, 4], "jacobian_softmax"] = np.nan
+    df.loc[5, "gap"] = np.inf
+    result = correlations(df, metrics=["jacobian_softmax"], targets=("gap",), by=None,
+                          bootstrap=False)
+    got = row(result, "pooled", "jacobian_softmax")
+    kept = df.iloc[6:]
+    assert got["n"] == 24 and got["n_excluded"] == 6
+    assert got["rho"] == pytest.approx(stats.spearmanr(kept["jacobian_softmax"], kept["gap"])[0])
+    assert got["note"] == "excluded 3 diverged/failed, 3 missing jacobian_softmax or gap"
+
+
+def test_degenerate_inputs_give_nan_with_a_reason_and_no_warning():
+    df = table(12)
+    df["constant"] = 1.0
+    df["all_nan"] = np.nan
+    df["status"] = df["status"].cat.add_categories(["diverged"])
+    df.loc[df.dataset == "mnist", "status"] = "diverged"  # a data set with no trained network
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        result = correlations(df, metrics=["constant", "all_nan", "jacobian_softmax"],
+                              targets=("gap",), n_resamples=100)
+    assert row(result, "digits", "constant")["note"].startswith(
+        "undefined: constant is constant over the 6 networks")
+    assert row(result, "digits", "all_nan")["note"].startswith(
+        "undefined: 0 network(s) with values")
+    empty = row(result, "mnist", "jacobian_softmax")
+    assert empty["n"] == 0 and empty["n_excluded"] == 6
+    assert "undefined: 0 network(s)" in empty["note"]
+    for _, r in result[result["note"].str.startswith("undefined")].iterrows():
+        assert np.isnan([r["rho"], r["tau"], r["rho_p"], r["rho_lo"]]).all()
+
+
+def test_single_network_and_constant_target():
+    one = table(1)
+    result = correlations(one, metrics=["jacobian_softmax"], bootstrap=False)
+    assert result["rho"].isna().all()
+    assert result["note"].str.contains("1 network(s) with values, need at least 3",
+                                       regex=False).all()
+    flat = table(10).assign(gap=0.5)
+    got = row(correlations(flat, metrics=["jacobian_softmax"], by=None, bootstrap=False),
+              "pooled", "jacobian_softmax")
+    assert np.isnan(got["rho"]) and got["note"] == "undefined: gap is constant over the 10 networks"
+
+
+def test_tiny_sample_bootstrap_says_when_its_interval_is_undefined():
+    df = pd.DataFrame({"m": [1.0, 2.0, 3.0, 4.0], "gap": [1.0, 2.0, 4.0, 3.0]})
+    got = row(correlations(df, metrics=["m"], targets=("gap",), by=None, n_resamples=200),
+              "pooled", "m")
+    assert got["rho"] == pytest.approx(0.8)
+    assert np.isnan(got["rho_lo"])
+    assert "bootstrap interval undefined" in got["note"]
+
+
+def test_unknown_columns_are_a_clear_error():
+    with pytest.raises(ValueError, match=r"\['nope'\] are not in the table"):
+        correlations(table(), metrics=["nope"])
+    with pytest.raises(ValueError, match="cannot group by 'lab'"):
+        correlations(table(), by="lab")
+
+
+def test_bootstrap_direct_helper_is_seeded():
+    rng = np.random.default_rng(0)
+    x, y = rng.random(20), rng.random(20)
+    assert bootstrap_intervals(x, y, 100, 1) == bootstrap_intervals(x, y, 100, 1)
+    assert bootstrap_intervals(x, y, 100, 1) != bootstrap_intervals(x, y, 100, 2)

@@ -1,0 +1,120 @@
+"""Granulated Kendall: a hand-built table with known ψ, and a brute-force scipy loop."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats
+
+from analysis import granulated_kendall
+from analysis.granulated import PSI, independent_hyperparams
+from analysis.synthetic import SyntheticSweep, synthetic_networks
+
+
+def known_table() -> pd.DataFrame:
+    """width × depth grid. Within width 64 (depth varies) metric and gap agree: τ = 1; within
+    width 128, pairs (1,2) and (1,4) disagree and (2,4) agree: τ = −1/3; so ψ_depth = 1/3.
+    Across widths (depth fixed) the metric always rises with the gap: ψ_width = 1."""
+    df = pd.DataFrame({
+        "width": [64, 64, 64, 128, 128, 128],
+        "depth": [1, 2, 4, 1, 2, 4],
+        "gap": [1.0, 2.0, 3.0, 4.0, 5.0, 6.0],
+        "jacobian_softmax": [1.0, 2.0, 3.0, 6.0, 4.0, 5.0],
+        "status": ["converged"] * 6,
+    })
+    # Excluded and counted: a diverged network (at a new depth, which must not count as a
+    # level) and one without the metric.
+    extra = pd.DataFrame({"width": [64, 128], "depth": [8, 8], "gap": [0.1, 0.2],
+                          "jacobian_softmax": [9.0, np.nan], "status": ["diverged", "converged"]})
+    return pd.concat([df, extra], ignore_index=True)
+
+
+def psi(result: pd.DataFrame, metric: str, hyperparam: str) -> pd.Series:
+    return result[(result.metric == metric) & (result.hyperparam == hyperparam)].iloc[0]
+
+
+def test_hand_built_table_gives_the_known_psi():
+    result = granulated_kendall(known_table(), metrics=["jacobian_softmax"])
+    width, depth, overall = (psi(result, "jacobian_softmax", h) for h in ("width", "depth", PSI))
+    assert width["tau"] == pytest.approx(1.0)
+    assert depth["tau"] == pytest.approx(1 / 3)
+    assert overall["tau"] == pytest.approx(2 / 3)
+    assert (width["n_groups"], depth["n_groups"], overall["n_groups"]) == (3, 2, 2)
+    # Groups are formed over networks with values: the metric-less one at depth 8 forms none.
+    assert depth["n_groups_undefined"] == 0 and width["n_groups_undefined"] == 0
+    assert width["n_networks"] == 6 and width["n_excluded"] == 2
+
+
+def test_matches_a_brute_force_scipy_loop_over_groups():
+    df = synthetic_networks(SyntheticSweep(n_networks=300), np.random.default_rng(1))
+    rng = np.random.default_rng(2)
+    df["jacobian_softmax"] = df["gap"] + rng.normal(0, 0.05, len(df))
+    df["margin"] = np.where(rng.random(len(df)) < 0.2, np.nan, -df["gap"] + rng.normal(0, 0.1,
+                                                                                       len(df)))
+    result = granulated_kendall(df, metrics=["jacobian_softmax", "margin"])
+    trained = df[~df.status.isin(["diverged", "failed"])]
+    hyperparams = [h for h in result.hyperparam.unique() if h != PSI]
+    independent = independent_hyperparams(trained, hyperparams)
+    assert "full_batch" not in independent and "batch_size" in independent
+    for metric in ("jacobian_softmax", "margin"):
+        usable = trained[np.isfinite(trained[metric]) & np.isfinite(trained["gap"])]
+        for h in independent:
+            taus, undefined = [], 0
+            others = [c for c in independent if c != h]
+            for _, group in usable.groupby(others, observed=True, dropna=False):
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", stats.ConstantInputWarning)
+                    tau = (stats.kendalltau(group[metric], group["gap"]).statistic
+                           if len(group) > 1 else np.nan)
+                if np.isfinite(tau):
+                    taus.append(tau)
+                else:
+                    undefined += 1
+            got = psi(result, metric, h)
+            assert got["tau"] == pytest.approx(np.mean(taus), abs=1e-12), (metric, h)
+            assert (got["n_groups"], got["n_groups_undefined"]) == (len(taus), undefined)
+
+
+def test_a_hyperparameter_tied_to_another_is_reported_not_used():
+    df = synthetic_networks(SyntheticSweep(n_networks=96, diverged_share=0.0),
+                            np.random.default_rng(0))
+    df["jacobian_softmax"] = df["gap"]
+    result = granulated_kendall(df, metrics=["jacobian_softmax"])
+    tied = psi(result, "jacobian_softmax", "full_batch")
+    assert np.isnan(tied["tau"]) and "never varies alone" in tied["note"]
+    assert psi(result, "jacobian_softmax", "batch_size")["tau"] == pytest.approx(1.0)
+    overall = psi(result, "jacobian_softmax", PSI)
+    assert overall["tau"] == pytest.approx(1.0)
+    assert overall["note"] == "left out (no ψ): full_batch"
+
+
+def test_constant_metric_and_no_varying_hyperparameter_give_nan_with_reasons():
+    df = known_table().assign(jacobian_softmax=2.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        result = granulated_kendall(df, metrics=["jacobian_softmax"])
+    assert result["tau"].isna().all()
+    assert psi(result, "jacobian_softmax", "width")["note"].startswith(
+        "undefined: none of the 4 groups where only width varies")  # depth 8 now has a value
+    assert psi(result, "jacobian_softmax", PSI)["note"] == "undefined: no hyperparameter has a ψ"
+    single = known_table().assign(width=64, depth=1)
+    result = granulated_kendall(single, metrics=["jacobian_softmax"])
+    assert len(result) == 1
+    assert result.iloc[0]["note"] == "undefined: no hyperparameter varies"
+    dead = known_table().assign(status="diverged")
+    result = granulated_kendall(dead, metrics=["jacobian_softmax"])
+    assert result.iloc[0]["note"] == "undefined: no trained networks (all diverged or failed)"
+    assert result.iloc[0]["n_excluded"] == len(dead)
+
+
+def test_explicit_hyperparams_and_unknown_columns():
+    result = granulated_kendall(known_table(), hyperparams=["depth"], metrics=["jacobian_softmax"])
+    # With width not held fixed, all six trained networks with values form one group.
+    everything = known_table().iloc[:6]
+    expected = stats.kendalltau(everything["jacobian_softmax"], everything["gap"]).statistic
+    assert psi(result, "jacobian_softmax", "depth")["tau"] == pytest.approx(expected)
+    with pytest.raises(ValueError, match="not in the table"):
+        granulated_kendall(known_table(), hyperparams=["lr"], metrics=["jacobian_softmax"])

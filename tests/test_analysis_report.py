@@ -1,0 +1,107 @@
+"""The report end to end on a synthetic sweep written as real Parquet files, and the CLI."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from matplotlib.image import imread
+
+import analysis
+from analysis.report import build_report, format_correlation_table
+from analysis.synthetic import SyntheticSweep, write_synthetic_sweep
+
+SMALL = SyntheticSweep(n_networks=48, points_per_network=30, ellipses=2, k=16, grid=32)
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory) -> Path:
+    return write_synthetic_sweep(tmp_path_factory.mktemp("sweeps") / "small", SMALL)
+
+
+@pytest.fixture(scope="module")
+def report(sweep):
+    return build_report(sweep, n_resamples=50)
+
+
+def test_report_lands_in_the_sweep_and_every_figure_it_shows_is_a_png(sweep, report):
+    assert report.path == sweep / "report" / "report.md"
+    text = report.path.read_text()
+    shown = re.findall(r"!\[[^\]]*\]\((figures/[^)]+\.png)\)", text)
+    assert {Path(p).name for p in shown} == {p.name for p in report.figures}
+    assert {"gap_vs_capacity.png", "gap_vs_jacobian_softmax.png", "slices.png",
+            "trajectories_digits.png", "factor_activation_tanh.png"} <= {Path(p).name
+                                                                          for p in shown}
+    for relative in shown:
+        image = imread(report.path.parent / relative)
+        assert image.shape[0] >= 400 and image.shape[1] >= 400
+        assert image[..., :3].std() > 0.05  # not blank
+
+
+def test_report_states_its_tables_and_the_bootstrap_time(report):
+    text = report.path.read_text()
+    for heading in ("## Rank correlation with the generalization gap", "### Target: `gap`",
+                    "## Granulated Kendall coefficient", "## Paired factor studies",
+                    "## Per point", "## Trajectory profiles", "## Slices", "## Timing"):
+        assert heading in text
+    assert re.search(r"\| correlations with bootstrap \(50 resamples\) \| \d+\.\d\d \|", text)
+    saved = pd.read_csv(report.path.parent / "correlations.csv")
+    assert len(saved) == len(report.correlations)
+    assert saved["rho_lo"].notna().any()
+
+
+def test_report_numbers_agree_with_the_api(sweep, report):
+    wide = analysis.load(sweep).wide
+    direct = analysis.correlations(wide, bootstrap=False)
+    pd.testing.assert_series_equal(report.correlations["rho"], direct["rho"])
+    jacobian = direct[(direct.metric == "jacobian_softmax") & (direct.target == "gap")]
+    assert (jacobian["rho"] > 0.5).all()  # the synthetic sweep tracks the gap by construction
+    table = format_correlation_table(report.correlations)
+    assert "jacobian_softmax" in table and "Spearman ρ [95% CI]" in table
+
+
+def test_trajectory_profiles_equal_a_direct_pandas_computation(sweep):
+    tables = analysis.load(sweep)
+    profile = analysis.trajectory_profiles(tables.trajectories, tables.networks)
+    merged = tables.trajectories.merge(tables.networks[["network_id", "dataset"]], on="network_id")
+    for dataset, checkpoint, kind, position in [("digits", "end", "same_class", 3),
+                                                ("mnist", "init", "random", 0)]:
+        values = merged[(merged.dataset == dataset) & (merged.checkpoint == checkpoint)
+                        & (merged.kind == kind) & (merged.position == position)]
+        got = profile[(profile.dataset == dataset) & (profile.checkpoint == checkpoint)
+                      & (profile.kind == kind) & (profile.phase == position / SMALL.k)]
+        for value in ("jacobian_softmax", "transition_density"):
+            row = got[got.value == value].iloc[0]
+            column = values[value].dropna()
+            assert row["n"] == len(column)
+            assert row["median"] == pytest.approx(column.median())
+            assert row["q75"] == pytest.approx(np.quantile(column, 0.75))
+
+
+def test_cli_prints_the_table_and_fails_clearly_on_a_bad_path(sweep, tmp_path):
+    done = subprocess.run(
+        [sys.executable, "-m", "analysis", str(sweep / "tables"), "--out", str(tmp_path / "cli"),
+         "--no-bootstrap"], capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stderr
+    assert "jacobian_softmax" in done.stdout
+    assert f"report: {tmp_path / 'cli' / 'report.md'}" in done.stdout
+    assert "Bootstrap intervals were skipped" in (tmp_path / "cli" / "report.md").read_text()
+    bad = subprocess.run([sys.executable, "-m", "analysis", str(tmp_path / "missing")],
+                         capture_output=True, text=True, timeout=120, check=False)
+    assert bad.returncode == 2
+    assert "no networks table" in bad.stderr and str(tmp_path / "missing") in bad.stderr
+    assert "Traceback" not in bad.stderr
+
+
+def test_analysis_imports_neither_torch_nor_ray():
+    code = ("import sys, analysis, analysis.report, analysis.__main__; "
+            "print(sorted(m for m in ('torch', 'ray', 'sweep', 'metrics_core') "
+            "if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120, check=True)
+    assert done.stdout.strip() == "[]"

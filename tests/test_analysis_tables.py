@@ -1,0 +1,158 @@
+"""analysis.load: reading real Parquet table directories written by hand with pandas/pyarrow."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+import analysis
+from analysis.columns import (
+    NETWORK_COLUMNS,
+    POINT_COLUMNS,
+    SCORE_COLUMNS,
+    SLICE_COLUMNS,
+    TRAJECTORY_COLUMNS,
+)
+from analysis.synthetic import SyntheticSweep, synthetic_networks
+
+
+def networks_frame(n: int = 4) -> pd.DataFrame:
+    return synthetic_networks(SyntheticSweep(n_networks=n, diverged_share=0.0),
+                               np.random.default_rng(0))
+
+
+def score_rows(network_ids, checkpoint, split, metric, means, params="{}") -> pd.DataFrame:
+    n = len(network_ids)
+    return pd.DataFrame({
+        "network_id": list(network_ids), "checkpoint": checkpoint, "step": 10, "split": split,
+        "metric": metric, "mean": means, "median": means, "std": 0.0, "n_points": 5,
+        "params": params, "status": "ok", "message": "",
+    }).astype({**SCORE_COLUMNS, "mean": float}).iloc[:n]
+
+
+def write(frame: pd.DataFrame, path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    frame.to_parquet(path, index=False)
+
+
+@pytest.fixture
+def sweep(tmp_path):
+    nets = networks_frame(4)
+    ids = nets["network_id"].tolist()
+    tables = tmp_path / "sweeps" / "demo" / "tables"
+    write(nets.iloc[:2], tables / "networks" / "b0.parquet")
+    write(nets.iloc[2:], tables / "networks" / "b1.parquet")
+    scores = pd.concat([
+        score_rows(ids, "end", "test", "jacobian_softmax", [1.0, 2.0, 3.0, 4.0]),
+        score_rows(ids, "end", "train", "jacobian_softmax", [9.0, 9.0, 9.0, 9.0]),
+        score_rows(ids, "init", "test", "jacobian_softmax", [7.0, 7.0, 7.0, 7.0]),
+        score_rows(ids, "end", "weights", "path_norm", [5.0, 6.0, 7.0, 8.0]),
+        score_rows(ids, "end", "weights", "param_count", [0.0, 0.0, 0.0, 0.0]),
+        score_rows(ids, "end", "train", "train_only", [0.5, 0.6, np.nan, 0.8]),
+        score_rows(ids, "end", "test", "transitions", [10.0, 11.0, 12.0, 13.0],
+                   '{"trajectory": "ellipse"}'),
+        score_rows(ids, "end", "test", "transitions", [20.0, 21.0, 22.0, 23.0],
+                   '{"trajectory": "circle"}'),
+    ])
+    write(scores, tables / "scores" / "b0--end.parquet")
+    return tmp_path / "sweeps" / "demo", nets
+
+
+def test_load_reads_every_file_and_accepts_the_tables_dir(sweep):
+    path, nets = sweep
+    for given in (path, path / "tables", str(path)):
+        tables = analysis.load(given)
+        assert sorted(tables.networks["network_id"]) == sorted(nets["network_id"])
+        assert tables.path == str(path / "tables")
+
+
+def test_networks_keep_their_documented_dtypes(sweep):
+    tables = analysis.load(sweep[0])
+    for column, dtype in NETWORK_COLUMNS.items():
+        assert str(tables.networks[column].dtype) == dtype, column
+
+
+def test_wide_takes_end_checkpoint_and_the_split_where_each_metric_lives(sweep):
+    path, nets = sweep
+    wide = analysis.load(path).wide.set_index("network_id").loc[nets["network_id"]]
+    assert wide["jacobian_softmax"].tolist() == [1.0, 2.0, 3.0, 4.0]  # test split, end
+    assert wide["path_norm"].tolist() == [5.0, 6.0, 7.0, 8.0]  # weights split
+    np.testing.assert_array_equal(wide["train_only"], [0.5, 0.6, np.nan, 0.8])  # train only
+    # param_count is a networks column: the networks value wins, not the score's 0.
+    assert wide["param_count"].tolist() == nets["param_count"].tolist()
+    # A metric measured two ways gets one column per parameter set.
+    assert wide['transitions {"trajectory": "ellipse"}'].tolist() == [10.0, 11.0, 12.0, 13.0]
+    assert wide['transitions {"trajectory": "circle"}'].tolist() == [20.0, 21.0, 22.0, 23.0]
+    assert "transitions" not in wide.columns
+
+
+def test_wide_matches_the_documented_pandas_recipe(sweep):
+    path, _ = sweep
+    tables = analysis.load(path)
+    end = tables.scores[(tables.scores.checkpoint == "end") & (tables.scores.split == "test")
+                        & (tables.scores.metric == "jacobian_softmax")]
+    recipe = end.pivot_table(index="network_id", columns="metric", values="mean", observed=True)
+    joined = tables.networks.set_index("network_id").join(recipe)
+    ours = tables.wide.set_index("network_id")
+    pd.testing.assert_series_equal(ours["jacobian_softmax"], joined["jacobian_softmax"],
+                                   check_names=False)
+
+
+def test_missing_optional_tables_are_empty_with_documented_columns(sweep):
+    tables = analysis.load(sweep[0])
+    for frame, columns in ((tables.points, POINT_COLUMNS),
+                           (tables.trajectories, TRAJECTORY_COLUMNS),
+                           (tables.slices, SLICE_COLUMNS)):
+        assert frame.empty
+        assert list(frame.columns) == list(columns)
+
+
+def test_no_scores_gives_wide_equal_to_networks(tmp_path):
+    nets = networks_frame(3)
+    write(nets, tmp_path / "tables" / "networks" / "b.parquet")
+    tables = analysis.load(tmp_path)
+    assert list(tables.scores.columns) == list(SCORE_COLUMNS)
+    pd.testing.assert_frame_equal(tables.wide, tables.networks)
+
+
+def test_missing_networks_table_names_the_path(tmp_path):
+    with pytest.raises(FileNotFoundError, match=str(tmp_path / "nowhere")):
+        analysis.load(tmp_path / "nowhere")
+    (tmp_path / "tables" / "networks").mkdir(parents=True)
+    with pytest.raises(FileNotFoundError, match="holds no Parquet files"):
+        analysis.load(tmp_path)
+
+
+def test_damaged_file_names_the_file(tmp_path):
+    write(networks_frame(2), tmp_path / "tables" / "networks" / "good.parquet")
+    bad = tmp_path / "tables" / "networks" / "bad.parquet"
+    bad.write_bytes(b"not parquet at all")
+    with pytest.raises(OSError, match="bad.parquet"):
+        analysis.load(tmp_path)
+
+
+def test_temporary_files_are_skipped_and_null_columns_promoted(tmp_path):
+    nets = networks_frame(3)
+    directory = tmp_path / "tables" / "networks"
+    write(nets.iloc[:2], directory / "b0.parquet")
+    # A writer's half-written temporary file must not be read.
+    (directory / ".b1.parquet.tmp").write_bytes(b"partial")
+    (directory / "_b2.parquet").write_bytes(b"partial")
+    # A file whose message column is all null (pyarrow null type) still joins the others.
+    last = pa.Table.from_pandas(nets.iloc[2:], preserve_index=False)
+    last = last.set_column(last.schema.get_field_index("message"), "message",
+                           pa.nulls(1, pa.null()))
+    pq.write_table(last, directory / "b3.parquet")
+    tables = analysis.load(tmp_path)
+    assert len(tables.networks) == 3
+    assert tables.networks["message"].isna().sum() == 1
+
+
+def test_remote_style_uri_with_a_local_scheme(sweep):
+    path, nets = sweep
+    tables = analysis.load(f"file://{path}")
+    assert len(tables.networks) == len(nets)
+    assert tables.path == f"file://{path / 'tables'}"
