@@ -11,6 +11,7 @@ import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.colors import ListedColormap
 from matplotlib.figure import Figure
+from matplotlib.ticker import NullFormatter
 
 from analysis.columns import EXCLUDED_STATUSES, LOG_SCALE, label
 from analysis.trajectories import KIND_ORDER
@@ -213,6 +214,8 @@ def _scatter_by_dataset(ax: Axes, df: pd.DataFrame, x: str, y: str, legend: bool
         ax.scatter(xs[keep], ys[keep], s=14, alpha=0.6, edgecolors="none", label=name)
     if log and shown.any():
         ax.set_xscale("log")
+        # labelled minor ticks collide when the data span less than a decade
+        ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel(label(x) + (", log scale" if log else ""))
     ax.set_ylabel(label(y))
     missing = int((~finite).sum()) + hidden
