@@ -1,0 +1,37 @@
+"""Sensitivity metrics of fully-connected networks, exact and batched over points and over
+populations of same-shape models. Pure PyTorch: no Ray, no files."""
+
+from .activations import ACTIVATION_NAMES, PIECEWISE_LINEAR_NAMES, Activation
+from .baselines import margin, param_count, path_norm, spectral_product, weight_norm_sq
+from .jacobian import jacobian_norms, softmax_jacobian_norm
+from .nets import MLP, as_mlp, forward, stack, unstack
+from .profiles import trajectory_profile
+from .regions import codes, transition_counts
+from .slices import SliceMap, slice_codes
+from .trajectories import circle, ellipse, random_ellipse
+
+__all__ = [
+    "ACTIVATION_NAMES",
+    "PIECEWISE_LINEAR_NAMES",
+    "Activation",
+    "MLP",
+    "SliceMap",
+    "as_mlp",
+    "circle",
+    "codes",
+    "ellipse",
+    "forward",
+    "jacobian_norms",
+    "margin",
+    "param_count",
+    "path_norm",
+    "random_ellipse",
+    "slice_codes",
+    "softmax_jacobian_norm",
+    "spectral_product",
+    "stack",
+    "trajectory_profile",
+    "transition_counts",
+    "unstack",
+    "weight_norm_sq",
+]

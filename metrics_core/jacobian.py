@@ -1,0 +1,111 @@
+"""Exact input-output Jacobian norms of fully-connected nets, batched over points and models.
+
+Route (see docs/performance.md): the forward pass records D_l = σ'(h_l); the backward chain
+G = W_L D_{L-1} W_{L-1} … D_1 is formed for all points of a chunk as one batched matmul per
+layer; the per-point logit Gram matrix K = J Jᵀ is G (W₁W₁ᵀ) Gᵀ when the input is wider than
+the first hidden layer (never forming the C×d Jacobian), else J Jᵀ with J = G W₁. Both norms
+follow from K: ‖J‖² = tr K and ‖A J‖² = Σ_i p_i² r_iᵀ K r_i for the softmax Jacobian
+A = diag(p) − ppᵀ, whose row i is p_i·r_i with r_i = e_i − p.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+from .nets import MLP, Net, batch, chunks, preactivations
+
+Output = Literal["softmax", "logits", "both"]
+_OUTPUTS = ("softmax", "logits", "both")
+
+
+def softmax_jacobian_norm(logit_gram: Tensor, logits: Tensor) -> Tensor:
+    """‖(diag(p) − ppᵀ) J‖_F from K = J Jᵀ [..., C, C] and the logits [..., C].
+
+    Exact where the softmax saturates: the diagonal of r_i is Σ_{j≠i} p_j (not 1 − p_i, which
+    is 0 in float32 once p_i > 1 − 6e-8), each r_i is scaled by its largest entry before the
+    quadratic form, and rows are combined by a max-scaled sum, so no value of the size of the
+    result (down to ~1e-30) is ever squared.
+    """
+    p = torch.softmax(logits, dim=-1)
+    c = p.shape[-1]
+    eye = torch.eye(c, dtype=torch.bool, device=p.device)
+    rows = p.unsqueeze(-2).expand(*p.shape, c)
+    off_diagonal_mass = rows.masked_fill(eye, 0).sum(-1)
+    r = torch.where(eye, off_diagonal_mass.unsqueeze(-1), -rows)
+    scale = r.abs().amax(-1, keepdim=True)
+    r_hat = r / torch.where(scale > 0, scale, torch.ones_like(scale))
+    quad = ((r_hat @ logit_gram) * r_hat).sum(-1).clamp_min(0)
+    row_norms = p * scale.squeeze(-1) * quad.sqrt()
+    top = row_norms.amax(-1, keepdim=True)
+    relative = row_norms / torch.where(top > 0, top, torch.ones_like(top))
+    return top.squeeze(-1) * relative.square().sum(-1).sqrt()
+
+
+def uses_gram(mlp: MLP) -> bool:
+    """Per point, G W₁W₁ᵀ Gᵀ costs ~C·h₁² and (G W₁)(G W₁)ᵀ ~C·h₁·d: take the smaller."""
+    return mlp.input_dim > mlp.hidden_sizes[0]
+
+
+def backward_chain(mlp: MLP, hidden: list[Tensor]) -> Tensor:
+    """G = ∂logits/∂h₁ for every point: [M, n, C, h₁], from the hidden pre-activations."""
+    m, n = hidden[0].shape[:2]
+    act = mlp.activation
+    g = mlp.weights[-1].unsqueeze(1) * act.derivative(hidden[-1]).unsqueeze(2)
+    for layer in range(len(hidden) - 1, 0, -1):
+        w = mlp.weights[layer]
+        g = torch.bmm(g.reshape(m, -1, w.shape[1]), w).view(m, n, -1, w.shape[2])
+        g.mul_(act.derivative(hidden[layer - 1]).unsqueeze(2))
+    return g
+
+
+def logit_gram(mlp: MLP, hidden: list[Tensor], first_gram: Tensor | None) -> Tensor:
+    """K = J Jᵀ per point, [M, n, C, C]; `first_gram` is W₁W₁ᵀ [M, h₁, h₁] on the Gram route."""
+    g = backward_chain(mlp, hidden)
+    m, n, c, h = g.shape
+    flat = g.view(m, n * c, h)
+    if first_gram is not None:
+        left = torch.bmm(flat, first_gram).view(m, n, c, h)
+        return left @ g.transpose(-1, -2)
+    jac = torch.bmm(flat, mlp.weights[0]).view(m, n, c, -1)
+    return jac @ jac.transpose(-1, -2)
+
+
+def _per_point_floats(mlp: MLP) -> int:
+    widest = max(mlp.hidden_sizes) if uses_gram(mlp) else max(*mlp.hidden_sizes, mlp.input_dim)
+    return 2 * mlp.num_models * mlp.num_classes * widest
+
+
+@torch.no_grad()
+def jacobian_norms(
+    net: Net, x: Tensor, output: Output = "softmax", *, chunk_size: int | None = None
+) -> Tensor | tuple[Tensor, Tensor]:
+    """‖∂f_σ(x)/∂x‖_F (output="softmax") or ‖∂f(x)/∂x‖_F of the logits ("logits") per point;
+    "both" returns (softmax, logits) from one pass.
+
+    x: [N, d] for an nn.Sequential (results [N]); [N, d] shared or [M, N, d] for an MLP
+    (results [M, N]). `chunk_size` bounds the points processed at once (memory ~
+    2·chunk_size·M·C·h floats).
+    """
+    if output not in _OUTPUTS:
+        raise ValueError(f"output must be one of {_OUTPUTS}, got {output!r}")
+    b = batch(net, x)
+    mlp = b.mlp
+    first_gram = None
+    if uses_gram(mlp):
+        w1 = mlp.weights[0]
+        first_gram = torch.bmm(w1, w1.transpose(1, 2))
+    shape = (mlp.num_models, b.num_points)
+    soft, logit = x.new_empty(shape), x.new_empty(shape)
+    for start, stop in chunks(b.num_points, chunk_size, _per_point_floats(mlp), mlp.device):
+        hidden, logits = preactivations(mlp, b.rows(start, stop))
+        gram = logit_gram(mlp, hidden, first_gram)
+        if output != "softmax":
+            logit[:, start:stop] = gram.diagonal(dim1=-2, dim2=-1).sum(-1).clamp_min(0).sqrt()
+        if output != "logits":
+            soft[:, start:stop] = softmax_jacobian_norm(gram, logits)
+    if output == "both":
+        return b.output(soft), b.output(logit)
+    return b.output(soft if output == "softmax" else logit)

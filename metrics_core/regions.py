@@ -1,0 +1,180 @@
+"""Linear-region codes and transition counts along closed trajectories."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+from .nets import MLP, Batch, Net, batch, check_tensor, chunks, planar_first_layer, preactivations, propagate
+from .trajectories import angles, random_planes
+
+Layers = Literal["all", "last"]
+Trajectory = Literal["ellipse", "circle"]
+_MAX_REDRAWS = 100
+
+
+def hidden_pieces(mlp: MLP, hidden: list[Tensor], layers: Layers = "all") -> Tensor:
+    """int8 piece index of every unit of the chosen layers, concatenated in layer order; −1
+    where the pre-activation is not finite (a diverged network)."""
+    if layers not in ("all", "last"):
+        raise ValueError(f"layers must be 'all' or 'last', got {layers!r}")
+    chosen = hidden if layers == "all" else hidden[-1:]
+    pieces = [mlp.activation.pieces(h).masked_fill_(~torch.isfinite(h), -1) for h in chosen]
+    return torch.cat(pieces, dim=-1)
+
+
+@torch.no_grad()
+def codes(net: Net, x: Tensor, *, layers: Layers = "all", chunk_size: int | None = None) -> Tensor:
+    """Piece index (int8) of every hidden unit at each point: [N, H] for an nn.Sequential,
+    [M, N, H] for an MLP; H counts the units of all hidden layers (or the last one).
+    Raises for smooth activations, whose codes are undefined."""
+    b = batch(net, x)
+    mlp = b.mlp
+    mlp.activation.require_piecewise_linear("linear-region codes")
+    width = sum(mlp.hidden_sizes) if layers == "all" else mlp.hidden_sizes[-1]
+    out = torch.empty(mlp.num_models, b.num_points, width, dtype=torch.int8, device=x.device)
+    for start, stop in chunks(
+        b.num_points, chunk_size, mlp.num_models * sum(mlp.hidden_sizes), mlp.device
+    ):
+        hidden, _ = preactivations(mlp, b.rows(start, stop), logits=False)
+        out[:, start:stop] = hidden_pieces(mlp, hidden, layers)
+    return b.output(out)
+
+
+def changes_along(mlp: MLP, hidden: list[Tensor], n: int, k: int, dtype: torch.dtype) -> Tensor:
+    """Units changing piece between positions i and (i+1) mod k of n closed trajectories,
+    from the hidden pre-activations [M, n·k, h] -> [M, n, k]; NaN where either end is not
+    finite."""
+    m = mlp.num_models
+    changes = torch.zeros(m, n, k, dtype=torch.int32, device=hidden[0].device)
+    for h in hidden:
+        pieces = mlp.activation.pieces(h.reshape(m, n, k, -1))
+        changes[..., :-1] += (pieces[:, :, :-1] != pieces[:, :, 1:]).sum(-1, dtype=torch.int32)
+        changes[..., -1] += (pieces[:, :, -1] != pieces[:, :, 0]).sum(-1, dtype=torch.int32)
+    # A NaN or +inf pre-activation makes every unit of the next layer non-finite, so checking
+    # the last hidden layer catches a non-finite network anywhere.
+    finite = torch.isfinite(hidden[-1]).all(-1).view(m, n, k)
+    finite &= finite.roll(-1, dims=2)
+    return changes.to(dtype).masked_fill_(~finite, float("nan"))
+
+
+def piece_changes(mlp: MLP, z: Tensor) -> Tensor:
+    """Units changing piece between z_i and z_{(i+1) mod k} along trajectories z [n, k, d]
+    (the same for every model) or [M, n, k, d] -> [M, n, k]."""
+    *lead, n, k, d = z.shape
+    hidden, _ = preactivations(mlp, z.reshape(*lead, n * k, d), logits=False)
+    return changes_along(mlp, hidden, n, k, z.dtype)
+
+
+def _flat_points(b: Batch, t: Tensor, name: str, extra: tuple[int, ...]) -> Tensor:
+    """`t` shaped [*x's leading dims, *extra, ...features] as [*lead, *extra, d]."""
+    check_tensor(b.mlp, t, name)
+    expected_lead = tuple(b.x.shape[:-1]) + extra
+    features = t.shape[len(expected_lead):].numel()
+    if tuple(t.shape[: len(expected_lead)]) != expected_lead or features != b.mlp.input_dim:
+        raise ValueError(
+            f"{name} must be [{', '.join(map(str, expected_lead))}, {b.mlp.input_dim}] to match "
+            f"x {tuple(b.x.shape)}, got {tuple(t.shape)}"
+        )
+    return t.reshape(*expected_lead, b.mlp.input_dim)
+
+
+def draw_partners(x: Tensor, pool: Tensor, generator: torch.Generator) -> Tensor:
+    """Two pool points per point of x [..., d] -> [..., 2, d]: distinct draws, each different
+    from x and from each other (redrawn where a pool point equals x, e.g. x is in the pool)."""
+    size = pool.shape[0]
+    if size < 3:
+        raise ValueError(f"the partner pool needs at least 3 points, got {size}")
+    shape = (*x.shape[:-1], 2)
+    index = torch.randint(size, shape, generator=generator, device=generator.device)
+    for _ in range(_MAX_REDRAWS):
+        partners = pool[index.to(pool.device)]
+        bad = (partners == x.unsqueeze(-2)).all(-1)
+        bad |= (partners[..., 0, :] == partners[..., 1, :]).all(-1).unsqueeze(-1)
+        if not bad.any():
+            return partners
+        redraw = torch.randint(size, shape, generator=generator, device=generator.device)
+        index = torch.where(bad.to(index.device), redraw, index)
+    raise ValueError(
+        f"could not draw two partners different from x and from each other in {_MAX_REDRAWS} "
+        "tries: the pool holds too few distinct points"
+    )
+
+
+def ellipse_axes(x: Tensor, partners: Tensor) -> tuple[Tensor, Tensor]:
+    """Centre m and axes (u, v) [..., 2, d] of the ellipse through x, p₁, p₂ (see `ellipse`)."""
+    p1, p2 = partners.unbind(-2)
+    centre = (x + p1 + p2) / 3
+    return centre, torch.stack([centre - p1, (x - p2) / 3**0.5], dim=-2)
+
+
+@torch.no_grad()
+def transition_counts(
+    net: Net,
+    x: Tensor,
+    *,
+    partners: Tensor | None = None,
+    pool: Tensor | None = None,
+    generator: torch.Generator | None = None,
+    k: int = 256,
+    trajectory: Trajectory = "ellipse",
+    radius: float | None = None,
+    chunk_size: int | None = None,
+) -> Tensor:
+    """t(x) = Σ_i (units changing piece between z_i and z_{(i+1) mod k}) along a closed
+    trajectory of k points z_i = centre + u cos θ_i + v sin θ_i, θ_i = 2πi/k.
+
+    trajectory="ellipse": the ellipse through x (at θ = π/3) and two partners, given as
+    `partners` [N, 2, d] ([M, N, 2, d] for per-model x) or drawn from `pool` [P, d] with
+    `generator`. trajectory="circle": the circle of `radius` centred at x in a random plane
+    drawn with `generator`. Results [N] or [M, N] in x's dtype; NaN for smooth activations
+    and for points where the network is not finite.
+    """
+    b = batch(net, x)
+    mlp = b.mlp
+    if trajectory not in ("ellipse", "circle"):
+        raise ValueError(f"trajectory must be 'ellipse' or 'circle', got {trajectory!r}")
+    if trajectory == "ellipse":
+        if (partners is None) == (pool is None):
+            raise ValueError("the ellipse needs exactly one of partners= or pool= (with generator=)")
+        if radius is not None:
+            raise ValueError("radius= applies to trajectory='circle' only")
+    elif radius is None or not radius > 0 or partners is not None or pool is not None:
+        raise ValueError(
+            f"trajectory='circle' needs a positive radius= (got {radius}) and generator=, "
+            "not partners or pool"
+        )
+    if (pool is not None or trajectory == "circle") and generator is None:
+        raise ValueError(
+            "drawing partners or planes needs generator=torch.Generator().manual_seed(seed)"
+        )
+    theta = angles(k, x)
+    if pool is not None:
+        pool = pool.flatten(1) if pool.dim() > 2 else pool
+        check_tensor(mlp, pool, "pool")
+        if pool.dim() != 2 or pool.shape[1] != mlp.input_dim:
+            raise ValueError(f"pool must be [P, {mlp.input_dim}], got {tuple(pool.shape)}")
+    if partners is not None:
+        partners = _flat_points(b, partners, "partners", (2,))
+    out = x.new_full((mlp.num_models, b.num_points), float("nan"))
+    if not mlp.activation.piecewise_linear:
+        return b.output(out)
+    if trajectory == "circle":
+        planes = random_planes(b.x, generator) * radius
+    elif pool is not None:
+        partners = draw_partners(b.x, pool, generator)
+
+    coefficients = torch.stack([theta.cos(), theta.sin()], dim=-1)
+    per_point = 2 * k * mlp.num_models * sum(mlp.hidden_sizes) + 3 * mlp.input_dim
+    for start, stop in chunks(b.num_points, chunk_size, per_point, mlp.device):
+        xc = b.rows(start, stop)
+        if trajectory == "circle":
+            centre, axes = xc, planes[start:stop] if b.shared else planes[:, start:stop]
+        else:
+            centre, axes = ellipse_axes(xc, partners[start:stop] if b.shared else partners[:, start:stop])
+        first = planar_first_layer(mlp, centre, axes, coefficients)
+        hidden, _ = propagate(mlp, first, logits=False)
+        out[:, start:stop] = changes_along(mlp, hidden, stop - start, k, x.dtype).sum(-1)
+    return b.output(out)

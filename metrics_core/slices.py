@@ -1,0 +1,145 @@
+"""Two-dimensional slices: linear-region maps on the plane through three points."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from .nets import MLP, Net, as_mlp, check_tensor, chunks, planar_first_layer, propagate
+from .regions import Layers, hidden_pieces
+
+_BITS_PER_UNIT = 2  # piece indices −1..2 fit in two bits
+_UNITS_PER_WORD = 63 // _BITS_PER_UNIT  # clear of the sign bit
+
+
+@dataclass(frozen=True)
+class SliceMap:
+    """Region map of a G×G grid on the plane through three anchors (rows follow v, columns u).
+
+    region: int32 [G, G] ([M, G, G] for an MLP), id of each pixel's distinct code, numbered
+    in order of first appearance (row-major); boundary: bool, like region, True where the
+    code differs from the right or lower neighbour; anchors: float64 [6], the (u, v)
+    coordinates of a, b, c; extent: float64 [4], u_min, u_max, v_min, v_max; origin [d] and
+    basis [2, d] (float64) map (u, v) back to input space: origin + u·basis[0] + v·basis[1].
+    """
+
+    region: Tensor
+    boundary: Tensor
+    anchors: Tensor
+    extent: Tensor
+    origin: Tensor
+    basis: Tensor
+    grid: int
+    layers: str
+
+
+def plane(a: Tensor, b: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
+    """Centroid and orthonormal basis [2, d] (float64) of the plane through a, b, c."""
+    # Collinear up to the inputs' own rounding counts as collinear.
+    tolerance = 100 * torch.finfo(a.dtype).eps
+    a, b, c = (t.double() for t in (a, b, c))
+    first = b - a
+    if not first.norm() > 0:
+        raise ValueError("the slice anchors a and b coincide: pick three distinct points")
+    e1 = first / first.norm()
+    rest = (c - a) - ((c - a) @ e1) * e1
+    if not rest.norm() > tolerance * (c - a).norm():
+        raise ValueError("the slice anchors are collinear: pick three points spanning a plane")
+    return (a + b + c) / 3, torch.stack([e1, rest / rest.norm()])
+
+
+def pack_codes(pieces: Tensor) -> Tensor:
+    """Codes [..., H] (int8, −1..2) packed losslessly into int64 words [..., ⌈H/31⌉]."""
+    h = pieces.shape[-1]
+    pad = -h % _UNITS_PER_WORD
+    values = torch.nn.functional.pad(pieces, (0, pad)).to(torch.int64) & 3
+    values = values.view(*pieces.shape[:-1], -1, _UNITS_PER_WORD)
+    shifts = torch.arange(0, _BITS_PER_UNIT * _UNITS_PER_WORD, _BITS_PER_UNIT, device=pieces.device)
+    return (values << shifts).sum(-1)
+
+
+def first_appearance_ids(rows: Tensor) -> Tensor:
+    """int32 id per row of [n, w], equal rows sharing an id, ids in order of first appearance."""
+    _, inverse = torch.unique(rows, dim=0, return_inverse=True)
+    positions = torch.arange(rows.shape[0], device=rows.device)
+    count = int(inverse.max()) + 1
+    first = torch.full((count,), rows.shape[0], device=rows.device).scatter_reduce_(
+        0, inverse, positions, reduce="amin"
+    )
+    rank = torch.empty_like(first)
+    rank[first.argsort()] = torch.arange(count, device=rows.device)
+    return rank[inverse].to(torch.int32)
+
+
+def boundaries(region: Tensor) -> Tensor:
+    """Pixels whose region differs from their right or lower neighbour: [..., G, G] bool."""
+    edge = torch.zeros_like(region, dtype=torch.bool)
+    edge[..., :, :-1] |= region[..., :, :-1] != region[..., :, 1:]
+    edge[..., :-1, :] |= region[..., :-1, :] != region[..., 1:, :]
+    return edge
+
+
+@torch.no_grad()
+def slice_codes(
+    net: Net,
+    a: Tensor,
+    b: Tensor,
+    c: Tensor,
+    *,
+    grid: int = 256,
+    layers: Layers = "last",
+    margin: float = 0.25,
+    chunk_size: int | None = None,
+) -> SliceMap:
+    """Region map of the plane through a, b, c (each one input point) on a grid×grid square.
+
+    The square is centred on the anchors' bounding box, its side that box's longer side
+    plus `margin` of it on each end. Codes use the last hidden layer (layers="last") or all
+    of them ("all"). Raises for smooth activations, whose codes are undefined.
+    """
+    mlp = as_mlp(net)
+    mlp.activation.require_piecewise_linear("slice maps (linear-region codes)")
+    if layers not in ("all", "last"):
+        raise ValueError(f"layers must be 'all' or 'last', got {layers!r}")
+    if grid < 2:
+        raise ValueError(f"grid must be at least 2 pixels, got {grid}")
+    if not margin >= 0:
+        raise ValueError(f"margin must be >= 0, got {margin}")
+    for name, t in (("a", a), ("b", b), ("c", c)):
+        check_tensor(mlp, t, name)
+        if t.numel() != mlp.input_dim:
+            raise ValueError(f"{name} must be one input point of {mlp.input_dim} values, got {tuple(t.shape)}")
+    origin, basis = plane(a.reshape(-1), b.reshape(-1), c.reshape(-1))
+    anchors = (torch.stack([a.reshape(-1), b.reshape(-1), c.reshape(-1)]).double() - origin) @ basis.T
+    low, high = anchors.amin(0), anchors.amax(0)
+    half = (high - low).max() * (0.5 + margin)
+    centre = (low + high) / 2
+    extent = torch.stack([centre[0] - half, centre[0] + half, centre[1] - half, centre[1] + half])
+    us = torch.linspace(float(extent[0]), float(extent[1]), grid, dtype=torch.float64, device=origin.device)
+    vs = torch.linspace(float(extent[2]), float(extent[3]), grid, dtype=torch.float64, device=origin.device)
+
+    width = sum(mlp.hidden_sizes) if layers == "all" else mlp.hidden_sizes[-1]
+    words = -(-width // _UNITS_PER_WORD)
+    packed = torch.empty(mlp.num_models, grid * grid, words, dtype=torch.int64, device=mlp.device)
+    per_pixel = 2 * mlp.num_models * sum(mlp.hidden_sizes)
+    base = origin.to(mlp.dtype).unsqueeze(0)
+    directions = basis.to(mlp.dtype).unsqueeze(0)
+    for start, stop in chunks(grid * grid, chunk_size, per_pixel, mlp.device):
+        pixel = torch.arange(start, stop, device=origin.device)
+        uv = torch.stack([us[pixel % grid], vs[pixel // grid]], dim=-1)
+        hidden, _ = propagate(mlp, planar_first_layer(mlp, base, directions, uv), logits=False)
+        packed[:, start:stop] = pack_codes(hidden_pieces(mlp, hidden, layers))
+    region = torch.stack([first_appearance_ids(p) for p in packed]).view(-1, grid, grid)
+    single = not isinstance(net, MLP)
+    return SliceMap(
+        region=region[0] if single else region,
+        boundary=boundaries(region[0] if single else region),
+        anchors=anchors.reshape(-1).cpu(),
+        extent=extent.cpu(),
+        origin=origin.cpu(),
+        basis=basis.cpu(),
+        grid=grid,
+        layers=layers,
+    )

@@ -1,0 +1,80 @@
+"""Closed trajectories in input space: the ellipse through three points, random ellipses and
+circles in random planes. Pure geometry, batched over leading dimensions."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+
+def angles(k: int, like: Tensor) -> Tensor:
+    """θ_i = 2πi/k, i = 0..k−1, in the dtype and on the device of `like`."""
+    if k < 2:
+        raise ValueError(f"a closed trajectory needs k >= 2 points, got k={k}")
+    return torch.arange(k, dtype=torch.float64, device=like.device).mul_(2 * math.pi / k).to(like.dtype)
+
+
+def ellipse(a: Tensor, b: Tensor, c: Tensor, k: int) -> Tensor:
+    """k points z(θ_i) = m + u cos θ_i + v sin θ_i of the ellipse through a, b, c.
+
+    m = (a+b+c)/3, u = m − b, v = (a − c)/√3, so z passes through a, b, c at θ = π/3, π, 5π/3.
+    a, b, c: [..., d] (broadcast) -> [..., k, d].
+    """
+    a, b, c = torch.broadcast_tensors(a, b, c)
+    m = (a + b + c) / 3
+    u = (m - b).unsqueeze(-2)
+    v = ((a - c) / math.sqrt(3)).unsqueeze(-2)
+    theta = angles(k, a).unsqueeze(-1)
+    return m.unsqueeze(-2) + u * theta.cos() + v * theta.sin()
+
+
+def gaussian_points(
+    mean: Tensor, std: Tensor, shape: tuple[int, ...], generator: torch.Generator
+) -> Tensor:
+    """mean + std·ε with ε ~ N(0, 1) of shape [*shape, d], drawn on the generator's device."""
+    if mean.shape != std.shape or mean.dim() != 1:
+        raise ValueError(
+            f"mean and std must both be [d] (per-feature), got {tuple(mean.shape)} and {tuple(std.shape)}"
+        )
+    noise = torch.randn(*shape, mean.shape[0], generator=generator, device=generator.device)
+    return mean + std * noise.to(device=mean.device, dtype=mean.dtype)
+
+
+def random_ellipse(
+    mean: Tensor, std: Tensor, k: int, generator: torch.Generator, n: int = 1
+) -> Tensor:
+    """n ellipses [n, k, d], each through three Gaussian points scaled to the data's mean and
+    per-feature std (both [d])."""
+    a, b, c = gaussian_points(mean, std, (3, n), generator)
+    return ellipse(a, b, c, k)
+
+
+def random_planes(x: Tensor, generator: torch.Generator) -> Tensor:
+    """Two orthonormal random directions per point: x [..., d] -> [..., 2, d]."""
+    g = torch.randn(*x.shape[:-1], x.shape[-1], 2, generator=generator, device=generator.device)
+    q = torch.linalg.qr(g.to(device=x.device, dtype=torch.float64)).Q
+    return q.transpose(-1, -2).to(x.dtype)
+
+
+def circle(
+    x: Tensor,
+    radius: float,
+    k: int,
+    *,
+    generator: torch.Generator | None = None,
+    directions: Tensor | None = None,
+) -> Tensor:
+    """k points x + r(u cos θ_i + v sin θ_i): the circle of radius r centred at x in the plane
+    spanned by orthonormal u, v (`directions` [..., 2, d], or drawn with `generator`).
+    x [..., d] -> [..., k, d]."""
+    if not radius > 0:
+        raise ValueError(f"the circle radius must be positive, got {radius}")
+    if (generator is None) == (directions is None):
+        raise ValueError("pass exactly one of generator= (random plane) or directions=")
+    if directions is None:
+        directions = random_planes(x, generator)
+    theta = angles(k, x).unsqueeze(-1)
+    u, v = directions.unsqueeze(-3).unbind(-2)
+    return x.unsqueeze(-2) + radius * (u * theta.cos() + v * theta.sin())
