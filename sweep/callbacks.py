@@ -45,6 +45,13 @@ class ProgressCallback(tune.Callback):
     def on_trial_error(self, iteration, trials, trial, **info):
         self._print(trials, force=True)
 
+    def on_trial_recover(self, iteration, trials, trial, **info):
+        # A lost worker node or a crash: say so, since the retry itself is silent.
+        checkpoint = trial.checkpoint
+        start = f"its last checkpoint ({checkpoint.path.rstrip('/').rsplit('/', 1)[-1]})" if checkpoint else "the start"
+        print(f"[sweep] bundle {trial.config['bundle']['bundle_id']}: {_error_message(trial)}; retrying from {start}",
+              file=self._stream or sys.stdout, flush=True)
+
     def _print(self, trials, force: bool = False) -> None:
         now = time.monotonic()
         if not force and now - self._printed < self.every_s:

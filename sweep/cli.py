@@ -130,16 +130,51 @@ def start_ray(address: str | None) -> None:
 
     if ray.is_initialized():  # an embedding program (or a test session) already chose its Ray
         return
+    if address:
+        check_reachable(address)
     try:
         if address:
             ray.init(address=address, log_to_driver=False)
         else:
             ray.init(address="local", include_dashboard=False, log_to_driver=False)
-    except (ConnectionError, RuntimeError, ValueError) as exc:
+    except (ConnectionError, RuntimeError, ValueError, ray.exceptions.AuthenticationError) as exc:
         target = address or "a local Ray instance"
+        hint = ""
+        if address and os.environ.get("RAY_AUTH_MODE") != "token":
+            hint = (" If the cluster uses token authentication (`ray start` turns it on when a token exists), "
+                    "run `export RAY_AUTH_MODE=token` with the cluster's token in ~/.ray/auth_token or "
+                    "RAY_AUTH_TOKEN.")
         raise UsageError(
             f"could not connect to Ray at {target}: {exc}. Start a cluster with `ray start --head` "
-            "(or check the address), or leave --address out to run locally"
+            f"(or check the address), or leave --address out to run locally.{hint}"
+        ) from None
+
+
+def check_reachable(address: str) -> None:
+    """Answer within seconds when nothing listens at a cluster address: ray.init would retry for
+    minutes. `auto` and localhost are resolved the way ray.init resolves them."""
+    import socket
+
+    from ray._private.services import canonicalize_bootstrap_address
+
+    if "://" in address:  # Ray Client (ray://) and other schemes connect their own way
+        return
+    try:
+        resolved = canonicalize_bootstrap_address(address)
+    except (ConnectionError, ValueError) as exc:
+        raise UsageError(
+            f"--address {address}: {exc} Start a cluster with `ray start --head`, pass its host:port, "
+            "or leave --address out to run locally"
+        ) from None
+    if resolved is None:
+        return
+    host, _, port = resolved.rpartition(":")
+    try:
+        socket.create_connection((host, int(port)), timeout=5).close()
+    except (OSError, ValueError) as exc:
+        raise UsageError(
+            f"nothing answers at --address {address} ({resolved}: {exc}); start the head node there with "
+            f"`ray start --head --port={port}`, check the host and port, or leave --address out to run locally"
         ) from None
 
 
@@ -196,6 +231,8 @@ def finish(plan, results, started: float, *, report: bool) -> int:
 
 
 def cmd_status(args) -> int:
+    import pyarrow
+
     from sweep import runner
     from sweep.status import describe
 
@@ -203,8 +240,20 @@ def cmd_status(args) -> int:
         plan = runner.load_plan(args.path)
     except FileNotFoundError as exc:
         raise UsageError(str(exc)) from None
-    print(describe(plan))
+    try:
+        print(describe(plan))
+    except (OSError, pyarrow.ArrowException) as exc:
+        raise UsageError(damaged_table_message(exc, args.path)) from None
     return 0
+
+
+def damaged_table_message(exc: Exception, path: str) -> str:
+    """Our writes are atomic, so an unreadable table file was cut short or altered outside the sweep."""
+    return (
+        f"a table file cannot be read: {str(exc).rstrip('.')}. Copy it again if it came from another "
+        f"storage; otherwise delete it and run `sweep score {path}` (scores, points, trajectories, slices "
+        "are rewritten from the checkpoints; a networks file comes back only by running that bundle again)"
+    )
 
 
 def cmd_score(args) -> int:
@@ -230,7 +279,9 @@ def cmd_score(args) -> int:
     start_ray(args.address)
     summary = runner.score(plan, settings, rescore=args.rescore or bool(overrides))
     print(f"[sweep] scored {summary['scored']} of {summary['checkpoints']} checkpoint(s) -> {plan.table_root}")
-    return 0
+    for failure in summary["failures"]:
+        print(f"sweep: scoring failed: {failure}", file=sys.stderr)
+    return 1 if summary["failures"] else 0
 
 
 def cmd_report(args) -> int:

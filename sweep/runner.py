@@ -71,15 +71,25 @@ def save_plan(plan: SweepPlan) -> None:
 
 
 def load_plan(sweep_dir: str) -> SweepPlan:
-    fs, path = pafs.FileSystem.from_uri(resolve_storage(sweep_dir))
+    """The plan saved in a sweep folder, placed where the folder is now: a copy fetched from a
+    cluster's storage reads and writes its own tables, not the original's."""
+    where = resolve_storage(sweep_dir).rstrip("/")
     try:
+        fs, path = pafs.FileSystem.from_uri(where)
         with fs.open_input_stream(f"{path}/{SWEEP_FILE}") as f:
-            return SweepPlan.from_json(f.read().decode())
+            plan = SweepPlan.from_json(f.read().decode())
     except FileNotFoundError:
         raise FileNotFoundError(
             f"{sweep_dir} is not a sweep directory (no {SWEEP_FILE}); pass the folder that "
             "`sweep run` printed, e.g. sweeps/digits-20261127-120000"
         ) from None
+    except OSError as exc:  # callers report a missing sweep folder; an unreachable one reads the same
+        raise FileNotFoundError(
+            f"cannot read {sweep_dir}/{SWEEP_FILE}: {exc}; check the path, and the network and "
+            "credentials for its storage"
+        ) from None
+    storage, _, name = where.rpartition("/")
+    return dataclasses.replace(plan, storage=storage, name=name)
 
 
 def make_plan(spec: SweepSpec, bundles: list[BundleConfig], *, name: str, storage: str,

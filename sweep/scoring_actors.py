@@ -122,7 +122,10 @@ class ScoringPool:
 
     def _start_actor(self):
         threads = max(1, round(self._resources["num_cpus"]))
-        return ScoringActor.options(**self._resources).remote(threads=threads)
+        # Ray restarts an actor lost with its node on a live node and re-runs its queued tasks
+        # (scoring is idempotent, so a re-run is safe); a replacement made by the pool right away
+        # could land on the dying node before Ray declares it dead.
+        return ScoringActor.options(**self._resources, max_restarts=3, max_task_retries=3).remote(threads=threads)
 
     def _dispatch(self, job: _Job) -> None:
         slot = min(range(len(self._actors)), key=self._load.__getitem__)

@@ -2,17 +2,21 @@
 
 Checkpoints (docs/architecture.md) are reported at initialisation, every
 `checkpoint_every_epochs` epochs and at the end; a retried or resumed trial restores the
-trainer's full state from the latest one and continues exactly where it stopped.
+trainer's full state from the latest one and continues exactly where it stopped; a bundle whose
+`end` checkpoint is already on the storage is not trained again.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import tempfile
 from pathlib import Path
 
+import pyarrow.fs as pafs
 import torch
 
+from sweep import storage
 from sweep.data import load_dataset
 from sweep.population import PopulationTrainer
 from sweep.spec import Budget, BundleConfig
@@ -73,6 +77,11 @@ def train_bundle(config: dict) -> None:
 
     torch.set_num_threads(max(1, int(config.get("cpus_per_trial", 1))))
     bundle = BundleConfig.from_dict(config["bundle"])
+    finished = finished_meta(config["sweep_dir"], bundle.bundle_id)
+    if finished is not None:
+        tune.report({"bundle_id": bundle.bundle_id, "members": len(bundle.members), "epoch": finished["epoch"],
+                     "steps": finished["step"], "done": True, **_status_counts(finished["statuses"])})
+        return
     budget = Budget(**config["budget"])
     every = config.get("checkpoint_every_epochs")
     device = _device(config)
@@ -86,7 +95,7 @@ def train_bundle(config: dict) -> None:
             "epoch": trainer.epoch,
             "steps": trainer.steps,
             "done": trainer.done,
-            **_status_counts(trainer),
+            **_status_counts(trainer.status),
         }
         if tag is None:
             tune.report(metrics)
@@ -117,5 +126,29 @@ def train_bundle(config: dict) -> None:
             report(None)
 
 
-def _status_counts(trainer: PopulationTrainer) -> dict:
-    return {status: trainer.status.count(status) for status in ("running", "converged", "budget", "diverged")}
+def _status_counts(statuses: list[str]) -> dict:
+    return {status: statuses.count(status) for status in ("running", "converged", "budget", "diverged")}
+
+
+def finished_meta(sweep_dir: str, bundle_id: str) -> dict | None:
+    """meta.json of the bundle's `end` checkpoint on the storage, if it has one.
+
+    Tune snapshots its experiment state every 10 s or more, so a driver killed soon after a
+    bundle ended leaves it marked running; `sweep resume` then restarts it, and it must not train
+    (and write) again what is already on the storage.
+    """
+    fs, path = storage.resolve(sweep_dir)
+    selector = pafs.FileSelector(f"{path}/bundle-{bundle_id}", allow_not_found=True)
+    for info in fs.get_file_info(selector):
+        if info.type != pafs.FileType.Directory or not info.base_name.startswith("checkpoint_"):
+            continue
+        try:
+            meta = json.loads(storage.read_bytes(fs, f"{info.path}/{META_FILE}"))
+            if meta.get("tag") != "end":
+                continue
+            # Files are copied one by one: an upload cut short by the loss is not a finished bundle.
+            torch.load(io.BytesIO(storage.read_bytes(fs, f"{info.path}/{POPULATION_FILE}")), weights_only=True)
+        except Exception:  # noqa: BLE001 - unreadable for whatever reason: train it again
+            continue
+        return meta
+    return None

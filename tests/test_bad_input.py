@@ -1,0 +1,126 @@
+"""Bad input beyond the spec catalogue of test_cli_errors.py (docs/failures.md): cluster addresses
+that answer nothing, and the safe-loading rules. Commands run as subprocesses, so the answer
+comes from the `sweep` command as a user sees it, and a Ray that this test session may have
+started is never reused."""
+
+import ast
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from sweep import runner
+from sweep.spec import expand, load_spec
+
+ROOT = Path(__file__).resolve().parents[1]
+SPEC = """
+name: ok
+datasets: [digits]
+grid:
+  widths: [8]
+  depths: [1]
+  learning_rates: [0.1]
+budget:
+  max_epochs: 2
+"""
+# ray.init on such an address retries for minutes; the command must answer well within this.
+ANSWER_WITHIN_S = 60
+
+
+def dead_address() -> str:
+    """A local port nothing listens on (bound, then released)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return f"127.0.0.1:{s.getsockname()[1]}"
+
+
+def sweep(*args: str, **env: str) -> tuple[int, str, float]:
+    values = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    values.update(RAY_USAGE_STATS_ENABLED="0", **env)
+    started = time.monotonic()
+    done = subprocess.run([sys.executable, "-m", "sweep.cli", *args], capture_output=True, text=True,
+                          env=values, cwd=ROOT, timeout=300)
+    return done.returncode, done.stdout + done.stderr, time.monotonic() - started
+
+
+@pytest.fixture
+def spec_file(tmp_path) -> Path:
+    path = tmp_path / "spec.yaml"
+    path.write_text(SPEC)
+    return path
+
+
+@pytest.fixture
+def sweep_folder(tmp_path, spec_file) -> Path:
+    """A sweep folder as `sweep run` leaves it before Ray starts: only its plan."""
+    spec = load_spec(str(spec_file))
+    plan = runner.make_plan(spec, expand(spec), name="planned", storage=str(tmp_path), spec_source=str(spec_file),
+                            spec_text=SPEC, spec_suffix=".yaml")
+    runner.save_plan(plan)
+    return Path(plan.sweep_dir)
+
+
+def assert_refused(code: int, text: str, seconds: float, *needles: str) -> None:
+    assert code == 2, text
+    assert "Traceback" not in text, text
+    assert seconds < ANSWER_WITHIN_S, f"took {seconds:.0f}s"
+    for needle in needles:
+        assert needle in text, text
+
+
+def test_run_on_an_unreachable_address(tmp_path, spec_file):
+    address = dead_address()
+    code, text, seconds = sweep("run", str(spec_file), "--storage", str(tmp_path), "--address", address)
+    assert_refused(code, text, seconds, "nothing answers at --address " + address, "ray start --head")
+    assert not list(tmp_path.glob("*/sweep.json"))  # refused before anything was written
+
+
+def test_auto_address_from_the_environment_that_answers_nothing(tmp_path, spec_file):
+    address = dead_address()
+    code, text, seconds = sweep("run", str(spec_file), "--storage", str(tmp_path), "--address", "auto",
+                                RAY_ADDRESS=address)
+    assert_refused(code, text, seconds, "nothing answers at --address auto")
+
+
+def test_an_address_that_is_not_host_and_port(tmp_path, spec_file):
+    code, text, seconds = sweep("run", str(spec_file), "--storage", str(tmp_path), "--address", "headnode")
+    assert_refused(code, text, seconds, "--address headnode")
+
+
+@pytest.mark.parametrize("command", ["resume", "score"])
+def test_resume_and_score_on_an_unreachable_address(command, sweep_folder):
+    address = dead_address()
+    code, text, seconds = sweep(command, str(sweep_folder), "--address", address)
+    assert_refused(code, text, seconds, "nothing answers at --address " + address)
+
+
+def test_a_sweep_folder_on_unreachable_storage():
+    # No credentials and no network are needed to be told so: the bucket's region cannot be found.
+    code, text, seconds = sweep("status", "s3://sensitivity-sweep-no-such-bucket.invalid/sweeps/x",
+                                AWS_EC2_METADATA_DISABLED="true", AWS_ENDPOINT_URL="http://127.0.0.1:9")
+    assert_refused(code, text, seconds, "sweep.json")
+
+
+def calls(tree: ast.AST, module: str, function: str) -> list[ast.Call]:
+    return [node for node in ast.walk(tree)
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+            and node.func.attr == function and isinstance(node.func.value, ast.Name) and node.func.value.id == module]
+
+
+def test_checkpoints_and_specs_are_loaded_safely():
+    sources = [p for package in ("sweep", "metrics_core", "analysis") for p in (ROOT / package).rglob("*.py")]
+    loads = 0
+    for path in sources:
+        tree = ast.parse(path.read_text())
+        for call in calls(tree, "torch", "load"):
+            loads += 1
+            flags = {k.arg: k.value for k in call.keywords}
+            assert isinstance(flags.get("weights_only"), ast.Constant) and flags["weights_only"].value is True, \
+                f"{path.name}:{call.lineno}: torch.load without weights_only=True"
+        for name in ("load", "load_all", "unsafe_load", "full_load"):
+            assert not calls(tree, "yaml", name), f"{path.name}: yaml.{name}; use yaml.safe_load"
+    assert loads >= 2  # the trainable's resume and the scorer

@@ -1,0 +1,500 @@
+"""Cluster operation and faults (docs/failures.md), on real Ray clusters of this machine.
+
+- The README's multi-machine path: `ray start --head`, `ray start --address`, then
+  `sweep run --address host:port`. Its tables are the reference every other run must equal.
+- A `ray.cluster_utils.Cluster` (a head without CPUs, two worker nodes): trials spread over
+  the workers; the worker holding a checkpointed trial (and the scoring actor) is removed
+  without warning; the trial continues from its last checkpoint on the other node.
+- The driver killed with SIGKILL mid-sweep, then `sweep resume`.
+- A finished sweep's folder damaged: a truncated Parquet file, a corrupted checkpoint.
+
+Every process a test starts runs in its own session (start_new_session) and is ended by that
+session's id, never with `ray stop`. The Cluster lives in a subprocess too (this file run as a
+script), so the pytest process's own Ray, if any, is never touched.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+pytestmark = [
+    pytest.mark.cluster,
+    pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs Linux /proc to find a session's processes"),
+]
+
+# Four bundles of four networks; no early stop, so every bundle trains 40 epochs (long enough to
+# kill something mid-bundle) and writes the same five checkpoints: init, epochs 10/20/30, end.
+SPEC = """
+name: faults
+datasets:
+  - {name: digits, train_size: 300}
+grid:
+  widths: [8, 12, 16, 20]
+  depths: [1]
+  activations: [relu]
+  optimizers: [momentum]
+  learning_rates: [0.02, 0.05]
+  batch_sizes: [10]
+  seeds: [0, 1]
+budget:
+  max_epochs: 40
+  stop_at_full_train_acc: false
+checkpoints:
+  every_epochs: 10
+scoring:
+  points: 50
+  train_points: 30
+  transitions_k: 16
+resources:
+  bundle_size: 4
+  cpus_per_trial: 1
+  scoring_actors: 1
+  cpus_per_scoring_actor: {scorer_cpus}
+"""
+TAGS = ["end", "epoch-000010", "epoch-000020", "epoch-000030", "init"]
+NETWORK_VALUES = ["train_loss", "train_acc", "test_loss", "test_acc", "gap", "loss_gap"]
+RUN_TIMEOUT_S = 300
+
+
+# --- processes --------------------------------------------------------------------------------
+
+
+def session_pids(sid: int) -> list[int]:
+    """Processes of a session: Ray's workers change process group, but never session."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[3]) == sid:
+                pids.append(int(entry.name))
+    return pids
+
+
+def children(pid: int) -> list[tuple[int, str]]:
+    """(pid, command line) of the live children of `pid`; a Ray worker's command line is its title."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            if int(stat[1]) == pid and stat[0] != "Z":
+                found.append((int(entry.name), (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()))
+        except OSError:
+            continue
+    return found
+
+
+class Session:
+    """A command in a new session, its output in a file; `end` kills what is left of the session."""
+
+    def __init__(self, argv: list[str], log: Path, env: dict, stdin=None):
+        self.log = log
+        with open(log, "wb") as out:
+            self.proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=stdin, env=env,
+                                         start_new_session=True, cwd=Path(__file__).resolve().parents[1])
+
+    def wait(self, timeout: float = RUN_TIMEOUT_S) -> int:
+        try:
+            return self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.end()
+            pytest.fail(f"{self.proc.args} did not finish in {timeout}s; output:\n{self.output()[-3000:]}")
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def end(self) -> None:
+        for pid in session_pids(self.proc.pid):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        self.proc.wait(timeout=30)
+
+
+def sweep_argv(*args: str) -> list[str]:
+    return [sys.executable, "-m", "sweep.cli", *args]
+
+
+@pytest.fixture(scope="module")
+def env() -> dict:
+    """Token authentication on, with a token of this module's own: every Ray process started here
+    (and only those) shares it, as README's cluster section says to do."""
+    values = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    values.update(RAY_USAGE_STATS_ENABLED="0", RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(32))
+    return values
+
+
+@pytest.fixture(scope="module")
+def short_tmp():
+    """Ray's session folders hold unix sockets, whose paths must stay under 108 bytes."""
+    path = Path(tempfile.mkdtemp(prefix="rs", dir="/tmp"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def write_spec(folder: Path, scorer_cpus: float = 0.0) -> Path:
+    path = folder / "faults.yaml"
+    path.write_text(SPEC.replace("{scorer_cpus}", str(scorer_cpus)))
+    return path
+
+
+# --- storage ----------------------------------------------------------------------------------
+
+
+def checkpoint_metas(sweep_dir: Path) -> dict[Path, dict]:
+    """Every checkpoint folder with a readable meta.json."""
+    found = {}
+    for meta in sorted(sweep_dir.glob("bundle-*/checkpoint_*/meta.json")):
+        try:
+            found[meta.parent] = json.loads(meta.read_text())
+        except (OSError, ValueError):
+            continue  # being written
+    return found
+
+
+def tags_by_bundle(sweep_dir: Path) -> dict[str, list[str]]:
+    tags: dict[str, list[str]] = {}
+    for meta in checkpoint_metas(sweep_dir).values():
+        tags.setdefault(meta["bundle_id"], []).append(meta["tag"])
+    return {bundle: sorted(t) for bundle, t in tags.items()}
+
+
+def in_training(sweep_dir: Path) -> set[str]:
+    """Bundles with a checkpoint past `init` but no `end` yet."""
+    return {b for b, tags in tags_by_bundle(sweep_dir).items() if "end" not in tags and len(tags) > 1}
+
+
+def finished(sweep_dir: Path) -> set[str]:
+    """Bundles with their `networks` rows and their `end` checkpoint on the storage."""
+    rows = {p.stem for p in (sweep_dir / "tables" / "networks").glob("*.parquet")}
+    return {b for b, tags in tags_by_bundle(sweep_dir).items() if "end" in tags} & rows
+
+
+def assert_same_tables(run: Path, reference: Path) -> None:
+    """Same networks, one row each; every checkpoint scored once; final values as the reference."""
+    nets = pd.read_parquet(run / "tables" / "networks").set_index("network_id").sort_index()
+    ref_nets = pd.read_parquet(reference / "tables" / "networks").set_index("network_id").sort_index()
+    assert nets.index.is_unique and len(nets) == 16
+    assert list(nets.index) == list(ref_nets.index)
+    assert (nets["status"].astype(str) == ref_nets["status"].astype(str)).all()
+    assert (nets[["steps", "epochs"]] == ref_nets[["steps", "epochs"]]).all().all()
+    np.testing.assert_allclose(nets[NETWORK_VALUES], ref_nets[NETWORK_VALUES], rtol=1e-5, atol=1e-7)
+
+    key = ["network_id", "checkpoint", "split", "metric"]
+    scores = pd.read_parquet(run / "tables" / "scores")
+    ref_scores = pd.read_parquet(reference / "tables" / "scores")
+    for frame in (scores, ref_scores):
+        for column in key:
+            frame[column] = frame[column].astype(str)
+    assert not scores.duplicated(key).any()
+    assert (scores["status"].astype(str) == "ok").all(), scores.loc[scores["status"] != "ok", "message"].unique()
+    merged = ref_scores.merge(scores, on=key, how="outer", suffixes=("_ref", ""), indicator=True)
+    assert (merged["_merge"] == "both").all(), merged.loc[merged["_merge"] != "both", key]
+    assert set(scores["checkpoint"]) == set(TAGS)
+    np.testing.assert_allclose(merged["mean"], merged["mean_ref"], rtol=1e-4, atol=1e-6)
+
+    scored = {p.stem for p in (run / "tables" / "scores").glob("*.parquet")}
+    written = {f"{m['bundle_id']}--{m['tag']}" for m in checkpoint_metas(run).values()}
+    assert scored == written
+
+
+# --- the reference: the README's `ray start` path ---------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, short_tmp, env) -> Path:
+    """An uninterrupted run on a two-node cluster started with `ray start`, joined by address."""
+    root = tmp_path_factory.mktemp("reference")
+    port = free_port()
+    ray = str(Path(sys.executable).parent / "ray")
+    temp_dir = str(short_tmp / "start")
+    started = []
+    try:
+        for argv in ([ray, "start", "--head", f"--port={port}", "--num-cpus=1", f"--temp-dir={temp_dir}",
+                      "--include-dashboard=false"],
+                     [ray, "start", f"--address=127.0.0.1:{port}", "--num-cpus=1", f"--temp-dir={temp_dir}"]):
+            started.append(Session(argv, root / f"ray-start-{len(started)}.log", env))
+            assert started[-1].wait(120) == 0, started[-1].output()
+        driver = Session(sweep_argv("run", str(write_spec(root)), "--address", f"127.0.0.1:{port}",
+                                    "--storage", str(root), "--name", "ref", "--no-report"), root / "run.log", env)
+        assert driver.wait() == 0, driver.output()[-3000:]
+    finally:
+        for session in started:
+            session.end()
+    return root / "ref"
+
+
+def test_a_sweep_runs_on_a_cluster_started_with_ray_start(reference):
+    nets = pd.read_parquet(reference / "tables" / "networks")
+    assert len(nets) == 16 and nets["network_id"].is_unique and (nets["status"] == "budget").all()
+    assert all(tags == TAGS for tags in tags_by_bundle(reference).values()) and len(tags_by_bundle(reference)) == 4
+    assert_same_tables(reference, reference)
+
+
+# --- a worker node lost mid-sweep -------------------------------------------------------------
+
+
+def host_cluster(temp_dir: str, worker_cpus: list[float]) -> None:
+    """Run as a script: a head without CPUs and worker nodes; prints the address and the workers'
+    raylet process ids, then removes (without warning) each node id read from stdin."""
+    import ray._common.utils
+    import ray._private.utils
+    from ray._private import ray_constants
+    from ray.cluster_utils import Cluster
+
+    # The cluster is private to the test: leave the machine's `--address auto` file alone.
+    ray._private.utils.write_ray_address = lambda *args, **kwargs: None
+    ray._common.utils.reset_ray_address = lambda *args, **kwargs: None
+    # Notice a lost node in about 3 s rather than Ray's default of about 30 s.
+    fast = {"health_check_period_ms": 1000, "health_check_timeout_ms": 1000, "health_check_failure_threshold": 3}
+    cluster = Cluster(initialize_head=True, connect=False,
+                      head_node_args={"num_cpus": 0, "temp_dir": temp_dir, "_system_config": fast})
+    nodes = {}
+    for cpus in worker_cpus:
+        node = cluster.add_node(num_cpus=cpus, temp_dir=temp_dir)
+        nodes[node.node_id] = node
+    raylets = {node_id: node.all_processes[ray_constants.PROCESS_TYPE_RAYLET][0].process.pid
+               for node_id, node in nodes.items()}
+    print("CLUSTER " + json.dumps({"address": cluster.address, "raylets": raylets}), flush=True)
+    for line in sys.stdin:
+        cluster.remove_node(nodes.pop(line.strip()), allow_graceful=False)
+        print("REMOVED", flush=True)
+    cluster.shutdown()
+
+
+class ClusterHost:
+    def __init__(self, temp_dir: Path, log: Path, env: dict, worker_cpus: list[float]):
+        argv = [sys.executable, __file__, "host-cluster", str(temp_dir), json.dumps(worker_cpus)]
+        self.session = Session(argv, log, env, stdin=subprocess.PIPE)
+        info = self._line("CLUSTER ", timeout=120)
+        self.address, self.raylets = info["address"], info["raylets"]
+
+    def _line(self, prefix: str, timeout: float):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for line in self.session.output().splitlines():
+                if line.startswith(prefix):
+                    return json.loads(line[len(prefix):] or "null")
+            if self.session.proc.poll() is not None:
+                break
+            time.sleep(0.5)
+        pytest.fail(f"the cluster host did not print {prefix!r}:\n{self.session.output()[-3000:]}")
+
+    def remove(self, node_id: str) -> None:
+        self.session.proc.stdin.write(f"{node_id}\n".encode())
+        self.session.proc.stdin.flush()
+        self._line("REMOVED", timeout=60)
+
+    def placement(self) -> dict[str, dict]:
+        """Per worker node: the bundles its trial processes train (read from their working
+        directory, Tune's `.../bundle-<id>`) and whether it runs a scoring actor."""
+        found = {}
+        for node_id, raylet in self.raylets.items():
+            bundles, scorer = set(), False
+            for pid, command in children(raylet):
+                if command.startswith("ray::ImplicitFunc"):
+                    try:
+                        cwd = os.readlink(f"/proc/{pid}/cwd")
+                    except OSError:
+                        continue
+                    if "bundle-" in cwd:
+                        bundles.add(cwd.rsplit("bundle-", 1)[1].split("/")[0])
+                scorer |= command.startswith("ray::Scorer")
+            found[node_id] = {"bundles": bundles, "scorer": scorer}
+        return found
+
+
+def test_a_lost_worker_node_costs_no_rows(reference, tmp_path, short_tmp, env):
+    host = ClusterHost(short_tmp / "cluster", tmp_path / "cluster.log", env, worker_cpus=[2, 2])
+    driver = None
+    try:
+        # Scoring takes half a CPU, so its actor lives on a worker node, which may be lost.
+        driver = Session(sweep_argv("run", str(write_spec(tmp_path, scorer_cpus=0.5)), "--address", host.address,
+                                    "--storage", str(tmp_path), "--name", "nodes", "--no-report"),
+                         tmp_path / "run.log", env)
+        sweep_dir = tmp_path / "nodes"
+        trial_nodes, scorer_nodes, victim = set(), set(), None
+        deadline = time.monotonic() + RUN_TIMEOUT_S
+        while driver.proc.poll() is None and time.monotonic() < deadline:
+            placement = host.placement()
+            trial_nodes |= {n for n, p in placement.items() if p["bundles"]}
+            scorer_nodes |= {n for n, p in placement.items() if p["scorer"]}
+            if victim is None:
+                training = in_training(sweep_dir)
+                ready = [n for n, p in placement.items() if p["bundles"] & training]
+                # Wait for the node that also holds the scoring actor, so its work must be redone
+                # too, while half the bundles are left; then take any node with a checkpointed trial.
+                best = [n for n in ready if placement[n]["scorer"]]
+                if not best and len(finished(sweep_dir)) >= 2:
+                    best = ready
+                if best:
+                    victim, victim_bundles = best[0], placement[best[0]]["bundles"] & training
+                    host.remove(victim)
+            time.sleep(0.3)
+        code = driver.wait()
+        output = driver.output()
+    finally:
+        if driver is not None:
+            driver.end()
+        host.session.end()
+
+    assert code == 0, output[-3000:]
+    assert victim is not None, f"no trial was seen checkpointed on a worker node:\n{output[-3000:]}"
+    assert len(trial_nodes) == 2, "trials did not spread over both worker nodes"
+    assert scorer_nodes, "no scoring actor was seen on a worker node"
+    # The lost trial resumed from a checkpoint, not from the start: it wrote no second `init`.
+    assert any(f"[sweep] bundle {b}: trial failed after 1 attempt(s)" in output
+               and "retrying from its last checkpoint (checkpoint_" in output for b in victim_bundles), output[-3000:]
+    assert all(tags == TAGS for tags in tags_by_bundle(sweep_dir).values())
+    assert_same_tables(sweep_dir, reference)  # the lost scoring actor's work was redone
+
+
+# --- the driver killed ------------------------------------------------------------------------
+
+
+def files_of(sweep_dir: Path, bundle: str) -> dict[str, int]:
+    """What a finished bundle wrote, with modification times: resuming must not rewrite it."""
+    paths = [*(sweep_dir / f"bundle-{bundle}").glob("checkpoint_*/*"),
+             sweep_dir / "tables" / "networks" / f"{bundle}.parquet"]
+    return {str(p.relative_to(sweep_dir)): p.stat().st_mtime_ns for p in paths}
+
+
+def test_a_killed_driver_is_resumed_without_retraining(reference, tmp_path, env):
+    spec = write_spec(tmp_path)
+    sweep_dir = tmp_path / "driver"
+    driver = Session(sweep_argv("run", str(spec), "--storage", str(tmp_path), "--name", "driver", "--no-report"),
+                     tmp_path / "run.log", env)
+    try:
+        deadline = time.monotonic() + RUN_TIMEOUT_S
+        while driver.proc.poll() is None and time.monotonic() < deadline:
+            done, training = finished(sweep_dir), in_training(sweep_dir)
+            if done and training:
+                break
+            time.sleep(0.2)
+        assert driver.proc.poll() is None and done and training, \
+            f"the sweep could not be caught mid-way:\n{driver.output()[-3000:]}"
+        os.kill(driver.proc.pid, signal.SIGKILL)
+    finally:
+        driver.end()  # the local Ray the driver started, orphaned by the kill
+    before = {bundle: files_of(sweep_dir, bundle) for bundle in done}
+
+    resumed = Session(sweep_argv("resume", str(sweep_dir), "--no-report"), tmp_path / "resume.log", env)
+    try:
+        code = resumed.wait()
+    finally:
+        resumed.end()
+    output = resumed.output()
+    assert code == 0, output[-3000:]
+    assert "checkpoint(s) left unscored" in output
+    for bundle, files in before.items():
+        assert files_of(sweep_dir, bundle) == files, f"bundle {bundle}, finished before the kill, was written again"
+    assert all(tags == TAGS for tags in tags_by_bundle(sweep_dir).values())
+    assert_same_tables(sweep_dir, reference)
+
+
+# --- a finished sweep's folder damaged --------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def damaged(reference, tmp_path_factory, env):
+    """A copy of the reference with one scores file truncated (as an interrupted copy leaves it)
+    and one checkpoint's weights corrupted and unscored; the commands' answers before and after
+    following the advice: delete the truncated file, run `sweep score`."""
+    sweep_dir = tmp_path_factory.mktemp("damaged") / "ref"
+    shutil.copytree(reference, sweep_dir)
+    tables = sweep_dir / "tables"
+    truncated = sorted((tables / "scores").glob("*--end.parquet"))[0]
+    truncated.write_bytes(truncated.read_bytes()[:200])
+    corrupt_meta = next(m for m in checkpoint_metas(sweep_dir).items() if m[1]["tag"] == "epoch-000020")
+    corrupt_key = f"{corrupt_meta[1]['bundle_id']}--epoch-000020"
+    population = corrupt_meta[0] / "population.pt"
+    population.write_bytes(b"not a checkpoint" + population.read_bytes()[:100])
+    for table in ("scores", "points"):
+        (tables / table / f"{corrupt_key}.parquet").unlink(missing_ok=True)
+
+    def command(*args: str) -> tuple[int, str]:
+        done = subprocess.run(sweep_argv(*args), capture_output=True, text=True, env=env, timeout=RUN_TIMEOUT_S)
+        return done.returncode, done.stdout + done.stderr
+
+    report = command("report", str(sweep_dir), "--no-bootstrap")
+    truncated.unlink()  # what the message advises
+    session = Session(sweep_argv("score", str(sweep_dir)), sweep_dir.parent / "score.log", env)
+    try:
+        score = (session.wait(), session.output())
+    finally:
+        session.end()
+    return {"dir": sweep_dir, "truncated": truncated, "population": population, "key": corrupt_key,
+            "report": report, "score": score}
+
+
+def key_rows(sweep_dir: Path, key: str) -> pd.DataFrame:
+    """The scores rows of one `<bundle>--<tag>` file, read through the whole table."""
+    bundle, tag = key.split("--")
+    members = pd.read_parquet(sweep_dir / "tables" / "networks").query("bundle_id == @bundle")["network_id"]
+    scores = pd.read_parquet(sweep_dir / "tables" / "scores")
+    rows = scores[scores["network_id"].isin(members) & (scores["checkpoint"] == tag)]
+    return rows.astype({"checkpoint": str, "split": str, "metric": str}).sort_values(
+        ["network_id", "split", "metric"]).reset_index(drop=True)
+
+
+def test_a_truncated_table_file_is_named_and_rescoring_restores_it(damaged, reference):
+    code, text = damaged["report"]
+    assert code == 2 and str(damaged["truncated"]) in text and "Traceback" not in text, text
+    key = damaged["truncated"].stem
+    restored, expected = key_rows(damaged["dir"], key), key_rows(reference, key)
+    assert len(restored) == len(expected) > 0 and (restored["status"] == "ok").all()
+    np.testing.assert_allclose(restored["mean"], expected["mean"], rtol=1e-5)
+
+
+def test_a_corrupted_checkpoint_is_recorded_as_failed_rows(damaged, reference):
+    code, text = damaged["score"]
+    assert code == 1 and str(damaged["population"]) in text and "Traceback" not in text, text
+    scores = pd.read_parquet(damaged["dir"] / "tables" / "scores")
+    assert not scores.duplicated(["network_id", "checkpoint", "split", "metric"]).any()
+    assert len(scores) == len(pd.read_parquet(reference / "tables" / "scores"))
+    failed, expected = key_rows(damaged["dir"], damaged["key"]), key_rows(reference, damaged["key"])
+    assert (failed["status"] == "failed").all() and (scores["status"] == "failed").sum() == len(failed)
+    assert failed[["network_id", "split", "metric"]].equals(expected[["network_id", "split", "metric"]])
+    assert failed["mean"].isna().all() and failed["message"].str.contains(str(damaged["population"])).all()
+
+
+def test_a_truncated_networks_file_is_named_by_status_and_load(reference, tmp_path):
+    import analysis
+
+    sweep_dir = tmp_path / "ref"
+    shutil.copytree(reference, sweep_dir)
+    damaged_file = sorted((sweep_dir / "tables" / "networks").glob("*.parquet"))[0]
+    damaged_file.write_bytes(damaged_file.read_bytes()[:200])
+    done = subprocess.run(sweep_argv("status", str(sweep_dir)), capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and str(damaged_file) in done.stderr and "Traceback" not in done.stderr, done.stderr
+    with pytest.raises(OSError, match=str(damaged_file)):
+        analysis.load(sweep_dir)
+
+
+if __name__ == "__main__" and sys.argv[1:2] == ["host-cluster"]:
+    host_cluster(sys.argv[2], json.loads(sys.argv[3]))
