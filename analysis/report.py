@@ -118,7 +118,7 @@ def format_correlation_table(df: pd.DataFrame) -> str:
         "p(ρ)": df["rho_p"].map(_p_value),
         "Kendall τ [95% CI]": [_estimate(r, "tau") for r in df.itertuples()],
         "p(τ)": df["tau_p"].map(_p_value),
-        "note": df["note"].fillna(""),
+        "note": df["note"].astype("string").fillna(""),
     })
     return text.to_string(index=False, justify="left")
 
@@ -262,14 +262,14 @@ def _factor_rows(df: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame({
         "factor": df["factor"],
         "comparison": df["comparison"],
-        "metric": df["metric"].fillna(""),
+        "metric": df["metric"].astype("string").fillna(""),
         "pairs": df["n_pairs"],
         "same direction": df["share_same_direction"].map(_share),
         "metric up": df["share_metric_up"].map(_share),
         "gap up": df["share_gap_up"].map(_share),
         "median ratio": df["median_ratio"].map(_number),
         "median Δgap": df["median_gap_change"].map(_number),
-        "note": df["note"].fillna(""),
+        "note": df["note"].astype("string").fillna(""),
     })
 
 
