@@ -306,7 +306,8 @@ def planar_first_layer(mlp: MLP, base: Tensor, directions: Tensor, coefficients:
     flat = directions.reshape(*directions.shape[:-3], -1, directions.shape[-1])
     along = linear(mlp, 0, flat, bias=False)
     along = along.reshape(mlp.num_models, n, directions.shape[-2], -1)
-    h = at_base.unsqueeze(2) + coefficients.to(along.dtype) @ along
+    h = coefficients.to(along.dtype) @ along
+    h += at_base.unsqueeze(2)
     return h.reshape(mlp.num_models, n * k, -1)
 
 
