@@ -181,7 +181,7 @@ def run(plan: SweepPlan, *, score: bool = True, max_failures: int = 2, extra_con
     tuner = tune.Tuner(
         _trainable(plan),
         param_space=param_space(plan, extra_config),
-        tune_config=tune.TuneConfig(trial_dirname_creator=_trial_dirname, reuse_actors=False),
+        tune_config=tune.TuneConfig(trial_dirname_creator=_trial_dirname, reuse_actors=True),
         run_config=_run_config(plan, score=score, max_failures=max_failures, progress_stream=progress_stream),
     )
     return tuner.fit()
