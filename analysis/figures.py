@@ -116,6 +116,12 @@ def trajectory_figure(profile: pd.DataFrame, dataset: str, path: Path) -> Path:
                 curves = part[(part["value"] == value) & (part["checkpoint"] == checkpoint)]
                 for kind in [k for k in KIND_ORDER if k in set(curves["kind"])]:
                     curve = curves[curves["kind"] == kind]
+                    if value == "transition_density":
+                        # Integer counts per step: their median and quartiles are mostly 0 or
+                        # 1, so show the mean, averaged over 1/32 of a turn.
+                        ax.plot(curve["phase"], _circular_mean(curve["mean"].to_numpy(), 32),
+                                lw=1.5, label=KIND_LABELS.get(kind, kind))
+                        continue
                     line, = ax.plot(curve["phase"], curve["median"], lw=1.5,
                                     label=KIND_LABELS.get(kind, kind))
                     ax.fill_between(curve["phase"], curve["q25"], curve["q75"], alpha=0.2,
@@ -128,12 +134,20 @@ def trajectory_figure(profile: pd.DataFrame, dataset: str, path: Path) -> Path:
                 ax.set_title(CHECKPOINT_LABELS.get(checkpoint, checkpoint))
                 ax.set_xlabel("position along ellipse (fraction of a turn)")
                 if col == 0:
-                    ax.set_ylabel(label(value))
+                    ax.set_ylabel(label(value) + ("\n(mean, over 1/32 turn)" if value == "transition_density" else ""))
                 ax.set_xlim(0, 1)
         if values and checkpoints:
             axes[0][0].legend(loc="best")
-        figure.suptitle(f"{dataset}: sensitivity along ellipses (median, 25–75% band)")
+        figure.suptitle(f"{dataset}: sensitivity along ellipses (Jacobian: median, 25–75% band)")
         return _save(figure, path)
+
+
+def _circular_mean(values: np.ndarray, parts: int) -> np.ndarray:
+    """Moving average over 1/`parts` of a closed trajectory, wrapping around its end."""
+    window = max(1, round(len(values) / parts))
+    padded = np.concatenate([values[-(window // 2):] if window > 1 else values[:0], values,
+                             values[: window - 1 - window // 2]])
+    return np.convolve(padded, np.ones(window) / window, mode="valid")
 
 
 def slice_figure(slices: pd.DataFrame, path: Path, max_slices: int = 2) -> Path | None:
