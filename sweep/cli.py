@@ -6,7 +6,6 @@ import argparse
 import os
 import sys
 import time
-from importlib import resources
 from pathlib import Path
 
 DEFAULT_PRESET = "digits"
@@ -86,8 +85,9 @@ def _spec_text(source: str) -> tuple[str, str]:
     path = Path(source)
     if path.is_file():
         return path.read_text(), path.suffix
-    preset = resources.files("sweep.presets").joinpath(f"{source}.yaml")
-    return preset.read_text(), ".yaml"
+    from sweep.spec import preset_path
+
+    return preset_path(source).read_text(), ".yaml"
 
 
 def prepare(args):

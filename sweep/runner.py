@@ -8,8 +8,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-import pyarrow.fs as pafs
 
+from sweep import storage
 from sweep.spec import BundleConfig, SweepSpec
 
 SWEEP_FILE = "sweep.json"
@@ -32,11 +32,11 @@ class SweepPlan:
 
     @property
     def sweep_dir(self) -> str:
-        return join_uri(self.storage, self.name)
+        return storage.join(self.storage, self.name)
 
     @property
     def table_root(self) -> str:
-        return join_uri(self.sweep_dir, "tables")
+        return storage.join(self.sweep_dir, "tables")
 
     @property
     def networks(self) -> int:
@@ -52,10 +52,6 @@ class SweepPlan:
         return cls(**data)
 
 
-def join_uri(base: str, *parts: str) -> str:
-    return "/".join([base.rstrip("/"), *parts])
-
-
 def resolve_storage(storage: str | None) -> str:
     """A URI stays as it is; a local path becomes absolute (Ray Tune needs that)."""
     if storage and "://" in storage:
@@ -64,10 +60,8 @@ def resolve_storage(storage: str | None) -> str:
 
 
 def save_plan(plan: SweepPlan) -> None:
-    fs, path = pafs.FileSystem.from_uri(plan.sweep_dir)
-    fs.create_dir(path, recursive=True)
-    with fs.open_output_stream(f"{path}/{SWEEP_FILE}") as f:
-        f.write(plan.to_json().encode())
+    fs, path = storage.resolve(plan.sweep_dir)
+    storage.write_atomic(fs, f"{path}/{SWEEP_FILE}", lambda stream: stream.write(plan.to_json().encode()))
 
 
 def load_plan(sweep_dir: str) -> SweepPlan:
@@ -75,9 +69,8 @@ def load_plan(sweep_dir: str) -> SweepPlan:
     cluster's storage reads and writes its own tables, not the original's."""
     where = resolve_storage(sweep_dir).rstrip("/")
     try:
-        fs, path = pafs.FileSystem.from_uri(where)
-        with fs.open_input_stream(f"{path}/{SWEEP_FILE}") as f:
-            plan = SweepPlan.from_json(f.read().decode())
+        fs, path = storage.resolve(where)
+        plan = SweepPlan.from_json(storage.read_bytes(fs, f"{path}/{SWEEP_FILE}").decode())
     except FileNotFoundError:
         raise FileNotFoundError(
             f"{sweep_dir} is not a sweep directory (no {SWEEP_FILE}); pass the folder that "
@@ -88,8 +81,8 @@ def load_plan(sweep_dir: str) -> SweepPlan:
             f"cannot read {sweep_dir}/{SWEEP_FILE}: {exc}; check the path, and the network and "
             "credentials for its storage"
         ) from None
-    storage, _, name = where.rpartition("/")
-    return dataclasses.replace(plan, storage=storage, name=name)
+    parent, _, name = where.rpartition("/")
+    return dataclasses.replace(plan, storage=parent, name=name)
 
 
 def make_plan(spec: SweepSpec, bundles: list[BundleConfig], *, name: str, storage: str,
@@ -219,21 +212,17 @@ def resume(plan: SweepPlan):
 
 def checkpoints(plan: SweepPlan) -> list[tuple[str, str]]:
     """(bundle_id, checkpoint directory URI) for every checkpoint the sweep has written."""
-    fs, root = pafs.FileSystem.from_uri(plan.sweep_dir)
-    found = []
-    for info in fs.get_file_info(pafs.FileSelector(root, allow_not_found=True)):
-        name = info.base_name
-        if info.type != pafs.FileType.Directory or not name.startswith("bundle-"):
-            continue
-        for sub in fs.get_file_info(pafs.FileSelector(info.path)):
-            if sub.type == pafs.FileType.Directory and sub.base_name.startswith("checkpoint_"):
-                found.append((name.removeprefix("bundle-"), join_uri(plan.sweep_dir, name, sub.base_name)))
-    return sorted(found)
+    fs, root = storage.resolve(plan.sweep_dir)
+    return [
+        (bundle.removeprefix("bundle-"), storage.join(plan.sweep_dir, bundle, checkpoint))
+        for bundle in storage.list_dirs(fs, root, "bundle-")
+        for checkpoint in storage.list_dirs(fs, f"{root}/{bundle}", "checkpoint_")
+    ]
 
 
-def ensure_writable(storage: str) -> None:
+def ensure_writable(where: str) -> None:
     """Fail before Ray starts when the storage cannot take the sweep."""
-    fs, path = pafs.FileSystem.from_uri(storage)
+    fs, path = storage.resolve(where)
     probe = f"{path}/.sweep-write-test-{os.getpid()}"
     try:
         fs.create_dir(path, recursive=True)
@@ -242,5 +231,5 @@ def ensure_writable(storage: str) -> None:
         fs.delete_file(probe)
     except OSError as exc:
         raise PermissionError(
-            f"storage {storage} is not writable ({exc}); pass --storage with a folder or bucket you can write to"
+            f"storage {where} is not writable ({exc}); pass --storage with a folder or bucket you can write to"
         ) from None

@@ -480,6 +480,11 @@ def _presets_dir():
     return resources.files("sweep") / "presets"
 
 
+def preset_path(name: str):
+    """The shipped preset file for `name` (it may not exist)."""
+    return _presets_dir() / f"{name}.yaml"
+
+
 def list_presets() -> list[tuple[str, str]]:
     """(name, one-line description with size and expected cost) for every shipped preset."""
     out = []
@@ -499,7 +504,7 @@ def load_spec(source: str | os.PathLike) -> SweepSpec:
         text = path.read_text()
         origin = str(path)
     else:
-        preset = _presets_dir() / f"{source}.yaml"
+        preset = preset_path(str(source))
         if not preset.is_file():
             names = ", ".join(name for name, _ in list_presets())
             raise SpecError(f"unknown preset {str(source)!r}; available presets: {names} "

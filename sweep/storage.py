@@ -71,6 +71,16 @@ def list_files(fs: pafs.FileSystem, directory: str, suffix: str) -> list[str]:
     )
 
 
+def list_dirs(fs: pafs.FileSystem, directory: str, prefix: str) -> list[str]:
+    """Base names of the sub-folders of `directory` whose names start with `prefix`."""
+    infos = fs.get_file_info(pafs.FileSelector(directory, allow_not_found=True))
+    return sorted(
+        info.base_name
+        for info in infos
+        if info.type == pafs.FileType.Directory and info.base_name.startswith(prefix)
+    )
+
+
 def delete(fs: pafs.FileSystem, path: str) -> None:
     """Remove a file if it is there."""
     with contextlib.suppress(FileNotFoundError):

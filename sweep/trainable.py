@@ -13,7 +13,6 @@ import json
 import tempfile
 from pathlib import Path
 
-import pyarrow.fs as pafs
 import torch
 
 from sweep import storage
@@ -36,7 +35,6 @@ def checkpoint_payload(trainer: PopulationTrainer, bundle: BundleConfig, tag: st
         "activation_params": dict(mlp.activation.params),
         "trainer": trainer.state_dict(),
     }
-    rows = trainer.network_rows()
     meta = {
         "bundle_id": bundle.bundle_id,
         "bundle": bundle.to_dict(),
@@ -44,7 +42,7 @@ def checkpoint_payload(trainer: PopulationTrainer, bundle: BundleConfig, tag: st
         "tag": tag,
         "step": trainer.steps,
         "epoch": trainer.epoch,
-        "statuses": [row["status"] for row in rows],
+        "statuses": list(trainer.status),
     }
     return population, meta
 
@@ -138,16 +136,15 @@ def finished_meta(sweep_dir: str, bundle_id: str) -> dict | None:
     (and write) again what is already on the storage.
     """
     fs, path = storage.resolve(sweep_dir)
-    selector = pafs.FileSelector(f"{path}/bundle-{bundle_id}", allow_not_found=True)
-    for info in fs.get_file_info(selector):
-        if info.type != pafs.FileType.Directory or not info.base_name.startswith("checkpoint_"):
-            continue
+    bundle_dir = f"{path}/bundle-{bundle_id}"
+    for checkpoint in storage.list_dirs(fs, bundle_dir, "checkpoint_"):
+        directory = f"{bundle_dir}/{checkpoint}"
         try:
-            meta = json.loads(storage.read_bytes(fs, f"{info.path}/{META_FILE}"))
+            meta = json.loads(storage.read_bytes(fs, f"{directory}/{META_FILE}"))
             if meta.get("tag") != "end":
                 continue
             # Files are copied one by one: an upload cut short by the loss is not a finished bundle.
-            torch.load(io.BytesIO(storage.read_bytes(fs, f"{info.path}/{POPULATION_FILE}")), weights_only=True)
+            torch.load(io.BytesIO(storage.read_bytes(fs, f"{directory}/{POPULATION_FILE}")), weights_only=True)
         except Exception:  # noqa: BLE001 - unreadable for whatever reason: train it again
             continue
         return meta
