@@ -117,10 +117,11 @@ class Activation:
         below the lower bound, 1 strictly inside, 2 at or above the upper bound (the same
         convention as `derivative`)."""
         self.require_piecewise_linear("linear-region codes")
+        # Reinterpreting the bool bytes skips a converting pass over the largest tensors we make.
         if self.name in ("relu", "leaky_relu"):
-            return (h > 0).to(torch.int8)
+            return (h > 0).view(torch.int8)
         low, high = self._bounds()
-        return (h > low).to(torch.int8) + (h >= high).to(torch.int8)
+        return (h > low).view(torch.int8) + (h >= high).view(torch.int8)
 
     def module(self) -> nn.Module:
         p = self.params_dict

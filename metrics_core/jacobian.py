@@ -65,7 +65,9 @@ def logit_gram(mlp: MLP, hidden: list[Tensor], first_gram: Tensor | None) -> Ten
     """K = J Jᵀ per point, [M, n, C, C]; `first_gram` is W₁W₁ᵀ [M, h₁, h₁] on the Gram route."""
     g = backward_chain(mlp, hidden)
     m, n, c, h = g.shape
-    flat = g.view(m, n * c, h)
+    # A one-hidden-layer chain is a broadcast product whose layout follows the pre-activations'
+    # (points-major for a shared x), so it may need a copy here.
+    flat = g.reshape(m, n * c, h)
     if first_gram is not None:
         left = torch.bmm(flat, first_gram).view(m, n, c, h)
         return left @ g.transpose(-1, -2)
@@ -73,9 +75,25 @@ def logit_gram(mlp: MLP, hidden: list[Tensor], first_gram: Tensor | None) -> Ten
     return jac @ jac.transpose(-1, -2)
 
 
-def _per_point_floats(mlp: MLP) -> int:
+def jacobian_floats(mlp: MLP) -> int:
+    """Floats held per point while its Jacobian norms are computed (for chunk sizing)."""
     widest = max(mlp.hidden_sizes) if uses_gram(mlp) else max(*mlp.hidden_sizes, mlp.input_dim)
     return 2 * mlp.num_models * mlp.num_classes * widest
+
+
+def first_layer_gram(mlp: MLP) -> Tensor | None:
+    """W₁W₁ᵀ [M, h₁, h₁] on the Gram route (see `uses_gram`), else None."""
+    if not uses_gram(mlp):
+        return None
+    w1 = mlp.weights[0]
+    return torch.bmm(w1, w1.transpose(1, 2))
+
+
+def norms_from_gram(gram: Tensor, logits: Tensor, output: Output) -> tuple[Tensor | None, Tensor | None]:
+    """(softmax, logit) Jacobian norms from K = J Jᵀ and the logits; None where not asked for."""
+    logit = gram.diagonal(dim1=-2, dim2=-1).sum(-1).clamp_min(0).sqrt() if output != "softmax" else None
+    soft = softmax_jacobian_norm(gram, logits) if output != "logits" else None
+    return soft, logit
 
 
 @torch.no_grad()
@@ -93,19 +111,16 @@ def jacobian_norms(
         raise ValueError(f"output must be one of {_OUTPUTS}, got {output!r}")
     b = batch(net, x)
     mlp = b.mlp
-    first_gram = None
-    if uses_gram(mlp):
-        w1 = mlp.weights[0]
-        first_gram = torch.bmm(w1, w1.transpose(1, 2))
+    first_gram = first_layer_gram(mlp)
     shape = (mlp.num_models, b.num_points)
     soft, logit = x.new_empty(shape), x.new_empty(shape)
-    for start, stop in chunks(b.num_points, chunk_size, _per_point_floats(mlp), mlp.device):
+    for start, stop in chunks(b.num_points, chunk_size, jacobian_floats(mlp), mlp.device):
         hidden, logits = preactivations(mlp, b.rows(start, stop))
-        gram = logit_gram(mlp, hidden, first_gram)
-        if output != "softmax":
-            logit[:, start:stop] = gram.diagonal(dim1=-2, dim2=-1).sum(-1).clamp_min(0).sqrt()
-        if output != "logits":
-            soft[:, start:stop] = softmax_jacobian_norm(gram, logits)
+        soft_part, logit_part = norms_from_gram(logit_gram(mlp, hidden, first_gram), logits, output)
+        if logit_part is not None:
+            logit[:, start:stop] = logit_part
+        if soft_part is not None:
+            soft[:, start:stop] = soft_part
     if output == "both":
         return b.output(soft), b.output(logit)
     return b.output(soft if output == "softmax" else logit)

@@ -13,7 +13,7 @@ from .activations import Activation
 
 # Floats one chunk of work may hold in its largest intermediate: 128 MiB of float32 on a
 # CPU; 512 MiB on a GPU, where fewer, larger chunks keep kernel launches from dominating.
-CHUNK_BUDGET_FLOATS = {"cpu": 1 << 25, "cuda": 1 << 27}
+CHUNK_BUDGET_FLOATS = {"cpu": 1 << 23, "cuda": 1 << 27}
 
 
 @dataclass(frozen=True, eq=False)  # tensors have no truth value: compare by identity
@@ -296,19 +296,20 @@ def preactivations(mlp: MLP, x: Tensor, *, logits: bool = True) -> tuple[list[Te
 def planar_first_layer(mlp: MLP, base: Tensor, directions: Tensor, coefficients: Tensor) -> Tensor:
     """First-layer pre-activations at the points base + Σ_j coefficients[i, j]·directions[j].
 
-    The first layer is affine, so each point costs a combination of three precomputed
-    vectors rather than a d-wide product: the saving that makes trajectories and slices
-    cheap. base [n, d] (shared) or [M, n, d]; directions [..., n, J, d] alike;
-    coefficients [k, J] (the same for every point) -> [M, n·k, h₁], points in (n, k) order.
+    The first layer is affine, so each point costs a combination of precomputed vectors
+    rather than a d-wide product: the saving that makes trajectories and slices cheap.
+    base [n, d] (shared) or [M, n, d]; directions [..., n, J, d] alike; coefficients [k, J]
+    (the same for every point) -> [M, n·k, h₁], points in (n, k) order.
     """
     n, k = base.shape[-2], coefficients.shape[0]
     at_base = linear(mlp, 0, base)
     flat = directions.reshape(*directions.shape[:-3], -1, directions.shape[-1])
     along = linear(mlp, 0, flat, bias=False)
     along = along.reshape(mlp.num_models, n, directions.shape[-2], -1)
-    h = coefficients.to(along.dtype) @ along
-    h += at_base.unsqueeze(2)
-    return h.reshape(mlp.num_models, n * k, -1)
+    # One product with a column of ones writes the result once (no separate pass adding the base).
+    vectors = torch.cat([at_base.unsqueeze(2), along], dim=2)
+    weights = torch.cat([coefficients.new_ones(k, 1), coefficients], dim=1).to(along.dtype)
+    return (weights @ vectors).reshape(mlp.num_models, n * k, -1)
 
 
 @torch.no_grad()

@@ -6,9 +6,23 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .jacobian import jacobian_norms
-from .nets import MLP, Net, as_mlp, check_tensor, chunks
-from .regions import piece_changes
+from .jacobian import first_layer_gram, jacobian_floats, logit_gram, norms_from_gram
+from .nets import MLP, Net, as_mlp, check_tensor, chunks, preactivations
+from .regions import changes_along
+
+
+def region_gram(mlp: MLP, hidden: list[Tensor], first_gram: Tensor | None, starts: Tensor) -> Tensor:
+    """K = J Jᵀ [M, P, C, C] at P points from their pre-activations (each [M, P, h_l]), formed
+    only where `starts` [M, P] is True: a piecewise-linear net's Jacobian depends on the code
+    alone, and every other point shares the code of the nearest start before it."""
+    m, p = starts.shape
+    width = int(starts.sum(1).max())
+    # Each model's starts first, in order; models with fewer are padded with points never used.
+    picked = torch.sort(starts.logical_not().to(torch.uint8), dim=1, stable=True).indices[:, :width]
+    gram = logit_gram(mlp, [h.gather(1, picked.unsqueeze(-1).expand(-1, -1, h.shape[-1])) for h in hidden], first_gram)
+    c = gram.shape[-1]
+    region = (starts.cumsum(1) - 1).unsqueeze(-1).expand(-1, -1, c * c)
+    return gram.flatten(2).gather(1, region).view(m, p, c, c)
 
 
 @torch.no_grad()
@@ -21,6 +35,9 @@ def trajectory_profile(
     smooth activations. z: [..., k, d] for an nn.Sequential (results [..., k]); [E, k, d]
     shared or [M, E, k, d] for an MLP (results [M, E, k]). `chunk_size` counts trajectories;
     output is "softmax" (the default) or "logits".
+
+    One forward pass serves both; for piecewise-linear nets the Jacobian is formed once per
+    run of points with the same code (most neighbours along a trajectory share one).
     """
     if output not in ("softmax", "logits"):
         raise ValueError(f"output must be 'softmax' or 'logits', got {output!r}")
@@ -38,16 +55,26 @@ def trajectory_profile(
             raise ValueError(f"z must be [E, k, {d}] or [{m}, E, k, {d}], got {tuple(z.shape)}")
         flat = z
     e, k = flat.shape[-3], flat.shape[-2]
-    points = flat.reshape(*flat.shape[:-3], e * k, d)
-    norms = jacobian_norms(mlp, points, output, chunk_size=None if chunk_size is None else chunk_size * k)
+    first_gram = first_layer_gram(mlp)
+    piecewise = mlp.activation.piecewise_linear
+    norms = z.new_empty((mlp.num_models, e, k))
     density = z.new_full((mlp.num_models, e, k), float("nan"))
-    if mlp.activation.piecewise_linear:
-        per_trajectory = k * (d + 2 * mlp.num_models * sum(mlp.hidden_sizes))
-        for start, stop in chunks(e, chunk_size, per_trajectory, mlp.device):
-            part = flat[start:stop] if flat.dim() == 3 else flat[:, start:stop]
-            density[:, start:stop] = piece_changes(mlp, part)
+    per_trajectory = k * (d + mlp.num_models * sum(mlp.hidden_sizes) + jacobian_floats(mlp))
+    for start, stop in chunks(e, chunk_size, per_trajectory, mlp.device):
+        part = flat[start:stop] if flat.dim() == 3 else flat[:, start:stop]
+        n = stop - start
+        hidden, logits = preactivations(mlp, part.reshape(*part.shape[:-3], n * k, d))
+        if piecewise:
+            changes = changes_along(mlp, hidden, n, k, z.dtype)
+            density[:, start:stop] = changes
+            starts = changes.roll(1, dims=2) != 0  # NaN (not finite) also starts a run
+            starts[..., 0] = True
+            gram = region_gram(mlp, hidden, first_gram, starts.flatten(1))
+        else:
+            gram = logit_gram(mlp, hidden, first_gram)
+        soft, logit = norms_from_gram(gram, logits, output)
+        norms[:, start:stop] = (soft if output == "softmax" else logit).view(-1, n, k)
 
-    norms = norms.reshape(mlp.num_models, e, k)
     if single:
         return norms.reshape(*lead, k), density.reshape(*lead, k)
     return norms, density

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from .nets import MLP, Batch, Net, batch, check_tensor, chunks, planar_first_layer, preactivations, propagate
@@ -43,16 +44,35 @@ def codes(net: Net, x: Tensor, *, layers: Layers = "all", chunk_size: int | None
     return b.output(out)
 
 
+_BYTES_ONES = 0x0101010101010101  # a 1 in every byte of an int64 word
+
+
+def as_words(pieces: Tensor) -> Tensor:
+    """Pieces [..., H] (int8) as int64 words [..., ⌈H/8⌉], eight units per word (zero-padded):
+    a lossless view, so codes compare and sort a word, not a unit, at a time."""
+    pad = -pieces.shape[-1] % 8
+    return (F.pad(pieces, (0, pad)) if pad else pieces.contiguous()).view(torch.int64)
+
+
+def neighbour_changes(pieces: Tensor) -> Tensor:
+    """Units whose piece differs between positions i and (i+1) mod k: int8 [..., k, w] ->
+    int32 [..., k]. Eight units share an int64 word, so one XOR compares eight and one
+    multiply adds their flags (each byte 0 or 1) into the word's top byte."""
+    words = as_words(pieces)
+    diff = torch.empty_like(words)
+    torch.bitwise_xor(words[..., :-1, :], words[..., 1:, :], out=diff[..., :-1, :])
+    torch.bitwise_xor(words[..., -1, :], words[..., 0, :], out=diff[..., -1, :])
+    # Piece indices use the two low bits of a byte (−1 sets all eight): a byte's flag is their OR.
+    diff.bitwise_or_(diff >> 1).bitwise_and_(_BYTES_ONES)
+    return diff.mul_(_BYTES_ONES).bitwise_right_shift_(56).sum(-1, dtype=torch.int32)
+
+
 def changes_along(mlp: MLP, hidden: list[Tensor], n: int, k: int, dtype: torch.dtype) -> Tensor:
     """Units changing piece between positions i and (i+1) mod k of n closed trajectories,
     from the hidden pre-activations [M, n·k, h] -> [M, n, k]; NaN where either end is not
     finite."""
     m = mlp.num_models
-    changes = torch.zeros(m, n, k, dtype=torch.int32, device=hidden[0].device)
-    for h in hidden:
-        pieces = mlp.activation.pieces(h.reshape(m, n, k, -1))
-        changes[..., :-1] += (pieces[:, :, :-1] != pieces[:, :, 1:]).sum(-1, dtype=torch.int32)
-        changes[..., -1] += (pieces[:, :, -1] != pieces[:, :, 0]).sum(-1, dtype=torch.int32)
+    changes = sum(neighbour_changes(mlp.activation.pieces(h.reshape(m, n, k, -1))) for h in hidden)
     # A NaN or +inf pre-activation makes every unit of the next layer non-finite, so checking
     # the last hidden layer catches a non-finite network anywhere; its row sums are non-finite
     # exactly then (or past 3e38, a network diverging anyway), at a fraction of isfinite's cost.

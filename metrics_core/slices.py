@@ -8,11 +8,7 @@ import torch
 from torch import Tensor
 
 from .nets import MLP, Net, as_mlp, check_tensor, chunks, planar_first_layer, propagate
-from .regions import Layers, hidden_pieces
-
-_BITS_PER_UNIT = 2  # piece indices −1..2 fit in two bits
-_UNITS_PER_WORD = 63 // _BITS_PER_UNIT  # clear of the sign bit
-
+from .regions import Layers, as_words, hidden_pieces
 
 @dataclass(frozen=True)
 class SliceMap:
@@ -50,26 +46,34 @@ def plane(a: Tensor, b: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
     return (a + b + c) / 3, torch.stack([e1, rest / rest.norm()])
 
 
-def pack_codes(pieces: Tensor) -> Tensor:
-    """Codes [..., H] (int8, −1..2) packed losslessly into int64 words [..., ⌈H/31⌉]."""
-    h = pieces.shape[-1]
-    pad = -h % _UNITS_PER_WORD
-    values = torch.nn.functional.pad(pieces, (0, pad)).to(torch.int64) & 3
-    values = values.view(*pieces.shape[:-1], -1, _UNITS_PER_WORD)
-    shifts = torch.arange(0, _BITS_PER_UNIT * _UNITS_PER_WORD, _BITS_PER_UNIT, device=pieces.device)
-    return (values << shifts).sum(-1)
+_MIX = 0x9E3779B97F4A7C15 - (1 << 64)  # odd: mixing words into one int64 key loses no single word
+
+
+def _first_positions(inverse: Tensor, count: int) -> Tensor:
+    positions = torch.arange(inverse.shape[0], device=inverse.device)
+    first = torch.full((count,), inverse.shape[0], device=inverse.device)
+    return first.scatter_reduce_(0, inverse, positions, reduce="amin")
 
 
 def first_appearance_ids(rows: Tensor) -> Tensor:
     """int32 id per row of [n, w], equal rows sharing an id, ids in order of first appearance."""
-    _, inverse = torch.unique(rows, dim=0, return_inverse=True)
-    positions = torch.arange(rows.shape[0], device=rows.device)
-    count = int(inverse.max()) + 1
-    first = torch.full((count,), rows.shape[0], device=rows.device).scatter_reduce_(
-        0, inverse, positions, reduce="amin"
-    )
+    # One int64 key per row and a 1-D unique (a sort): torch.unique(dim=0) compares row by row.
+    # Equal rows always share a key; rows that merely collide are caught by comparing every row
+    # with its group's first and then told apart a column at a time.
+    key = rows[:, 0]
+    for column in rows.unbind(1)[1:]:
+        key = key * _MIX + column
+    _, inverse = torch.unique(key, return_inverse=True)
+    first = _first_positions(inverse, int(inverse.max()) + 1)
+    if not torch.equal(rows[first[inverse]], rows):
+        n = rows.shape[0]
+        _, inverse = torch.unique(rows[:, 0], return_inverse=True)
+        for column in rows.unbind(1)[1:]:
+            _, values = torch.unique(column, return_inverse=True)
+            _, inverse = torch.unique(inverse * n + values, return_inverse=True)
+        first = _first_positions(inverse, int(inverse.max()) + 1)
     rank = torch.empty_like(first)
-    rank[first.argsort()] = torch.arange(count, device=rows.device)
+    rank[first.argsort()] = torch.arange(first.shape[0], device=rows.device)
     return rank[inverse].to(torch.int32)
 
 
@@ -121,7 +125,7 @@ def slice_codes(
     vs = torch.linspace(float(extent[2]), float(extent[3]), grid, dtype=torch.float64, device=origin.device)
 
     width = sum(mlp.hidden_sizes) if layers == "all" else mlp.hidden_sizes[-1]
-    words = -(-width // _UNITS_PER_WORD)
+    words = -(-width // 8)
     packed = torch.empty(mlp.num_models, grid * grid, words, dtype=torch.int64, device=mlp.device)
     per_pixel = 2 * mlp.num_models * sum(mlp.hidden_sizes)
     base = origin.to(mlp.dtype).unsqueeze(0)
@@ -130,7 +134,7 @@ def slice_codes(
         pixel = torch.arange(start, stop, device=origin.device)
         uv = torch.stack([us[pixel % grid], vs[pixel // grid]], dim=-1)
         hidden, _ = propagate(mlp, planar_first_layer(mlp, base, directions, uv), logits=False)
-        packed[:, start:stop] = pack_codes(hidden_pieces(mlp, hidden, layers))
+        packed[:, start:stop] = as_words(hidden_pieces(mlp, hidden, layers))
     region = torch.stack([first_appearance_ids(p) for p in packed]).view(-1, grid, grid)
     single = not isinstance(net, MLP)
     return SliceMap(

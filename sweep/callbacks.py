@@ -146,8 +146,8 @@ class ScoringCallback(tune.Callback):
     def on_checkpoint(self, iteration, trials, trial, checkpoint, **info):
         self.pool.submit(checkpoint)
 
-    def on_trial_result(self, iteration, trials, trial, result, **info):
-        self.pool.poll()  # notices dead actors during the sweep, not only at the end
+    def on_step_end(self, iteration, trials, **info):
+        self.pool.poll()  # hands queued checkpoints to actors that finished, notices dead ones
 
     def on_experiment_end(self, trials, **info):
         stats = self.pool.drain()

@@ -10,7 +10,7 @@ from pathlib import Path
 
 
 from sweep import storage
-from sweep.spec import BundleConfig, SweepSpec
+from sweep.spec import BundleConfig, SweepSpec, estimate_bundle_work
 
 SWEEP_FILE = "sweep.json"
 
@@ -87,6 +87,10 @@ def load_plan(sweep_dir: str) -> SweepPlan:
 
 def make_plan(spec: SweepSpec, bundles: list[BundleConfig], *, name: str, storage: str,
               spec_source: str, spec_text: str, spec_suffix: str) -> SweepPlan:
+    """The plan of a run. Trials start in the plan's bundle order, so the costliest bundles go
+    first: the trial slots then finish close together, and the checkpoints that take longest
+    to score are scored while cheaper bundles still train, not after the last one ends."""
+    bundles = sorted(bundles, key=lambda b: -estimate_bundle_work(b, spec.budget))
     return SweepPlan(
         name=name,
         storage=storage,

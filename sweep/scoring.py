@@ -202,10 +202,12 @@ def score_checkpoint(
 ) -> dict[str, pd.DataFrame]:
     """Rows of `scores`, `points`, `trajectories` and `slices` for every member of a checkpoint.
 
-    All members are scored as one stacked population. Members whose weights are not finite
-    (diverged) get NaN metrics without being computed; if the batched computation raises, each
-    member is retried alone, so one failing network is recorded as failed and the others still
-    get their scores.
+    All members are scored as one stacked population. Members with identical weights (at
+    initialisation, every member with the same seed: learning rates and labels do not change
+    initial weights) are computed once, as every measure depends on the weights and the fixed
+    points alone. Members whose weights are not finite (diverged) get NaN metrics without being
+    computed; if the batched computation raises, each member is retried alone, so one failing
+    network is recorded as failed and the others still get their scores.
     """
     inputs = inputs or prepare(data, settings)
     ids = list(meta["network_ids"])
@@ -219,7 +221,8 @@ def score_checkpoint(
     finite = _finite_members(population)
     measured: dict[int, dict[str, Tensor]] = {}
     errors: dict[int, str] = {}
-    todo = [i for i in range(len(ids)) if finite[i]]
+    copies = _identical_members(population, [i for i in range(len(ids)) if finite[i]])
+    todo = list(copies)
     if todo:
         try:
             measured.update(_split(_measure(_select(population, todo), inputs, settings, profiles), todo))
@@ -229,6 +232,12 @@ def score_checkpoint(
                     measured.update(_split(_measure(_select(population, [i]), inputs, settings, profiles), [i]))
                 except Exception as error:  # noqa: BLE001 - recorded as this member's failure
                     errors[i] = f"scoring raised {type(error).__name__}: {error}"
+    for first, others in copies.items():
+        for i in others:
+            if first in measured:
+                measured[i] = measured[first]
+            if first in errors:
+                errors[i] = errors[first]
     statuses = list(meta.get("statuses") or ["unknown"] * len(ids))
     notes = {
         i: f"weights are not finite (network {statuses[i]}): metrics are NaN"
@@ -259,6 +268,22 @@ def _finite_members(population: mc.MLP) -> list[bool]:
     for t in (*population.weights, *population.biases):
         ok &= torch.isfinite(t).flatten(1).all(dim=1)
     return ok.tolist()
+
+
+def _identical_members(population: mc.MLP, members: Sequence[int]) -> dict[int, list[int]]:
+    """Each distinct set of weights among `members`: its first member -> the later ones."""
+    copies: dict[int, list[int]] = {}
+    for i in members:
+        first = next((j for j in copies if _same_weights(population, i, j)), None)
+        if first is None:
+            copies[i] = []
+        else:
+            copies[first].append(i)
+    return copies
+
+
+def _same_weights(population: mc.MLP, i: int, j: int) -> bool:
+    return all(torch.equal(t[i], t[j]) for t in (*population.weights, *population.biases))
 
 
 def _select(population: mc.MLP, members: Sequence[int]) -> mc.MLP:

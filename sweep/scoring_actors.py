@@ -1,23 +1,53 @@
 """The Ray side of scoring: actors that keep the metric core and data on their device, and a
 pool that hands them checkpoints as they land, without ever blocking its caller.
 
-The pool is driven from the Tune driver's event loop (a callback's `on_checkpoint`), so
-`submit` sends the checkpoint straight to the least-loaded actor (Ray queues it there) and
-returns; actors write their own rows, so scoring progresses with no polling. Results, and
-actor deaths, are collected by non-blocking polls in `submit`/`poll` and by `drain`.
+The pool is driven from the Tune driver's event loop (callbacks), so `submit` queues the
+checkpoint and returns. The pool keeps the queue and hands a checkpoint to an actor only when
+that actor is free, so no actor sits idle while another holds a backlog (checkpoints differ
+in cost by 10x or more). Actors write their own rows. Results, actor deaths and hand-outs are
+handled by non-blocking polls (`submit`, `poll`, called on every step of Tune's loop) and by
+`drain`.
 """
 
 from __future__ import annotations
 
+import os
 import time
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import ray
 
-from sweep.scoring import Scorer, ScoreSettings, record_failure
+if TYPE_CHECKING:  # importing sweep.scoring means torch: actors do it after lowering priority
+    from sweep.scoring import ScoreSettings
 
-ScoringActor = ray.remote(Scorer)
+def run_in_background() -> None:
+    """Give this process only the CPU time nothing else wants: Linux's SCHED_IDLE, for every
+    thread (a policy is per thread; new ones inherit it), else the lowest nice level. Ray
+    starts workers at nice 15, so nice 19 alone would still take ~30% of a trial's core."""
+    if hasattr(os, "SCHED_IDLE") and os.path.isdir("/proc/self/task"):
+        for thread in os.listdir("/proc/self/task"):
+            os.sched_setscheduler(int(thread), os.SCHED_IDLE, os.sched_param(0))
+    elif hasattr(os, "nice"):
+        os.nice(19)
+
+
+@ray.remote
+class ScoringActor:
+    """A `sweep.scoring.Scorer` in its own process. A CPU actor runs in the background (it
+    takes the cycles training leaves idle, so trials are not slowed, and catches up once they
+    end), from before the Scorer and torch are imported, so even its start spares the trials."""
+
+    def __init__(self, threads: int, background: bool):
+        if background:
+            run_in_background()
+        from sweep.scoring import Scorer
+
+        self._scorer = Scorer(threads=threads)
+
+    def score(self, source, table_root: str, settings: ScoreSettings) -> dict:
+        return self._scorer.score(source, table_root, settings)
 
 
 @dataclass
@@ -34,12 +64,12 @@ class _Task:
 
 
 class ScoringPool:
-    """`num_actors` scoring actors, each scoring its queued checkpoints one at a time.
+    """`num_actors` scoring actors, each given one checkpoint at a time from the pool's queue.
 
     GPU actors take `gpus_per_actor` (a fraction when they share the card with trials); CPU
-    actors take `cpus_per_actor` (default half a CPU, so they do not starve trials) and one
-    torch thread per whole CPU. An actor that dies is replaced and each checkpoint it held is
-    redone up to `max_retries` times, then recorded as failed rows.
+    actors take `cpus_per_actor` and one torch thread per whole CPU, and run in the
+    background (see `run_in_background`). An actor that dies is replaced and the checkpoint
+    it held is redone up to `max_retries` times, then recorded as failed rows.
     """
 
     def __init__(
@@ -61,35 +91,40 @@ class ScoringPool:
         self._generation = [0] * num_actors
         self._load = [0] * num_actors
         self._running: dict[ray.ObjectRef, _Task] = {}
+        self._queue: deque[_Job] = deque()
         self._counts: Counter[str] = Counter()
         self._failures: list[str] = []
         self._started: float | None = None
 
     def submit(self, checkpoint) -> None:
-        """Send a checkpoint to the least-loaded actor; returns at once."""
+        """Queue a checkpoint for the next free actor; returns at once."""
         if self._started is None:
             self._started = time.monotonic()
         self._counts["submitted"] += 1
-        self._dispatch(_Job(checkpoint))
+        self._queue.append(_Job(checkpoint))
         self.poll()
 
     def poll(self) -> None:
-        """Collect finished work (replacing dead actors, redoing their work); never waits."""
+        """Collect finished work (replacing dead actors, redoing their work) and hand queued
+        checkpoints to free actors; never waits."""
         if self._running:
             ready, _ = ray.wait(list(self._running), num_returns=len(self._running), timeout=0)
             for ref in ready:
                 self._finish(ref)
+        self._hand_out()
 
     def drain(self, timeout: float | None = None) -> dict:
         """Wait until every submitted checkpoint is scored or recorded as failed (or `timeout`
-        seconds pass: then `stats()["running"]` says how many are left)."""
+        seconds pass: then `stats()` says how many are running and queued)."""
         deadline = None if timeout is None else time.monotonic() + timeout
+        self._hand_out()
         while self._running:
             remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
             ready, _ = ray.wait(list(self._running), num_returns=1, timeout=remaining)
             if not ready:
                 break
             self._finish(ready[0])
+            self._hand_out()
         return self.stats()
 
     def stats(self) -> dict:
@@ -103,6 +138,7 @@ class ScoringPool:
         return {
             **counts,
             "running": len(self._running),
+            "queued": len(self._queue),
             "elapsed_s": elapsed,
             "checkpoints_per_s": rate(counts["done"]),
             "points_per_s": rate(counts["points"]),
@@ -114,21 +150,28 @@ class ScoringPool:
         return list(self._actors)
 
     def shutdown(self) -> None:
-        """Stop the actors (work still running is lost; call `drain` first to finish it)."""
+        """Stop the actors (work still running or queued is lost; call `drain` first)."""
         for actor in self._actors:
             ray.kill(actor)
         self._actors.clear()
         self._running.clear()
+        self._queue.clear()
 
     def _start_actor(self):
         threads = max(1, round(self._resources["num_cpus"]))
         # Ray restarts an actor lost with its node on a live node and re-runs its queued tasks
         # (scoring is idempotent, so a re-run is safe); a replacement made by the pool right away
         # could land on the dying node before Ray declares it dead.
-        return ScoringActor.options(**self._resources, max_restarts=3, max_task_retries=3).remote(threads=threads)
+        return ScoringActor.options(**self._resources, max_restarts=3, max_task_retries=3).remote(
+            threads=threads, background=not self._resources["num_gpus"]
+        )
 
-    def _dispatch(self, job: _Job) -> None:
-        slot = min(range(len(self._actors)), key=self._load.__getitem__)
+    def _hand_out(self) -> None:
+        for slot in range(len(self._actors)):
+            if self._queue and not self._load[slot]:
+                self._dispatch(self._queue.popleft(), slot)
+
+    def _dispatch(self, job: _Job, slot: int) -> None:
         job.attempts += 1
         ref = self._actors[slot].score.remote(job.source, self.table_root, self.settings)
         self._running[ref] = _Task(slot, self._generation[slot], job)
@@ -144,7 +187,7 @@ class ScoringPool:
             self._replace(task)
             if job.attempts <= self.max_retries:
                 self._counts["retried"] += 1
-                self._dispatch(job)
+                self._queue.appendleft(job)
             else:
                 self._fail(job, f"scoring actor died {job.attempts} time(s): {_first_line(error)}")
             return
@@ -170,6 +213,8 @@ class ScoringPool:
         self._counts["replaced"] += 1
 
     def _fail(self, job: _Job, message: str) -> None:
+        from sweep.scoring import record_failure
+
         self._counts["failed"] += 1
         self._failures.append(record_failure(self.table_root, job.source, self.settings, message))
 

@@ -599,6 +599,18 @@ def estimate_bundle_bytes(bundle: BundleConfig) -> int | None:
     return 4 * floats + 16 * m * n
 
 
+def estimate_bundle_work(bundle: BundleConfig, budget: Budget) -> float:
+    """Relative cost of training a bundle to its budget (members × multiply-adds per example ×
+    examples), for ordering bundles; an image folder's unknown sizes are taken as the width."""
+    info = DATASETS[bundle.dataset.name]
+    net = bundle.members[0]
+    n = bundle.dataset.train_size or info.train_size or net.width
+    examples = budget.max_epochs * n
+    if budget.max_steps:
+        examples = min(examples, budget.max_steps * min(bundle.batch_size or n, n))
+    return len(bundle.members) * param_count(net, info.input_dim or net.width, info.num_classes or 1) * examples
+
+
 def _mib(nbytes: int | None) -> str:
     return "unknown (image_folder)" if nbytes is None else f"{nbytes / 2**20:,.1f} MiB"
 

@@ -43,6 +43,22 @@ def test_digits_shapes_split_and_standardisation():
     assert all(tuple(row) in pixels for row in raw[:50].double().round(decimals=4).tolist())
 
 
+def test_digits_read_without_sklearn_equal_load_digits():
+    import subprocess
+    import sys
+
+    from sklearn.datasets import load_digits
+
+    from sweep.data import _digits_table
+
+    digits = load_digits()
+    table = _digits_table()
+    assert np.array_equal(table[:, :64], digits.data) and np.array_equal(table[:, 64], digits.target)
+    # The point of reading the file: a trial or scoring process never imports sklearn.
+    code = "import sys; from sweep.data import _digits_table; _digits_table(); print('sklearn' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "False"
+
+
 def test_digits_is_deterministic_and_cached():
     a = load_dataset(DataSpec("digits"))
     assert load_dataset(DataSpec("digits"), "cpu") is a  # one copy per process and device

@@ -324,7 +324,7 @@ class ClusterHost:
                         continue
                     if "bundle-" in cwd:
                         bundles.add(cwd.rsplit("bundle-", 1)[1].split("/")[0])
-                scorer |= command.startswith("ray::Scorer")
+                scorer |= command.startswith("ray::ScoringActor")
             found[node_id] = {"bundles": bundles, "scorer": scorer}
         return found
 

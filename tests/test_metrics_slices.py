@@ -79,3 +79,19 @@ def test_errors():
         slice_codes(make_net(), a, b, 2 * b - a)
     with pytest.raises(ValueError, match="one input point of 6 values"):
         slice_codes(make_net(), a, b, torch.randn(7))
+
+
+def test_region_ids_by_first_appearance_survive_key_collisions():
+    from metrics_core.slices import _MIX, first_appearance_ids
+
+    def numbered(rows):
+        seen = {}
+        return [seen.setdefault(tuple(r), len(seen)) for r in rows.tolist()]
+
+    g = torch.Generator().manual_seed(0)
+    for width in (1, 3, 16):
+        rows = torch.randint(-(2**62), 2**62, (40, width), generator=g)[torch.randint(40, (500,), generator=g)]
+        assert first_appearance_ids(rows).tolist() == numbered(rows)
+    # (5, 7) and (6, 7 − mix) fold into the same key: distinct rows must still get distinct ids.
+    colliding = torch.tensor([[5, 7], [6, 7 - _MIX], [5, 7], [6, 7 - _MIX], [1, 1]])
+    assert first_appearance_ids(colliding).tolist() == [0, 1, 0, 1, 2]
