@@ -148,8 +148,9 @@ def test_trained_on_real_digits_then_saturated(shared_data):
     assert_relative(logit, logit_ref, 1e-4)
 
 
-def test_population_equals_per_model_and_chunking():
-    nets = [make_net(20, (12, 10), 5, "relu", seed=s) for s in range(3)]
+@pytest.mark.parametrize("hidden", [(12, 10), (12,), (24,)])  # one hidden layer: both routes
+def test_population_equals_per_model_and_chunking(hidden):
+    nets = [make_net(20, hidden, 5, "relu", seed=s) for s in range(3)]
     pop = stack(nets)
     x = torch.randn(17, 20)
     shared = jacobian_norms(pop, x, "both")
