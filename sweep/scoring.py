@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
+import logging
 import math
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -23,6 +24,8 @@ from torch import Tensor
 import metrics_core as mc
 from sweep import storage
 from sweep.tables import TableWriter, checkpoint_key, empty
+
+log = logging.getLogger(__name__)
 
 POPULATION_FILE = "population.pt"
 META_FILE = "meta.json"
@@ -226,7 +229,11 @@ def score_checkpoint(
     if todo:
         try:
             measured.update(_split(_measure(_select(population, todo), inputs, settings, profiles), todo))
-        except Exception:  # noqa: BLE001 - any failure is narrowed down member by member below
+        except Exception as batched:  # noqa: BLE001 - any failure is narrowed down member by member below
+            # Said out loud: when every member then succeeds alone, the batched route has a bug
+            # that would otherwise only show as slow scoring.
+            log.warning("checkpoint %s/%s: scoring the %d members together raised %s: %s; scoring them one "
+                        "at a time", meta.get("bundle_id"), meta.get("tag"), len(todo), type(batched).__name__, batched)
             for i in todo:
                 try:
                     measured.update(_split(_measure(_select(population, [i]), inputs, settings, profiles), [i]))

@@ -246,7 +246,7 @@ def test_members_with_identical_weights_are_computed_once_and_scored_alike(data,
             pd.testing.assert_frame_equal(mine.reset_index(drop=True), reference.reset_index(drop=True))
 
 
-def test_one_failing_network_is_recorded_and_the_others_are_scored(data, monkeypatch):
+def test_one_failing_network_is_recorded_and_the_others_are_scored(data, monkeypatch, caplog):
     bundle = make_bundle(members=3)
     nets = make_nets(bundle)
     with torch.no_grad():
@@ -264,6 +264,8 @@ def test_one_failing_network_is_recorded_and_the_others_are_scored(data, monkeyp
     assert set(failed.network_id) == {bundle.network_ids[2]} and failed["mean"].isna().all()
     assert failed.message.str.contains("RuntimeError: injected fault").all()
     assert scores[scores.status == "ok"]["mean"].notna().all()
+    # The fallback to one member at a time is logged, so a bug in the batched route is visible.
+    assert "scoring the 3 members together raised RuntimeError: injected fault" in caplog.text
 
 
 def test_profiles_and_slices_only_at_init_and_end(data):
