@@ -7,6 +7,7 @@ import copy
 import dataclasses
 import json
 import math
+import os
 from pathlib import Path
 
 import numpy as np
@@ -369,6 +370,10 @@ def test_pool_scores_like_the_scorer_and_replaces_a_killed_actor(tmp_path, ray_s
 
     tables = str(tmp_path / "tables")
     pool = ScoringPool(tables, SETTINGS, num_actors=2, max_retries=1)
+    if hasattr(os, "SCHED_IDLE"):  # CPU actors take only the cycles trials leave, in every thread
+        policies = ray_session.get(pool.actors()[0].__ray_call__.remote(
+            lambda actor: {os.sched_getscheduler(int(t)) for t in os.listdir("/proc/self/task")}))
+        assert policies == {os.SCHED_IDLE}
     pool.submit(sources[0])
     assert pool.stats()["running"] == 1  # submit handed the work out and returned
     pool.drain(timeout=120)
