@@ -81,14 +81,6 @@ def changes_along(mlp: MLP, hidden: list[Tensor], n: int, k: int, dtype: torch.d
     return changes.to(dtype).masked_fill_(~finite, float("nan"))
 
 
-def piece_changes(mlp: MLP, z: Tensor) -> Tensor:
-    """Units changing piece between z_i and z_{(i+1) mod k} along trajectories z [n, k, d]
-    (the same for every model) or [M, n, k, d] -> [M, n, k]."""
-    *lead, n, k, d = z.shape
-    hidden, _ = preactivations(mlp, z.reshape(*lead, n * k, d), logits=False)
-    return changes_along(mlp, hidden, n, k, z.dtype)
-
-
 def _flat_points(b: Batch, t: Tensor, name: str, extra: tuple[int, ...]) -> Tensor:
     """`t` shaped [*x's leading dims, *extra, ...features] as [*lead, *extra, d]."""
     check_tensor(b.mlp, t, name)
