@@ -57,20 +57,16 @@ def _first_positions(inverse: Tensor, count: int) -> Tensor:
 
 def first_appearance_ids(rows: Tensor) -> Tensor:
     """int32 id per row of [n, w], equal rows sharing an id, ids in order of first appearance."""
-    # One int64 key per row and a 1-D unique (a sort): torch.unique(dim=0) compares row by row.
-    # Equal rows always share a key; rows that merely collide are caught by comparing every row
-    # with its group's first and then told apart a column at a time.
+    # One int64 key per row and a 1-D unique (a sort): torch.unique(dim=0) compares row by row,
+    # 5x slower here. Equal rows always share a key; rows that merely collide are caught by
+    # comparing every row with its group's first, and then the exact row-wise unique decides.
     key = rows[:, 0]
     for column in rows.unbind(1)[1:]:
         key = key * _MIX + column
     _, inverse = torch.unique(key, return_inverse=True)
     first = _first_positions(inverse, int(inverse.max()) + 1)
     if not torch.equal(rows[first[inverse]], rows):
-        n = rows.shape[0]
-        _, inverse = torch.unique(rows[:, 0], return_inverse=True)
-        for column in rows.unbind(1)[1:]:
-            _, values = torch.unique(column, return_inverse=True)
-            _, inverse = torch.unique(inverse * n + values, return_inverse=True)
+        _, inverse = torch.unique(rows, dim=0, return_inverse=True)
         first = _first_positions(inverse, int(inverse.max()) + 1)
     rank = torch.empty_like(first)
     rank[first.argsort()] = torch.arange(first.shape[0], device=rows.device)
