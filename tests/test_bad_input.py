@@ -12,21 +12,12 @@ import time
 from pathlib import Path
 
 import pytest
+from specs import MINIMAL_SPEC as SPEC
 
 from sweep import runner
 from sweep.spec import expand, load_spec
 
 ROOT = Path(__file__).resolve().parents[1]
-SPEC = """
-name: ok
-datasets: [digits]
-grid:
-  widths: [8]
-  depths: [1]
-  learning_rates: [0.1]
-budget:
-  max_epochs: 2
-"""
 # ray.init on such an address retries for minutes; the command must answer well within this.
 ANSWER_WITHIN_S = 60
 

@@ -4,19 +4,9 @@ names the problem, before any Ray process starts, and never with a bare tracebac
 from pathlib import Path
 
 import pytest
+from specs import MINIMAL_SPEC as GOOD
 
 from sweep.cli import main
-
-GOOD = """
-name: ok
-datasets: [digits]
-grid:
-  widths: [8]
-  depths: [1]
-  learning_rates: [0.1]
-budget:
-  max_epochs: 2
-"""
 
 
 def spec_file(tmp_path: Path, text: str, suffix: str = ".yaml") -> str:
