@@ -22,6 +22,7 @@ import ray
 if TYPE_CHECKING:  # importing sweep.scoring means torch: actors do it after lowering priority
     from sweep.scoring import ScoreSettings
 
+
 def run_in_background() -> None:
     """Give this process only the CPU time nothing else wants: Linux's SCHED_IDLE, for every
     thread (a policy is per thread; new ones inherit it), else the lowest nice level. Ray
@@ -89,7 +90,6 @@ class ScoringPool:
         self._resources = {"num_cpus": cpus_per_actor, "num_gpus": gpus_per_actor}
         self._actors = [self._start_actor() for _ in range(num_actors)]
         self._generation = [0] * num_actors
-        self._load = [0] * num_actors
         self._running: dict[ray.ObjectRef, _Task] = {}
         self._queue: deque[_Job] = deque()
         self._counts: Counter[str] = Counter()
@@ -159,28 +159,27 @@ class ScoringPool:
 
     def _start_actor(self):
         threads = max(1, round(self._resources["num_cpus"]))
-        # Ray restarts an actor lost with its node on a live node and re-runs its queued tasks
-        # (scoring is idempotent, so a re-run is safe); a replacement made by the pool right away
+        # Ray restarts an actor lost with its node on a live node and re-runs its task (scoring
+        # is idempotent, so a re-run is safe); a replacement made by the pool right away
         # could land on the dying node before Ray declares it dead.
         return ScoringActor.options(**self._resources, max_restarts=3, max_task_retries=3).remote(
             threads=threads, background=not self._resources["num_gpus"]
         )
 
     def _hand_out(self) -> None:
+        busy = {task.slot for task in self._running.values()}
         for slot in range(len(self._actors)):
-            if self._queue and not self._load[slot]:
+            if self._queue and slot not in busy:
                 self._dispatch(self._queue.popleft(), slot)
 
     def _dispatch(self, job: _Job, slot: int) -> None:
         job.attempts += 1
         ref = self._actors[slot].score.remote(job.source, self.table_root, self.settings)
         self._running[ref] = _Task(slot, self._generation[slot], job)
-        self._load[slot] += 1
 
     def _finish(self, ref: ray.ObjectRef) -> None:
         task = self._running.pop(ref)
         job = task.job
-        self._load[task.slot] -= 1
         try:
             summary = ray.get(ref)
         except ray.exceptions.RayActorError as error:
