@@ -217,3 +217,15 @@ def test_limit_networks_keeps_the_first_ones():
     assert [len(b.members) for b in limited] == [8, 3]
     assert [m for b in limited for m in b.members] == [m for b in bundles for m in b.members][:11]
     assert limit_networks(bundles, 1000) == bundles
+
+
+def test_plans_start_the_costliest_bundles_first(tmp_path):
+    from sweep import runner
+
+    spec = load_spec("digits")
+    bundles = expand(spec)
+    plan = runner.make_plan(spec, bundles, name="ordered", storage=str(tmp_path), spec_source="digits",
+                            spec_text="", spec_suffix=".yaml")
+    shapes = [(b["members"][0]["width"], b["members"][0]["depth"]) for b in plan.bundles]
+    assert shapes == [(128, 2), (128, 1), (64, 2), (64, 1), (32, 2), (32, 1)]
+    assert sorted(b["bundle_id"] for b in plan.bundles) == sorted(b.bundle_id for b in bundles)
