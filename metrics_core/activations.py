@@ -66,6 +66,13 @@ class Activation:
         self.require_piecewise_linear("linear pieces")
         return _PIECES[self.name]
 
+    @property
+    def thresholds(self) -> tuple[float, ...]:
+        """Pre-activation values where the piece changes: (0,) for relu and leaky_relu, the
+        lower and upper bound for hard_tanh and relu6; raises for smooth activations."""
+        self.require_piecewise_linear("piece thresholds")
+        return (0.0,) if self.name in ("relu", "leaky_relu") else self._bounds()
+
     def _bounds(self) -> tuple[float, float]:
         if self.name == "relu6":
             return 0.0, 6.0
@@ -80,17 +87,17 @@ class Activation:
                 f"({', '.join(PIECEWISE_LINEAR_NAMES)}), not {self.name!r}"
             )
 
-    def forward(self, h: Tensor) -> Tensor:
+    def forward(self, h: Tensor, *, inplace: bool = False) -> Tensor:
         if self.name == "relu":
-            return torch.relu(h)
+            return torch.relu_(h) if inplace else torch.relu(h)
         if self.name == "leaky_relu":
-            return F.leaky_relu(h, self.params_dict["negative_slope"])
+            return F.leaky_relu(h, self.params_dict["negative_slope"], inplace=inplace)
         if self.name in ("hard_tanh", "relu6"):
             low, high = self._bounds()
-            return F.hardtanh(h, low, high)
+            return F.hardtanh(h, low, high, inplace=inplace)
         if self.name == "tanh":
-            return torch.tanh(h)
-        return torch.sigmoid(h)
+            return torch.tanh_(h) if inplace else torch.tanh(h)
+        return torch.sigmoid_(h) if inplace else torch.sigmoid(h)
 
     def derivative(self, h: Tensor) -> Tensor:
         """σ'(h), accurate where the activation saturates.

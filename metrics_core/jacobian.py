@@ -32,11 +32,14 @@ def softmax_jacobian_norm(logit_gram: Tensor, logits: Tensor) -> Tensor:
     p = torch.softmax(logits, dim=-1)
     c = p.shape[-1]
     eye = torch.eye(c, dtype=torch.bool, device=p.device)
-    rows = p.unsqueeze(-2).expand(*p.shape, c)
-    off_diagonal_mass = rows.masked_fill(eye, 0).sum(-1)
-    r = torch.where(eye, off_diagonal_mass.unsqueeze(-1), -rows)
-    scale = r.abs().amax(-1, keepdim=True)
-    r_hat = r / torch.where(scale > 0, scale, torch.ones_like(scale))
+    others = p.unsqueeze(-2).expand(*p.shape, c).masked_fill(eye, 0)  # row i: p_j for j ≠ i
+    off_diagonal_mass = others.sum(-1)
+    # r_i = e_i·Σ_{j≠i} p_j − others_i; probabilities are >= 0, so its largest entry in size is
+    # the larger of the diagonal and the largest other p_j.
+    scale = torch.maximum(off_diagonal_mass, others.amax(-1)).unsqueeze(-1)
+    safe = torch.where(scale > 0, scale, torch.ones_like(scale))
+    r_hat = others.div_(-safe)
+    r_hat.diagonal(dim1=-2, dim2=-1).copy_(off_diagonal_mass / safe.squeeze(-1))
     quad = ((r_hat @ logit_gram) * r_hat).sum(-1).clamp_min(0)
     row_norms = p * scale.squeeze(-1) * quad.sqrt()
     top = row_norms.amax(-1, keepdim=True)

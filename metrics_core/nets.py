@@ -276,13 +276,17 @@ def linear(mlp: MLP, layer: int, x: Tensor, *, bias: bool = True) -> Tensor:
     return torch.bmm(x, w.transpose(1, 2))
 
 
-def propagate(mlp: MLP, first: Tensor, *, logits: bool = True) -> tuple[list[Tensor], Tensor | None]:
+def propagate(
+    mlp: MLP, first: Tensor, *, logits: bool = True, keep_first: bool = True
+) -> tuple[list[Tensor], Tensor | None]:
     """From the first layer's pre-activations [M, n, h₁]: every hidden layer's pre-activations
-    [M, n, h_l], and the logits [M, n, C] (or None)."""
+    [M, n, h_l], and the logits [M, n, C] (or None). keep_first=False overwrites `first` with
+    its activations and leaves it out of the list (saves a pass over the largest tensor when
+    only deeper layers are wanted)."""
     h = first
-    hidden = [h]
+    hidden = [h] if keep_first else []
     for layer in range(1, len(mlp.weights) - 1):
-        h = linear(mlp, layer, mlp.activation.forward(h))
+        h = linear(mlp, layer, mlp.activation.forward(h, inplace=layer == 1 and not keep_first))
         hidden.append(h)
     out = linear(mlp, len(mlp.weights) - 1, mlp.activation.forward(h)) if logits else None
     return hidden, out
@@ -293,23 +297,36 @@ def preactivations(mlp: MLP, x: Tensor, *, logits: bool = True) -> tuple[list[Te
     return propagate(mlp, linear(mlp, 0, x), logits=logits)
 
 
+def planar_vectors(mlp: MLP, base: Tensor, directions: Tensor) -> Tensor:
+    """First-layer pre-activations at `base` and their change along each direction,
+    [M, n, 1+J, h₁] (the bias only in the first): the layer is affine, so at
+    base + Σ_j s_j·directions[j] they are vectors[0] + Σ_j s_j·vectors[1+j].
+    base [n, d] (shared) or [M, n, d]; directions [..., n, J, d] alike.
+    """
+    n = base.shape[-2]
+    at_base = linear(mlp, 0, base)
+    flat = directions.reshape(*directions.shape[:-3], -1, directions.shape[-1])
+    along = linear(mlp, 0, flat, bias=False).reshape(mlp.num_models, n, directions.shape[-2], -1)
+    return torch.cat([at_base.unsqueeze(2), along], dim=2)
+
+
 def planar_first_layer(mlp: MLP, base: Tensor, directions: Tensor, coefficients: Tensor) -> Tensor:
     """First-layer pre-activations at the points base + Σ_j coefficients[i, j]·directions[j].
 
-    The first layer is affine, so each point costs a combination of precomputed vectors
-    rather than a d-wide product: the saving that makes trajectories and slices cheap.
-    base [n, d] (shared) or [M, n, d]; directions [..., n, J, d] alike; coefficients [k, J]
-    (the same for every point) -> [M, n·k, h₁], points in (n, k) order.
+    Each point costs a combination of `planar_vectors` rather than a d-wide product: the
+    saving that makes trajectories and slices cheap. coefficients [k, J] (the same for every
+    point) -> [M, n·k, h₁], points in (n, k) order.
     """
-    n, k = base.shape[-2], coefficients.shape[0]
-    at_base = linear(mlp, 0, base)
-    flat = directions.reshape(*directions.shape[:-3], -1, directions.shape[-1])
-    along = linear(mlp, 0, flat, bias=False)
-    along = along.reshape(mlp.num_models, n, directions.shape[-2], -1)
+    return planar_points(planar_vectors(mlp, base, directions), coefficients)
+
+
+def planar_points(vectors: Tensor, coefficients: Tensor) -> Tensor:
+    """`planar_vectors` [M, n, 1+J, h] at coefficients [k, J] -> [M, n·k, h]."""
+    m, n = vectors.shape[:2]
+    k = coefficients.shape[0]
     # One product with a column of ones writes the result once (no separate pass adding the base).
-    vectors = torch.cat([at_base.unsqueeze(2), along], dim=2)
-    weights = torch.cat([coefficients.new_ones(k, 1), coefficients], dim=1).to(along.dtype)
-    return (weights @ vectors).reshape(mlp.num_models, n * k, -1)
+    weights = torch.cat([coefficients.new_ones(k, 1), coefficients], dim=1).to(vectors.dtype)
+    return (weights @ vectors).reshape(m, n * k, -1)
 
 
 @torch.no_grad()

@@ -17,6 +17,8 @@ def region_gram(mlp: MLP, hidden: list[Tensor], first_gram: Tensor | None, start
     alone, and every other point shares the code of the nearest start before it."""
     m, p = starts.shape
     width = int(starts.sum(1).max())
+    if width > 0.9 * p:  # nearly every point starts a run (wide nets): picking them costs more than it saves
+        return logit_gram(mlp, hidden, first_gram)
     # Each model's starts first, in order; models with fewer are padded with points never used.
     picked = torch.sort(starts.logical_not().to(torch.uint8), dim=1, stable=True).indices[:, :width]
     gram = logit_gram(mlp, [h.gather(1, picked.unsqueeze(-1).expand(-1, -1, h.shape[-1])) for h in hidden], first_gram)

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .nets import MLP, Batch, Net, batch, check_tensor, chunks, planar_first_layer, preactivations, propagate
+from .activations import Activation
+from .nets import MLP, Batch, Net, batch, check_tensor, chunks, planar_points, planar_vectors, preactivations, propagate
 from .trajectories import angles, random_planes
 
 Layers = Literal["all", "last"]
@@ -22,8 +24,13 @@ def hidden_pieces(mlp: MLP, hidden: list[Tensor], layers: Layers = "all") -> Ten
     if layers not in ("all", "last"):
         raise ValueError(f"layers must be 'all' or 'last', got {layers!r}")
     chosen = hidden if layers == "all" else hidden[-1:]
-    pieces = [mlp.activation.pieces(h).masked_fill_(~torch.isfinite(h), -1) for h in chosen]
-    return torch.cat(pieces, dim=-1)
+    pieces = [mlp.activation.pieces(h) for h in chosen]
+    for p, h in zip(pieces, chosen):
+        # A row sums to a finite value when all its units are finite (or past 3e38, a network
+        # diverging anyway): the costly unit-by-unit test runs only when some row fails.
+        if not torch.isfinite(h.sum(-1)).all():
+            p.masked_fill_(~torch.isfinite(h), -1)
+    return torch.cat(pieces, dim=-1) if len(pieces) > 1 else pieces[0]
 
 
 @torch.no_grad()
@@ -79,6 +86,42 @@ def changes_along(mlp: MLP, hidden: list[Tensor], n: int, k: int, dtype: torch.d
     finite = torch.isfinite(hidden[-1].sum(-1)).view(m, n, k)
     finite &= finite.roll(-1, dims=2)
     return changes.to(dtype).masked_fill_(~finite, float("nan"))
+
+
+def planar_changes(activation: Activation, vectors: Tensor, k: int) -> Tensor:
+    """Σ_i (units changing piece between θ_i and θ_{i+1 mod k}), θ_i = 2πi/k, for units whose
+    pre-activation along a closed trajectory is planar, c + a·cos θ + b·sin θ: vectors
+    [..., 3, h] = (c, a, b) -> int64 [...].
+
+    From the exact crossings instead of k samples: c + R·cos(θ − φ) meets a threshold t at
+    θ = φ ± α, α = arccos((t − c)/R), and a unit's piece differs across every sample interval
+    holding an odd number of crossings. In float64 from the coefficients the sampled route
+    uses, this equals counting at the samples except where a crossing lies within rounding
+    error of a sample angle, and costs O(h) per trajectory instead of O(k·h).
+    """
+    c, a, b = vectors.double().unbind(-2)
+    radius, phase = torch.hypot(a, b), torch.atan2(b, a)
+    crossed = []  # per threshold: units crossing it in two different intervals, and those intervals
+    for t in activation.thresholds:
+        cos_alpha = (t - c) / radius
+        alpha = torch.arccos(cos_alpha.clamp(-1.0, 1.0))
+        first, second = _interval(phase - alpha, k), _interval(phase + alpha, k)
+        # A unit that only touches t (|cos α| = 1), or never reaches it, keeps its piece;
+        # NaN (R = 0 or not finite) compares False.
+        crossed.append(((cos_alpha.abs() < 1) & (first != second), first, second))
+    count = sum(2 * changes.sum(-1) for changes, _, _ in crossed)
+    if len(crossed) == 2:
+        # Crossing both thresholds within one interval (a jump over the middle piece) is
+        # still one unit changing piece: count such intervals once.
+        (low, l1, l2), (high, h1, h2) = crossed
+        both = low & high
+        count = count - (both & ((l1 == h1) | (l1 == h2))).sum(-1) - (both & ((l2 == h1) | (l2 == h2))).sum(-1)
+    return count
+
+
+def _interval(angle: Tensor, k: int) -> Tensor:
+    """Index i of the sample interval (θ_i, θ_{i+1}) holding each angle (radians, float64)."""
+    return torch.remainder(angle, 2 * math.pi).mul_(k / (2 * math.pi)).floor_().clamp_(max=k - 1).long()
 
 
 def _flat_points(b: Batch, t: Tensor, name: str, extra: tuple[int, ...]) -> Tensor:
@@ -180,14 +223,22 @@ def transition_counts(
         partners = draw_partners(b.x, pool, generator)
 
     coefficients = torch.stack([theta.cos(), theta.sin()], dim=-1)
-    per_point = 2 * k * mlp.num_models * sum(mlp.hidden_sizes) + 3 * mlp.input_dim
-    for start, stop in chunks(b.num_points, chunk_size, per_point, mlp.device):
+    # The first layer is planar along the trajectory: its changes come from its exact
+    # crossings, and only deeper layers are evaluated at the k points.
+    deeper = mlp.hidden_sizes[1:]
+    per_point = mlp.num_models * (16 * mlp.hidden_sizes[0] + (2 * k * sum(mlp.hidden_sizes) if deeper else 0))
+    for start, stop in chunks(b.num_points, chunk_size, per_point + 3 * mlp.input_dim, mlp.device):
         xc = b.rows(start, stop)
         if trajectory == "circle":
             centre, axes = xc, planes[start:stop] if b.shared else planes[:, start:stop]
         else:
             centre, axes = ellipse_axes(xc, partners[start:stop] if b.shared else partners[:, start:stop])
-        first = planar_first_layer(mlp, centre, axes, coefficients)
-        hidden, _ = propagate(mlp, first, logits=False)
-        out[:, start:stop] = changes_along(mlp, hidden, stop - start, k, x.dtype).sum(-1)
+        vectors = planar_vectors(mlp, centre, axes)
+        counts = planar_changes(mlp.activation, vectors, k).to(x.dtype)
+        # Finite coefficients whose absolute sum is finite keep every point of the trajectory finite.
+        counts.masked_fill_(~torch.isfinite(vectors.abs().sum((-2, -1))), float("nan"))
+        if deeper:
+            hidden, _ = propagate(mlp, planar_points(vectors, coefficients), logits=False, keep_first=False)
+            counts += changes_along(mlp, hidden, stop - start, k, x.dtype).sum(-1)
+        out[:, start:stop] = counts
     return b.output(out)

@@ -129,7 +129,9 @@ def slice_codes(
     for start, stop in chunks(grid * grid, chunk_size, per_pixel, mlp.device):
         pixel = torch.arange(start, stop, device=origin.device)
         uv = torch.stack([us[pixel % grid], vs[pixel // grid]], dim=-1)
-        hidden, _ = propagate(mlp, planar_first_layer(mlp, base, directions, uv), logits=False)
+        # Only the last layer's codes: the first layer's pre-activations need not be kept.
+        keep = layers == "all" or len(mlp.hidden_sizes) == 1
+        hidden, _ = propagate(mlp, planar_first_layer(mlp, base, directions, uv), logits=False, keep_first=keep)
         packed[:, start:stop] = as_words(hidden_pieces(mlp, hidden, layers))
     region = torch.stack([first_appearance_ids(p) for p in packed]).view(-1, grid, grid)
     single = not isinstance(net, MLP)
