@@ -11,6 +11,7 @@ import io
 import json
 import logging
 import math
+import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -260,13 +261,9 @@ def failure_frames(meta: Mapping, settings: ScoreSettings, message: str) -> dict
     ids = list(meta["network_ids"])
     everyone = set(range(len(ids)))
     frames = {name: empty(name) for name in ("points", "trajectories", "slices")}
-    frames["scores"] = pd.concat(
-        [
-            _score_rows(meta, ids, split, metric, _nan_stats(len(ids)), settings, dict.fromkeys(everyone, message), everyone)
-            for split, metric in _score_keys(settings)
-        ],
-        ignore_index=True,
-    )
+    nan = _nan_stats(len(ids))
+    keyed = [(split, metric, nan) for split, metric in _score_keys(settings)]
+    frames["scores"] = _score_rows(meta, ids, keyed, settings, dict.fromkeys(everyone, message), everyone)
     return frames
 
 
@@ -405,19 +402,22 @@ def _value_stats(values: Tensor) -> dict[str, np.ndarray]:
     return {"mean": value, "median": value, "std": np.full(len(value), np.nan), "n_points": np.zeros(len(value), dtype=np.int64)}
 
 
-def _score_rows(meta, ids, split, metric, stats, settings, messages: Mapping[int, str], failed: set[int]) -> pd.DataFrame:
-    m = len(ids)
+def _score_rows(meta, ids, keyed, settings, messages: Mapping[int, str], failed: set[int]) -> pd.DataFrame:
+    """One row per (split, metric, stats) of `keyed` × member, in that order; built as one
+    frame, since a frame per metric costs more than its statistics."""
+    m, r = len(ids), len(keyed)
+    splits, metrics, stats = zip(*keyed)
     return pd.DataFrame(
         {
-            "network_id": ids,
-            "checkpoint": [meta["tag"]] * m,
-            "step": np.full(m, int(meta["step"]), dtype=np.int64),
-            "split": [split] * m,
-            "metric": [metric] * m,
-            **stats,
-            "params": [_params(metric, settings)] * m,
-            "status": ["failed" if i in failed else "ok" for i in range(m)],
-            "message": [messages.get(i, "") for i in range(m)],
+            "network_id": list(ids) * r,
+            "checkpoint": meta["tag"],
+            "step": np.full(m * r, int(meta["step"]), dtype=np.int64),
+            "split": np.repeat(splits, m),
+            "metric": np.repeat(metrics, m),
+            **{name: np.concatenate([s[name] for s in stats]) for name in ("mean", "median", "std", "n_points")},
+            "params": np.repeat([_params(metric, settings) for metric in metrics], m),
+            "status": ["failed" if i in failed else "ok" for i in range(m)] * r,
+            "message": [messages.get(i, "") for i in range(m)] * r,
         }
     )
 
@@ -437,13 +437,12 @@ def _frames(meta, ids, inputs, settings, profiles, measured, errors, notes) -> d
     failed = set(errors)
     sizes = {probe.split: len(probe.index) for probe in inputs.probes}
 
-    score_frames = []
+    keyed = []
     for split, metric in _score_keys(settings):
         shape = () if split == "weights" else (sizes[split],)
         values = _gather(measured, m, f"{split}/{metric}", shape)
-        stats = _stats(values) if shape else _value_stats(values)
-        score_frames.append(_score_rows(meta, ids, split, metric, stats, settings, messages, failed))
-    frames = {"scores": pd.concat(score_frames, ignore_index=True)}
+        keyed.append((split, metric, _stats(values) if shape else _value_stats(values)))
+    frames = {"scores": _score_rows(meta, ids, keyed, settings, messages, failed)}
 
     test = inputs.probes[0]
     n = len(test.index)
@@ -603,6 +602,7 @@ class Scorer:
             torch.set_num_threads(threads)
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self._inputs: dict[tuple, tuple[object, ScoringInputs]] = {}
+        self._preparing = threading.Lock()  # checkpoints may be scored in several threads at once
 
     def inputs(self, meta: Mapping, settings: ScoreSettings):
         """The data set of a checkpoint's bundle and its scoring inputs, prepared once."""
@@ -616,9 +616,10 @@ class Scorer:
             )
         spec = BundleConfig.from_dict(meta["bundle"]).dataset
         key = (spec, settings)
-        if key not in self._inputs:
-            data = load_dataset(spec, device=self.device)
-            self._inputs[key] = (data, prepare(data, settings))
+        with self._preparing:
+            if key not in self._inputs:
+                data = load_dataset(spec, device=self.device)
+                self._inputs[key] = (data, prepare(data, settings))
         return self._inputs[key]
 
     def score(self, source, table_root: str, settings: ScoreSettings) -> dict:
