@@ -4,7 +4,10 @@ pool that hands them checkpoints as they land, without ever blocking its caller.
 The pool is driven from the Tune driver's event loop (callbacks), so `submit` queues the
 checkpoint and returns. The pool keeps the queue and hands a checkpoint to an actor only when
 that actor is free, so no actor sits idle while another holds a backlog (checkpoints differ
-in cost by 10x or more). Actors write their own rows. Results, actor deaths and hand-outs are
+in cost by 10x or more). While trials run, a CPU actor scores one checkpoint at a time in the
+background; once they are done (`drain`), it scores one per CPU of the cluster share it
+stands for, in threads of one process, so the catch-up uses every core without starting
+another actor. Actors write their own rows. Results, actor deaths and hand-outs are
 handled by non-blocking polls (`submit`, `poll`, called on every step of Tune's loop) and by
 `drain`.
 """
@@ -45,9 +48,14 @@ class ScoringActor:
             run_in_background()
         from sweep.scoring import Scorer
 
+        self._threads = threads
         self._scorer = Scorer(threads=threads)
 
     def score(self, source, table_root: str, settings: ScoreSettings) -> dict:
+        import torch
+
+        # Calls may run side by side in Ray's threads, and torch's thread count is per thread.
+        torch.set_num_threads(self._threads)
         return self._scorer.score(source, table_root, settings)
 
 
@@ -69,8 +77,10 @@ class ScoringPool:
 
     GPU actors take `gpus_per_actor` (a fraction when they share the card with trials); CPU
     actors take `cpus_per_actor` and one torch thread per whole CPU, and run in the
-    background (see `run_in_background`). An actor that dies is replaced and the checkpoint
-    it held is redone up to `max_retries` times, then recorded as failed rows.
+    background (see `run_in_background`). A CPU actor scores one checkpoint at a time, and
+    during `drain` up to its share of the cluster's CPUs at once. An actor that dies is
+    replaced and the checkpoint it held is redone up to `max_retries` times, then recorded as
+    failed rows.
     """
 
     def __init__(
@@ -88,6 +98,10 @@ class ScoringPool:
         self.settings = settings
         self.max_retries = max_retries
         self._resources = {"num_cpus": cpus_per_actor, "num_gpus": gpus_per_actor}
+        self._threads = max(1, round(cpus_per_actor))
+        cpus = int(ray.cluster_resources().get("CPU", 1))
+        self._drain_slots = 1 if gpus_per_actor else max(1, cpus // (num_actors * self._threads))
+        self._slots = 1
         self._actors = [self._start_actor() for _ in range(num_actors)]
         self._generation = [0] * num_actors
         self._running: dict[ray.ObjectRef, _Task] = {}
@@ -117,14 +131,18 @@ class ScoringPool:
         """Wait until every submitted checkpoint is scored or recorded as failed (or `timeout`
         seconds pass: then `stats()` says how many are running and queued)."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        self._hand_out()
-        while self._running:
-            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
-            ready, _ = ray.wait(list(self._running), num_returns=1, timeout=remaining)
-            if not ready:
-                break
-            self._finish(ready[0])
+        self._slots = self._drain_slots  # nothing else to leave the CPUs to
+        try:
             self._hand_out()
+            while self._running:
+                remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+                ready, _ = ray.wait(list(self._running), num_returns=1, timeout=remaining)
+                if not ready:
+                    break
+                self._finish(ready[0])
+                self._hand_out()
+        finally:
+            self._slots = 1
         return self.stats()
 
     def stats(self) -> dict:
@@ -158,19 +176,19 @@ class ScoringPool:
         self._queue.clear()
 
     def _start_actor(self):
-        threads = max(1, round(self._resources["num_cpus"]))
         # Ray restarts an actor lost with its node on a live node and re-runs its task (scoring
         # is idempotent, so a re-run is safe); a replacement made by the pool right away
         # could land on the dying node before Ray declares it dead.
-        return ScoringActor.options(**self._resources, max_restarts=3, max_task_retries=3).remote(
-            threads=threads, background=not self._resources["num_gpus"]
-        )
+        return ScoringActor.options(
+            **self._resources, max_concurrency=self._drain_slots, max_restarts=3, max_task_retries=3
+        ).remote(threads=self._threads, background=not self._resources["num_gpus"])
 
     def _hand_out(self) -> None:
-        busy = {task.slot for task in self._running.values()}
+        load = Counter(task.slot for task in self._running.values())
         for slot in range(len(self._actors)):
-            if self._queue and slot not in busy:
+            while self._queue and load[slot] < self._slots:
                 self._dispatch(self._queue.popleft(), slot)
+                load[slot] += 1
 
     def _dispatch(self, job: _Job, slot: int) -> None:
         job.attempts += 1

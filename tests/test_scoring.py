@@ -397,6 +397,30 @@ def test_pool_scores_like_the_scorer_and_replaces_a_killed_actor(tmp_path, ray_s
 
 
 @pytest.mark.ray
+def test_pool_scores_one_checkpoint_at_a_time_until_it_drains_then_one_per_cpu(tmp_path, ray_session):
+    from sweep.scoring_actors import ScoringPool
+
+    bundles = [make_bundle(members=2, seed0=s) for s in (0, 20, 40)]
+    sources = [str(write_checkpoint(tmp_path / f"c{i}", b, make_nets(b))) for i, b in enumerate(bundles)]
+    reference = tmp_path / "reference"
+    for source in sources:
+        Scorer("cpu").score(source, str(reference), SETTINGS)
+    tables = str(tmp_path / "tables")
+    pool = ScoringPool(tables, SETTINGS, num_actors=1)  # the session has 2 CPUs
+    for source in sources:
+        pool.submit(source)
+    assert (pool.stats()["running"], pool.stats()["queued"]) == (1, 2)  # trials may still be running
+    stats = pool.drain(timeout=0)  # training is over: the actor takes a second checkpoint at once
+    assert (stats["running"] + stats["done"], stats["queued"]) == (2, 1)
+    assert pool.drain(timeout=120)["done"] == 3
+    got, expected = TableWriter(tables), TableWriter(reference)
+    columns = ["network_id", "split", "metric"]
+    pd.testing.assert_frame_equal(got.read("scores").sort_values(columns, ignore_index=True),
+                                  expected.read("scores").sort_values(columns, ignore_index=True))
+    pool.shutdown()
+
+
+@pytest.mark.ray
 def test_pool_records_a_checkpoint_whose_actor_keeps_dying(tmp_path, ray_session):
     from sweep.scoring_actors import ScoringPool
 
