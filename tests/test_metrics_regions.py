@@ -94,6 +94,24 @@ def test_ellipse_transitions_match_brute_force(activation):
     assert max(expected) > 0
 
 
+@pytest.mark.parametrize("activation", ["relu", "hard_tanh"])
+def test_first_layer_crossings_match_the_sampled_codes(activation):
+    # One hidden layer: counted from the exact crossing angles alone, never sampled. Weights
+    # this large make hard_tanh units jump over the middle piece between two samples, which
+    # is one unit changing piece, not two.
+    net = make_net(activation, d=4, widths=(9,))
+    with torch.no_grad():
+        net[0].weight.mul_(400)
+    x, partners, k = torch.randn(6, 4), torch.randn(6, 2, 4), 24
+    got = transition_counts(net, x, partners=partners, k=k)
+    ellipses = [brute_ellipse(x[i], partners[i, 0], partners[i, 1], k) for i in range(6)]
+    with torch.no_grad():
+        assert got.tolist() == [brute_transitions(net, e) for e in ellipses]
+    if activation == "hard_tanh":
+        pieces = codes(net, torch.stack(ellipses[0] + ellipses[1]).view(2, k, 4).flatten(0, 1)).view(2, k, 9)
+        assert ((pieces - pieces.roll(-1, dims=1)).abs() == 2).any()
+
+
 def test_circle_transitions_match_brute_force():
     net = make_net("relu")
     x = torch.randn(4, 6)
