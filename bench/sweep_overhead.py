@@ -36,7 +36,7 @@ def main() -> None:
     spec = load_spec(args.source)
     bundles = expand(spec)
     text, suffix = _spec_text(args.source)
-    ray.init(address="local", include_dashboard=False, log_to_driver=False)
+    ray.init(**runner.LOCAL_RAY)  # as `sweep run` starts it
     times: dict[str, list[float]] = {"without scoring": [], "with scoring": []}
     quiet = open(os.devnull, "w")
     with tempfile.TemporaryDirectory() as storage:

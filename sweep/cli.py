@@ -128,6 +128,8 @@ def prepare(args):
 def start_ray(address: str | None) -> None:
     import ray
 
+    from sweep import runner
+
     if ray.is_initialized():  # an embedding program (or a test session) already chose its Ray
         return
     if address:
@@ -136,7 +138,7 @@ def start_ray(address: str | None) -> None:
         if address:
             ray.init(address=address, log_to_driver=False)
         else:
-            ray.init(address="local", include_dashboard=False, log_to_driver=False)
+            ray.init(**runner.LOCAL_RAY)
     except (ConnectionError, RuntimeError, ValueError, ray.exceptions.AuthenticationError) as exc:
         target = address or "a local Ray instance"
         hint = ""

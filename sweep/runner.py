@@ -14,6 +14,17 @@ from sweep.spec import BundleConfig, SweepSpec, estimate_bundle_work
 
 SWEEP_FILE = "sweep.json"
 
+# How a sweep starts Ray on this machine when no cluster is given. Ray starts workers at nice
+# 15 by default; trials at the user's own priority keep background scoring (SCHED_IDLE, see
+# sweep.scoring_actors) from taking the ~8% of their cores that the Linux scheduler grants an
+# idle-class thread beside a nice-15 one.
+LOCAL_RAY = {
+    "address": "local",
+    "include_dashboard": False,
+    "log_to_driver": False,
+    "_system_config": {"worker_niceness": 0},
+}
+
 
 @dataclass(frozen=True)
 class SweepPlan:

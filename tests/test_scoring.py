@@ -8,6 +8,8 @@ import dataclasses
 import json
 import math
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -418,6 +420,16 @@ def test_pool_scores_one_checkpoint_at_a_time_until_it_drains_then_one_per_cpu(t
     pd.testing.assert_frame_equal(got.read("scores").sort_values(columns, ignore_index=True),
                                   expected.read("scores").sort_values(columns, ignore_index=True))
     pool.shutdown()
+
+
+@pytest.mark.ray
+def test_a_local_sweep_starts_ray_workers_at_normal_priority():
+    # At Ray's default nice 15 an idle-class scoring actor takes ~8% of each trial's core.
+    code = ("import os, ray\nfrom sweep.cli import start_ray\nstart_ray(None)\n"
+            "print('nice', ray.get(ray.remote(lambda: os.nice(0)).remote()))\nray.shutdown()")
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=180, env=env)
+    assert "nice 0" in done.stdout, done.stdout + done.stderr
 
 
 @pytest.mark.ray
