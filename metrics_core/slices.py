@@ -126,11 +126,11 @@ def slice_codes(
     per_pixel = 2 * mlp.num_models * sum(mlp.hidden_sizes)
     base = origin.to(mlp.dtype).unsqueeze(0)
     directions = basis.to(mlp.dtype).unsqueeze(0)
+    # For the last layer's codes alone, the first layer's pre-activations need not be kept.
+    keep = layers == "all" or len(mlp.hidden_sizes) == 1
     for start, stop in chunks(grid * grid, chunk_size, per_pixel, mlp.device):
         pixel = torch.arange(start, stop, device=origin.device)
         uv = torch.stack([us[pixel % grid], vs[pixel // grid]], dim=-1)
-        # Only the last layer's codes: the first layer's pre-activations need not be kept.
-        keep = layers == "all" or len(mlp.hidden_sizes) == 1
         hidden, _ = propagate(mlp, planar_first_layer(mlp, base, directions, uv), logits=False, keep_first=keep)
         packed[:, start:stop] = as_words(hidden_pieces(mlp, hidden, layers))
     region = torch.stack([first_appearance_ids(p) for p in packed]).view(-1, grid, grid)

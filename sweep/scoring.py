@@ -598,8 +598,7 @@ class Scorer:
     between checkpoints, so a checkpoint costs only loading its weights and computing."""
 
     def __init__(self, device: str | torch.device | None = None, threads: int | None = None):
-        if threads:
-            torch.set_num_threads(threads)
+        self.threads = threads
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self._inputs: dict[tuple, tuple[object, ScoringInputs]] = {}
         self._preparing = threading.Lock()  # checkpoints may be scored in several threads at once
@@ -625,6 +624,8 @@ class Scorer:
     def score(self, source, table_root: str, settings: ScoreSettings) -> dict:
         """Score one checkpoint and write its rows; never raises for a bad checkpoint or a failing
         network (those are recorded as failed rows). Returns a summary for progress."""
+        if self.threads:  # torch's thread count is per thread, and an actor may call from several
+            torch.set_num_threads(self.threads)
         started = time.perf_counter()
         summary = {"source": _label(source), "key": None, "members": 0, "failed_members": 0, "points": 0, "message": ""}
         try:

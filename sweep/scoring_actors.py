@@ -48,14 +48,9 @@ class ScoringActor:
             run_in_background()
         from sweep.scoring import Scorer
 
-        self._threads = threads
         self._scorer = Scorer(threads=threads)
 
     def score(self, source, table_root: str, settings: ScoreSettings) -> dict:
-        import torch
-
-        # Calls may run side by side in Ray's threads, and torch's thread count is per thread.
-        torch.set_num_threads(self._threads)
         return self._scorer.score(source, table_root, settings)
 
 
