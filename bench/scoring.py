@@ -19,6 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import pandas as pd
 import torch
 
 import metrics_core as mc
@@ -49,8 +50,20 @@ def population(members: int, sizes: list[int], device: str) -> mc.MLP:
     return mc.stack(nets).to(device)
 
 
+TOLERANCE = 1e-3  # float32 on both sides, summed in different orders
+
+
+def relative_differences(ours: pd.DataFrame, reference: pd.DataFrame) -> pd.Series:
+    """Per metric, the largest |a − b| / max(|b|, 1e-30) of `mean` over rows both frames hold."""
+    key = ["network_id", "split", "metric"]
+    both = ours[key + ["mean"]].merge(reference[key + ["mean"]], on=key, suffixes=("", "_ref"))
+    if both.empty:
+        raise SystemExit("no rows in common to compare")
+    gap = (both["mean"] - both["mean_ref"]).abs() / both["mean_ref"].abs().clip(lower=1e-30)
+    return gap.groupby(both["metric"].astype(str)).max()
+
+
 def timed(fn, repeats: int) -> float:
-    fn()  # warm-up: caches, kernels, allocator
     started = time.perf_counter()
     for _ in range(repeats):
         fn()
@@ -67,11 +80,26 @@ def pure_path(args, settings: ScoreSettings) -> None:
     one = [mc.MLP(tuple(w[i : i + 1] for w in pop.weights), tuple(b[i : i + 1] for b in pop.biases), pop.activation) for i in range(args.members)]
 
     def batched():
-        score_checkpoint(pop, meta, data, settings, inputs)
+        return score_checkpoint(pop, meta, data, settings, inputs)["scores"]
 
     def per_network():
-        for i, net in enumerate(one):
-            score_checkpoint(net, {**meta, "network_ids": [ids[i]], "statuses": ["budget"]}, data, settings, inputs)
+        return pd.concat([score_checkpoint(net, {**meta, "network_ids": [ids[i]], "statuses": ["budget"]}, data, settings,
+                                           inputs)["scores"] for i, net in enumerate(one)])
+
+    checks = {"one network at a time": (batched(), per_network())}  # also the warm-up: caches, kernels, allocator
+    if args.device != "cpu":
+        # The same first networks through the CPU path: the device's kernels against the CPU's.
+        cpu_data = synthetic_data(args.input_dim, 10, max(2000, settings.train_points), max(1000, settings.points), "cpu")
+        few = args.members // 8
+        sub = mc.MLP(tuple(w[:few].cpu() for w in pop.weights), tuple(b[:few].cpu() for b in pop.biases), pop.activation)
+        cpu_rows = score_checkpoint(sub, {**meta, "network_ids": ids[:few], "statuses": ["budget"] * few}, cpu_data, settings)
+        checks[f"CPU, first {few} networks"] = (checks["one network at a time"][0], cpu_rows["scores"])
+    for name, (ours, reference) in checks.items():
+        print(f"batched {args.device} vs {name}: largest relative difference of each metric's mean")
+        differences = relative_differences(ours, reference)
+        print("  " + ", ".join(f"{metric} {value:.1e}" for metric, value in differences.items()))
+        if (differences > TOLERANCE).any():
+            raise SystemExit(f"scores differ by more than {TOLERANCE:g} (relative): {dict(differences[differences > TOLERANCE])}")
 
     points = args.members * (settings.points + settings.train_points)
     t_batched, t_loop = timed(batched, args.repeats), timed(per_network, args.repeats)

@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Every GPU check in one run, for a GPU box held for a few minutes: the CUDA test, then each
+# bench on the GPU (each prints its baseline beside it, measured in the same run, and stops if
+# its correctness check fails). Ray is optional: without it the actor pool and the sweep
+# overhead are skipped.
+#
+#     bash bench/gpu.sh [LOG_DIR]               # from the repository root; logs in LOG_DIR (default /tmp/gpu-bench)
+#     DEVICE=cpu QUICK=1 bash bench/gpu.sh      # a smoke run of the script itself on a CPU
+set -u
+log=${1:-/tmp/gpu-bench}
+device=${DEVICE:-cuda}
+quick=${QUICK:+--quick}
+mkdir -p "$log"
+export PYTHONUNBUFFERED=1 RAY_USAGE_STATS_ENABLED=0 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+
+step() {  # name, time limit in seconds, command...
+    local name=$1 limit=$2
+    shift 2
+    echo "== $name ($(date -u +%H:%M:%S))"
+    timeout "$limit" "$@" 2>&1 | tee "$log/$name.log"
+    echo "== $name: exit ${PIPESTATUS[0]}"
+}
+
+[ "$device" = cpu ] || nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+python3 -c "import torch, os; print('torch', torch.__version__, '| CPUs', os.cpu_count())"
+step cuda-test 120 python3 -m pytest -q -p no:cacheprovider tests/test_metrics_jacobian.py
+step metrics 180 python3 bench/metrics.py --device "$device" $quick
+step training 150 python3 bench/training.py --device "$device" $quick
+step scoring 180 python3 bench/scoring.py --device "$device" $quick
+if python3 -c "import ray" 2>/dev/null; then
+    step sweep-overhead 180 python3 bench/sweep_overhead.py digits --repeats 1
+fi
