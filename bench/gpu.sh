@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Every GPU check in one run, for a GPU box held for a few minutes: the CUDA test, then each
+# Every GPU check in one run, for a GPU box held for a few minutes: the CUDA tests, then each
 # bench on the GPU (each prints its baseline beside it, measured in the same run, and stops if
 # its correctness check fails). Ray is optional: without it the actor pool and the sweep
 # overhead are skipped.
@@ -23,10 +23,13 @@ step() {  # name, time limit in seconds, command...
 
 [ "$device" = cpu ] || nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 python3 -c "import torch, os; print('torch', torch.__version__, '| CPUs', os.cpu_count())"
-step cuda-test 120 python3 -m pytest -q -p no:cacheprovider tests/test_metrics_jacobian.py
+has_ray=$(python3 -c "import ray" 2>/dev/null && echo yes)
+# The tests that need CUDA (skipped elsewhere); the GPU sweep needs Ray too.
+step cuda-tests 200 python3 -m pytest -q -p no:cacheprovider -rs -k "cuda or gpu" tests/test_population.py \
+    tests/test_metrics_jacobian.py ${has_ray:+tests/test_sweep_e2e.py}
 step metrics 180 python3 bench/metrics.py --device "$device" $quick
 step training 150 python3 bench/training.py --device "$device" $quick
 step scoring 180 python3 bench/scoring.py --device "$device" $quick
-if python3 -c "import ray" 2>/dev/null; then
+if [ -n "$has_ray" ]; then
     step sweep-overhead 180 python3 bench/sweep_overhead.py digits --repeats 1
 fi

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import math
 import platform
 import sys
 import time
@@ -46,18 +47,30 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+MIN_ROUND_S = 0.05  # one sync per round: a GPU call of 1 ms timed alone measures its launch latency
+
+
+def per_call(fn, calls: int, device: torch.device) -> float:
+    sync(device)
+    start = time.perf_counter()
+    for _ in range(calls):
+        fn()
+    sync(device)
+    return (time.perf_counter() - start) / calls
+
+
 def best_times(fns: dict, device: torch.device, repeats: int) -> dict[str, float]:
-    """Best wall time of each function over `repeats` rounds after a warm-up round. Rounds
-    interleave the functions, so load from other processes hits all of them alike."""
+    """Best time per call of each function over `repeats` rounds. A round calls a function
+    back to back for MIN_ROUND_S and syncs once, so every method is timed at its throughput
+    alike; rounds interleave the functions, so load from other processes hits all alike."""
+    calls = {}
+    for name, fn in fns.items():  # warm-up (caches, kernels, allocator), then one call sets the count
+        fn()
+        calls[name] = max(1, math.ceil(MIN_ROUND_S / per_call(fn, 1, device)))
     times = {name: [] for name in fns}
-    for round_ in range(repeats + 1):
+    for _ in range(repeats):
         for name, fn in fns.items():
-            sync(device)
-            start = time.perf_counter()
-            fn()
-            sync(device)
-            if round_:
-                times[name].append(time.perf_counter() - start)
+            times[name].append(per_call(fn, calls[name], device))
     return {name: min(t) for name, t in times.items()}
 
 

@@ -60,10 +60,11 @@ class PopulationTrainer:
         self.bundle = bundle
         self.data = data
         self.budget = budget
-        self.device = torch.device(device)
-        if data.x_train.device != self.device:
-            raise ValueError(f"data set is on {data.x_train.device} but the trainer on "
-                             f"{self.device}; load it with load_dataset(spec, device)")
+        wanted = torch.device(device)
+        self.device = data.x_train.device  # "cuda" names the card the data went to: cuda:0, say
+        if self.device.type != wanted.type or wanted.index not in (None, self.device.index):
+            raise ValueError(f"data set is on {self.device} but the trainer on "
+                             f"{wanted}; load it with load_dataset(spec, device)")
         self.members = bundle.members
         self.activation = activation_of(self.members[0])
         self.n = len(data.y_train)

@@ -244,3 +244,15 @@ def test_trainer_uses_the_data_set_in_place(digits):
     assert trainer.data is load_dataset(DIGITS)  # one copy per process, not per trainer
     with pytest.raises(ValueError, match="load_dataset"):
         PopulationTrainer(BundleConfig((net(),)), digits, Budget(max_epochs=1), device="meta")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_trainer_on_cuda_follows_the_cpu(digits):
+    # As a GPU trial builds it: the device named "cuda", the data set loaded onto it.
+    members = BundleConfig((net("momentum", 0.03, seed=1), net("momentum", 0.01, seed=2, noise=0.2)))
+    budget = Budget(max_epochs=2, stop_at_full_train_acc=False)
+    gpu = run(PopulationTrainer(members, load_dataset(DIGITS, device="cuda"), budget, device="cuda"))
+    cpu = run(PopulationTrainer(members, digits, budget))
+    assert gpu.device.type == "cuda"
+    for i in range(len(members.members)):
+        assert_close_params([p.cpu() for p in member_params(gpu, i)], member_params(cpu, i), 1e-4)

@@ -96,6 +96,11 @@ def test_scores_cover_every_network_checkpoint_split_metric(sweep_dir):
 
 
 def test_jacobian_means_match_metrics_core_on_the_checkpoint(sweep_dir):
+    assert_jacobians_match_the_checkpoints(sweep_dir)
+
+
+def assert_jacobians_match_the_checkpoints(sweep_dir: Path) -> None:
+    """Each `end` checkpoint's softmax-Jacobian means, recomputed by metrics_core on the CPU."""
     scores = pd.read_parquet(sweep_dir / "tables" / "scores")
     settings = ScoreSettings(points=60)
     for bundle_id, directory in _end_checkpoints(sweep_dir).items():
@@ -113,6 +118,21 @@ def test_jacobian_means_match_metrics_core_on_the_checkpoint(sweep_dir):
                          & (scores.split == "test") & (scores.metric == "jacobian_softmax")]
             assert len(row) == 1
             assert row["mean"].iloc[0] == pytest.approx(expected, rel=1e-4)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_gpu_sweep_trains_and_scores_on_the_card(ray_session, tmp_path):
+    # Trials and the scoring actor share the card, as the paper presets ask for.
+    spec = tmp_path / "gpu.yaml"
+    spec.write_text(SPEC + "  gpus_per_trial: 0.25\n  gpus_per_scoring_actor: 0.25\n")
+    assert main(["run", str(spec), "--storage", str(tmp_path / "store"), "--name", "gpu", "--no-report"]) == 0
+    sweep_dir = tmp_path / "store" / "gpu"
+    nets = pd.read_parquet(sweep_dir / "tables" / "networks")
+    assert len(nets) == 8 and set(nets["status"]) <= {"converged", "budget"}
+    scores = pd.read_parquet(sweep_dir / "tables" / "scores")
+    assert (scores["status"] == "ok").all(), scores.loc[scores["status"] != "ok", "message"].tolist()
+    assert set(scores["checkpoint"]) >= {"init", "end"}
+    assert_jacobians_match_the_checkpoints(sweep_dir)
 
 
 def test_per_point_trajectory_and_slice_tables(sweep_dir):
