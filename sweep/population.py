@@ -62,7 +62,7 @@ class PopulationTrainer:
         self.budget = budget
         wanted = torch.device(device)
         self.device = data.x_train.device  # "cuda" names the card the data went to: cuda:0, say
-        if self.device.type != wanted.type or wanted.index not in (None, self.device.index):
+        if self.device.type != wanted.type or wanted.index not in (None, self.device.index or 0):
             raise ValueError(f"data set is on {self.device} but the trainer on "
                              f"{wanted}; load it with load_dataset(spec, device)")
         self.members = bundle.members

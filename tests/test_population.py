@@ -244,6 +244,8 @@ def test_trainer_uses_the_data_set_in_place(digits):
     assert trainer.data is load_dataset(DIGITS)  # one copy per process, not per trainer
     with pytest.raises(ValueError, match="load_dataset"):
         PopulationTrainer(BundleConfig((net(),)), digits, Budget(max_epochs=1), device="meta")
+    # A device named with or without its index is the data set's device.
+    assert PopulationTrainer(BundleConfig((net(),)), digits, Budget(max_epochs=1), device="cpu:0").device == digits.x_train.device
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
