@@ -86,15 +86,16 @@ def pure_path(args, settings: ScoreSettings) -> None:
         return pd.concat([score_checkpoint(net, {**meta, "network_ids": [ids[i]], "statuses": ["budget"]}, data, settings,
                                            inputs)["scores"] for i, net in enumerate(one)])
 
-    checks = {"one network at a time": (batched(), per_network())}  # also the warm-up: caches, kernels, allocator
+    ours = batched()  # also the warm-up: caches, kernels, allocator
+    references = {"one network at a time": per_network()}
     if args.device != "cpu":
         # The same first networks through the CPU path: the device's kernels against the CPU's.
         cpu_data = synthetic_data(args.input_dim, 10, max(2000, settings.train_points), max(1000, settings.points), "cpu")
         few = args.members // 8
         sub = mc.MLP(tuple(w[:few].cpu() for w in pop.weights), tuple(b[:few].cpu() for b in pop.biases), pop.activation)
-        cpu_rows = score_checkpoint(sub, {**meta, "network_ids": ids[:few], "statuses": ["budget"] * few}, cpu_data, settings)
-        checks[f"CPU, first {few} networks"] = (checks["one network at a time"][0], cpu_rows["scores"])
-    for name, (ours, reference) in checks.items():
+        meta_few = {**meta, "network_ids": ids[:few], "statuses": ["budget"] * few}
+        references[f"CPU, first {few} networks"] = score_checkpoint(sub, meta_few, cpu_data, settings)["scores"]
+    for name, reference in references.items():
         print(f"batched {args.device} vs {name}: largest relative difference of each metric's mean")
         differences = relative_differences(ours, reference)
         print("  " + ", ".join(f"{metric} {value:.1e}" for metric, value in differences.items()))
