@@ -139,7 +139,7 @@ class ScoringCallback(tune.Callback):
         return state
 
     def setup(self, **info):
-        from sweep.scoring import ScoringPool
+        from sweep.scoring_actors import ScoringPool
 
         self.pool = ScoringPool(**self.pool_kwargs)
 

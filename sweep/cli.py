@@ -260,7 +260,7 @@ def damaged_table_message(exc: Exception, path: str) -> str:
 
 def cmd_score(args) -> int:
     from sweep import runner
-    from sweep.scoring import ScoreSettings
+    from sweep.score_settings import ScoreSettings
 
     try:
         plan = runner.load_plan(args.path)

@@ -169,7 +169,7 @@ def _run_config(plan: SweepPlan, *, score: bool, max_failures: int, progress_str
 
 
 def scoring_pool_kwargs(plan: SweepPlan, settings=None) -> dict:
-    from sweep.scoring import ScoreSettings
+    from sweep.score_settings import ScoreSettings
 
     return {
         "num_actors": max(1, plan.resources["scoring_actors"]),
@@ -199,7 +199,8 @@ def score(plan: SweepPlan, settings, *, rescore: bool = False) -> dict:
     """Score the sweep's checkpoints that have no scores yet (all of them with `rescore`)."""
     from ray import tune
 
-    from sweep.scoring import ScoringPool, unscored
+    from sweep.scoring import unscored
+    from sweep.scoring_actors import ScoringPool
 
     found = checkpoints(plan)
     todo = found if rescore else unscored(plan.table_root, found)

@@ -6,7 +6,6 @@ Pure computation and file I/O only (no Ray): `ScoringActor` in `sweep.scoring_ac
 
 from __future__ import annotations
 
-import dataclasses
 import io
 import json
 import logging
@@ -24,6 +23,7 @@ from torch import Tensor
 
 import metrics_core as mc
 from sweep import storage
+from sweep.score_settings import POINT_METRICS, WEIGHT_METRICS, ScoreSettings
 from sweep.tables import TableWriter, checkpoint_key, empty
 
 log = logging.getLogger(__name__)
@@ -31,9 +31,6 @@ log = logging.getLogger(__name__)
 POPULATION_FILE = "population.pt"
 META_FILE = "meta.json"
 
-WEIGHT_METRICS = ("param_count", "weight_norm_sq", "spectral_product", "path_norm")
-POINT_METRICS = ("jacobian_softmax", "jacobian_logits", "transitions", "margin", "loss", "accuracy")
-METRICS = POINT_METRICS[:3] + WEIGHT_METRICS + POINT_METRICS[3:]
 TRAJECTORY_KINDS = ("random", "different_class", "same_class")
 # Trajectory profiles and slice maps are the paper's before/after-training pictures.
 PROFILE_TAGS = ("init", "end")
@@ -41,60 +38,6 @@ PROFILE_TAGS = ("init", "end")
 
 class CheckpointError(RuntimeError):
     """A checkpoint that cannot be read; the message names its path."""
-
-
-@dataclass(frozen=True)
-class ScoreSettings:
-    """What to compute for every checkpoint: the fields of `SweepSpec.scoring` (same names and
-    defaults) plus `chunk_size` (points per chunk, bounds memory) and the points' `seed`."""
-
-    points: int = 1000
-    train_points: int = 1000
-    transitions_k: int = 256
-    trajectory: str = "ellipse"
-    circle_radius: float = 1.0
-    metrics: tuple[str, ...] = METRICS
-    trajectories: bool = False
-    ellipses_per_kind: int = 16
-    slices: bool = False
-    slice_count: int = 2
-    slice_grid: int = 256
-    slice_layers: str = "last"
-    chunk_size: int | None = None
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "metrics", tuple(self.metrics))
-        unknown = sorted(set(self.metrics) - set(METRICS))
-        if unknown or not self.metrics:
-            raise ValueError(
-                f"scoring.metrics: unknown {unknown or 'empty list'}; choose from {', '.join(METRICS)}"
-            )
-        for name in ("points", "transitions_k", "ellipses_per_kind", "slice_count", "slice_grid"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"scoring.{name} must be at least 1, got {getattr(self, name)}")
-        if self.train_points < 0:
-            raise ValueError(f"scoring.train_points must be 0 (no train split) or more, got {self.train_points}")
-        if self.trajectory not in ("ellipse", "circle"):
-            raise ValueError(f"scoring.trajectory must be 'ellipse' or 'circle', got {self.trajectory!r}")
-        if not self.circle_radius > 0:
-            raise ValueError(f"scoring.circle_radius must be positive, got {self.circle_radius}")
-        if self.slice_layers not in ("last", "all"):
-            raise ValueError(f"scoring.slice_layers must be 'last' or 'all', got {self.slice_layers!r}")
-        if self.chunk_size is not None and self.chunk_size < 1:
-            raise ValueError(f"scoring.chunk_size must be a positive number of points, got {self.chunk_size}")
-
-    @classmethod
-    def from_spec(cls, scoring: object) -> ScoreSettings:
-        """From `SweepSpec.scoring` (the dataclass or its dict)."""
-        values = dict(scoring) if isinstance(scoring, Mapping) else dataclasses.asdict(scoring)
-        unknown = sorted(set(values) - {f.name for f in dataclasses.fields(cls)})
-        if unknown:
-            raise ValueError(f"scoring settings {unknown} are not known to sweep.scoring.ScoreSettings")
-        return cls(**values)
-
-    def replace(self, **changes: object) -> ScoreSettings:
-        return dataclasses.replace(self, **changes)
 
 
 @dataclass(frozen=True)

@@ -22,8 +22,8 @@ from typing import TYPE_CHECKING
 
 import ray
 
-if TYPE_CHECKING:  # importing sweep.scoring means torch: actors do it after lowering priority
-    from sweep.scoring import ScoreSettings
+if TYPE_CHECKING:
+    from sweep.score_settings import ScoreSettings
 
 
 def run_in_background() -> None:
@@ -86,12 +86,16 @@ class ScoringPool:
         cpus_per_actor: float = 0.5,
         gpus_per_actor: float = 0.0,
         max_retries: int = 1,
+        poll_interval_s: float | None = None,
     ):
         if num_actors < 1:
             raise ValueError(f"resources.scoring_actors must be at least 1, got {num_actors}")
         self.table_root = table_root
         self.settings = settings
         self.max_retries = max_retries
+        # A GPU actor scores a checkpoint in a fraction of a second: look on every call, so it
+        # never waits for its next one.
+        self.poll_interval_s = poll_interval_s if poll_interval_s is not None else 0.0 if gpus_per_actor else 0.2
         self._resources = {"num_cpus": cpus_per_actor, "num_gpus": gpus_per_actor}
         self._threads = max(1, round(cpus_per_actor))
         cpus = int(ray.cluster_resources().get("CPU", 1))
@@ -104,6 +108,7 @@ class ScoringPool:
         self._counts: Counter[str] = Counter()
         self._failures: list[str] = []
         self._started: float | None = None
+        self._next_poll = 0.0
 
     def submit(self, checkpoint) -> None:
         """Queue a checkpoint for the next free actor; returns at once."""
@@ -111,11 +116,17 @@ class ScoringPool:
             self._started = time.monotonic()
         self._counts["submitted"] += 1
         self._queue.append(_Job(checkpoint))
-        self.poll()
+        self._hand_out()
 
     def poll(self) -> None:
         """Collect finished work (replacing dead actors, redoing their work) and hand queued
-        checkpoints to free actors; never waits."""
+        checkpoints to free actors; never waits. Looks at most every `poll_interval_s` (0.2 s for
+        CPU actors): Tune calls it tens of times a second, and each look costs the driver ~0.3 ms
+        of CPU that the trials need, while a CPU actor takes seconds per checkpoint."""
+        now = time.monotonic()
+        if now < self._next_poll:
+            return
+        self._next_poll = now + self.poll_interval_s
         if self._running:
             ready, _ = ray.wait(list(self._running), num_returns=len(self._running), timeout=0)
             for ref in ready:

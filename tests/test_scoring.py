@@ -432,6 +432,21 @@ def test_a_local_sweep_starts_ray_workers_at_normal_priority():
     assert "nice 0" in done.stdout, done.stdout + done.stderr
 
 
+def test_the_driver_of_a_scored_sweep_never_imports_torch():
+    # The driver only hands checkpoints to the actors; importing torch there costs every scored
+    # `sweep run` ~3 CPU-seconds that the trials need.
+    code = ("import sys\nfrom sweep import runner\nfrom sweep.callbacks import ScoringCallback\n"
+            "from sweep.scoring_actors import ScoringPool\nfrom sweep.spec import expand, load_spec\n"
+            "spec = load_spec('digits')\n"
+            "plan = runner.make_plan(spec, expand(spec), name='x', storage='unused', spec_source='digits',\n"
+            "                         spec_text='', spec_suffix='.yaml')\n"
+            "config = runner._run_config(plan, score=True, max_failures=1)\n"
+            "assert any(isinstance(c, ScoringCallback) for c in config.callbacks)\n"
+            "print(runner.scoring_pool_kwargs(plan)['settings'].transitions_k, 'torch' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.stdout.split() == ["256", "False"], done.stdout + done.stderr
+
+
 @pytest.mark.ray
 def test_pool_records_a_checkpoint_whose_actor_keeps_dying(tmp_path, ray_session):
     from sweep.scoring_actors import ScoringPool
