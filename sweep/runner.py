@@ -199,7 +199,7 @@ def score(plan: SweepPlan, settings, *, rescore: bool = False) -> dict:
     """Score the sweep's checkpoints that have no scores yet (all of them with `rescore`)."""
     from ray import tune
 
-    from sweep.scoring import unscored
+    from sweep.checkpoints import unscored
     from sweep.scoring_actors import ScoringPool
 
     found = checkpoints(plan)

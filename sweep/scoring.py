@@ -12,7 +12,7 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -23,21 +23,18 @@ from torch import Tensor
 
 import metrics_core as mc
 from sweep import storage
+from sweep.checkpoints import POPULATION_FILE, CheckpointError, label, locate, read_meta
 from sweep.score_settings import POINT_METRICS, WEIGHT_METRICS, ScoreSettings
 from sweep.tables import TableWriter, checkpoint_key, empty
 
 log = logging.getLogger(__name__)
-
-POPULATION_FILE = "population.pt"
-META_FILE = "meta.json"
 
 TRAJECTORY_KINDS = ("random", "different_class", "same_class")
 # Trajectory profiles and slice maps are the paper's before/after-training pictures.
 PROFILE_TAGS = ("init", "end")
 
 
-class CheckpointError(RuntimeError):
-    """A checkpoint that cannot be read; the message names its path."""
+
 
 
 @dataclass(frozen=True)
@@ -450,21 +447,7 @@ def _frames(meta, ids, inputs, settings, profiles, measured, errors, notes) -> d
 # --- checkpoints and the scorer ---------------------------------------------------------------
 
 
-def read_meta(source) -> dict:
-    """meta.json of a checkpoint (a directory path or URI, or a `ray.tune.Checkpoint`)."""
-    fs, path = _locate(source)
-    where = f"{path}/{META_FILE}"
-    try:
-        meta = json.loads(storage.read_bytes(fs, where))
-    except (OSError, ValueError) as error:
-        raise CheckpointError(
-            f"cannot read checkpoint metadata {where}: {error}; the checkpoint is missing or was not "
-            "written completely: re-run its trial, or leave it out of scoring"
-        ) from None
-    missing = [key for key in ("bundle_id", "network_ids", "tag", "step") if key not in meta]
-    if missing:
-        raise CheckpointError(f"checkpoint metadata {where} lacks {missing} (see docs/architecture.md)")
-    return meta
+
 
 
 def load_checkpoint(source) -> tuple[mc.MLP, dict]:
@@ -474,16 +457,11 @@ def load_checkpoint(source) -> tuple[mc.MLP, dict]:
     return _load_population(source), meta
 
 
-def _locate(source) -> tuple[storage.pafs.FileSystem, str]:
-    # A ray.tune.Checkpoint carries its own file system; duck-typed so no Ray import is needed.
-    if hasattr(source, "filesystem") and hasattr(source, "path"):
-        return source.filesystem, source.path.rstrip("/")
-    fs, path = storage.resolve(source)
-    return fs, path.rstrip("/")
+
 
 
 def _load_population(source) -> mc.MLP:
-    fs, path = _locate(source)
+    fs, path = locate(source)
     where = f"{path}/{POPULATION_FILE}"
     try:
         state = torch.load(io.BytesIO(storage.read_bytes(fs, where)), map_location="cpu", weights_only=True)
@@ -509,31 +487,16 @@ def record_failure(table_root: str, source, settings: ScoreSettings, message: st
     try:
         meta = read_meta(source)
     except CheckpointError as error:
-        return f"{_label(source)}: {message} ({error})"
+        return f"{label(source)}: {message} ({error})"
     key = checkpoint_key(meta["bundle_id"], meta["tag"])
     write_frames(TableWriter(table_root), key, failure_frames(meta, settings, message))
     return f"{key}: {message}"
 
 
-def unscored(table_root: str, checkpoints: Iterable) -> list:
-    """The checkpoints whose key has no `scores` file yet. Items are checkpoint sources (paths,
-    URIs, `ray.tune.Checkpoint`s) or `(bundle_id, source)` pairs; they come back as given.
-    A checkpoint whose metadata cannot be read counts as unscored (scoring then records why)."""
-    done = set(TableWriter(table_root).keys("scores"))
-    todo = []
-    for item in checkpoints:
-        try:
-            meta = read_meta(item[1] if isinstance(item, tuple) else item)
-        except CheckpointError:
-            todo.append(item)
-            continue
-        if checkpoint_key(meta["bundle_id"], meta["tag"]) not in done:
-            todo.append(item)
-    return todo
 
 
-def _label(source) -> str:
-    return str(getattr(source, "path", source))
+
+
 
 
 class Scorer:
@@ -570,7 +533,7 @@ class Scorer:
         if self.threads:  # torch's thread count is per thread, and an actor may call from several
             torch.set_num_threads(self.threads)
         started = time.perf_counter()
-        summary = {"source": _label(source), "key": None, "members": 0, "failed_members": 0, "points": 0, "message": ""}
+        summary = {"source": label(source), "key": None, "members": 0, "failed_members": 0, "points": 0, "message": ""}
         try:
             meta = read_meta(source)
         except CheckpointError as error:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from sweep.runner import SweepPlan, checkpoints
-from sweep.scoring import unscored
+from sweep.checkpoints import unscored
 from sweep.tables import TableWriter
 
 

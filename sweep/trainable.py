@@ -16,13 +16,11 @@ from pathlib import Path
 import torch
 
 from sweep import storage
+from sweep.checkpoints import META_FILE, POPULATION_FILE
 from sweep.data import load_dataset
 from sweep.population import PopulationTrainer
 from sweep.spec import Budget, BundleConfig
 from sweep.tables import TableWriter
-
-POPULATION_FILE = "population.pt"
-META_FILE = "meta.json"
 
 
 def checkpoint_payload(trainer: PopulationTrainer, bundle: BundleConfig, tag: str) -> tuple[dict, dict]:

@@ -21,15 +21,14 @@ import torch.nn.functional as F
 import metrics_core as mc
 from sweep.data import load_dataset
 from sweep.models import build_network
+from sweep.checkpoints import CheckpointError, unscored
 from sweep.scoring import (
-    CheckpointError,
     Scorer,
     ScoreSettings,
     fixed_points,
     load_checkpoint,
     prepare,
     score_checkpoint,
-    unscored,
 )
 from sweep.spec import BundleConfig, DataSpec, NetworkConfig, ScoringSpec
 from sweep.tables import TableWriter, to_arrow
@@ -433,9 +432,9 @@ def test_a_local_sweep_starts_ray_workers_at_normal_priority():
 
 
 def test_the_driver_of_a_scored_sweep_never_imports_torch():
-    # The driver only hands checkpoints to the actors; importing torch there costs every scored
-    # `sweep run` ~3 CPU-seconds that the trials need.
-    code = ("import sys\nfrom sweep import runner\nfrom sweep.callbacks import ScoringCallback\n"
+    # The driver only hands checkpoints to the actors and reports what is scored; importing torch
+    # there costs every `sweep run` and `sweep status` ~3 CPU-seconds.
+    code = ("import sys\nfrom sweep import runner, status\nfrom sweep.callbacks import ScoringCallback\n"
             "from sweep.scoring_actors import ScoringPool\nfrom sweep.spec import expand, load_spec\n"
             "spec = load_spec('digits')\n"
             "plan = runner.make_plan(spec, expand(spec), name='x', storage='unused', spec_source='digits',\n"

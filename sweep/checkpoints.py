@@ -1,0 +1,65 @@
+"""A checkpoint on the sweep's storage: its two files, its metadata, and whether it is scored.
+Without torch, so the driver and `sweep status` never import it."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+
+from sweep import storage
+from sweep.tables import TableWriter, checkpoint_key
+
+POPULATION_FILE = "population.pt"
+META_FILE = "meta.json"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be read; the message names its path."""
+
+
+def read_meta(source) -> dict:
+    """meta.json of a checkpoint (a directory path or URI, or a `ray.tune.Checkpoint`)."""
+    fs, path = locate(source)
+    where = f"{path}/{META_FILE}"
+    try:
+        meta = json.loads(storage.read_bytes(fs, where))
+    except (OSError, ValueError) as error:
+        raise CheckpointError(
+            f"cannot read checkpoint metadata {where}: {error}; the checkpoint is missing or was not "
+            "written completely: re-run its trial, or leave it out of scoring"
+        ) from None
+    missing = [key for key in ("bundle_id", "network_ids", "tag", "step") if key not in meta]
+    if missing:
+        raise CheckpointError(f"checkpoint metadata {where} lacks {missing} (see docs/architecture.md)")
+    return meta
+
+
+def locate(source) -> tuple[storage.pafs.FileSystem, str]:
+    """(file system, directory) of a checkpoint: a path or URI, or a `ray.tune.Checkpoint`."""
+    # A ray.tune.Checkpoint carries its own file system; duck-typed so no Ray import is needed.
+    if hasattr(source, "filesystem") and hasattr(source, "path"):
+        return source.filesystem, source.path.rstrip("/")
+    fs, path = storage.resolve(source)
+    return fs, path.rstrip("/")
+
+
+def label(source) -> str:
+    """A checkpoint source as text, for messages."""
+    return str(getattr(source, "path", source))
+
+
+def unscored(table_root: str, checkpoints: Iterable) -> list:
+    """The checkpoints whose key has no `scores` file yet. Items are checkpoint sources (paths,
+    URIs, `ray.tune.Checkpoint`s) or `(bundle_id, source)` pairs; they come back as given.
+    A checkpoint whose metadata cannot be read counts as unscored (scoring then records why)."""
+    done = set(TableWriter(table_root).keys("scores"))
+    todo = []
+    for item in checkpoints:
+        try:
+            meta = read_meta(item[1] if isinstance(item, tuple) else item)
+        except CheckpointError:
+            todo.append(item)
+            continue
+        if checkpoint_key(meta["bundle_id"], meta["tag"]) not in done:
+            todo.append(item)
+    return todo
