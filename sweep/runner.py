@@ -8,7 +8,6 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-
 from sweep import storage
 from sweep.spec import BundleConfig, SweepSpec, estimate_bundle_work
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from sweep.runner import SweepPlan, checkpoints
 from sweep.checkpoints import unscored
+from sweep.runner import SweepPlan, checkpoints
 from sweep.tables import TableWriter
 
 

@@ -19,9 +19,9 @@ import torch
 import torch.nn.functional as F
 
 import metrics_core as mc
+from sweep.checkpoints import CheckpointError, unscored
 from sweep.data import load_dataset
 from sweep.models import build_network
-from sweep.checkpoints import CheckpointError, unscored
 from sweep.scoring import (
     Scorer,
     ScoreSettings,
