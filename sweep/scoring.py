@@ -34,9 +34,6 @@ TRAJECTORY_KINDS = ("random", "different_class", "same_class")
 PROFILE_TAGS = ("init", "end")
 
 
-
-
-
 @dataclass(frozen=True)
 class Probe:
     """The fixed points of one split that every network of a data set is scored on."""
@@ -447,17 +444,11 @@ def _frames(meta, ids, inputs, settings, profiles, measured, errors, notes) -> d
 # --- checkpoints and the scorer ---------------------------------------------------------------
 
 
-
-
-
 def load_checkpoint(source) -> tuple[mc.MLP, dict]:
     """The stacked population and the metadata of a checkpoint; CheckpointError names the file
     when either cannot be read."""
     meta = read_meta(source)
     return _load_population(source), meta
-
-
-
 
 
 def _load_population(source) -> mc.MLP:
@@ -491,12 +482,6 @@ def record_failure(table_root: str, source, settings: ScoreSettings, message: st
     key = checkpoint_key(meta["bundle_id"], meta["tag"])
     write_frames(TableWriter(table_root), key, failure_frames(meta, settings, message))
     return f"{key}: {message}"
-
-
-
-
-
-
 
 
 class Scorer:

@@ -86,7 +86,6 @@ class ScoringPool:
         cpus_per_actor: float = 0.5,
         gpus_per_actor: float = 0.0,
         max_retries: int = 1,
-        poll_interval_s: float | None = None,
     ):
         if num_actors < 1:
             raise ValueError(f"resources.scoring_actors must be at least 1, got {num_actors}")
@@ -95,7 +94,7 @@ class ScoringPool:
         self.max_retries = max_retries
         # A GPU actor scores a checkpoint in a fraction of a second: look on every call, so it
         # never waits for its next one.
-        self.poll_interval_s = poll_interval_s if poll_interval_s is not None else 0.0 if gpus_per_actor else 0.2
+        self.poll_interval_s = 0.0 if gpus_per_actor else 0.2
         self._resources = {"num_cpus": cpus_per_actor, "num_gpus": gpus_per_actor}
         self._threads = max(1, round(cpus_per_actor))
         cpus = int(ray.cluster_resources().get("CPU", 1))
