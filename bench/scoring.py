@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 import pandas as pd
+import pyarrow as pa
 import torch
 
 import metrics_core as mc
@@ -53,10 +54,11 @@ def population(members: int, sizes: list[int], device: str) -> mc.MLP:
 TOLERANCE = 1e-3  # float32 on both sides, summed in different orders
 
 
-def relative_differences(ours: pd.DataFrame, reference: pd.DataFrame) -> pd.Series:
-    """Per metric, the largest |a − b| / max(|b|, 1e-30) of `mean` over rows both frames hold."""
+def relative_differences(ours: pa.Table, reference: pa.Table) -> pd.Series:
+    """Per metric, the largest |a − b| / max(|b|, 1e-30) of `mean` over rows both tables hold."""
     key = ["network_id", "split", "metric"]
-    both = ours[key + ["mean"]].merge(reference[key + ["mean"]], on=key, suffixes=("", "_ref"))
+    ours, reference = (t.select([*key, "mean"]).to_pandas().astype({"split": str, "metric": str}) for t in (ours, reference))
+    both = ours.merge(reference, on=key, suffixes=("", "_ref"))
     if both.empty:
         raise SystemExit("no rows in common to compare")
     gap = (both["mean"] - both["mean_ref"]).abs() / both["mean_ref"].abs().clip(lower=1e-30)
@@ -83,8 +85,8 @@ def pure_path(args, settings: ScoreSettings) -> None:
         return score_checkpoint(pop, meta, data, settings, inputs)["scores"]
 
     def per_network():
-        return pd.concat([score_checkpoint(net, {**meta, "network_ids": [ids[i]], "statuses": ["budget"]}, data, settings,
-                                           inputs)["scores"] for i, net in enumerate(one)])
+        return pa.concat_tables([score_checkpoint(net, {**meta, "network_ids": [ids[i]], "statuses": ["budget"]}, data, settings,
+                                                  inputs)["scores"] for i, net in enumerate(one)])
 
     ours = batched()  # also the warm-up: caches, kernels, allocator
     references = {"one network at a time": per_network()}

@@ -16,7 +16,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
-import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -25,7 +26,7 @@ import metrics_core as mc
 from sweep import storage
 from sweep.checkpoints import POPULATION_FILE, CheckpointError, label, locate, read_meta
 from sweep.score_settings import POINT_METRICS, WEIGHT_METRICS, ScoreSettings
-from sweep.tables import TableWriter, checkpoint_key, empty
+from sweep.tables import SCHEMAS, TableWriter, build, checkpoint_key
 
 log = logging.getLogger(__name__)
 
@@ -140,8 +141,9 @@ def score_checkpoint(
     data,
     settings: ScoreSettings,
     inputs: ScoringInputs | None = None,
-) -> dict[str, pd.DataFrame]:
-    """Rows of `scores`, `points`, `trajectories` and `slices` for every member of a checkpoint.
+) -> dict[str, pa.Table]:
+    """Rows of `scores`, `points`, `trajectories` and `slices` for every member of a checkpoint,
+    as Arrow tables of the documented schemas (`.to_pandas()` for frames).
 
     All members are scored as one stacked population. Members with identical weights (at
     initialisation, every member with the same seed: learning rates and labels do not change
@@ -192,12 +194,12 @@ def score_checkpoint(
     return _frames(meta, ids, inputs, settings, profiles, measured, errors, notes)
 
 
-def failure_frames(meta: Mapping, settings: ScoreSettings, message: str) -> dict[str, pd.DataFrame]:
+def failure_frames(meta: Mapping, settings: ScoreSettings, message: str) -> dict[str, pa.Table]:
     """Rows that record a checkpoint that could not be scored at all: a failed `scores` row per
     member, split and metric; no rows in the other tables."""
     ids = list(meta["network_ids"])
     everyone = set(range(len(ids)))
-    frames = {name: empty(name) for name in ("points", "trajectories", "slices")}
+    frames = {name: SCHEMAS[name].empty_table() for name in ("points", "trajectories", "slices")}
     nan = _nan_stats(len(ids))
     keyed = [(split, metric, nan) for split, metric in _score_keys(settings)]
     frames["scores"] = _score_rows(meta, ids, keyed, settings, dict.fromkeys(everyone, message), everyone)
@@ -339,24 +341,36 @@ def _value_stats(values: Tensor) -> dict[str, np.ndarray]:
     return {"mean": value, "median": value, "std": np.full(len(value), np.nan), "n_points": np.zeros(len(value), dtype=np.int64)}
 
 
-def _score_rows(meta, ids, keyed, settings, messages: Mapping[int, str], failed: set[int]) -> pd.DataFrame:
+def _score_rows(meta, ids, keyed, settings, messages: Mapping[int, str], failed: set[int]) -> pa.Table:
     """One row per (split, metric, stats) of `keyed` × member, in that order; built as one
-    frame, since a frame per metric costs more than its statistics."""
+    table, since a table per metric costs more than its statistics."""
     m, r = len(ids), len(keyed)
     splits, metrics, stats = zip(*keyed)
-    return pd.DataFrame(
-        {
-            "network_id": list(ids) * r,
-            "checkpoint": meta["tag"],
-            "step": np.full(m * r, int(meta["step"]), dtype=np.int64),
-            "split": np.repeat(splits, m),
-            "metric": np.repeat(metrics, m),
-            **{name: np.concatenate([s[name] for s in stats]) for name in ("mean", "median", "std", "n_points")},
-            "params": np.repeat([_params(metric, settings) for metric in metrics], m),
-            "status": ["failed" if i in failed else "ok" for i in range(m)] * r,
-            "message": [messages.get(i, "") for i in range(m)] * r,
-        }
-    )
+    columns = {
+        "network_id": list(ids) * r,
+        "checkpoint": meta["tag"],
+        "step": int(meta["step"]),
+        "split": np.repeat(splits, m),
+        "metric": np.repeat(metrics, m),
+        **{name: np.concatenate([s[name] for s in stats]) for name in ("mean", "median", "std", "n_points")},
+        "params": np.repeat([_params(metric, settings) for metric in metrics], m),
+        "status": ["failed" if i in failed else "ok" for i in range(m)] * r,
+        "message": [messages.get(i, "") for i in range(m)] * r,
+    }
+    return build("scores", columns, m * r)
+
+
+def _per_member(ids: Sequence[str], rows: int) -> pa.Array:
+    """Each network id repeated for its `rows` consecutive rows, as one string column."""
+    index = pa.array(np.repeat(np.arange(len(ids), dtype=np.int32), rows))
+    return pa.DictionaryArray.from_arrays(index, pa.array(ids, pa.string())).cast(pa.string())
+
+
+def _integers(values: Tensor) -> pa.Array:
+    """int64 values from a float tensor whose NaN mark missing values (members not measured)."""
+    v = values.numpy()
+    missing = np.isnan(v)
+    return pa.array(np.where(missing, 0, v).astype(np.int64), mask=missing)
 
 
 def _gather(measured: Mapping[int, Mapping[str, Tensor]], m: int, name: str, shape: tuple) -> Tensor:
@@ -368,7 +382,7 @@ def _gather(measured: Mapping[int, Mapping[str, Tensor]], m: int, name: str, sha
     return out
 
 
-def _frames(meta, ids, inputs, settings, profiles, measured, errors, notes) -> dict[str, pd.DataFrame]:
+def _frames(meta, ids, inputs, settings, profiles, measured, errors, notes) -> dict[str, pa.Table]:
     m = len(ids)
     messages = {**notes, **errors}
     failed = set(errors)
@@ -384,60 +398,55 @@ def _frames(meta, ids, inputs, settings, profiles, measured, errors, notes) -> d
     test = inputs.probes[0]
     n = len(test.index)
     prediction = _gather(measured, m, "test/prediction", (n,))
-    frames["points"] = pd.DataFrame(
-        {
-            "network_id": np.repeat(ids, n),
-            "checkpoint": meta["tag"],
-            "split": "test",
-            "point_index": np.tile(test.index, m),
-            "label": np.tile(test.y.cpu().numpy(), m),
-            "prediction": pd.array(prediction.flatten().numpy(), dtype="Int64"),
-            **{
-                column: _gather(measured, m, f"test/{column}", (n,)).flatten().numpy()
-                for column in ("loss", "jacobian_softmax", "jacobian_logits", "transitions")
-            },
-        }
-    )
+    columns = {
+        "network_id": _per_member(ids, n),
+        "checkpoint": meta["tag"],
+        "split": "test",
+        "point_index": np.tile(test.index, m),
+        "label": np.tile(test.y.cpu().numpy(), m),
+        "prediction": _integers(prediction.flatten()),
+        **{
+            column: _gather(measured, m, f"test/{column}", (n,)).flatten().numpy()
+            for column in ("loss", "jacobian_softmax", "jacobian_logits", "transitions")
+        },
+    }
+    frames["points"] = build("points", columns, m * n)
 
-    frames["trajectories"] = empty("trajectories")
+    frames["trajectories"] = SCHEMAS["trajectories"].empty_table()
     if profiles and settings.trajectories:
         parts = []
         for kind, z in inputs.ellipses.items():
             e, k = z.shape[0], z.shape[1]
-            parts.append(
-                pd.DataFrame(
-                    {
-                        "network_id": np.repeat(ids, e * k),
-                        "checkpoint": meta["tag"],
-                        "kind": kind,
-                        "ellipse": np.tile(np.repeat(np.arange(e), k), m),
-                        "position": np.tile(np.arange(k), m * e),
-                        **{
-                            column: _gather(measured, m, f"trajectory/{kind}/{column}", (e, k)).flatten().numpy()
-                            for column in ("jacobian_softmax", "transition_density")
-                        },
-                    }
-                )
-            )
-        frames["trajectories"] = pd.concat(parts, ignore_index=True)
+            columns = {
+                "network_id": _per_member(ids, e * k),
+                "checkpoint": meta["tag"],
+                "kind": kind,
+                "ellipse": np.tile(np.repeat(np.arange(e), k), m),
+                "position": np.tile(np.arange(k), m * e),
+                **{
+                    column: _gather(measured, m, f"trajectory/{kind}/{column}", (e, k)).flatten().numpy()
+                    for column in ("jacobian_softmax", "transition_density")
+                },
+            }
+            parts.append(build("trajectories", columns, m * e * k))
+        frames["trajectories"] = pa.concat_tables(parts).unify_dictionaries()
 
-    rows = []
+    frames["slices"] = SCHEMAS["slices"].empty_table()
     if profiles and settings.slices:
-        for s in range(len(inputs.slice_anchors)):
-            for member in range(m):
-                values = measured.get(member, {})
-                maps = {part: values.get(f"slice/{s}/{part}") for part in ("region", "boundary", "anchors", "extent")}
-                rows.append(
-                    {
-                        "network_id": ids[member],
-                        "checkpoint": meta["tag"],
-                        "slice": s,
-                        "layers": settings.slice_layers,
-                        "grid": settings.slice_grid,
-                        **{part: None if t is None else t.numpy() for part, t in maps.items()},
-                    }
-                )
-    frames["slices"] = pd.DataFrame(rows) if rows else empty("slices")
+        count = len(inputs.slice_anchors)
+        maps = {
+            part: [measured.get(member, {}).get(f"slice/{s}/{part}") for s in range(count) for member in range(m)]
+            for part in ("region", "boundary", "anchors", "extent")
+        }
+        columns = {
+            "network_id": list(ids) * count,
+            "checkpoint": meta["tag"],
+            "slice": np.repeat(np.arange(count), m),
+            "layers": settings.slice_layers,
+            "grid": settings.slice_grid,
+            **{part: [None if t is None else t.numpy() for t in values] for part, values in maps.items()},
+        }
+        frames["slices"] = build("slices", columns, m * count)
     return frames
 
 
@@ -465,7 +474,7 @@ def _load_population(source) -> mc.MLP:
         ) from None
 
 
-def write_frames(writer: TableWriter, key: str, frames: Mapping[str, pd.DataFrame]) -> None:
+def write_frames(writer: TableWriter, key: str, frames: Mapping[str, pa.Table]) -> None:
     """Write a checkpoint's rows; `scores` last, so a checkpoint counts as scored only when
     everything else is on the storage."""
     for name in sorted(frames, key=lambda table: table == "scores"):
@@ -534,13 +543,13 @@ class Scorer:
             frames = failure_frames(meta, settings, message)
         write_frames(TableWriter(table_root), key, frames)
         scores = frames["scores"]
-        failed = scores.loc[scores["status"] == "failed", "network_id"].nunique()
+        failed = pc.count_distinct(scores["network_id"].filter(pc.equal(scores["status"], "failed")))
         return {
             **summary,
             "key": key,
             "members": len(meta["network_ids"]),
-            "failed_members": int(failed),
-            "points": len(frames["points"]),
+            "failed_members": failed.as_py(),
+            "points": frames["points"].num_rows,
             "message": message,
             "seconds": time.perf_counter() - started,
         }

@@ -31,7 +31,7 @@ from sweep.scoring import (
     score_checkpoint,
 )
 from sweep.spec import BundleConfig, DataSpec, NetworkConfig, ScoringSpec
-from sweep.tables import TableWriter, to_arrow
+from sweep.tables import SCHEMAS, TableWriter
 
 DIGITS = DataSpec("digits")
 SETTINGS = ScoreSettings(points=24, train_points=12, transitions_k=32, ellipses_per_kind=2, slice_grid=16, slice_count=1)
@@ -96,6 +96,11 @@ def meta_of(bundle: BundleConfig, tag="end", statuses=None) -> dict:
             "statuses": statuses or ["converged"] * n}
 
 
+def scored(*args, **kwargs) -> dict[str, pd.DataFrame]:
+    """`score_checkpoint`'s tables as pandas frames."""
+    return {name: table.to_pandas() for name, table in score_checkpoint(*args, **kwargs).items()}
+
+
 def softmax_jacobian_norm64(net, x: torch.Tensor, logits: bool = False) -> float:
     net64 = copy.deepcopy(net).double()
     f = (lambda v: net64(v)) if logits else (lambda v: torch.softmax(net64(v), -1))
@@ -125,7 +130,7 @@ def brute_force_transitions(net, x, p1, p2, k) -> int:
 def test_scores_match_each_network_recomputed_alone_in_float64(data):
     bundle = make_bundle()
     nets = make_nets(bundle)
-    frames = score_checkpoint(mc.stack(nets), meta_of(bundle), data, SETTINGS)
+    frames = scored(mc.stack(nets), meta_of(bundle), data, SETTINGS)
     points, scores = frames["points"], frames["scores"]
     assert len(points) == 3 * SETTINGS.points
     for network_id, net in zip(bundle.network_ids, nets):
@@ -150,7 +155,7 @@ def test_scores_match_each_network_recomputed_alone_in_float64(data):
 
 def test_score_statistics_agree_with_pandas_over_the_points(data):
     bundle = make_bundle(members=2)
-    frames = score_checkpoint(mc.stack(make_nets(bundle)), meta_of(bundle), data, SETTINGS)
+    frames = scored(mc.stack(make_nets(bundle)), meta_of(bundle), data, SETTINGS)
     scores = frames["scores"].query("split == 'test'").set_index(["network_id", "metric"])
     by_network = frames["points"].groupby("network_id")
     for metric in ("jacobian_softmax", "jacobian_logits", "transitions", "loss"):
@@ -167,7 +172,7 @@ def test_score_statistics_agree_with_pandas_over_the_points(data):
 def test_weight_measures_match_direct_computation(data):
     bundle = make_bundle(members=2, depth=3)
     nets = make_nets(bundle)
-    scores = score_checkpoint(mc.stack(nets), meta_of(bundle), data, SETTINGS)["scores"]
+    scores = scored(mc.stack(nets), meta_of(bundle), data, SETTINGS)["scores"]
     weights = scores[scores.split == "weights"].set_index(["network_id", "metric"])
     for network_id, net in zip(bundle.network_ids, nets):
         mats = [m.weight.detach().double() for m in net if isinstance(m, torch.nn.Linear)]
@@ -185,7 +190,7 @@ def test_weight_measures_match_direct_computation(data):
 def test_transitions_match_a_brute_force_walk_along_the_ellipse(data):
     bundle = make_bundle(members=2)
     nets = make_nets(bundle)
-    frames = score_checkpoint(mc.stack(nets), meta_of(bundle), data, SETTINGS)
+    frames = scored(mc.stack(nets), meta_of(bundle), data, SETTINGS)
     test = prepare(data, SETTINGS).probes[0]
     assert not (test.partners == test.x[:, None]).all(-1).any()  # partners are other points
     mine = frames["points"][frames["points"].network_id == bundle.network_ids[1]]
@@ -196,7 +201,7 @@ def test_transitions_match_a_brute_force_walk_along_the_ellipse(data):
 
 def test_smooth_networks_have_nan_transitions_never_zero(data):
     bundle = make_bundle(activation="tanh", members=2)
-    frames = score_checkpoint(mc.stack(make_nets(bundle)), meta_of(bundle), data, SETTINGS.replace(slices=True))
+    frames = scored(mc.stack(make_nets(bundle)), meta_of(bundle), data, SETTINGS.replace(slices=True))
     transitions = frames["scores"][frames["scores"].metric == "transitions"]
     assert len(transitions) == 4 and transitions["mean"].isna().all() and (transitions.status == "ok").all()
     assert frames["points"].transitions.isna().all() and frames["points"].jacobian_softmax.notna().all()
@@ -209,14 +214,14 @@ def test_non_finite_weights_give_nan_metrics_and_leave_the_others_unchanged(data
     with torch.no_grad():
         nets[1][0].weight[0, 0] = float("nan")
     statuses = ["converged", "diverged", "budget"]
-    frames = score_checkpoint(mc.stack(nets), meta_of(bundle, statuses=statuses), data, SETTINGS)
+    frames = scored(mc.stack(nets), meta_of(bundle, statuses=statuses), data, SETTINGS)
     scores, points = frames["scores"], frames["points"]
     bad = scores[scores.network_id == bundle.network_ids[1]]
     assert bad["mean"].isna().all() and (bad.status == "ok").all()
     assert bad.message.str.contains("network diverged").all()
     assert points[points.network_id == bundle.network_ids[1]].prediction.isna().all()
     healthy = BundleConfig((bundle.members[0], bundle.members[2]))
-    alone = score_checkpoint(mc.stack([nets[0], nets[2]]), meta_of(healthy), data, SETTINGS)["scores"]
+    alone = scored(mc.stack([nets[0], nets[2]]), meta_of(healthy), data, SETTINGS)["scores"]
     good = scores[scores.network_id != bundle.network_ids[1]].reset_index(drop=True)
     pd.testing.assert_frame_equal(good.sort_values(["network_id", "split", "metric"], ignore_index=True),
                                   alone.sort_values(["network_id", "split", "metric"], ignore_index=True))
@@ -237,9 +242,9 @@ def test_members_with_identical_weights_are_computed_once_and_scored_alike(data,
         return real(net, x, *args, **kwargs)
 
     monkeypatch.setattr(mc, "jacobian_norms", counting)
-    frames = score_checkpoint(mc.stack(nets), meta_of(members, tag="init"), data, settings)
+    frames = scored(mc.stack(nets), meta_of(members, tag="init"), data, settings)
     assert computed == [2, 2]  # test and train points, two distinct networks each time
-    alone = score_checkpoint(mc.stack([a, b]), meta_of(bundle, tag="init"), data, settings)
+    alone = scored(mc.stack([a, b]), meta_of(bundle, tag="init"), data, settings)
     for name in ("scores", "points", "trajectories", "slices"):
         ours, theirs = frames[name], alone[name]
         for copy_of, original in ((2, 0), (1, 1), (3, 1), (0, 0)):
@@ -261,7 +266,7 @@ def test_one_failing_network_is_recorded_and_the_others_are_scored(data, monkeyp
         return real(net, x, y, **kwargs)
 
     monkeypatch.setattr(mc, "margin", margin_failing_on_the_marked_member)
-    scores = score_checkpoint(mc.stack(nets), meta_of(bundle), data, SETTINGS)["scores"]
+    scores = scored(mc.stack(nets), meta_of(bundle), data, SETTINGS)["scores"]
     failed = scores[scores.status == "failed"]
     assert set(failed.network_id) == {bundle.network_ids[2]} and failed["mean"].isna().all()
     assert failed.message.str.contains("RuntimeError: injected fault").all()
@@ -274,17 +279,18 @@ def test_profiles_and_slices_only_at_init_and_end(data):
     bundle = make_bundle(members=2)
     nets = make_nets(bundle)
     settings = SETTINGS.replace(trajectories=True, slices=True)
-    end = score_checkpoint(mc.stack(nets), meta_of(bundle, tag="end"), data, settings)
+    tables = score_checkpoint(mc.stack(nets), meta_of(bundle, tag="end"), data, settings)
+    for name, table in tables.items():  # every table has its documented schema
+        assert table.schema.equals(SCHEMAS[name]), name
+    end = {name: table.to_pandas() for name, table in tables.items()}
     k, e = settings.transitions_k, settings.ellipses_per_kind
     assert len(end["trajectories"]) == 2 * 3 * e * k
     assert set(end["trajectories"].kind) == {"random", "different_class", "same_class"}
     assert end["trajectories"][["jacobian_softmax", "transition_density"]].notna().all().all()
     assert len(end["slices"]) == 2 and all(len(r) == 16 * 16 for r in end["slices"].region)
     assert all(len(a) == 6 for a in end["slices"].anchors)
-    middle = score_checkpoint(mc.stack(nets), meta_of(bundle, tag="epoch-000010"), data, settings)
+    middle = scored(mc.stack(nets), meta_of(bundle, tag="epoch-000010"), data, settings)
     assert middle["trajectories"].empty and middle["slices"].empty
-    for name, frame in end.items():  # every frame fits its documented table
-        to_arrow(name, frame)
 
 
 def test_fixed_points_are_a_function_of_the_seed():

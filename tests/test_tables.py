@@ -8,9 +8,10 @@ from concurrent.futures import ProcessPoolExecutor
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pytest
 
-from sweep.tables import SCHEMAS, TableSchemaError, TableWriter, checkpoint_key, to_arrow
+from sweep.tables import SCHEMAS, TableSchemaError, TableWriter, build, checkpoint_key, to_arrow
 
 
 def score_rows(network_ids, checkpoint="end", metric="jacobian_softmax", mean=1.0):
@@ -188,6 +189,36 @@ def test_mixed_types_in_one_column_are_refused():
     frame["step"] = pd.Series([1, "2"], dtype=object)
     with pytest.raises(TableSchemaError, match=r"scores\.step: values of mixed or unsupported types"):
         to_arrow("scores", frame)
+
+
+def test_built_columns_store_what_the_same_records_store(tmp_path):
+    # `build` takes numpy columns and one value for a whole column; the records path is the reference.
+    rows = score_rows(["a", "b"]) + score_rows(["a", "b"], metric="loss", mean=5.0)
+    columns = {name: np.array([row[name] for row in rows]) for name in ("network_id", "metric", "mean", "n_points")}
+    columns.update(checkpoint="end", step=10, split="test", median=1.0, std=None, params="{}", status="ok", message="")
+    columns["median"] = np.array([1.0, 1.0, 5.0, 5.0])
+    tables = TableWriter(tmp_path)
+    tables.write("scores", "built", build("scores", columns, len(rows)))
+    tables.write("scores", "records", rows)
+    frame = tables.read("scores")
+    built, records = (frame.iloc[i : i + 4].reset_index(drop=True) for i in (0, 4))
+    pd.testing.assert_frame_equal(built, records)
+    with pytest.raises(TableSchemaError, match=r"scores: columns do not match .*missing \['message'\]"):
+        build("scores", {name: value for name, value in columns.items() if name != "message"}, len(rows))
+
+
+def test_arrow_tables_are_checked_like_rows(tmp_path):
+    good = to_arrow("scores", score_rows(["a", "b"]))
+    assert to_arrow("scores", good.select(list(reversed(good.column_names)))).equals(good)  # column order
+    as_strings = good.set_column(good.schema.get_field_index("step"), "step", pa.array(["10", "11"]))
+    with pytest.raises(TableSchemaError, match=r"scores\.step: expected int64, got values of type string"):
+        TableWriter(tmp_path).write("scores", "k", as_strings)
+    no_id = good.set_column(0, pa.field("network_id", pa.string()), pa.array(["a", None]))
+    with pytest.raises(TableSchemaError, match=r"scores\.network_id: 1 missing values"):
+        TableWriter(tmp_path).write("scores", "k", no_id)
+    with pytest.raises(TableSchemaError, match=r"unexpected \['extra'\]"):
+        to_arrow("scores", good.append_column("extra", pa.array([1, 2])))
+    assert not (tmp_path / "scores").exists()
 
 
 def test_unknown_table_and_bad_keys_are_refused(tmp_path):
