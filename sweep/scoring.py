@@ -143,7 +143,7 @@ def score_checkpoint(
     inputs: ScoringInputs | None = None,
 ) -> dict[str, pa.Table]:
     """Rows of `scores`, `points`, `trajectories` and `slices` for every member of a checkpoint,
-    as Arrow tables of the documented schemas (`.to_pandas()` for frames).
+    as Arrow tables of the documented schemas (`.to_pandas()` gives frames).
 
     All members are scored as one stacked population. Members with identical weights (at
     initialisation, every member with the same seed: learning rates and labels do not change
@@ -191,19 +191,19 @@ def score_checkpoint(
         for i in range(len(ids))
         if not finite[i]
     }
-    return _frames(meta, ids, inputs, settings, profiles, measured, errors, notes)
+    return _checkpoint_rows(meta, ids, inputs, settings, profiles, measured, errors, notes)
 
 
-def failure_frames(meta: Mapping, settings: ScoreSettings, message: str) -> dict[str, pa.Table]:
+def failure_rows(meta: Mapping, settings: ScoreSettings, message: str) -> dict[str, pa.Table]:
     """Rows that record a checkpoint that could not be scored at all: a failed `scores` row per
     member, split and metric; no rows in the other tables."""
     ids = list(meta["network_ids"])
     everyone = set(range(len(ids)))
-    frames = {name: SCHEMAS[name].empty_table() for name in ("points", "trajectories", "slices")}
+    tables = {name: SCHEMAS[name].empty_table() for name in ("points", "trajectories", "slices")}
     nan = _nan_stats(len(ids))
     keyed = [(split, metric, nan) for split, metric in _score_keys(settings)]
-    frames["scores"] = _score_rows(meta, ids, keyed, settings, dict.fromkeys(everyone, message), everyone)
-    return frames
+    tables["scores"] = _score_rows(meta, ids, keyed, settings, dict.fromkeys(everyone, message), everyone)
+    return tables
 
 
 def _finite_members(population: mc.MLP) -> list[bool]:
@@ -382,7 +382,7 @@ def _gather(measured: Mapping[int, Mapping[str, Tensor]], m: int, name: str, sha
     return out
 
 
-def _frames(meta, ids, inputs, settings, profiles, measured, errors, notes) -> dict[str, pa.Table]:
+def _checkpoint_rows(meta, ids, inputs, settings, profiles, measured, errors, notes) -> dict[str, pa.Table]:
     m = len(ids)
     messages = {**notes, **errors}
     failed = set(errors)
@@ -393,7 +393,7 @@ def _frames(meta, ids, inputs, settings, profiles, measured, errors, notes) -> d
         shape = () if split == "weights" else (sizes[split],)
         values = _gather(measured, m, f"{split}/{metric}", shape)
         keyed.append((split, metric, _stats(values) if shape else _value_stats(values)))
-    frames = {"scores": _score_rows(meta, ids, keyed, settings, messages, failed)}
+    tables = {"scores": _score_rows(meta, ids, keyed, settings, messages, failed)}
 
     test = inputs.probes[0]
     n = len(test.index)
@@ -410,9 +410,9 @@ def _frames(meta, ids, inputs, settings, profiles, measured, errors, notes) -> d
             for column in ("loss", "jacobian_softmax", "jacobian_logits", "transitions")
         },
     }
-    frames["points"] = build("points", columns, m * n)
+    tables["points"] = build("points", columns, m * n)
 
-    frames["trajectories"] = SCHEMAS["trajectories"].empty_table()
+    tables["trajectories"] = SCHEMAS["trajectories"].empty_table()
     if profiles and settings.trajectories:
         parts = []
         for kind, z in inputs.ellipses.items():
@@ -429,9 +429,9 @@ def _frames(meta, ids, inputs, settings, profiles, measured, errors, notes) -> d
                 },
             }
             parts.append(build("trajectories", columns, m * e * k))
-        frames["trajectories"] = pa.concat_tables(parts).unify_dictionaries()
+        tables["trajectories"] = pa.concat_tables(parts).unify_dictionaries()
 
-    frames["slices"] = SCHEMAS["slices"].empty_table()
+    tables["slices"] = SCHEMAS["slices"].empty_table()
     if profiles and settings.slices:
         count = len(inputs.slice_anchors)
         maps = {
@@ -446,8 +446,8 @@ def _frames(meta, ids, inputs, settings, profiles, measured, errors, notes) -> d
             "grid": settings.slice_grid,
             **{part: [None if t is None else t.numpy() for t in values] for part, values in maps.items()},
         }
-        frames["slices"] = build("slices", columns, m * count)
-    return frames
+        tables["slices"] = build("slices", columns, m * count)
+    return tables
 
 
 # --- checkpoints and the scorer ---------------------------------------------------------------
@@ -474,11 +474,11 @@ def _load_population(source) -> mc.MLP:
         ) from None
 
 
-def write_frames(writer: TableWriter, key: str, frames: Mapping[str, pa.Table]) -> None:
+def write_rows(writer: TableWriter, key: str, tables: Mapping[str, pa.Table]) -> None:
     """Write a checkpoint's rows; `scores` last, so a checkpoint counts as scored only when
     everything else is on the storage."""
-    for name in sorted(frames, key=lambda table: table == "scores"):
-        writer.write(name, key, frames[name])
+    for name in sorted(tables, key=lambda table: table == "scores"):
+        writer.write(name, key, tables[name])
 
 
 def record_failure(table_root: str, source, settings: ScoreSettings, message: str) -> str:
@@ -489,7 +489,7 @@ def record_failure(table_root: str, source, settings: ScoreSettings, message: st
     except CheckpointError as error:
         return f"{label(source)}: {message} ({error})"
     key = checkpoint_key(meta["bundle_id"], meta["tag"])
-    write_frames(TableWriter(table_root), key, failure_frames(meta, settings, message))
+    write_rows(TableWriter(table_root), key, failure_rows(meta, settings, message))
     return f"{key}: {message}"
 
 
@@ -536,20 +536,20 @@ class Scorer:
         try:
             population = _load_population(source)
             data, inputs = self.inputs(meta, settings)
-            frames = score_checkpoint(population, meta, data, settings, inputs)
+            tables = score_checkpoint(population, meta, data, settings, inputs)
             message = ""
         except Exception as error:  # noqa: BLE001 - recorded as failed rows, never lost
             message = f"scoring failed: {type(error).__name__}: {error}"
-            frames = failure_frames(meta, settings, message)
-        write_frames(TableWriter(table_root), key, frames)
-        scores = frames["scores"]
+            tables = failure_rows(meta, settings, message)
+        write_rows(TableWriter(table_root), key, tables)
+        scores = tables["scores"]
         failed = pc.count_distinct(scores["network_id"].filter(pc.equal(scores["status"], "failed")))
         return {
             **summary,
             "key": key,
             "members": len(meta["network_ids"]),
             "failed_members": failed.as_py(),
-            "points": frames["points"].num_rows,
+            "points": tables["points"].num_rows,
             "message": message,
             "seconds": time.perf_counter() - started,
         }
