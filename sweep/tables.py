@@ -135,7 +135,7 @@ def build(table: str, columns: Mapping[str, object], num_rows: int) -> pa.Table:
         values = columns[name]
         if isinstance(values, (str, int, float)) or values is None:
             values = pa.repeat(pa.scalar(values), num_rows)
-        arrays.append(values if isinstance(values, pa.Array) else pa.array(values))
+        arrays.append(values if isinstance(values, pa.Array) else _array(table, schema.field(name), values))
     return to_arrow(table, pa.Table.from_arrays(arrays, names=schema.names))
 
 
@@ -148,7 +148,7 @@ def to_arrow(table: str, rows: Rows) -> pa.Table:
     else:
         frame = rows if isinstance(rows, pd.DataFrame) else _frame_from_records(table, schema, rows)
         _check_names(table, schema.names, list(frame.columns))
-        arrays = [_fit(table, field, _from_pandas(table, field, frame[field.name])) for field in schema]
+        arrays = [_fit(table, field, _array(table, field, frame[field.name])) for field in schema]
     return pa.Table.from_arrays(arrays, schema=schema)
 
 
@@ -260,7 +260,8 @@ _ACCEPTS = {
 }
 
 
-def _from_pandas(table: str, field: pa.Field, values: pd.Series) -> pa.Array:
+def _array(table: str, field: pa.Field, values) -> pa.Array:
+    # from_pandas: NaN is stored as null (what pandas reads back as NaN), from frames and numpy alike.
     try:
         return pa.array(values, from_pandas=True)
     except (pa.ArrowInvalid, pa.ArrowTypeError) as error:

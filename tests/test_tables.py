@@ -9,9 +9,17 @@ from concurrent.futures import ProcessPoolExecutor
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
-from sweep.tables import SCHEMAS, TableSchemaError, TableWriter, build, checkpoint_key, to_arrow
+from sweep.tables import (
+    SCHEMAS,
+    TableSchemaError,
+    TableWriter,
+    build,
+    checkpoint_key,
+    to_arrow,
+)
 
 
 def score_rows(network_ids, checkpoint="end", metric="jacobian_softmax", mean=1.0):
@@ -194,15 +202,17 @@ def test_mixed_types_in_one_column_are_refused():
 def test_built_columns_store_what_the_same_records_store(tmp_path):
     # `build` takes numpy columns and one value for a whole column; the records path is the reference.
     rows = score_rows(["a", "b"]) + score_rows(["a", "b"], metric="loss", mean=5.0)
-    columns = {name: np.array([row[name] for row in rows]) for name in ("network_id", "metric", "mean", "n_points")}
-    columns.update(checkpoint="end", step=10, split="test", median=1.0, std=None, params="{}", status="ok", message="")
-    columns["median"] = np.array([1.0, 1.0, 5.0, 5.0])
+    rows[3]["median"] = float("nan")  # a diverged network's
+    columns = {name: np.array([row[name] for row in rows]) for name in ("network_id", "metric", "mean", "median", "n_points")}
+    columns.update(checkpoint="end", step=10, split="test", std=None, params="{}", status="ok", message="")
     tables = TableWriter(tmp_path)
     tables.write("scores", "built", build("scores", columns, len(rows)))
     tables.write("scores", "records", rows)
     frame = tables.read("scores")
     built, records = (frame.iloc[i : i + 4].reset_index(drop=True) for i in (0, 4))
     pd.testing.assert_frame_equal(built, records)
+    for key in ("built", "records"):  # NaN is stored as null either way
+        assert pq.read_table(tmp_path / "scores" / f"{key}.parquet")["median"].null_count == 1
     with pytest.raises(TableSchemaError, match=r"scores: columns do not match .*missing \['message'\]"):
         build("scores", {name: value for name, value in columns.items() if name != "message"}, len(rows))
 
