@@ -14,6 +14,9 @@ sweep without it. Two measures:
   pool. The stricter measure: everything that is the same either way is left out.
 - `--command`: the README's command, `sweep run PRESET --no-report` against the same with
   `--no-score`, each a fresh process starting its own Ray, as a user sees it.
+
+Each variant's time is also split where the overhead shows: until the first checkpoint,
+training (first to last checkpoint) and after the last checkpoint (with scoring: the drain).
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from pathlib import Path
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
@@ -40,17 +44,32 @@ def main() -> None:
     timer = command_timer if args.command else sweep_timer
     with tempfile.TemporaryDirectory() as storage, timer(args.source, storage) as sweep:
         times: dict[str, list[float]] = {label: [] for label in variants}
+        parts: dict[str, list[tuple[float, float, float]]] = {label: [] for label in variants}
         for repeat in range(args.repeats):
             for label, score in variants.items():
-                times[label].append(sweep(f"{'s' if score else 'n'}{repeat}", score))
+                name, started = f"{'s' if score else 'n'}{repeat}", time.time()
+                times[label].append(sweep(name, score))
+                parts[label].append(phases(Path(storage) / name, started, time.time()))
     what = "`sweep run` in fresh processes" if args.command else "the sweep in one warm Ray instance"
     print(f"\n{args.source}: {what}, {os.cpu_count()} CPUs, {args.repeats} round(s)")
     for label, values in times.items():
         listed = ", ".join(f"{v:.1f}" for v in values)
         print(f"  {label:16s} median {statistics.median(values):6.1f} s   best {min(values):6.1f} s   ({listed})")
+        start, training, after = (statistics.median(phase) for phase in zip(*parts[label]))
+        print(f"  {'':16s} until the first checkpoint {start:.1f} s, training {training:.1f} s, "
+              f"after the last {after:.1f} s (medians)")
     median = statistics.median(times["with scoring"]) / statistics.median(times["without scoring"])
     best = min(times["with scoring"]) / min(times["without scoring"])
     print(f"  ratio            median {median:6.2f}x   best {best:6.2f}x  (target <= 1.3x)")
+
+
+def phases(folder: Path, started: float, ended: float) -> tuple[float, float, float]:
+    """Seconds until the first checkpoint was written, from it to the last (training), and from
+    the last to the end (with scoring: the drain), from the checkpoints' file times."""
+    from sweep.checkpoints import META_FILE
+
+    landed = sorted(path.stat().st_mtime for path in folder.glob(f"*/*/{META_FILE}"))
+    return landed[0] - started, landed[-1] - landed[0], ended - landed[-1]
 
 
 @contextlib.contextmanager
