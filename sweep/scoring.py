@@ -429,7 +429,7 @@ def _checkpoint_rows(meta, ids, inputs, settings, profiles, measured, errors, no
                 },
             }
             parts.append(build("trajectories", columns, m * e * k))
-        tables["trajectories"] = pa.concat_tables(parts).unify_dictionaries()
+        tables["trajectories"] = pa.concat_tables(parts)
 
     tables["slices"] = SCHEMAS["slices"].empty_table()
     if profiles and settings.slices:
