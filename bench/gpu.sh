@@ -31,5 +31,5 @@ step metrics 180 python3 bench/metrics.py --device "$device" $quick
 step training 150 python3 bench/training.py --device "$device" $quick
 step scoring 180 python3 bench/scoring.py --device "$device" $quick
 if [ -n "$has_ray" ]; then
-    step sweep-overhead 180 python3 bench/sweep_overhead.py digits --repeats 1
+    step sweep-overhead 180 python3 bench/sweep_overhead.py digits --in-process --repeats 1
 fi

@@ -43,6 +43,16 @@ def locate(source) -> tuple[storage.pafs.FileSystem, str]:
     return fs, path.rstrip("/")
 
 
+def size(source) -> int:
+    """Bytes of a checkpoint's weights file, 0 where it cannot be found: a stand-in for the cost
+    of scoring it, which grows with the networks it holds."""
+    try:
+        fs, path = locate(source)
+        return fs.get_file_info(f"{path}/{POPULATION_FILE}").size or 0
+    except (OSError, ValueError):  # scoring it will record why (pyarrow's errors are among these)
+        return 0
+
+
 def label(source) -> str:
     """A checkpoint source as text, for messages."""
     return str(getattr(source, "path", source))

@@ -6,8 +6,8 @@ checkpoint and returns. The pool keeps the queue and hands a checkpoint to an ac
 that actor is free, so no actor sits idle while another holds a backlog (checkpoints differ
 in cost by 10x or more). While trials run, a CPU actor scores one checkpoint at a time in the
 background; once they are done (`drain`), it scores one per CPU of the cluster share it
-stands for, in threads of one process, so the catch-up uses every core without starting
-another actor. Actors write their own rows. Results, actor deaths and hand-outs are
+stands for, in threads of one process, largest first, so the catch-up uses every core
+without starting another actor. Actors write their own rows. Results, actor deaths and hand-outs are
 handled by non-blocking polls (`submit`, `poll`, called on every step of Tune's loop) and by
 `drain`.
 """
@@ -135,8 +135,13 @@ class ScoringPool:
     def drain(self, timeout: float | None = None) -> dict:
         """Wait until every submitted checkpoint is scored or recorded as failed (or `timeout`
         seconds pass: then `stats()` says how many are running and queued)."""
+        from sweep.checkpoints import size
+
         deadline = None if timeout is None else time.monotonic() + timeout
         self._slots = self._drain_slots  # nothing else to leave the CPUs to
+        # Largest first, so the slots finish together rather than one scoring a big checkpoint
+        # alone at the end; looked up here, not in `submit`, which must never wait on storage.
+        self._queue = deque(sorted(self._queue, key=lambda job: -size(job.source)))
         try:
             self._hand_out()
             while self._running:

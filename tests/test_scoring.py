@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 import metrics_core as mc
-from sweep.checkpoints import CheckpointError, unscored
+from sweep.checkpoints import CheckpointError, size, unscored
 from sweep.data import load_dataset
 from sweep.models import build_network
 from sweep.scoring import (
@@ -330,6 +330,16 @@ def test_checkpoint_round_trip_and_corrupt_files(tmp_path):
         load_checkpoint(tmp_path / "missing")
 
 
+def test_checkpoint_size_is_its_weights_file_and_zero_when_there_is_none(tmp_path):
+    from ray import tune
+
+    bundle = make_bundle(members=2)
+    directory = write_checkpoint(tmp_path / "ckpt", bundle, make_nets(bundle))
+    expected = (directory / "population.pt").stat().st_size
+    assert size(str(directory)) == size(tune.Checkpoint.from_directory(str(directory))) == expected > 0
+    assert size(str(tmp_path / "missing")) == size("unknown-scheme://bucket/ckpt") == 0
+
+
 def test_scorer_writes_rows_and_records_a_corrupt_checkpoint(tmp_path, data):
     tables = tmp_path / "tables"
     good, bad = make_bundle(members=2), make_bundle(members=2, seed0=10)
@@ -407,8 +417,10 @@ def test_pool_scores_like_the_scorer_and_replaces_a_killed_actor(tmp_path, ray_s
 def test_pool_scores_one_checkpoint_at_a_time_until_it_drains_then_one_per_cpu(tmp_path, ray_session):
     from sweep.scoring_actors import ScoringPool
 
-    bundles = [make_bundle(members=2, seed0=s) for s in (0, 20, 40)]
+    # The last checkpoint to land is the largest: the drain hands it out before the smaller one.
+    bundles = [make_bundle(members=2, seed0=0), make_bundle(members=2, seed0=20), make_bundle(members=3, width=32, seed0=40)]
     sources = [str(write_checkpoint(tmp_path / f"c{i}", b, make_nets(b))) for i, b in enumerate(bundles)]
+    assert size(sources[2]) > size(sources[1])
     reference = tmp_path / "reference"
     for source in sources:
         Scorer("cpu").score(source, str(reference), SETTINGS)
@@ -419,6 +431,7 @@ def test_pool_scores_one_checkpoint_at_a_time_until_it_drains_then_one_per_cpu(t
     assert (pool.stats()["running"], pool.stats()["queued"]) == (1, 2)  # trials may still be running
     stats = pool.drain(timeout=0)  # training is over: the actor takes a second checkpoint at once
     assert (stats["running"] + stats["done"], stats["queued"]) == (2, 1)
+    assert [job.source for job in pool._queue] == [sources[1]]
     assert pool.drain(timeout=120)["done"] == 3
     got, expected = TableWriter(tables), TableWriter(reference)
     columns = ["network_id", "split", "metric"]
