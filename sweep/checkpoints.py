@@ -43,11 +43,14 @@ def locate(source) -> tuple[storage.pafs.FileSystem, str]:
     return fs, path.rstrip("/")
 
 
-def size(source) -> int:
-    """Bytes of a checkpoint's weights file, 0 where it cannot be found: a stand-in for the cost
-    of scoring it, which grows with the networks it holds."""
+def local_size(source) -> int:
+    """Bytes of a checkpoint's weights file, a stand-in for the cost of scoring it (which grows
+    with the networks it holds); 0 where it cannot be found, and for checkpoints in an object
+    store, where asking would cost a request per checkpoint."""
     try:
         fs, path = locate(source)
+        if not isinstance(fs, storage.pafs.LocalFileSystem):
+            return 0
         return fs.get_file_info(f"{path}/{POPULATION_FILE}").size or 0
     except (OSError, ValueError):  # scoring it will record why (pyarrow's errors are among these)
         return 0

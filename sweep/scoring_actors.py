@@ -135,13 +135,14 @@ class ScoringPool:
     def drain(self, timeout: float | None = None) -> dict:
         """Wait until every submitted checkpoint is scored or recorded as failed (or `timeout`
         seconds pass: then `stats()` says how many are running and queued)."""
-        from sweep.checkpoints import size
+        from sweep.checkpoints import local_size
 
         deadline = None if timeout is None else time.monotonic() + timeout
         self._slots = self._drain_slots  # nothing else to leave the CPUs to
         # Largest first, so the slots finish together rather than one scoring a big checkpoint
-        # alone at the end; looked up here, not in `submit`, which must never wait on storage.
-        self._queue = deque(sorted(self._queue, key=lambda job: -size(job.source)))
+        # alone at the end (sizes are looked up here, not in `submit`, which must never wait on
+        # storage; checkpoints in an object store keep the order they landed in).
+        self._queue = deque(sorted(self._queue, key=lambda job: -local_size(job.source)))
         try:
             self._hand_out()
             while self._running:

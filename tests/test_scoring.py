@@ -14,12 +14,13 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow.fs
 import pytest
 import torch
 import torch.nn.functional as F
 
 import metrics_core as mc
-from sweep.checkpoints import CheckpointError, size, unscored
+from sweep.checkpoints import CheckpointError, local_size, unscored
 from sweep.data import load_dataset
 from sweep.models import build_network
 from sweep.scoring import (
@@ -336,8 +337,16 @@ def test_checkpoint_size_is_its_weights_file_and_zero_when_there_is_none(tmp_pat
     bundle = make_bundle(members=2)
     directory = write_checkpoint(tmp_path / "ckpt", bundle, make_nets(bundle))
     expected = (directory / "population.pt").stat().st_size
-    assert size(str(directory)) == size(tune.Checkpoint.from_directory(str(directory))) == expected > 0
-    assert size(str(tmp_path / "missing")) == size("unknown-scheme://bucket/ckpt") == 0
+    local = local_size(tune.Checkpoint.from_directory(str(directory)))
+    assert local_size(str(directory)) == local_size(f"file://{directory}") == local == expected > 0
+    assert local_size(str(tmp_path / "missing")) == local_size("unknown-scheme://bucket/ckpt") == 0
+    # A file system that is not local (as an object store) is not asked, though the file is there.
+    remote = pyarrow.fs._MockFileSystem()
+    remote.create_dir("bucket/ckpt")
+    with remote.open_output_stream("bucket/ckpt/population.pt") as stream:
+        stream.write((directory / "population.pt").read_bytes())
+    assert remote.get_file_info("bucket/ckpt/population.pt").size == expected
+    assert local_size(tune.Checkpoint("bucket/ckpt", filesystem=remote)) == 0
 
 
 def test_scorer_writes_rows_and_records_a_corrupt_checkpoint(tmp_path, data):
@@ -420,7 +429,7 @@ def test_pool_scores_one_checkpoint_at_a_time_until_it_drains_then_one_per_cpu(t
     # The last checkpoint to land is the largest: the drain hands it out before the smaller one.
     bundles = [make_bundle(members=2, seed0=0), make_bundle(members=2, seed0=20), make_bundle(members=3, width=32, seed0=40)]
     sources = [str(write_checkpoint(tmp_path / f"c{i}", b, make_nets(b))) for i, b in enumerate(bundles)]
-    assert size(sources[2]) > size(sources[1])
+    assert local_size(sources[2]) > local_size(sources[1])
     reference = tmp_path / "reference"
     for source in sources:
         Scorer("cpu").score(source, str(reference), SETTINGS)
