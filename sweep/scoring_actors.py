@@ -7,9 +7,9 @@ that actor is free, so no actor sits idle while another holds a backlog (checkpo
 in cost by 10x or more). While trials run, a CPU actor scores one checkpoint at a time in the
 background; once they are done (`drain`), it scores one per CPU of the cluster share it
 stands for, in threads of one process, largest first, so the catch-up uses every core
-without starting another actor. Actors write their own rows. Results, actor deaths and hand-outs are
-handled by non-blocking polls (`submit`, `poll`, called on every step of Tune's loop) and by
-`drain`.
+without starting another actor. Actors write their own rows. Results, actor deaths and
+hand-outs are handled by non-blocking polls (`submit`, `poll`, called on every step of Tune's
+loop) and by `drain`.
 """
 
 from __future__ import annotations
@@ -135,6 +135,7 @@ class ScoringPool:
     def drain(self, timeout: float | None = None) -> dict:
         """Wait until every submitted checkpoint is scored or recorded as failed (or `timeout`
         seconds pass: then `stats()` says how many are running and queued)."""
+        # Imported here: this module loads in every actor before it lowers its priority.
         from sweep.checkpoints import local_size
 
         deadline = None if timeout is None else time.monotonic() + timeout
