@@ -127,15 +127,18 @@ def _error_message(trial) -> str:
 
 
 class ScoringCallback(tune.Callback):
-    """Hands every reported checkpoint to the scoring pool; never waits on scoring."""
+    """Hands every reported checkpoint to the scoring pool; never waits on scoring until the
+    experiment ends, then drains the pool, saying how far it has got."""
 
-    def __init__(self, pool_kwargs: dict):
+    def __init__(self, pool_kwargs: dict, stream=None):
         self.pool_kwargs = pool_kwargs
         self.pool = None
+        self._stream = stream
 
     def __getstate__(self):
         state = self.__dict__.copy()
         state["pool"] = None
+        state["_stream"] = None
         return state
 
     def setup(self, **info):
@@ -150,9 +153,25 @@ class ScoringCallback(tune.Callback):
         self.pool.poll()  # hands queued checkpoints to actors that finished, notices dead ones
 
     def on_experiment_end(self, trials, **info):
-        stats = self.pool.drain()
+        stats = self.pool.drain(progress=drain_printer(self._stream))
         self.pool.shutdown()
         print(scoring_summary(stats), flush=True)
+
+
+def drain_printer(stream=None):
+    """A `ScoringPool.drain` progress callback printing one line per call to `stream` (stdout)."""
+    started = time.monotonic()
+
+    def report(stats: dict) -> None:
+        print(drain_line(stats, time.monotonic() - started), file=stream or sys.stdout, flush=True)
+
+    return report
+
+
+def drain_line(stats: dict, elapsed: float) -> str:
+    finished = stats["done"] + stats["failed"]
+    return (f"[sweep] scoring: {finished} of {stats['submitted']} checkpoint(s) done ({stats['failed']} failed), "
+            f"{stats['running']} running, {stats['queued']} waiting | {elapsed:.0f}s")
 
 
 def scoring_summary(stats: dict) -> str:

@@ -156,7 +156,7 @@ def _run_config(plan: SweepPlan, *, score: bool, max_failures: int, progress_str
         FailedTrialCallback(plan.table_root, plan.name),
     ]
     if score and plan.resources["scoring_actors"] > 0:
-        callbacks.append(ScoringCallback(scoring_pool_kwargs(plan)))
+        callbacks.append(ScoringCallback(scoring_pool_kwargs(plan), stream=progress_stream))
     return tune.RunConfig(
         name=plan.name,
         storage_path=plan.storage,
@@ -194,10 +194,12 @@ def run(plan: SweepPlan, *, score: bool = True, max_failures: int = 2, extra_con
     return tuner.fit()
 
 
-def score(plan: SweepPlan, settings, *, rescore: bool = False) -> dict:
-    """Score the sweep's checkpoints that have no scores yet (all of them with `rescore`)."""
+def score(plan: SweepPlan, settings, *, rescore: bool = False, progress_stream=None) -> dict:
+    """Score the sweep's checkpoints that have no scores yet (all of them with `rescore`),
+    printing progress to `progress_stream` (stdout) every 10 s."""
     from ray import tune
 
+    from sweep.callbacks import drain_printer
     from sweep.checkpoints import unscored
     from sweep.scoring_actors import ScoringPool
 
@@ -206,7 +208,7 @@ def score(plan: SweepPlan, settings, *, rescore: bool = False) -> dict:
     pool = ScoringPool(**scoring_pool_kwargs(plan, settings))
     for _, uri in todo:
         pool.submit(tune.Checkpoint(uri))
-    stats = pool.drain()
+    stats = pool.drain(progress=drain_printer(progress_stream))
     pool.shutdown()
     return {"checkpoints": len(found), "scored": len(todo), **stats}
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import time
 from collections import Counter, deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -132,27 +133,43 @@ class ScoringPool:
                 self._finish(ref)
         self._hand_out()
 
-    def drain(self, timeout: float | None = None) -> dict:
+    def drain(
+        self,
+        timeout: float | None = None,
+        progress: Callable[[dict], None] | None = None,
+        every_s: float = 10.0,
+    ) -> dict:
         """Wait until every submitted checkpoint is scored or recorded as failed (or `timeout`
-        seconds pass: then `stats()` says how many are running and queued)."""
+        seconds pass: then `stats()` says how many are running and queued). `progress`, if
+        given, gets `stats()` as the drain starts and then every `every_s` seconds until it ends,
+        so a long catch-up is never silent."""
         # Imported here: this module loads in every actor before it lowers its priority.
         from sweep.checkpoints import local_size
 
+        if not every_s > 0:
+            raise ValueError(f"every_s must be a positive number of seconds, got {every_s}")
         deadline = None if timeout is None else time.monotonic() + timeout
         self._slots = self._drain_slots  # nothing else to leave the CPUs to
         # Largest first, so the slots finish together rather than one scoring a big checkpoint
         # alone at the end (sizes are looked up here, not in `submit`, which must never wait on
         # storage; checkpoints in an object store keep the order they landed in).
         self._queue = deque(sorted(self._queue, key=lambda job: -local_size(job.source)))
+        report = time.monotonic() if progress else None
         try:
             self._hand_out()
             while self._running:
-                remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
-                ready, _ = ray.wait(list(self._running), num_returns=1, timeout=remaining)
-                if not ready:
+                now = time.monotonic()
+                if report is not None and now >= report:
+                    progress(self.stats())
+                    report = now + every_s
+                until = min((t for t in (deadline, report) if t is not None), default=None)
+                ready, _ = ray.wait(list(self._running), num_returns=1,
+                                    timeout=None if until is None else max(0.0, until - now))
+                if ready:
+                    self._finish(ready[0])
+                    self._hand_out()
+                elif deadline is not None and time.monotonic() >= deadline:
                     break
-                self._finish(ready[0])
-                self._hand_out()
         finally:
             self._slots = 1
         return self.stats()

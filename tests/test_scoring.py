@@ -424,6 +424,7 @@ def test_pool_scores_like_the_scorer_and_replaces_a_killed_actor(tmp_path, ray_s
 
 @pytest.mark.ray
 def test_pool_scores_one_checkpoint_at_a_time_until_it_drains_then_one_per_cpu(tmp_path, ray_session):
+    from sweep.callbacks import drain_line
     from sweep.scoring_actors import ScoringPool
 
     # The last checkpoint to land is the largest: the drain hands it out before the smaller one.
@@ -441,7 +442,18 @@ def test_pool_scores_one_checkpoint_at_a_time_until_it_drains_then_one_per_cpu(t
     stats = pool.drain(timeout=0)  # training is over: the actor takes a second checkpoint at once
     assert (stats["running"] + stats["done"], stats["queued"]) == (2, 1)
     assert [job.source for job in pool._queue] == [sources[1]]
-    assert pool.drain(timeout=120)["done"] == 3
+    with pytest.raises(ValueError, match="every_s must be a positive"):
+        pool.drain(progress=print, every_s=0)
+    reports = []
+    assert pool.drain(timeout=120, progress=reports.append, every_s=0.05)["done"] == 3
+    # Progress as the drain starts, with the work still to do, then while it runs.
+    assert reports[0]["running"] + reports[0]["queued"] >= 1 and reports[0]["submitted"] == 3
+    done = [r["done"] for r in reports]
+    assert len(reports) >= 2 and done == sorted(done) and done[0] < 3
+    assert drain_line(reports[0], 3.4) == (
+        f"[sweep] scoring: {done[0]} of 3 checkpoint(s) done (0 failed), {reports[0]['running']} running, "
+        f"{reports[0]['queued']} waiting | 3s"
+    )
     got, expected = TableWriter(tables), TableWriter(reference)
     columns = ["network_id", "split", "metric"]
     pd.testing.assert_frame_equal(got.read("scores").sort_values(columns, ignore_index=True),
