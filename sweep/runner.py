@@ -194,9 +194,9 @@ def run(plan: SweepPlan, *, score: bool = True, max_failures: int = 2, extra_con
     return tuner.fit()
 
 
-def score(plan: SweepPlan, settings, *, rescore: bool = False, progress_stream=None) -> dict:
+def score(plan: SweepPlan, settings, *, rescore: bool = False) -> dict:
     """Score the sweep's checkpoints that have no scores yet (all of them with `rescore`),
-    printing progress to `progress_stream` (stdout) every 10 s."""
+    printing progress every 10 s."""
     from ray import tune
 
     from sweep.callbacks import drain_printer
@@ -208,7 +208,7 @@ def score(plan: SweepPlan, settings, *, rescore: bool = False, progress_stream=N
     pool = ScoringPool(**scoring_pool_kwargs(plan, settings))
     for _, uri in todo:
         pool.submit(tune.Checkpoint(uri))
-    stats = pool.drain(progress=drain_printer(progress_stream))
+    stats = pool.drain(progress=drain_printer())
     pool.shutdown()
     return {"checkpoints": len(found), "scored": len(todo), **stats}
 
