@@ -19,6 +19,7 @@ NETWORK_COLUMNS: dict[str, str] = {
     "full_batch": "bool",
     "seed": "int64",
     "init": "category",
+    "precision": "category",
     "param_count": "int64",
     "status": "category",
     "steps": "int64",

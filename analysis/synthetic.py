@@ -83,6 +83,7 @@ def synthetic_networks(spec: SyntheticSweep, rng: np.random.Generator) -> pd.Dat
     df["learning_rate"] = 0.01
     df["batch_size"] = np.where(df["full_batch"], df["train_size"], 128)
     df["init"] = "he_normal"
+    df["precision"] = "fp32"
     d = df["dataset"].map(INPUT_SIZE)
     w, depth = df["width"], df["depth"]
     df["param_count"] = d * w + w + (depth - 1) * (w * w + w) + w * 10 + 10

@@ -88,7 +88,8 @@ def sweep_timer(source: str, storage: str):
 
     from sweep import runner
     from sweep.cli import _spec_text
-    from sweep.spec import expand, limit_networks, load_spec
+    from sweep.planner import expand
+    from sweep.spec import limit_networks, load_spec
 
     spec = load_spec(source)
     bundles = expand(spec)

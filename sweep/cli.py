@@ -39,6 +39,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--name", help="sweep name (default: <spec name>-<date>-<time>)")
     run.add_argument("--address", help="Ray cluster to join, e.g. `auto` after `ray start` (default: a local Ray)")
     run.add_argument("--max-networks", type=int, help="train only the first N networks of the grid")
+    run.add_argument("--gpu-memory", type=float, metavar="GIB",
+                     help="memory of the cluster's cards, for sizing bundles (default: resources.gpu_memory_gib, "
+                          "else this machine's card)")
     run.add_argument("--dry-run", action="store_true", help="print the expanded plan and exit")
     run.add_argument("--no-score", action="store_true", help="train only; score later with `sweep score`")
     run.add_argument("--no-report", action="store_true", help="skip the report at the end")
@@ -73,10 +76,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_presets(args) -> int:
-    from sweep.spec import list_presets
+    from sweep import costs, planner
+    from sweep.spec import list_presets, load_spec
 
+    reference = costs.reference_gpu()
     for name, description in list_presets():
+        spec = load_spec(name)
+        card = planner.card_for(spec, assume=True)
+        bundles = planner.expand(spec, card)
+        per_card = planner.trials_per_card(planner.gpu_shares(spec, bundles, card)) if card else {}
+        cost = costs.project(bundles, spec.budget, spec.scoring, reference, per_card, spec.checkpoints.every_epochs)
         print(f"{name:20s} {description}")
+        print(f"{'':20s} {len(bundles)} bundles; projected {costs.hours(cost.total_s)} on one {reference.name} "
+              f"({costs.hours(cost.total_budget_s)} if every network runs its budget); `sweep run {name} --dry-run` "
+              "shows how")
     return 0
 
 
@@ -91,38 +104,51 @@ def _spec_text(source: str) -> tuple[str, str]:
 
 
 def prepare(args):
-    """Validate everything the user gave before any Ray process starts."""
-    from sweep import runner
+    """Validate everything the user gave before any Ray process starts. A dry run plans on a
+    machine without the data or the GPUs too, and says what a real run would refuse."""
+    from sweep import planner, runner
     from sweep.data import DataError, check_available
-    from sweep.spec import SpecError, expand, limit_networks, load_spec
+    from sweep.spec import SpecError, limit_networks, load_spec
 
+    if args.gpu_memory is not None and not args.gpu_memory > 0:
+        raise UsageError(f"--gpu-memory must be a positive number of GiB, got {args.gpu_memory}")
+    if args.max_networks is not None and args.max_networks < 1:
+        raise UsageError(f"--max-networks must be at least 1, got {args.max_networks}")
+    problems = []
     try:
         spec = load_spec(args.source)
-        bundles = expand(spec)
+        if spec.resources.uses_gpus and not args.address and planner.local_card() is None:
+            problems.append(
+                f"the spec asks for GPUs (resources.gpus_per_trial: {spec.resources.gpus_per_trial}) but this "
+                "machine has none; set it to 0 or pass --address of a cluster with GPUs")
+            if not args.dry_run:
+                raise UsageError(problems[0])
+        card = planner.card_for(spec, args.gpu_memory, assume=args.dry_run)
+        if spec.resources.uses_gpus and card is None:
+            raise SpecError(
+                "the spec asks for GPUs but their memory is unknown (no card on this machine): set "
+                "resources.gpu_memory_gib in the spec or pass --gpu-memory GIB (e.g. 24 for an A10G, 80 for an "
+                "A100 80GB or H100, 141 for an H200)")
+        bundles = planner.expand(spec, card)
+        if args.max_networks is not None:
+            bundles = limit_networks(bundles, args.max_networks)
+        shares = planner.gpu_shares(spec, bundles, card)
+        scoring_share = planner.scoring_share(spec, bundles, card)
     except (SpecError, FileNotFoundError) as exc:
         raise UsageError(str(exc)) from None
-    if args.max_networks is not None:
-        if args.max_networks < 1:
-            raise UsageError(f"--max-networks must be at least 1, got {args.max_networks}")
-        bundles = limit_networks(bundles, args.max_networks)
-    try:
-        for data_spec in {m.dataset for b in bundles for m in b.members}:
+    for data_spec in sorted({m.dataset for b in bundles for m in b.members}, key=str):
+        try:
             check_available(data_spec)
-    except DataError as exc:
-        raise UsageError(str(exc)) from None
-    if spec.resources.gpus_per_trial > 0 and not args.address:
-        import torch
-
-        if not torch.cuda.is_available():
-            raise UsageError(
-                f"the spec asks for {spec.resources.gpus_per_trial} GPU(s) per trial (resources.gpus_per_trial) "
-                "but this machine has none; set it to 0 or pass --address of a cluster with GPUs"
-            )
+        except DataError as exc:
+            problems.append(str(exc))
+    if problems and not args.dry_run:
+        raise UsageError("\n".join(problems))
     storage = runner.resolve_storage(args.storage or spec.storage)
     name = args.name or f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     text, suffix = _spec_text(args.source)
-    return runner.make_plan(spec, bundles, name=name, storage=storage, spec_source=args.source,
-                            spec_text=text, spec_suffix=suffix), spec, bundles
+    plan = runner.make_plan(spec, bundles, name=name, storage=storage, spec_source=args.source, spec_text=text,
+                            spec_suffix=suffix, gpu_shares=shares, scoring_share=scoring_share)
+    return plan, spec, bundles, card, problems
 
 
 def start_ray(address: str | None) -> None:
@@ -182,11 +208,13 @@ def check_reachable(address: str) -> None:
 
 def cmd_run(args) -> int:
     from sweep import runner
-    from sweep.spec import plan_summary
+    from sweep.planner import plan_summary
 
-    plan, spec, bundles = prepare(args)
+    plan, spec, bundles, card, problems = prepare(args)
     if args.dry_run:
-        print(plan_summary(spec, bundles))
+        print(plan_summary(spec, bundles, card, cpus=os.cpu_count()))
+        for problem in problems:
+            print(f"sweep: warning: a real run would stop here: {problem}", file=sys.stderr)
         return 0
     try:
         runner.ensure_writable(plan.storage)

@@ -14,10 +14,17 @@ trajectory as `build_network` + the torch.optim optimizer fed the same batches.
 
 Members never interact: every op is per member (bmm, per-member mean losses summed, so each
 member's gradient is its own), so a diverging member cannot disturb the others.
+
+Precision (`NetworkConfig.precision`) applies to the training steps only: `fp32` runs true
+float32 matmuls, `tf32` allows TF32 tensor-core matmuls (CUDA; elsewhere the same as fp32),
+`bf16` runs the forward and backward matmuls under bfloat16 autocast with float32 weights,
+gradients and optimizer state. Stopping checks, the `networks` rows and scoring always run in
+true float32.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 
@@ -36,6 +43,24 @@ EPS = 1e-8
 _SLOTS = {"sgd": (), "momentum": ("momentum_buffer",), "adam": ("exp_avg", "exp_avg_sq"),
           "rmsprop": ("square_avg",)}
 STATE_FORMAT = 1
+
+
+@contextlib.contextmanager
+def matmul_precision(precision: str):
+    """TF32 matmuls (CUDA) for a `tf32` step, true float32 for the others."""
+    matmul = torch.backends.cuda.matmul
+    before = matmul.allow_tf32
+    matmul.allow_tf32 = precision == "tf32"
+    try:
+        yield
+    finally:
+        matmul.allow_tf32 = before
+
+
+def autocast(precision: str, device: torch.device):
+    """bfloat16 autocast for a `bf16` step's forward pass and loss (the backward pass follows the
+    forward's types; autocast is entered anew each step, since it caches its weight casts)."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
 
 
 def epoch_order(config: NetworkConfig, epoch: int, n: int) -> torch.Tensor:
@@ -209,10 +234,12 @@ class PopulationTrainer:
             x = self._batch_inputs(idx, aug, start, stop)
             y = self._live_labels.gather(1, idx)
             views = self._views(self._params)
-            logits = self._forward(views, x)
-            losses = F.cross_entropy(logits.flatten(0, 1), y.reshape(-1),
-                                     reduction="none").view(m, -1).mean(1)
-            grads = torch.autograd.grad(losses.sum(), views)
+            with matmul_precision(self.bundle.precision):
+                with autocast(self.bundle.precision, self.device):
+                    logits = self._forward(views, x)
+                    losses = F.cross_entropy(logits.flatten(0, 1), y.reshape(-1),
+                                             reduction="none").view(m, -1).mean(1)
+                grads = torch.autograd.grad(losses.sum(), views)
             self._update(self._flatten(grads))
             epoch_loss += losses.detach()
             self.steps += 1

@@ -9,7 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sweep import storage
-from sweep.spec import BundleConfig, SweepSpec, estimate_bundle_work
+from sweep.planner import estimate_bundle_work
+from sweep.spec import BundleConfig, SweepSpec
 
 SWEEP_FILE = "sweep.json"
 
@@ -39,6 +40,9 @@ class SweepPlan:
     budget: dict
     resources: dict
     scoring: dict
+    # bundle_id -> the trial's share of one card (sweep.planner); empty in sweeps planned before
+    # shares were per bundle, whose trials take resources["gpus_per_trial"]
+    gpu_shares: dict = dataclasses.field(default_factory=dict)
 
     @property
     def sweep_dir(self) -> str:
@@ -96,11 +100,18 @@ def load_plan(sweep_dir: str) -> SweepPlan:
 
 
 def make_plan(spec: SweepSpec, bundles: list[BundleConfig], *, name: str, storage: str,
-              spec_source: str, spec_text: str, spec_suffix: str) -> SweepPlan:
+              spec_source: str, spec_text: str, spec_suffix: str, gpu_shares: dict[str, float] | None = None,
+              scoring_share: float | None = None) -> SweepPlan:
     """The plan of a run. Trials start in the plan's bundle order, so the costliest bundles go
     first: the trial slots then finish close together, and the checkpoints that take longest
-    to score are scored while cheaper bundles still train, not after the last one ends."""
+    to score are scored while cheaper bundles still train, not after the last one ends.
+    `gpu_shares` and `scoring_share` are the planner's (sweep.planner); CPU sweeps need neither."""
     bundles = sorted(bundles, key=lambda b: -estimate_bundle_work(b, spec.budget))
+    resources = dataclasses.asdict(spec.resources)
+    shares = gpu_shares or {b.bundle_id: float(resources["gpus_per_trial"]) for b in bundles}
+    resources["gpus_per_trial"] = max(shares.values(), default=0.0)  # what the trials ask for at most
+    resources["gpus_per_scoring_actor"] = float(
+        resources["gpus_per_scoring_actor"] if scoring_share is None else scoring_share)
     return SweepPlan(
         name=name,
         storage=storage,
@@ -110,8 +121,9 @@ def make_plan(spec: SweepSpec, bundles: list[BundleConfig], *, name: str, storag
         bundles=tuple(b.to_dict() for b in bundles),
         checkpoint_every_epochs=spec.checkpoints.every_epochs,
         budget=dataclasses.asdict(spec.budget),
-        resources=dataclasses.asdict(spec.resources),
+        resources=resources,
         scoring=dataclasses.asdict(spec.scoring),
+        gpu_shares={b.bundle_id: shares[b.bundle_id] for b in bundles},
     )
 
 
@@ -135,15 +147,26 @@ def _trial_dirname(trial) -> str:
     return f"bundle-{trial.config['bundle']['bundle_id']}"
 
 
+def trial_resources(plan: SweepPlan):
+    """config -> the trial's resources: its CPUs and its bundle's share of a card (Ray never lets
+    the shares on one card pass 1, so the planner's shares keep each card within its memory)."""
+    from ray import tune
+
+    cpus, shares, default = plan.resources["cpus_per_trial"], dict(plan.gpu_shares), plan.resources["gpus_per_trial"]
+
+    def resources(config: dict):
+        gpus = shares.get(config["bundle"]["bundle_id"], default)
+        return tune.PlacementGroupFactory([{"CPU": cpus, "GPU": gpus}])
+
+    return resources
+
+
 def _trainable(plan: SweepPlan):
     from ray import tune
 
     from sweep.trainable import train_bundle
 
-    return tune.with_resources(
-        train_bundle,
-        {"cpu": plan.resources["cpus_per_trial"], "gpu": plan.resources["gpus_per_trial"]},
-    )
+    return tune.with_resources(train_bundle, trial_resources(plan))
 
 
 def _run_config(plan: SweepPlan, *, score: bool, max_failures: int, progress_stream=None):

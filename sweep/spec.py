@@ -1,4 +1,4 @@
-"""Sweep specs: a validated schema, presets, and the expansion grid → networks → bundles.
+"""Sweep specs: a validated schema, presets, and the grid's networks (bundled by `sweep.planner`).
 
 A spec is a YAML or TOML file (or a preset name). Parsing is strict: an unknown key, a wrong
 type, an empty grid list or an out-of-range number raises `SpecError` naming the key path, so the
@@ -53,6 +53,8 @@ DATASETS: dict[str, DatasetInfo] = {
 ACTIVATIONS = ("relu", "leaky_relu", "hard_tanh", "relu6", "tanh", "sigmoid")
 OPTIMIZERS = ("sgd", "momentum", "adam", "rmsprop")
 INITS = ("torch_default", "he_normal", "lecun_normal", "glorot_uniform")
+PRECISIONS = ("fp32", "tf32", "bf16")
+AUTO = "auto"
 METRICS = (
     "jacobian_softmax", "jacobian_logits", "transitions", "param_count", "weight_norm_sq",
     "spectral_product", "path_norm", "margin", "loss", "accuracy",
@@ -87,10 +89,14 @@ class NetworkConfig:
     augmentation: bool
     seed: int
     init: str
+    precision: str = "fp32"  # training arithmetic (`training.precision`); scoring is always exact
 
     @property
     def network_id(self) -> str:
-        return _digest({**self.to_dict(), "dataset": self.dataset.identity()})
+        identity = {**self.to_dict(), "dataset": self.dataset.identity()}
+        if self.precision == "fp32":  # ids of sweeps from before the option stay what they were
+            del identity["precision"]
+        return _digest(identity)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -133,11 +139,12 @@ class NetworkConfig:
             "full_batch": self.batch_size is None,
             "seed": self.seed,
             "init": self.init,
+            "precision": self.precision,
         }
 
 
 SHARED_IN_BUNDLE = ("dataset", "width", "depth", "activation", "optimizer", "batch_size",
-                    "augmentation")
+                    "augmentation", "precision")
 
 
 @dataclass(frozen=True)
@@ -196,6 +203,10 @@ class BundleConfig:
     def augmentation(self) -> bool:
         return self.members[0].augmentation
 
+    @property
+    def precision(self) -> str:
+        return self.members[0].precision
+
     def to_dict(self) -> dict:
         # bundle_id is derived, carried along for trial names and readers of meta.json
         return {"bundle_id": self.bundle_id, "members": [m.to_dict() for m in self.members]}
@@ -237,6 +248,13 @@ class Budget:
 
 
 @dataclass(frozen=True)
+class TrainingSpec:
+    # fp32: true float32 matmuls; tf32: TF32 tensor-core matmuls on GPUs that have them (float32
+    # elsewhere); bf16: bfloat16 autocast for the matmuls, float32 weights and optimizer state.
+    precision: str = "fp32"
+
+
+@dataclass(frozen=True)
 class CheckpointSpec:
     every_epochs: int | None = None  # besides `init` and `end`
 
@@ -259,15 +277,23 @@ class ScoringSpec:
 
 @dataclass(frozen=True)
 class Resources:
-    bundle_size: int = 16  # most networks per bundle (trial)
+    # Most networks per bundle (trial), or "auto": sized to the card on GPUs (sweep.planner),
+    # CPU_BUNDLE_SIZE on CPUs.
+    bundle_size: int | str = AUTO
     cpus_per_trial: float = 1.0
-    gpus_per_trial: float = 0.0
+    # A share of one card, or "auto": each bundle's share of the card's memory (sweep.planner).
+    gpus_per_trial: float | str = 0.0
     scoring_actors: int = 1
     # Scoring comes in bursts at checkpoints: by default it shares the trials' cores rather than
     # reserving one that would idle in between (and hold back a trial on a small machine).
     cpus_per_scoring_actor: float = 0.0
-    gpus_per_scoring_actor: float = 0.0
+    gpus_per_scoring_actor: float | str = 0.0
     max_concurrent_trials: int | None = None  # None = as many as resources allow
+    gpu_memory_gib: float | None = None  # the cards' memory; None = the local card's
+
+    @property
+    def uses_gpus(self) -> bool:
+        return self.gpus_per_trial == AUTO or self.gpus_per_trial > 0
 
 
 @dataclass(frozen=True)
@@ -278,6 +304,7 @@ class SweepSpec:
     budget: Budget
     checkpoints: CheckpointSpec = field(default_factory=CheckpointSpec)
     scoring: ScoringSpec = field(default_factory=ScoringSpec)
+    training: TrainingSpec = field(default_factory=TrainingSpec)
     storage: str | None = None  # local path, shared file system, s3:// or gs://
     resources: Resources = field(default_factory=Resources)
     description: str = ""
@@ -357,6 +384,18 @@ def _mapping(path: str, value: Any, parsers: dict[str, Callable[[str, Any], Any]
     if missing:
         raise SpecError(f"{prefix}{missing[0]}: required key is missing")
     return {k: parsers[k](f"{prefix}{k}", v) for k, v in value.items()}
+
+
+def _or_auto(parse: Callable[[str, Any], Any]) -> Callable[[str, Any], Any]:
+    return lambda path, value: AUTO if value == AUTO else parse(path, value)
+
+
+def _gpu_share(path: str, value: Any) -> float:
+    """A share of one card (0 = none) or a whole number of cards."""
+    share = _float(path, value, 0.0, low_open=False)
+    if share > 1 and share != int(share):
+        raise _fail(path, "a share of one card (at most 1) or a whole number of cards", value)
+    return share
 
 
 def _batch_size(path: str, value: Any) -> int | None:
@@ -450,14 +489,16 @@ _scoring = _section(ScoringSpec, {
     "slices": _bool, "slice_count": _int, "slice_grid": lambda p, v: _int(p, v, minimum=2),
     "slice_layers": lambda p, v: _choice(p, v, ("last", "all")),
 })
+_training = _section(TrainingSpec, {"precision": lambda p, v: _choice(p, v, PRECISIONS)})
 _resources = _section(Resources, {
-    "bundle_size": _int,
+    "bundle_size": _or_auto(_int),
     "cpus_per_trial": lambda p, v: _float(p, v, 0.0, low_open=False),
-    "gpus_per_trial": lambda p, v: _float(p, v, 0.0, low_open=False),
+    "gpus_per_trial": _or_auto(_gpu_share),
     "scoring_actors": lambda p, v: _int(p, v, minimum=0),
     "cpus_per_scoring_actor": lambda p, v: _float(p, v, 0.0, low_open=False),
-    "gpus_per_scoring_actor": lambda p, v: _float(p, v, 0.0, low_open=False),
+    "gpus_per_scoring_actor": _or_auto(_gpu_share),
     "max_concurrent_trials": _optional(_int),
+    "gpu_memory_gib": _optional(_float),
 })
 
 
@@ -467,8 +508,13 @@ def parse_spec(raw: Any) -> SweepSpec:
         "name": _str, "description": _str,
         "datasets": lambda p, v: _list(p, v, _dataset),
         "grid": _grid, "budget": _budget, "checkpoints": _checkpoints,
-        "scoring": _scoring, "storage": _optional(_str), "resources": _resources,
+        "scoring": _scoring, "training": _training, "storage": _optional(_str),
+        "resources": _resources,
     }, required=("name", "datasets", "grid", "budget"))
+    resources = parsed.get("resources", Resources())
+    if resources.gpus_per_scoring_actor == AUTO and not resources.uses_gpus:
+        raise SpecError("resources.gpus_per_scoring_actor: auto sizes the actor to the trials' cards; "
+                        "give resources.gpus_per_trial too (auto or a share), or a number here")
     total = parsed["grid"].size() * len(parsed["datasets"])
     if total > MAX_NETWORKS:
         raise SpecError(f"grid: {total:,} networks exceeds the limit of {MAX_NETWORKS:,} per sweep; "
@@ -533,26 +579,8 @@ def networks(spec: SweepSpec) -> list[NetworkConfig]:
             g.random_label_fractions, g.augmentation, g.inits):
         for lr, seed in itertools.product(lrs, g.seeds):
             out.append(NetworkConfig(data, width, depth, act, opt, lr, batch, rlf, aug, seed,
-                                     init))
+                                     init, spec.training.precision))
     return out
-
-
-def expand(spec: SweepSpec) -> list[BundleConfig]:
-    """The grid → networks → bundles of at most `resources.bundle_size` same-shape networks.
-
-    Networks that share data, shape, activation, optimizer, batch size and augmentation form a
-    group; a group splits into the fewest bundles that respect the size limit, sized evenly.
-    """
-    groups: dict[tuple, list[NetworkConfig]] = {}
-    for net in networks(spec):
-        groups.setdefault(tuple(getattr(net, k) for k in SHARED_IN_BUNDLE), []).append(net)
-    limit = spec.resources.bundle_size
-    bundles = []
-    for members in groups.values():
-        count = math.ceil(len(members) / limit)
-        for part in np.array_split(np.arange(len(members)), count):
-            bundles.append(BundleConfig(tuple(members[i] for i in part)))
-    return bundles
 
 
 def limit_networks(bundles: list[BundleConfig], count: int) -> list[BundleConfig]:
@@ -573,78 +601,3 @@ def layer_sizes(net: NetworkConfig, input_dim: int, num_classes: int) -> list[in
 def param_count(net: NetworkConfig, input_dim: int, num_classes: int) -> int:
     sizes = layer_sizes(net, input_dim, num_classes)
     return sum((a + 1) * b for a, b in zip(sizes[:-1], sizes[1:]))
-
-
-_OPTIMIZER_SLOTS = {"sgd": 0, "momentum": 1, "adam": 2, "rmsprop": 1}
-
-
-def estimate_bundle_bytes(bundle: BundleConfig) -> int | None:
-    """Rough device memory of a training bundle; None when the data set's size is unknown.
-
-    Parameters, gradients and optimizer slots; one step's activations (forward and backward);
-    the data set; per-member labels and epoch orders.
-    """
-    info = DATASETS[bundle.dataset.name]
-    if info.input_dim is None:
-        return None
-    n = bundle.dataset.train_size or info.train_size
-    n_test = bundle.dataset.test_size or info.test_size
-    m = len(bundle.members)
-    batch = min(bundle.batch_size or n, n)
-    params = param_count(bundle.members[0], info.input_dim, info.num_classes)
-    sizes = layer_sizes(bundle.members[0], info.input_dim, info.num_classes)
-    floats = (m * params * (2 + _OPTIMIZER_SLOTS[bundle.optimizer])
-              + 3 * m * batch * sum(sizes)
-              + (n + n_test) * info.input_dim)
-    return 4 * floats + 16 * m * n
-
-
-def estimate_bundle_work(bundle: BundleConfig, budget: Budget) -> float:
-    """Relative cost of training a bundle to its budget (members × multiply-adds per example ×
-    examples), for ordering bundles; an image folder's unknown sizes are taken as the width."""
-    info = DATASETS[bundle.dataset.name]
-    net = bundle.members[0]
-    n = bundle.dataset.train_size or info.train_size or net.width
-    examples = budget.max_epochs * n
-    if budget.max_steps:
-        examples = min(examples, budget.max_steps * min(bundle.batch_size or n, n))
-    return len(bundle.members) * param_count(net, info.input_dim or net.width, info.num_classes or 1) * examples
-
-
-def _mib(nbytes: int | None) -> str:
-    return "unknown (image_folder)" if nbytes is None else f"{nbytes / 2**20:,.1f} MiB"
-
-
-def plan_summary(spec: SweepSpec, bundles: list[BundleConfig]) -> str:
-    """Text for `sweep run --dry-run`: networks, bundles, members per bundle, memory."""
-    total = sum(len(b.members) for b in bundles)
-    lines = [
-        f"sweep {spec.name}: {total} networks in {len(bundles)} bundles "
-        f"(at most {spec.resources.bundle_size} per bundle)",
-        f"data: {', '.join(d.name for d in spec.datasets)}; budget: {spec.budget.max_epochs} "
-        f"epochs" + (f" / {spec.budget.max_steps} steps" if spec.budget.max_steps else "")
-        + (", stop at 100% train accuracy" if spec.budget.stop_at_full_train_acc else ""),
-        f"resources per trial: {spec.resources.cpus_per_trial:g} CPU, "
-        f"{spec.resources.gpus_per_trial:g} GPU; scoring actors: {spec.resources.scoring_actors}",
-        "",
-        f"{'data set':<14}{'shape':<22}{'activation':<12}{'optimizer':<10}{'batch':>6}"
-        f"{'aug':>5}{'bundles':>9}{'members':>9}{'memory/bundle':>17}",
-    ]
-    shapes: dict[tuple, list[BundleConfig]] = {}
-    for b in bundles:
-        shapes.setdefault(tuple(getattr(b, k) for k in SHARED_IN_BUNDLE), []).append(b)
-    peak = 0
-    for group in shapes.values():
-        b = group[0]
-        dim = DATASETS[b.dataset.name].input_dim
-        shape = f"{dim or '?'}→{b.width}×{b.depth}"
-        sizes = sorted({len(x.members) for x in group})
-        members = "/".join(str(s) for s in sizes)
-        memory = max((estimate_bundle_bytes(x) or 0) for x in group) or None
-        peak = max(peak, memory or 0)
-        lines.append(f"{b.dataset.name:<14}{shape:<22}{b.activation:<12}{b.optimizer:<10}"
-                     f"{b.batch_size or 'full':>6}{'yes' if b.augmentation else 'no':>5}"
-                     f"{len(group):>9}{members:>9}{_mib(memory):>17}")
-    lines += ["", f"largest bundle needs about {_mib(peak)} of device memory"]
-    return "\n".join(lines)
-

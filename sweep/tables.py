@@ -38,6 +38,7 @@ SCHEMAS: dict[str, pa.Schema] = {
             ("full_batch", pa.bool_()),
             ("seed", pa.int64()),
             ("init", CATEGORY),
+            ("precision", CATEGORY),
             ("param_count", pa.int64()),
             pa.field("status", CATEGORY, nullable=False),
             ("steps", pa.int64()),

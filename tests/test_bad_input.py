@@ -15,7 +15,8 @@ import pytest
 from specs import MINIMAL_SPEC as SPEC
 
 from sweep import runner
-from sweep.spec import expand, load_spec
+from sweep.planner import expand
+from sweep.spec import load_spec
 
 ROOT = Path(__file__).resolve().parents[1]
 # ray.init on such an address retries for minutes; the command must answer well within this.

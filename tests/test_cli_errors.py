@@ -43,7 +43,7 @@ CASES = {
     "label noise above 1": (GOOD.replace("depths: [1]", "depths: [1]\n  random_label_fractions: [1.5]"),
                             "random_label_fractions"),
     "zero bundle size": (GOOD + "resources:\n  bundle_size: 0\n", "resources.bundle_size"),
-    "GPUs on a machine without them": (GOOD + "resources:\n  gpus_per_trial: 1\n", "GPU"),
+    "GPUs on a machine without them": (GOOD + "resources:\n  gpus_per_trial: 1\n", "this machine has none"),
     "image_folder without a path": (GOOD.replace("datasets: [digits]", "datasets: [image_folder]"), "path"),
     "missing data set offline": (GOOD.replace("datasets: [digits]",
                                               "datasets: [{name: mnist, data_root: /nonexistent/data}]"),
@@ -51,14 +51,28 @@ CASES = {
 }
 
 
+# What the machine lacks stops a real run (before Ray starts) but not a dry run, which plans anyway.
+MACHINE_CASES = ("GPUs on a machine without them", "missing data set offline")
+
+
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_bad_spec_is_refused_with_a_message(case, tmp_path, capsys):
     source, expected = CASES[case]
-    argv = source if isinstance(source, list) else ["run", spec_file(tmp_path, source), "--dry-run"]
+    dry = [] if case in MACHINE_CASES else ["--dry-run"]
+    argv = source if isinstance(source, list) else ["run", spec_file(tmp_path, source), *dry]
     code, text = run_cli(capsys, *argv)
     assert code == 2, text
     assert expected.lower() in text.lower(), text
     assert "Traceback" not in text
+
+
+@pytest.mark.parametrize("case", MACHINE_CASES)
+def test_dry_run_plans_without_the_data_or_the_gpus_and_says_a_run_would_stop(case, tmp_path, capsys):
+    source, expected = CASES[case]
+    code, text = run_cli(capsys, "run", spec_file(tmp_path, source), "--dry-run")
+    assert code == 0, text
+    assert "1 networks" in text and "projected time" in text
+    assert "a real run would stop here" in text and expected.lower() in text.lower()
 
 
 def test_toml_spec_with_wrong_type(tmp_path, capsys):

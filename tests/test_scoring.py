@@ -475,7 +475,7 @@ def test_the_driver_of_a_scored_sweep_never_imports_torch():
     # The driver only hands checkpoints to the actors and reports what is scored; importing torch
     # there costs every `sweep run` and `sweep status` ~3 CPU-seconds.
     code = ("import sys\nfrom sweep import runner, status\nfrom sweep.callbacks import ScoringCallback\n"
-            "from sweep.scoring_actors import ScoringPool\nfrom sweep.spec import expand, load_spec\n"
+            "from sweep.scoring_actors import ScoringPool\nfrom sweep.planner import expand\nfrom sweep.spec import load_spec\n"
             "spec = load_spec('digits')\n"
             "plan = runner.make_plan(spec, expand(spec), name='x', storage='unused', spec_source='digits',\n"
             "                         spec_text='', spec_suffix='.yaml')\n"

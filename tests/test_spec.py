@@ -9,8 +9,9 @@ import sys
 import pytest
 import yaml
 
-from sweep.spec import (BundleConfig, NetworkConfig, SpecError, expand, limit_networks,
-                        list_presets, load_spec, networks, parse_spec, plan_summary)
+from sweep.planner import expand, plan_summary
+from sweep.spec import (BundleConfig, NetworkConfig, SpecError, limit_networks, list_presets, load_spec,
+                        networks, parse_spec)
 
 VALID = {
     "name": "small",
@@ -167,6 +168,20 @@ def test_ids_are_stable_and_ignore_where_data_lives():
 PINNED_FIRST_DIGITS_ID = "443905e18f17aa37"
 
 
+def test_training_precision_is_every_networks_and_part_of_its_id():
+    fp32 = networks(parse_spec(VALID))
+    bf16 = networks(parse_spec({**VALID, "training": {"precision": "bf16"}}))
+    assert {n.precision for n in fp32} == {"fp32"} and {n.precision for n in bf16} == {"bf16"}
+    assert {n.row()["precision"] for n in bf16} == {"bf16"}
+    # A bf16 network is another network (its results differ); fp32 ids are those of sweeps from
+    # before the option (pinned above), and a meta.json written then (no key) reads as fp32.
+    assert not {n.network_id for n in fp32} & {n.network_id for n in bf16}
+    old = {k: v for k, v in fp32[0].to_dict().items() if k != "precision"}
+    assert NetworkConfig.from_dict(old) == fp32[0]
+    with pytest.raises(SpecError, match=r"training.precision: unknown value 'fp16'; choose one of fp32, tf32, bf16"):
+        parse_spec({**VALID, "training": {"precision": "fp16"}})
+
+
 def test_bundle_round_trips_through_json():
     bundle = expand(load_spec("digits"))[0]
     again = BundleConfig.from_dict(json.loads(json.dumps(bundle.to_dict())))
@@ -207,7 +222,7 @@ def test_row_has_the_hyperparameter_columns():
     row = networks(parse_spec(VALID))[0].row()
     assert set(row) == {"network_id", "dataset", "train_size", "random_label_fraction",
                         "augmentation", "width", "depth", "activation", "optimizer",
-                        "learning_rate", "batch_size", "full_batch", "seed", "init"}
+                        "learning_rate", "batch_size", "full_batch", "seed", "init", "precision"}
     assert row["dataset"] == "digits" and row["full_batch"] is False
 
 

@@ -167,7 +167,8 @@ def test_report_and_loader(sweep_dir):
 
 def test_failed_trial_resumes_exactly(ray_session, tmp_path):
     """A trial that fails after a checkpoint and is retried ends identical to an uninterrupted one."""
-    from sweep.spec import expand, load_spec
+    from sweep.planner import expand
+    from sweep.spec import load_spec
 
     spec_file = tmp_path / "tiny.yaml"
     spec_file.write_text(SPEC.replace("widths: [16, 24]", "widths: [16]").replace("seeds: [0, 1]", "seeds: [0]"))

@@ -1,0 +1,165 @@
+"""Calibrate the cost model (sweep.costs) on this device: prints an entry for sweep/calibration.json.
+
+    python bench/calibrate.py --device cuda                 # a card: fp32, tf32, bf16
+    python bench/calibrate.py --device cpu --threads 1      # one CPU thread, as a CPU trial runs
+    python bench/calibrate.py --device cpu --quick          # smoke run
+
+Training: `PopulationTrainer.train_epoch`, exactly as a trial runs it, on synthetic data for
+two shapes and two bundle sizes each; t = overhead + M·per_member + M·F / rate is fitted by
+non-negative least squares (relative errors) to the four (M, M·F, seconds per step) points, per
+precision (the fit's largest relative residual is printed: a poor fit means the model does not
+describe this device). Scoring:
+exact Jacobian norms and transition counts (k = 256) of a stacked population, FLOPs counted by
+`sweep.costs.point_flops`. The float32 matmul rate is measured in the same run. Needs torch and
+numpy only (no Ray).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from scipy.optimize import nnls
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import metrics_core as mc  # noqa: E402
+from sweep import costs  # noqa: E402
+from sweep.population import PopulationTrainer  # noqa: E402
+from sweep.spec import Budget, BundleConfig, DataSpec, NetworkConfig  # noqa: E402
+from training import BATCH, synthetic, sync  # noqa: E402
+
+# (data set name, image shape, width, depth), (bundle sizes) per device kind: on CPUs the
+# digits-sized nets CPU sweeps train (a CPU's rate depends on the shape more than a card's does)
+SHAPES = {"cuda": ((("mnist", (1, 28, 28), 256, 3), (16, 64)), (("cifar10", (3, 32, 32), 512, 4), (16, 64))),
+          "cpu": ((("digits", (1, 8, 8), 32, 1), (2, 16)), (("digits", (1, 8, 8), 128, 2), (2, 16)))}
+PRECISIONS = {"cuda": ("fp32", "tf32", "bf16"), "cpu": ("fp32",)}
+
+
+def matmul_tflops(device, seconds: float = 1.0) -> float:
+    n = 4096 if device.type == "cuda" else 1024
+    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+    torch.backends.cuda.matmul.allow_tf32 = False
+    a @ b
+    sync(device)
+    count, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        a @ b
+        count += 1
+        if device.type == "cuda" and count % 10:
+            continue
+        sync(device)
+    sync(device)
+    return 2 * n**3 * count / (time.perf_counter() - start) / 1e12
+
+
+def step_seconds(shape, members: int, precision: str, device, epochs: int, steps: int) -> tuple[int, float, float]:
+    """(M, M·F, seconds per population step) for one bundle."""
+    name, image_shape, width, depth = shape
+    data = synthetic(name, image_shape, steps, device)
+    configs = [NetworkConfig(DataSpec(name), width, depth, "relu", "momentum", 0.01, BATCH, 0.0, False, seed,
+                             "torch_default", precision) for seed in range(members)]
+    bundle = BundleConfig(tuple(configs))
+    trainer = PopulationTrainer(bundle, data, Budget(max_epochs=epochs + 1, stop_at_full_train_acc=False),
+                                device=device)
+    trainer.train_epoch()  # warm-up
+    sync(device)
+    start = time.perf_counter()
+    for _ in range(epochs):
+        trainer.train_epoch()
+    sync(device)
+    flops = costs.step_flops(BundleConfig((configs[0],)))
+    return members, members * flops, (time.perf_counter() - start) / (epochs * steps)
+
+
+def fit(points: list[tuple[int, float, float]]) -> tuple[float, float, float, float]:
+    """(overhead s, per-member s, FLOP/s, largest relative residual) of
+    t = overhead + M·per_member + M·F / rate, every coefficient ≥ 0 (relative least squares)."""
+    m, mf, t = np.array(points).T
+    design = np.stack([np.ones_like(t), m, mf], axis=1) / t[:, None]
+    (overhead, member, inverse_rate), _ = nnls(design, np.ones_like(t))
+    residual = np.max(np.abs(design @ [overhead, member, inverse_rate] - 1))
+    return overhead, member, 1 / inverse_rate, residual
+
+
+def scoring_tflops(device, points: int, seconds: float = 1.0) -> float:
+    sizes = [784, 256, 256, 256, 10] if device.type == "cuda" else [64, 128, 128, 10]
+    gen = torch.Generator().manual_seed(0)
+    weights = tuple(torch.randn(8, o, i, generator=gen).div(i**0.5).to(device) for i, o in zip(sizes[:-1], sizes[1:]))
+    biases = tuple(torch.zeros(8, o, device=device) for o in sizes[1:])
+    net = mc.MLP(weights, biases, mc.Activation("relu"))
+    x = torch.randn(points, sizes[0], generator=gen).to(device)
+    partners = torch.randn(points, 2, sizes[0], generator=gen).to(device)
+
+    def once():
+        mc.jacobian_norms(net, x, output="both")
+        mc.transition_counts(net, x, partners=partners, k=256)
+
+    once()
+    sync(device)
+    count, start = 0, time.perf_counter()
+    while count == 0 or time.perf_counter() - start < seconds:
+        once()
+        count += 1
+    sync(device)
+    flops = count * net.num_models * points * costs.point_flops(sizes, 256)
+    return flops / (time.perf_counter() - start) / 1e12
+
+
+def commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                              cwd=Path(__file__).parent, check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--threads", type=int, help="torch threads (CPU trials run with one per CPU)")
+    parser.add_argument("--quick", action="store_true", help="a smoke run: fewer steps")
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    kind = device.type
+    epochs, steps = (1, 3) if args.quick else ((3, 40) if kind == "cuda" else (2, 6))
+    name = torch.cuda.get_device_name(device) if kind == "cuda" else f"CPU, {torch.get_num_threads()} thread(s)"
+    peak = matmul_tflops(device, 0.3 if args.quick else 1.0)
+    print(f"device: {name}; torch {torch.__version__}; float32 matmul {peak:.3f} TFLOP/s", flush=True)
+    training = {}
+    for precision in PRECISIONS[kind]:
+        points = []
+        for shape, sizes in SHAPES[kind]:
+            for members in sizes:
+                _, mf, seconds = point = step_seconds(shape, members, precision, device, epochs, steps)
+                points.append(point)
+                print(f"  {precision} {shape[0]} {shape[2]}x{shape[3]} M={members}: {seconds * 1e3:.3f} ms/step, "
+                      f"{members / seconds:,.0f} model-steps/s, {mf / seconds / 1e12:.3f} TFLOP/s", flush=True)
+        overhead, member, rate, residual = fit(points)
+        print(f"  {precision}: overhead {overhead * 1e3:.3f} ms/step + {member * 1e3:.4f} ms per member, rate "
+              f"{rate / 1e12:.3f} TFLOP/s ({rate / 1e12 / peak:.0%} of matmul), largest residual {residual:.0%}",
+              flush=True)
+        training[precision] = {"step_overhead_ms": round(overhead * 1e3, 4), "member_ms": round(member * 1e3, 5),
+                               "tflops": round(rate / 1e12, 4)}
+    scoring = scoring_tflops(device, 64 if args.quick else (4096 if kind == "cuda" else 256))
+    print(f"  scoring (Jacobian norms + transitions, k = 256): {scoring:.3f} TFLOP/s", flush=True)
+    entry = {
+        "name": name, "kind": "gpu" if kind == "cuda" else "cpu",
+        "memory_gib": round(torch.cuda.get_device_properties(device).total_memory / 2**30, 1) if kind == "cuda" else None,
+        "matmul_tflops": round(peak, 4), "training": training, "scoring_tflops": round(scoring, 4),
+        "measured": f"{name}, torch {torch.__version__}, {time.strftime('%Y-%m-%d')}, commit {commit()}: "
+                    f"bench/calibrate.py --device {args.device}" + (f" --threads {args.threads}" if args.threads else ""),
+    }
+    print(json.dumps(entry, indent=1))
+
+
+if __name__ == "__main__":
+    main()

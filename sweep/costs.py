@@ -1,0 +1,271 @@
+"""What a sweep costs before it runs: training and scoring time from calibrated rates.
+
+A device's calibration (`sweep/calibration.json`, measured by `bench/calibrate.py`) holds, per
+training precision, the fixed cost of one population step (`step_overhead_ms`: kernel launches
+and the autograd graph, paid whatever the bundle's size), a cost per member and step beyond its
+arithmetic (`member_ms`: small kernels whose size follows M; 0 where not measured) and the rate
+of the arithmetic (`tflops`), fitted to measured steps, so a step of M members of F FLOPs each
+takes
+
+    t(M) = step_overhead + M · (member + F / rate),      F = 6 · batch · parameters
+
+(forward 2, backward 4 FLOPs per parameter and example). Scoring is FLOPs of the metrics at
+the spec's settings over `scoring_tflops`. Steps come from the budget (an upper bound) or from
+the convergence table (the mean measured epochs to 100% train accuracy for a data set, label
+noise and augmentation; networks with no measurement are counted at their budget).
+
+No torch and no Ray: `sweep run --dry-run` and `sweep presets` use it on any machine.
+
+    >>> from sweep.costs import calibration, step_seconds
+    >>> h200 = calibration("h200")
+    >>> round(step_seconds(h200, "fp32", members=64, flops_per_member=257e6) * 1e3, 2)  # ms
+    1.78
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+from dataclasses import dataclass
+from importlib import resources
+
+from sweep.spec import DATASETS, Budget, BundleConfig, NetworkConfig, ScoringSpec, layer_sizes, param_count
+
+CALIBRATION_FILE = "calibration.json"
+PROFILE_TAGS = ("init", "end")  # checkpoints that get trajectory profiles and slices
+
+
+@dataclass(frozen=True)
+class Rates:
+    step_overhead_s: float  # per population step, whatever its size
+    member_s: float  # per member and step beyond its arithmetic (small kernels that scale with M)
+    flops_per_s: float
+
+    def member_step_s(self, flops: float) -> float:
+        """One member's share of a step: its arithmetic and its per-member cost."""
+        return self.member_s + flops / self.flops_per_s
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """Measured rates of one device: a card, or one CPU thread (a trial's)."""
+
+    key: str
+    name: str
+    kind: str  # "gpu" or "cpu"
+    memory_gib: float | None
+    matmul_tflops: float  # float32 matmul rate measured in the same run
+    training: dict[str, Rates]  # precision -> rates
+    scoring_flops_per_s: float
+    measured: str  # card, date, commit and how
+
+
+@functools.lru_cache(maxsize=1)
+def _table() -> dict:
+    return json.loads((resources.files("sweep") / CALIBRATION_FILE).read_text())
+
+
+def calibration(key: str) -> Calibration:
+    entry = _table()["devices"][key]
+    return Calibration(
+        key=key,
+        name=entry["name"],
+        kind=entry["kind"],
+        memory_gib=entry.get("memory_gib"),
+        matmul_tflops=entry["matmul_tflops"],
+        training={p: Rates(r["step_overhead_ms"] / 1e3, r.get("member_ms", 0.0) / 1e3, r["tflops"] * 1e12)
+                  for p, r in entry["training"].items()},
+        scoring_flops_per_s=entry["scoring_tflops"] * 1e12,
+        measured=entry["measured"],
+    )
+
+
+def reference_gpu() -> Calibration:
+    return calibration(_table()["reference_gpu"])
+
+
+def reference_cpu() -> Calibration:
+    return calibration(_table()["reference_cpu"])
+
+
+def training_rates(cal: Calibration, precision: str) -> tuple[Rates, str]:
+    """The rates for `precision`, and a note when they are another precision's (not measured)."""
+    if precision in cal.training:
+        return cal.training[precision], ""
+    return cal.training["fp32"], f"{precision} not calibrated on {cal.name}: fp32 rates used"
+
+
+def step_seconds(cal: Calibration, precision: str, *, members: int, flops_per_member: float) -> float:
+    rates, _ = training_rates(cal, precision)
+    return rates.step_overhead_s + members * rates.member_step_s(flops_per_member)
+
+
+# ---- FLOPs ----------------------------------------------------------------------------------
+
+
+def _sizes(bundle: BundleConfig) -> list[int] | None:
+    info = DATASETS[bundle.dataset.name]
+    if info.input_dim is None:
+        return None
+    return layer_sizes(bundle.members[0], info.input_dim, info.num_classes)
+
+
+def train_size(net: NetworkConfig | BundleConfig) -> int | None:
+    return net.dataset.train_size or DATASETS[net.dataset.name].train_size
+
+
+def _batch(bundle: BundleConfig) -> int:
+    n = train_size(bundle) or 1
+    return min(bundle.batch_size or n, n)
+
+
+def step_flops(bundle: BundleConfig) -> float | None:
+    """FLOPs of one member's training step: 6 · batch · parameters."""
+    info, n = DATASETS[bundle.dataset.name], train_size(bundle)
+    if info.input_dim is None or n is None:
+        return None
+    batch = min(bundle.batch_size or n, n)
+    return 6.0 * batch * param_count(bundle.members[0], info.input_dim, info.num_classes)
+
+
+def point_flops(sizes: list[int], transitions_k: int | None) -> float:
+    """FLOPs of the exact Jacobian norms (and transitions along a k-point trajectory) at one point.
+
+    Jacobian: the forward pass, the backward chain (C rows through every layer above the first)
+    and the C×C Gram matrix against W₁W₁ᵀ (docs/performance.md). Transitions: k forward passes
+    above the first layer, whose crossings are solved in closed form.
+    """
+    c, hidden = sizes[-1], sizes[1:-1]
+    forward = 2.0 * sum(a * b for a, b in zip(sizes[:-1], sizes[1:]))
+    above_first = forward - 2.0 * sizes[0] * sizes[1]
+    chain = c * above_first
+    gram = 2.0 * c * sizes[1] * min(sizes[0], sizes[1]) + 2.0 * c * c * sizes[1]
+    flops = forward + chain + gram
+    if transitions_k and hidden:
+        flops += transitions_k * above_first
+    return flops
+
+
+def checkpoint_flops(bundle: BundleConfig, scoring: ScoringSpec, tag: str) -> float | None:
+    """FLOPs of scoring one checkpoint of `bundle` (every member) at the spec's settings."""
+    sizes = _sizes(bundle)
+    if sizes is None:
+        return None
+    metrics = set(scoring.metrics)
+    k = scoring.transitions_k if "transitions" in metrics else None
+    per_member = (scoring.points + scoring.train_points) * point_flops(sizes, k)
+    if tag in PROFILE_TAGS:
+        if scoring.trajectories:
+            per_member += 3 * scoring.ellipses_per_kind * scoring.transitions_k * point_flops(sizes, None)
+        if scoring.slices:
+            per_member += scoring.slice_count * scoring.slice_grid**2 * 2.0 * sum(
+                a * b for a, b in zip(sizes[1:-1], sizes[2:-1]))
+    return len(bundle.members) * per_member
+
+
+# ---- how long networks train ---------------------------------------------------------------
+
+
+def expected_epochs(net: NetworkConfig, budget: Budget) -> tuple[float, str]:
+    """Epochs a network is expected to train, and where that number comes from.
+
+    The mean measured epochs to 100% train accuracy of networks on the same data (name and
+    training-set size) with the same random-label fraction and augmentation (the convergence
+    table), when the budget stops there; else the budget.
+    """
+    limit = _budget_epochs(net, budget)
+    data = net.dataset
+    if budget.stop_at_full_train_acc:
+        for entry in _table()["convergence"]:
+            if (entry["dataset"], entry.get("train_size"), entry.get("random_label_fraction", 0.0),
+                    entry.get("augmentation", False)) == (data.name, data.train_size, net.random_label_fraction,
+                                                          net.augmentation):
+                return min(limit, entry["epochs"]), "measured"
+    return limit, "budget"
+
+
+def _budget_epochs(net: NetworkConfig, budget: Budget) -> float:
+    epochs = float(budget.max_epochs)
+    n = train_size(net)
+    if budget.max_steps is not None and n:
+        epochs = min(epochs, budget.max_steps / steps_per_epoch(net))
+    return epochs
+
+
+def steps_per_epoch(net: NetworkConfig) -> int:
+    n = train_size(net) or 0
+    return math.ceil(n / min(net.batch_size or n, n)) if n else 0
+
+
+# ---- a sweep's projection -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Projection:
+    """Device-seconds of a sweep on one calibrated device (a card, or one CPU per trial)."""
+
+    device: Calibration
+    training_s: float  # expected: measured convergence where known, else the budget
+    training_budget_s: float  # every network runs its full budget (the upper bound)
+    scoring_s: float
+    unknown_bundles: int  # image folders: sizes unknown before loading
+    notes: tuple[str, ...]
+
+    @property
+    def total_s(self) -> float:
+        return self.training_s + self.scoring_s
+
+    @property
+    def total_budget_s(self) -> float:
+        return self.training_budget_s + self.scoring_s
+
+
+def project(bundles: list[BundleConfig], budget: Budget, scoring: ScoringSpec, device: Calibration,
+            trials_per_device: dict[str, int], checkpoint_every_epochs: int | None = None) -> Projection:
+    """Training and scoring seconds of `bundles` on one `device`.
+
+    Bundles that share a card (`trials_per_device[bundle_id]` > 1) overlap their step overheads
+    but not their arithmetic: a step costs the card max(M·F/rate, t(M)/k). On a CPU each trial
+    has its own cores, so the seconds are CPU-seconds of one trial's thread.
+    """
+    training = training_budget = scoring_s = 0.0
+    unknown = 0
+    notes: set[str] = set()
+    for bundle in bundles:
+        flops = step_flops(bundle)
+        if flops is None:
+            unknown += 1
+            continue
+        rates, note = training_rates(device, bundle.precision)
+        if note:
+            notes.add(note)
+        shared = max(1, trials_per_device.get(bundle.bundle_id, 1)) if device.kind == "gpu" else 1
+        steps = steps_per_epoch(bundle.members[0])
+        member = rates.member_step_s(flops)
+        expected = [expected_epochs(m, budget)[0] for m in bundle.members]
+        full = [_budget_epochs(m, budget) for m in bundle.members]
+        # Each epoch ends with a forward pass over the training set (the stopping check).
+        check = 2.0 * flops / 6.0 * (train_size(bundle) or 0) / _batch(bundle) if budget.stop_at_full_train_acc else 0.0
+        for epochs, total in ((expected, "expected"), (full, "budget")):
+            # The bundle steps until its last member stops; each member computes until it does.
+            compute = sum(epochs) * (steps * member + check / rates.flops_per_s)
+            fixed = steps * max(epochs) * rates.step_overhead_s
+            seconds = max(compute, (compute + fixed) / shared)
+            if total == "expected":
+                training += seconds
+            else:
+                training_budget += seconds
+        tags = ["init", "end"]
+        if checkpoint_every_epochs:
+            tags += ["epoch"] * int(max(expected) // checkpoint_every_epochs)
+        scoring_s += sum(checkpoint_flops(bundle, scoring, tag) for tag in tags) / device.scoring_flops_per_s
+    return Projection(device, training, training_budget, scoring_s, unknown, tuple(sorted(notes)))
+
+
+def hours(seconds: float) -> str:
+    if seconds < 60:
+        return f"{seconds:.0f} s"
+    if seconds < 3600:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.1f} h"

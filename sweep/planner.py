@@ -1,0 +1,384 @@
+"""The plan of a sweep's trials: bundles sized to the device, each trial's share of a card, and
+what the sweep will cost.
+
+`expand(spec, card)` turns the grid into bundles. On CPUs (and with a fixed
+`resources.bundle_size`) a group of same-shape networks splits into the fewest bundles of at most
+that many members, sized evenly. With `bundle_size: auto` on GPUs a bundle holds as many members
+as keep the card busy (their arithmetic at least `BUSY` times the step's fixed cost, from the
+card's calibration in `sweep.costs`) and as fit in its memory.
+
+`gpu_shares(spec, bundles, card)` gives each trial its share of one card. Ray 2.60 places a
+fractional request on a single card and never lets the shares on a card add up past 1 (checked in
+tests/test_planner.py on a node Ray is told has 2 GPUs), so a share at least the bundle's share
+of the card's memory keeps every card within its memory, whatever shapes meet on it. A share is
+also at least 1/K, K the trials it takes to keep the card busy while each waits on its host.
+
+Nothing here imports torch or Ray: `sweep run --dry-run` shows the plan on any machine.
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+import subprocess
+from dataclasses import dataclass
+
+import numpy as np
+
+from sweep import costs
+from sweep.spec import (AUTO, DATASETS, SHARED_IN_BUNDLE, Budget, BundleConfig, NetworkConfig, SpecError,
+                        SweepSpec, layer_sizes, networks, param_count)
+
+CPU_BUNDLE_SIZE = 16  # `bundle_size: auto` on CPUs: what every CPU sweep used before auto
+BUSY = 4  # a bundle's arithmetic per step, in multiples of the step's fixed (host) cost
+MAX_TRIALS_PER_CARD = 16
+USABLE = 0.92  # of a card's memory: the rest is the allocator's slack and fragmentation
+CONTEXT_BYTES = 768 * 2**20  # the CUDA context and torch's kernels, per process
+EVAL_BYTES = 2 * 32 * 2**20  # train-accuracy chunks (metrics_core's CPU chunk budget, 2 buffers)
+SCORING_CHUNK_BYTES = 4 * 512 * 2**20  # the metric core's GPU chunks: a few of 2**27 floats live
+SHARE_STEP = 1e-4  # Ray's resolution for fractional resources
+_OPTIMIZER_SLOTS = {"sgd": 0, "momentum": 1, "adam": 2, "rmsprop": 1}
+
+
+@dataclass(frozen=True)
+class Card:
+    """The GPU a plan is sized for."""
+
+    memory_gib: float
+    source: str  # where the size came from, for the dry run
+
+    @property
+    def usable_bytes(self) -> float:
+        return self.memory_gib * 2**30 * USABLE
+
+
+def local_card() -> Card | None:
+    """The smallest card this machine has (nvidia-smi, so the driver never imports torch)."""
+    if shutil.which("nvidia-smi") is None:
+        return None
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total", "--format=csv,noheader,nounits"],
+                             capture_output=True, text=True, timeout=20, check=True).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    cards = [line.rsplit(",", 1) for line in out.strip().splitlines() if "," in line]
+    if not cards:
+        return None
+    name, mib = min(cards, key=lambda card: float(card[1]))
+    return Card(float(mib) / 1024, f"this machine's {name.strip()}")
+
+
+def card_for(spec: SweepSpec, gpu_memory_gib: float | None = None, *, assume: bool = False) -> Card | None:
+    """The card to plan for: `--gpu-memory`, else `resources.gpu_memory_gib`, else this machine's
+    card; with `assume` (a dry run) the reference card's size. None for CPU sweeps, and when the
+    size is unknown (the caller says how to give it)."""
+    if not spec.resources.uses_gpus:
+        return None
+    if gpu_memory_gib is not None:
+        return Card(gpu_memory_gib, "--gpu-memory")
+    if spec.resources.gpu_memory_gib is not None:
+        return Card(spec.resources.gpu_memory_gib, "resources.gpu_memory_gib")
+    card = local_card()
+    if card is None and assume:
+        reference = costs.reference_gpu()
+        card = Card(reference.memory_gib, f"assumed: an {reference.name}; set resources.gpu_memory_gib "
+                                          "or --gpu-memory for your cards")
+    return card
+
+
+# ---- memory ---------------------------------------------------------------------------------
+
+
+def _shape(net: NetworkConfig) -> tuple[list[int], int, int] | None:
+    """Layer sizes, training-set size and test-set size; None for an image folder (unknown)."""
+    info = DATASETS[net.dataset.name]
+    if info.input_dim is None:
+        return None
+    n = net.dataset.train_size or info.train_size
+    n_test = net.dataset.test_size or info.test_size
+    return layer_sizes(net, info.input_dim, info.num_classes), n, n_test
+
+
+def member_bytes(net: NetworkConfig) -> int | None:
+    """Device memory one more member of a training bundle takes.
+
+    Parameter-sized buffers: the population stacks, the live buffer, its gradient, the
+    per-element learning rate, the update's temporary, a checkpoint's copy and the optimizer's
+    slots; one step's activations (forward and backward); its labels, epoch order and
+    augmentation draws.
+    """
+    shape = _shape(net)
+    if shape is None:
+        return None
+    sizes, n, _ = shape
+    params = sum((a + 1) * b for a, b in zip(sizes[:-1], sizes[1:]))
+    batch = min(net.batch_size or n, n)
+    per_example = 16 + (24 if net.augmentation else 0)
+    return 4 * (params * (6 + _OPTIMIZER_SLOTS[net.optimizer]) + 3 * batch * sum(sizes)) + per_example * n
+
+
+def shared_bytes(net: NetworkConfig) -> int | None:
+    """Device memory of a training bundle whatever its size: the data set and evaluation chunks."""
+    shape = _shape(net)
+    if shape is None:
+        return None
+    sizes, n, n_test = shape
+    return 4 * (n + n_test + 2) * sizes[0] + 8 * (n + n_test) + EVAL_BYTES
+
+
+def estimate_bundle_bytes(bundle: BundleConfig, card: Card | None = None) -> int | None:
+    """Device memory of a training bundle (plus the process's CUDA context on a card); None when
+    the data set's size is unknown."""
+    member, shared = member_bytes(bundle.members[0]), shared_bytes(bundle.members[0])
+    if member is None:
+        return None
+    return shared + len(bundle.members) * member + (CONTEXT_BYTES if card else 0)
+
+
+def scoring_bytes(bundles: list[BundleConfig], card: Card) -> int:
+    """Device memory of a scoring actor: its context, chunks, the largest checkpoint's weights and
+    every data set it may hold (it keeps each one it has scored)."""
+    data = {b.dataset: shared_bytes(b.members[0]) or 0 for b in bundles}
+    weights = max((4 * len(b.members) * param_count(b.members[0], *_io(b)) for b in bundles if _shape(b.members[0])),
+                  default=0)
+    return CONTEXT_BYTES + SCORING_CHUNK_BYTES + weights + sum(data.values())
+
+
+def _io(bundle: BundleConfig) -> tuple[int, int]:
+    info = DATASETS[bundle.dataset.name]
+    return info.input_dim, info.num_classes
+
+
+# ---- bundles --------------------------------------------------------------------------------
+
+
+def _groups(spec: SweepSpec) -> list[list[NetworkConfig]]:
+    groups: dict[tuple, list[NetworkConfig]] = {}
+    for net in networks(spec):
+        groups.setdefault(tuple(getattr(net, k) for k in SHARED_IN_BUNDLE), []).append(net)
+    return list(groups.values())
+
+
+def members_per_bundle(group: list[NetworkConfig], spec: SweepSpec, card: Card | None) -> int:
+    """Most members per bundle for a group of same-shape networks (module docstring)."""
+    size = spec.resources.bundle_size
+    if size != AUTO:
+        return size
+    if card is None:
+        return CPU_BUNDLE_SIZE
+    first = group[0]
+    member, shared = member_bytes(first), shared_bytes(first)
+    if member is None:  # an image folder: sizes known only once loaded
+        return CPU_BUNDLE_SIZE
+    fit = math.floor((card.usable_bytes - CONTEXT_BYTES - shared) / member)
+    bundle = BundleConfig((first,))
+    rates, _ = costs.training_rates(costs.reference_gpu(), first.precision)
+    busy = math.ceil(BUSY * rates.step_overhead_s / rates.member_step_s(costs.step_flops(bundle)))
+    return max(1, min(len(group), fit, busy))
+
+
+def expand(spec: SweepSpec, card: Card | None = None) -> list[BundleConfig]:
+    """The grid → networks → bundles (module docstring); raises SpecError when a network, or a
+    bundle of the size the spec fixes, cannot fit on `card`."""
+    bundles = []
+    for group in _groups(spec):
+        limit = members_per_bundle(group, spec, card)
+        count = math.ceil(len(group) / limit)
+        for part in np.array_split(np.arange(len(group)), count):
+            bundles.append(BundleConfig(tuple(group[i] for i in part)))
+    if card is not None:
+        check_fits(spec, bundles, card)
+    return bundles
+
+
+def _shape_name(bundle: BundleConfig) -> str:
+    dim = DATASETS[bundle.dataset.name].input_dim
+    return f"{bundle.dataset.name} {dim or '?'}→{bundle.width}×{bundle.depth}"
+
+
+def check_fits(spec: SweepSpec, bundles: list[BundleConfig], card: Card) -> None:
+    """Refuse, before anything starts, a network or bundle that the card cannot hold, and a fixed
+    GPU share that lets Ray put more bundles on a card than its memory holds."""
+    gib = 2**30
+    for bundle in bundles:
+        need = estimate_bundle_bytes(bundle, card)
+        if need is None:
+            continue
+        if need > card.usable_bytes:
+            alone = estimate_bundle_bytes(BundleConfig(bundle.members[:1]), card)
+            if alone > card.usable_bytes:
+                raise SpecError(
+                    f"grid: one network {_shape_name(bundle)} ({bundle.optimizer}, batch {bundle.batch_size or 'full'}) "
+                    f"needs about {alone / gib:.1f} GiB to train, more than the {card.memory_gib:g} GiB card "
+                    f"({card.source}) holds; use smaller widths or batch sizes, or bigger cards")
+            raise SpecError(
+                f"resources.bundle_size: a bundle of {len(bundle.members)} networks {_shape_name(bundle)} needs about "
+                f"{need / gib:.1f} GiB, more than the {card.memory_gib:g} GiB card ({card.source}) holds; "
+                "use bundle_size: auto, or a smaller number")
+    share = spec.resources.gpus_per_trial
+    if share == AUTO or share >= 1:
+        return
+    per_card = math.floor(1 / share + 1e-9)
+    largest = sorted((estimate_bundle_bytes(b, card) or 0 for b in bundles), reverse=True)[:per_card]
+    if sum(largest) > card.usable_bytes:
+        raise SpecError(
+            f"resources.gpus_per_trial: {share:g} lets Ray place {per_card} trials on one card, and {len(largest)} "
+            f"of this sweep's bundles need {sum(largest) / gib:.1f} GiB together, more than the "
+            f"{card.memory_gib:g} GiB card ({card.source}) holds; use gpus_per_trial: auto (a share per bundle "
+            "from its memory), or a larger share")
+
+
+def _share(nbytes: float, card: Card, floor: float = SHARE_STEP) -> float:
+    """The memory's share rounded up to Ray's step (so it covers the bytes), and `floor` rounded
+    down (1/3 must let three trials share a card), whichever is larger."""
+    memory = math.ceil(nbytes / card.usable_bytes / SHARE_STEP - 1e-9) * SHARE_STEP
+    floor = math.floor(floor / SHARE_STEP + 1e-9) * SHARE_STEP
+    return round(min(1.0, max(memory, floor, SHARE_STEP)), 4)
+
+
+def trials_to_keep_busy(bundle: BundleConfig) -> int:
+    """Trials sharing a card that it takes to hide each one's fixed step cost behind the others'
+    arithmetic (the reference card's calibration)."""
+    flops = costs.step_flops(bundle)
+    if flops is None:
+        return 1
+    rates, _ = costs.training_rates(costs.reference_gpu(), bundle.precision)
+    compute = len(bundle.members) * rates.member_step_s(flops)
+    return min(MAX_TRIALS_PER_CARD, math.ceil((rates.step_overhead_s + compute) / compute))
+
+
+def gpu_shares(spec: SweepSpec, bundles: list[BundleConfig], card: Card | None) -> dict[str, float]:
+    """bundle_id -> the trial's share of one card (0 on CPUs): the spec's number, or with `auto`
+    the larger of its memory's share and 1/trials_to_keep_busy."""
+    share = spec.resources.gpus_per_trial
+    if share != AUTO:
+        return {b.bundle_id: float(share) for b in bundles}
+    if card is None:
+        raise SpecError("resources.gpus_per_trial: auto needs the cards' memory; set resources.gpu_memory_gib "
+                        "or pass --gpu-memory")
+    out = {}
+    for b in bundles:
+        need = estimate_bundle_bytes(b, card)
+        # An image folder's size is known only once loaded: give its trials a whole card.
+        out[b.bundle_id] = 1.0 if need is None else _share(need, card, 1 / trials_to_keep_busy(b))
+    return out
+
+
+def scoring_share(spec: SweepSpec, bundles: list[BundleConfig], card: Card | None) -> float:
+    """A scoring actor's share of a card: the spec's number, or with `auto` its memory's share."""
+    share = spec.resources.gpus_per_scoring_actor
+    if share != AUTO:
+        return float(share)
+    if card is None:
+        raise SpecError("resources.gpus_per_scoring_actor: auto needs the cards' memory; set "
+                        "resources.gpu_memory_gib or pass --gpu-memory")
+    return _share(scoring_bytes(bundles, card), card)
+
+
+def estimate_bundle_work(bundle: BundleConfig, budget: Budget) -> float:
+    """Relative cost of training a bundle to its budget (members × multiply-adds per example ×
+    examples), for ordering bundles; an image folder's unknown sizes are taken as the width."""
+    info = DATASETS[bundle.dataset.name]
+    net = bundle.members[0]
+    n = bundle.dataset.train_size or info.train_size or net.width
+    examples = budget.max_epochs * n
+    if budget.max_steps:
+        examples = min(examples, budget.max_steps * min(bundle.batch_size or n, n))
+    return len(bundle.members) * param_count(net, info.input_dim or net.width, info.num_classes or 1) * examples
+
+
+# ---- the dry run's text ---------------------------------------------------------------------
+
+
+def _mib(nbytes: int | None) -> str:
+    return "unknown (image_folder)" if nbytes is None else f"{nbytes / 2**20:,.1f} MiB"
+
+
+def trials_per_card(shares: dict[str, float]) -> dict[str, int]:
+    return {b: max(1, math.floor(1 / s + 1e-9)) if 0 < s <= 1 else 1 for b, s in shares.items()}
+
+
+def plan_summary(spec: SweepSpec, bundles: list[BundleConfig], card: Card | None = None,
+                 cpus: int | None = None) -> str:
+    """Text for `sweep run --dry-run`: networks, bundles, the choice per shape (members, trials
+    per card, share, memory) and the projected time on the spec's resources and on the reference
+    card, with its assumptions."""
+    shares = gpu_shares(spec, bundles, card) if card else {b.bundle_id: 0.0 for b in bundles}
+    per_card = trials_per_card(shares)
+    total = sum(len(b.members) for b in bundles)
+    size = spec.resources.bundle_size
+    lines = [
+        f"sweep {spec.name}: {total} networks in {len(bundles)} bundles "
+        + (f"(at most {size} per bundle)" if size != AUTO else "(bundle_size auto: sized per shape)"),
+        f"data: {', '.join(d.name for d in spec.datasets)}; budget: {spec.budget.max_epochs} "
+        f"epochs" + (f" / {spec.budget.max_steps} steps" if spec.budget.max_steps else "")
+        + (", stop at 100% train accuracy" if spec.budget.stop_at_full_train_acc else "")
+        + f"; training precision {spec.training.precision}",
+        f"resources per trial: {spec.resources.cpus_per_trial:g} CPU, "
+        + (f"a share of one {card.memory_gib:g} GiB card ({card.source})" if card else "no GPU")
+        + f"; scoring actors: {spec.resources.scoring_actors}"
+        + (f" at {scoring_share(spec, bundles, card):g} of a card each" if card and spec.resources.scoring_actors
+           else ""),
+        "",
+        f"{'data set':<14}{'shape':<16}{'activation':<11}{'optimizer':<10}{'batch':>6}{'aug':>5}"
+        f"{'bundles':>8}{'members':>9}{'per card':>9}{'GPU share':>10}{'memory/bundle':>15}",
+    ]
+    by_shape: dict[tuple, list[BundleConfig]] = {}
+    for b in bundles:
+        by_shape.setdefault(tuple(getattr(b, k) for k in SHARED_IN_BUNDLE), []).append(b)
+    peak = 0
+    for group in by_shape.values():
+        b = group[0]
+        dim = DATASETS[b.dataset.name].input_dim
+        members = "/".join(str(s) for s in sorted({len(x.members) for x in group}))
+        memory = max((estimate_bundle_bytes(x, card) or 0) for x in group) or None
+        peak = max(peak, memory or 0)
+        share = max(shares[x.bundle_id] for x in group)
+        trials = min(per_card[x.bundle_id] for x in group)
+        lines.append(f"{b.dataset.name:<14}{f'{dim or chr(63)}→{b.width}×{b.depth}':<16}{b.activation:<11}"
+                     f"{b.optimizer:<10}{b.batch_size or 'full':>6}{'yes' if b.augmentation else 'no':>5}"
+                     f"{len(group):>8}{members:>9}{(trials if card else '-'):>9}{(f'{share:g}' if card else '-'):>10}"
+                     f"{_mib(memory):>15}")
+    lines += ["", f"largest bundle needs about {_mib(peak)} of {'card' if card else 'device'} memory", ""]
+    lines += projection_lines(spec, bundles, per_card, card, cpus)
+    return "\n".join(lines)
+
+
+def projection_lines(spec: SweepSpec, bundles: list[BundleConfig], per_card: dict[str, int],
+                     card: Card | None, cpus: int | None) -> list[str]:
+    """The projected time on the spec's resources and on one reference card, and how."""
+    reference = costs.reference_gpu()
+    gpu = costs.project(bundles, spec.budget, spec.scoring, reference, per_card if card else {},
+                        spec.checkpoints.every_epochs)
+    lines = ["projected time (sweep.costs; calibration in sweep/calibration.json):"]
+    if not card:
+        cpu = costs.reference_cpu()
+        cores = max(1, cpus or 1)
+        parallel = max(1, math.floor(cores / max(spec.resources.cpus_per_trial, 1e-9)))
+        run = costs.project(bundles, spec.budget, spec.scoring, cpu, {}, spec.checkpoints.every_epochs)
+        lines.append(
+            f"  on {cores} CPU core(s), {min(parallel, len(bundles))} trial(s) at once: training about "
+            f"{costs.hours(run.training_s / min(parallel, len(bundles)))} "
+            f"({costs.hours(run.training_budget_s / min(parallel, len(bundles)))} if every network runs its budget), "
+            f"scoring about {costs.hours(run.scoring_s / cores)} of all cores")
+    lines.append(
+        f"  on one {reference.name}: {costs.hours(gpu.total_s)} of the card "
+        f"({costs.hours(gpu.total_budget_s)} if every network runs its budget): training "
+        f"{costs.hours(gpu.training_s)}, scoring {costs.hours(gpu.scoring_s)}; N cards take 1/N of it")
+    measured = sum(1 for b in bundles for m in b.members if costs.expected_epochs(m, spec.budget)[1] == "measured")
+    lines += [
+        "  how: a step of M members takes overhead + M·(member + 6·batch·params / rate), fitted to measured steps, "
+        "and each epoch a forward pass over the training set (the stopping check);",
+        f"  trials sharing a card overlap their overheads; a bundle steps until its last member stops; "
+        f"{measured} of {sum(len(b.members) for b in bundles)} networks",
+        "  at the mean measured epochs to 100% train accuracy for their data, label noise and augmentation "
+        "(the convergence table), the others at their budget;",
+        "  scoring: FLOPs of the spec's metrics at every checkpoint, at the measured scoring rate",
+        f"  {reference.name}: {reference.measured}",
+    ]
+    if not card:
+        lines.append(f"  CPU: {costs.reference_cpu().measured}")
+    lines += [f"  note: {note}" for note in gpu.notes]
+    if gpu.unknown_bundles:
+        lines.append(f"  {gpu.unknown_bundles} bundle(s) on an image folder are not counted (sizes unknown until loaded)")
+    return lines

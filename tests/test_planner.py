@@ -1,0 +1,264 @@
+"""The planner (bundles sized to the card, GPU shares that Ray packs without overfilling a card)
+and the cost model behind `--dry-run` and `sweep presets`."""
+
+import json
+import math
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from sweep import costs, planner, runner
+from sweep.cli import main
+from sweep.planner import Card
+from sweep.population import PopulationTrainer
+from sweep.spec import Budget, BundleConfig, DataSpec, NetworkConfig, SpecError, list_presets, load_spec, parse_spec
+
+
+def cifar_spec(widths=(2000,), depths=(5,), **resources) -> object:
+    return parse_spec({
+        "name": "big",
+        "datasets": ["cifar10"],
+        "grid": {"widths": list(widths), "depths": list(depths), "optimizers": ["momentum"],
+                 "learning_rates": [0.001, 0.003, 0.01, 0.03], "seeds": [0, 1, 2, 3, 4]},
+        "budget": {"max_epochs": 10},
+        "resources": {"bundle_size": "auto", "gpus_per_trial": "auto", **resources},
+    })
+
+
+def test_a_bigger_card_takes_more_members_and_each_bundle_fits_its_card():
+    spec = cifar_spec()
+    small, big = Card(4, "test"), Card(80, "test")
+    on_small, on_big = planner.expand(spec, small), planner.expand(spec, big)
+    assert max(len(b.members) for b in on_small) < max(len(b.members) for b in on_big)
+    assert sum(len(b.members) for b in on_small) == sum(len(b.members) for b in on_big) == 20
+    for bundles, card in ((on_small, small), (on_big, big)):
+        for bundle in bundles:
+            assert planner.estimate_bundle_bytes(bundle, card) <= card.usable_bytes
+    # On the small card memory binds: one more member would not have fitted.
+    members = max(len(b.members) for b in on_small)
+    one_more = BundleConfig(planner.networks(spec)[: members + 1])
+    assert planner.estimate_bundle_bytes(one_more, small) > small.usable_bytes
+
+
+def test_small_networks_fill_a_bundle_and_large_ones_split_to_keep_cards_busy():
+    # 784→64×1 does little arithmetic a step: all 20 in one bundle; 3072→2000×5 does ~17 GFLOP a
+    # member-step, so a few members already keep an H200 busy and the rest run as other trials.
+    small = parse_spec({"name": "s", "datasets": ["mnist"],
+                        "grid": {"widths": [64], "depths": [1], "learning_rates": [0.01, 0.03, 0.1, 0.3],
+                                 "seeds": [0, 1, 2, 3, 4]},
+                        "budget": {"max_epochs": 1}, "resources": {"bundle_size": "auto", "gpus_per_trial": "auto"}})
+    card = Card(140, "test")
+    assert [len(b.members) for b in planner.expand(small, card)] == [20]
+    spec = cifar_spec()
+    large = planner.expand(spec, card)
+    limit = planner.members_per_bundle(planner.networks(spec), spec, card)
+    assert 1 < len(large) == math.ceil(20 / limit) and max(len(b.members) for b in large) <= limit < 20
+    rates, _ = costs.training_rates(costs.reference_gpu(), "fp32")
+    member = rates.member_step_s(costs.step_flops(large[0]))
+    assert limit * member >= planner.BUSY * rates.step_overhead_s > (limit - 1) * member
+
+
+def test_cpu_sweeps_keep_todays_bundles():
+    spec = parse_spec({"name": "c", "datasets": ["digits"],
+                       "grid": {"widths": [8], "depths": [1], "learning_rates": [0.1, 0.2], "seeds": list(range(20))},
+                       "budget": {"max_epochs": 1}})
+    assert spec.resources.bundle_size == "auto" and planner.card_for(spec) is None
+    bundles = planner.expand(spec)
+    assert [len(b.members) for b in bundles] == [14, 13, 13]  # at most CPU_BUNDLE_SIZE (16), evenly
+    assert set(planner.gpu_shares(spec, bundles, None).values()) == {0.0}
+    digits = load_spec("digits")
+    assert [len(b.members) for b in planner.expand(digits)] == [8] * 6
+
+
+def test_a_network_too_large_for_the_card_is_refused_before_anything_starts(tmp_path, capsys):
+    with pytest.raises(SpecError, match=r"one network cifar10 3072→60000×3 .* needs about .* GiB to train, "
+                                        r"more than the 8 GiB card"):
+        planner.expand(cifar_spec(widths=(60000,), depths=(3,)), Card(8, "test"))
+    with pytest.raises(SpecError, match=r"resources.bundle_size: a bundle of 20 networks .* use bundle_size: auto"):
+        planner.expand(cifar_spec(bundle_size=20), Card(8, "test"))
+    # A fixed share that lets Ray put more bundles on a card than its memory holds.
+    with pytest.raises(SpecError, match=r"gpus_per_trial: 0.1 lets Ray place 10 trials on one card"):
+        planner.expand(cifar_spec(bundle_size=2, gpus_per_trial=0.1), Card(8, "test"))
+    spec = tmp_path / "huge.yaml"
+    spec.write_text(json.dumps({"name": "huge", "datasets": ["cifar10"],
+                                "grid": {"widths": [60000], "depths": [3], "learning_rates": [0.1]},
+                                "budget": {"max_epochs": 1}, "resources": {"gpus_per_trial": "auto"}}))
+    code = main(["run", str(spec), "--gpu-memory", "8", "--dry-run"])
+    err = capsys.readouterr().err
+    assert code == 2 and "needs about" in err and "Traceback" not in err
+
+
+def test_auto_shares_cover_each_bundles_memory_and_the_trials_that_keep_a_card_busy():
+    spec = cifar_spec(widths=(50, 500, 2000), depths=(2, 4), gpus_per_scoring_actor="auto")
+    card = Card(24, "test")
+    bundles = planner.expand(spec, card)
+    shares = planner.gpu_shares(spec, bundles, card)
+    for bundle in bundles:
+        share = shares[bundle.bundle_id]
+        assert share * card.usable_bytes >= planner.estimate_bundle_bytes(bundle, card)
+        assert share >= 1 / planner.trials_to_keep_busy(bundle) - planner.SHARE_STEP
+        assert share == round(share, 4) and 0 < share <= 1
+    assert len(set(shares.values())) > 2  # different shapes, different shares
+    scoring = planner.scoring_share(spec, bundles, card)
+    assert 0 < scoring < 1 and scoring * card.usable_bytes >= planner.scoring_bytes(bundles, card)
+
+
+def test_memory_estimate_covers_the_trainers_parameter_buffers():
+    # The parameter-sized buffers a trainer holds (population stacks, live parameters, their
+    # per-element learning rate, optimizer slots) are within what the planner counts per member.
+    members = tuple(NetworkConfig(DataSpec("digits"), 64, 2, "relu", "adam", 0.001, 64, 0.0, False, s, "torch_default")
+                    for s in range(3))
+    from sweep.data import load_dataset
+
+    trainer = PopulationTrainer(BundleConfig(members), load_dataset(DataSpec("digits")), Budget(max_epochs=1))
+    held = [trainer._params, trainer._lr, *trainer._slots.values(), *trainer._weights, *trainer._biases]
+    nbytes = sum(t.numel() * t.element_size() for t in held)
+    assert nbytes <= 3 * planner.member_bytes(members[0])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA: the peak a training epoch allocates on a card")
+def test_memory_estimate_bounds_what_an_epoch_allocates_on_the_card():
+    from sweep.data import load_dataset
+
+    members = tuple(NetworkConfig(DataSpec("digits"), 512, 4, "relu", "adam", 0.001, 128, 0.0, True, s, "torch_default")
+                    for s in range(16))
+    bundle = BundleConfig(members)
+    torch.cuda.reset_peak_memory_stats()
+    before = torch.cuda.memory_allocated()
+    trainer = PopulationTrainer(bundle, load_dataset(DataSpec("digits"), "cuda"), Budget(max_epochs=2))
+    trainer.train_epoch()
+    trainer.state_dict()
+    peak = torch.cuda.max_memory_allocated() - before
+    estimate = planner.estimate_bundle_bytes(bundle) - planner.EVAL_BYTES
+    assert peak <= estimate <= 3 * peak
+
+
+@pytest.mark.ray
+def test_ray_packs_the_planners_shares_without_overfilling_a_card(tmp_path, ray_session):
+    """Ray 2.60 with fractional GPUs (ray-project/ray#5902 was an older Ray placing 0.15-GPU trials
+    beyond what fit): trials of mixed shapes at the planner's shares, on a node Ray is told has 2
+    GPUs; at no moment do the bundles on one card need more memory than it has."""
+    from ray import tune
+
+    spec = cifar_spec(widths=(500, 1000, 2000), depths=(2, 4), cpus_per_trial=0.05)
+    card = Card(6, "test")
+    bundles = planner.expand(spec, card)[:10]
+    shares = planner.gpu_shares(spec, bundles, card)
+    plan = runner.make_plan(spec, bundles, name="packed", storage=str(tmp_path), spec_source="-", spec_text="",
+                            spec_suffix=".yaml", gpu_shares=shares)
+    log = tmp_path / "placements"
+    log.mkdir()
+
+    def hold(config):
+        import ray
+
+        started = time.time()
+        time.sleep(3.0)
+        record = {"bundle": config["bundle"]["bundle_id"], "gpus": ray.get_gpu_ids(), "start": started,
+                  "end": time.time()}
+        (Path(config["log"]) / f"{record['bundle']}.json").write_text(json.dumps(record))
+        tune.report({"done": True})
+
+    tuner = tune.Tuner(
+        tune.with_resources(hold, runner.trial_resources(plan)),
+        param_space={"bundle": tune.grid_search(list(plan.bundles)), "log": str(log)},
+        run_config=tune.RunConfig(name="packed", storage_path=str(tmp_path), verbose=0),
+    )
+    assert not any(r.error for r in tuner.fit())
+    records = [json.loads(p.read_text()) for p in log.iterdir()]
+    assert len(records) == len(bundles)
+    need = {b.bundle_id: planner.estimate_bundle_bytes(b, card) for b in bundles}
+    shapes = {b.bundle_id: (b.width, b.depth) for b in bundles}
+    packed_shapes = set()
+    for record in records:
+        assert len(record["gpus"]) == 1  # a fractional share is one card's
+        t = record["start"] + 1.0  # inside its hold
+        together = [r for r in records if r["gpus"] == record["gpus"] and r["start"] <= t < r["end"]]
+        assert sum(need[r["bundle"]] for r in together) <= card.usable_bytes
+        assert sum(shares[r["bundle"]] for r in together) <= 1 + 1e-9
+        if len({shapes[r["bundle"]] for r in together}) > 1:
+            packed_shapes.add(tuple(sorted(r["bundle"] for r in together)))
+    assert packed_shapes, "no card ever held bundles of two shapes at once"
+    assert {r["gpus"][0] for r in records} == {"0", "1"} or {r["gpus"][0] for r in records} == {0, 1}
+
+
+# ---- the cost model -------------------------------------------------------------------------
+
+
+def test_calibrated_rates_reproduce_the_steps_they_were_fitted_to():
+    # docs/performance.md, NVIDIA H200, M = 64, batch 128: model-steps/s of the two shapes.
+    h200 = costs.calibration("h200")
+    measured = {("fp32", 256, 3, "mnist"): 35_904, ("fp32", 512, 4, "cifar10"): 11_697,
+                ("tf32", 256, 3, "mnist"): 41_211, ("tf32", 512, 4, "cifar10"): 15_528}
+    for (precision, width, depth, data), rate in measured.items():
+        net = NetworkConfig(DataSpec(data), width, depth, "relu", "momentum", 0.01, 128, 0.0, False, 0, "torch_default")
+        seconds = costs.step_seconds(h200, precision, members=64, flops_per_member=costs.step_flops(BundleConfig((net,))))
+        assert 64 / seconds == pytest.approx(rate, rel=0.01)
+
+
+def test_point_flops_are_the_documented_counts():
+    # docs/performance.md: 4.7 MFLOP (784→256×3→10) and 25.8 MFLOP (3072→512×4→10) per point for
+    # the Jacobian norms; transitions add k forward passes above the first layer.
+    assert costs.point_flops([784, 256, 256, 256, 10], None) == pytest.approx(4.70e6, rel=0.005)
+    assert costs.point_flops([3072, 512, 512, 512, 512, 10], None) == pytest.approx(25.8e6, rel=0.005)
+    above_first = 2 * (256 * 256 * 2 + 256 * 10)
+    assert costs.point_flops([784, 256, 256, 256, 10], 256) - costs.point_flops([784, 256, 256, 256, 10], None) == \
+        256 * above_first
+
+
+def test_projection_by_hand():
+    device = costs.Calibration("test", "test card", "gpu", 10, 1.0, {"fp32": costs.Rates(1e-3, 0.0, 1e9)}, 1e9, "-")
+    nets = tuple(NetworkConfig(DataSpec("digits"), 8, 1, "relu", "sgd", lr, 64, 0.0, False, 0, "torch_default")
+                 for lr in (0.1, 0.2))
+    bundle = BundleConfig(nets)
+    budget = Budget(max_epochs=3, stop_at_full_train_acc=False)
+    params = (64 + 1) * 8 + (8 + 1) * 10
+    flops = 6 * 64 * params
+    steps = 3 * math.ceil(1297 / 64)
+    compute = steps * 2 * flops / 1e9
+    alone = costs.project([bundle], budget, costs.ScoringSpec(metrics=("loss",)), device, {})
+    assert alone.training_s == pytest.approx(compute + steps * 1e-3)
+    assert alone.training_budget_s == alone.training_s  # no convergence entry without the stopping rule
+    shared = costs.project([bundle], budget, costs.ScoringSpec(metrics=("loss",)), device, {bundle.bundle_id: 4})
+    assert shared.training_s == pytest.approx(max(compute, (compute + steps * 1e-3) / 4))
+    points = 1000 + 1000
+    assert alone.scoring_s == pytest.approx(2 * 2 * points * costs.point_flops([64, 8, 10], None) / 1e9)
+
+
+def test_expected_epochs_come_from_the_convergence_table_or_the_budget():
+    budget = Budget(max_epochs=150)
+
+    def net(noise=0.0, aug=False):
+        return NetworkConfig(DataSpec("digits"), 8, 1, "relu", "sgd", 0.1, 64, noise, aug, 0, "torch_default")
+
+    assert costs.expected_epochs(net(), budget) == (12.6, "measured")
+    assert costs.expected_epochs(net(0.2), budget) == (86.5, "measured")
+    assert costs.expected_epochs(net(aug=True), budget) == (150, "budget")
+    assert costs.expected_epochs(net(), Budget(max_epochs=5)) == (5, "measured")
+    assert costs.expected_epochs(net(), Budget(max_epochs=150, stop_at_full_train_acc=False)) == (150, "budget")
+
+
+@pytest.mark.parametrize("preset", [name for name, _ in list_presets()])
+def test_every_presets_dry_run_projects_its_cost_without_data_or_gpus(preset, capsys):
+    code = main(["run", preset, "--dry-run"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert "projected time" in captured.out and "on one NVIDIA H200" in captured.out
+    if load_spec(preset).resources.uses_gpus:
+        assert "GPU share" in captured.out and "assumed: an NVIDIA H200" in captured.out
+
+
+def test_presets_show_the_cost_model_not_hand_typed_guesses(capsys):
+    assert main(["presets"]) == 0
+    out = capsys.readouterr().out
+    for name, description in list_presets():
+        assert "hour" not in description.lower() and "bundles of" not in description
+        spec = load_spec(name)
+        card = planner.card_for(spec, assume=True)
+        bundles = planner.expand(spec, card)
+        per_card = planner.trials_per_card(planner.gpu_shares(spec, bundles, card)) if card else {}
+        cost = costs.project(bundles, spec.budget, spec.scoring, costs.reference_gpu(), per_card,
+                             spec.checkpoints.every_epochs)
+        assert f"{len(bundles)} bundles; projected {costs.hours(cost.total_s)} on one NVIDIA H200" in out
