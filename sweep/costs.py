@@ -30,7 +30,7 @@ import math
 from dataclasses import dataclass
 from importlib import resources
 
-from sweep.spec import DATASETS, Budget, BundleConfig, NetworkConfig, ScoringSpec, layer_sizes, param_count
+from sweep.spec import Budget, BundleConfig, NetworkConfig, ScoringSpec, dataset_info, layer_sizes, param_count
 
 CALIBRATION_FILE = "calibration.json"
 PROFILE_TAGS = ("init", "end")  # checkpoints that get trajectory profiles and slices
@@ -105,14 +105,14 @@ def step_seconds(cal: Calibration, precision: str, *, members: int, flops_per_me
 
 
 def _sizes(bundle: BundleConfig) -> list[int] | None:
-    info = DATASETS[bundle.dataset.name]
+    info = dataset_info(bundle.dataset)
     if info.input_dim is None:
         return None
     return layer_sizes(bundle.members[0], info.input_dim, info.num_classes)
 
 
 def train_size(net: NetworkConfig | BundleConfig) -> int | None:
-    return net.dataset.train_size or DATASETS[net.dataset.name].train_size
+    return dataset_info(net.dataset).train_size
 
 
 def _batch(bundle: BundleConfig) -> int:
@@ -122,7 +122,7 @@ def _batch(bundle: BundleConfig) -> int:
 
 def step_flops(bundle: BundleConfig) -> float | None:
     """FLOPs of one member's training step: 6 · batch · parameters."""
-    info, n = DATASETS[bundle.dataset.name], train_size(bundle)
+    info, n = dataset_info(bundle.dataset), train_size(bundle)
     if info.input_dim is None or n is None:
         return None
     batch = min(bundle.batch_size or n, n)

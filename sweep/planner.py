@@ -26,8 +26,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from sweep import costs
-from sweep.spec import (AUTO, DATASETS, SHARED_IN_BUNDLE, Budget, BundleConfig, NetworkConfig, SpecError,
-                        SweepSpec, layer_sizes, networks, param_count)
+from sweep.spec import (AUTO, SHARED_IN_BUNDLE, Budget, BundleConfig, NetworkConfig, SpecError,
+                        SweepSpec, dataset_info, layer_sizes, networks, param_count)
 
 CPU_BUNDLE_SIZE = 16  # `bundle_size: auto` on CPUs: what every CPU sweep used before auto
 BUSY = 4  # a bundle's arithmetic per step, in multiples of the step's fixed (host) cost
@@ -91,12 +91,10 @@ def card_for(spec: SweepSpec, gpu_memory_gib: float | None = None, *, assume: bo
 
 def _shape(net: NetworkConfig) -> tuple[list[int], int, int] | None:
     """Layer sizes, training-set size and test-set size; None for an image folder (unknown)."""
-    info = DATASETS[net.dataset.name]
+    info = dataset_info(net.dataset)
     if info.input_dim is None:
         return None
-    n = net.dataset.train_size or info.train_size
-    n_test = net.dataset.test_size or info.test_size
-    return layer_sizes(net, info.input_dim, info.num_classes), n, n_test
+    return layer_sizes(net, info.input_dim, info.num_classes), info.train_size, info.test_size
 
 
 def member_bytes(net: NetworkConfig) -> int | None:
@@ -145,7 +143,7 @@ def scoring_bytes(bundles: list[BundleConfig], card: Card) -> int:
 
 
 def _io(bundle: BundleConfig) -> tuple[int, int]:
-    info = DATASETS[bundle.dataset.name]
+    info = dataset_info(bundle.dataset)
     return info.input_dim, info.num_classes
 
 
@@ -192,7 +190,7 @@ def expand(spec: SweepSpec, card: Card | None = None) -> list[BundleConfig]:
 
 
 def _shape_name(bundle: BundleConfig) -> str:
-    dim = DATASETS[bundle.dataset.name].input_dim
+    dim = dataset_info(bundle.dataset).input_dim
     return f"{bundle.dataset.name} {dim or '?'}→{bundle.width}×{bundle.depth}"
 
 
@@ -278,9 +276,9 @@ def scoring_share(spec: SweepSpec, bundles: list[BundleConfig], card: Card | Non
 def estimate_bundle_work(bundle: BundleConfig, budget: Budget) -> float:
     """Relative cost of training a bundle to its budget (members × multiply-adds per example ×
     examples), for ordering bundles; an image folder's unknown sizes are taken as the width."""
-    info = DATASETS[bundle.dataset.name]
+    info = dataset_info(bundle.dataset)
     net = bundle.members[0]
-    n = bundle.dataset.train_size or info.train_size or net.width
+    n = info.train_size or net.width
     examples = budget.max_epochs * n
     if budget.max_steps:
         examples = min(examples, budget.max_steps * min(bundle.batch_size or n, n))
@@ -329,7 +327,7 @@ def plan_summary(spec: SweepSpec, bundles: list[BundleConfig], card: Card | None
     peak = 0
     for group in by_shape.values():
         b = group[0]
-        dim = DATASETS[b.dataset.name].input_dim
+        dim = dataset_info(b.dataset).input_dim
         members = "/".join(str(s) for s in sorted({len(x.members) for x in group}))
         memory = max((estimate_bundle_bytes(x, card) or 0) for x in group) or None
         peak = max(peak, memory or 0)

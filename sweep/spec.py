@@ -7,6 +7,8 @@ CLI can refuse a bad spec before Ray starts.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import hashlib
 import itertools
 import json
@@ -50,6 +52,43 @@ DATASETS: dict[str, DatasetInfo] = {
     "cifar100": DatasetInfo(50000, 10000, 3072, 100, hflip=True),
     "image_folder": DatasetInfo(None, None, None, None, hflip=True),
 }
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp")
+
+
+def dataset_info(data: DataSpec) -> DatasetInfo:
+    """What is known of a data set before it is loaded, with its train/test sizes as used. An
+    image folder's are counted from its files, one image opened for its shape; where the folder
+    cannot be read they stay unknown (None), and loading it says why."""
+    info = DATASETS[data.name]
+    if data.name == "image_folder" and data.path:
+        info = _image_folder_info(data.path)
+    n, n_test = info.train_size, info.test_size
+    return dataclasses.replace(
+        info,
+        train_size=min(n, data.train_size) if n and data.train_size else (data.train_size or n),
+        test_size=min(n_test, data.test_size) if n_test and data.test_size else (data.test_size or n_test))
+
+
+@functools.lru_cache(maxsize=16)
+def _image_folder_info(path: str) -> DatasetInfo:
+    def images(split: Path) -> list[Path]:
+        return [f for c in sorted(split.iterdir()) if c.is_dir() for f in sorted(c.iterdir())
+                if f.suffix.lower() in IMAGE_SUFFIXES]
+
+    try:
+        root = Path(path)
+        train, test = images(root / "train"), images(root / "test")
+        classes = [c for c in (root / "train").iterdir() if c.is_dir()]
+        from PIL import Image  # only for an image folder's shape
+
+        with Image.open(train[0]) as first:
+            channels = 1 if first.mode == "L" else 3  # as sweep.data loads it
+            width, height = first.size
+    except (OSError, IndexError, ValueError):
+        return DATASETS["image_folder"]
+    return DatasetInfo(len(train), len(test), channels * width * height, len(classes), hflip=True)
+
+
 ACTIVATIONS = ("relu", "leaky_relu", "hard_tanh", "relu6", "tanh", "sigmoid")
 OPTIMIZERS = ("sgd", "momentum", "adam", "rmsprop")
 INITS = ("torch_default", "he_normal", "lecun_normal", "glorot_uniform")

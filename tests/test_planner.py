@@ -119,7 +119,7 @@ def test_memory_estimate_covers_the_trainers_parameter_buffers():
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA: the peak a training epoch allocates on a card")
-def test_memory_estimate_bounds_what_an_epoch_allocates_on_the_card():
+def test_cuda_memory_estimate_bounds_what_an_epoch_allocates_on_the_card():
     from sweep.data import load_dataset
 
     members = tuple(NetworkConfig(DataSpec("digits"), 512, 4, "relu", "adam", 0.001, 128, 0.0, True, s, "torch_default")
@@ -262,3 +262,23 @@ def test_presets_show_the_cost_model_not_hand_typed_guesses(capsys):
         cost = costs.project(bundles, spec.budget, spec.scoring, costs.reference_gpu(), per_card,
                              spec.checkpoints.every_epochs)
         assert f"{len(bundles)} bundles; projected {costs.hours(cost.total_s)} on one NVIDIA H200" in out
+
+
+def test_an_image_folder_is_sized_from_its_files(tmp_path):
+    from PIL import Image
+
+    for split, count in (("train", 6), ("test", 2)):
+        for label in ("cat", "dog"):
+            folder = tmp_path / split / label
+            folder.mkdir(parents=True)
+            for i in range(count):
+                Image.new("RGB", (5, 4), (i, 0, 0)).save(folder / f"{i}.png")
+    spec = parse_spec({"name": "f", "datasets": [{"name": "image_folder", "path": str(tmp_path), "train_size": 10}],
+                       "grid": {"widths": [8], "depths": [1], "learning_rates": [0.1]}, "budget": {"max_epochs": 1}})
+    info = planner.dataset_info(spec.datasets[0])
+    assert (info.train_size, info.test_size, info.input_dim, info.num_classes) == (10, 4, 3 * 5 * 4, 2)
+    bundle = planner.expand(spec)[0]
+    assert planner.estimate_bundle_bytes(bundle) is not None and costs.step_flops(bundle) == 6 * 10 * (61 * 8 + 9 * 2)
+    missing = parse_spec({**{"name": "g", "grid": {"widths": [8], "depths": [1], "learning_rates": [0.1]},
+                             "budget": {"max_epochs": 1}}, "datasets": [{"name": "image_folder", "path": "/nonexistent"}]})
+    assert planner.dataset_info(missing.datasets[0]).input_dim is None
