@@ -6,7 +6,7 @@
 Both sides run on the same device in the same process, on the same synthetic data (speed does
 not depend on pixel values), batch 128, SGD with momentum 0.9. The population side is
 `PopulationTrainer.train_epoch` exactly as a trial runs it (members that never stop: no
-train-accuracy pass); the baseline is `build_network` + `torch.optim.SGD`, the way one net per
+train-accuracy pass; on CUDA with its captured step, and again eagerly as `eager`); the baseline is `build_network` + `torch.optim.SGD`, the way one net per
 process would train. Prints model-steps/s of each and their ratio. Needs torch and numpy only.
 """
 
@@ -46,10 +46,10 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def population_rate(configs, data, epochs: int, device) -> float:
+def population_rate(configs, data, epochs: int, device, cuda_graphs: bool = True) -> float:
     budget = Budget(max_epochs=epochs + 1, stop_at_full_train_acc=False)
-    trainer = PopulationTrainer(BundleConfig(tuple(configs)), data, budget, device=device)
-    trainer.train_epoch()  # warm-up: allocations, kernels, autograd graph caches
+    trainer = PopulationTrainer(BundleConfig(tuple(configs)), data, budget, device=device, cuda_graphs=cuda_graphs)
+    trainer.train_epoch()  # warm-up: allocations, kernels, autograd graph caches, the CUDA graph's capture
     sync(device)
     start = time.perf_counter()
     steps = sum(trainer.train_epoch()["model_steps"] for _ in range(epochs))
@@ -99,16 +99,19 @@ def main() -> None:
         f"CPU, {torch.get_num_threads()} threads")
     print(f"device: {device} ({name}); torch {torch.__version__}; M = {members}; "
           f"batch {BATCH}; {steps} steps per epoch; tf32 {args.tf32}")
-    print(f"{'shape':<20}{'population':>14}{'one at a time':>16}{'ratio':>8}   (model-steps/s)")
+    graphs = device.type == "cuda"
+    print(f"{'shape':<20}{'population':>14}" + (f"{'eager':>10}{'graphs/eager':>14}" if graphs else "")
+          + f"{'one at a time':>16}{'ratio':>8}   (model-steps/s)")
     for dataset, image_shape, width, depth in SHAPES:
         data = synthetic(dataset, image_shape, steps, device)
         configs = [NetworkConfig(DataSpec(dataset), width, depth, "relu", "momentum", 0.01,
                                  BATCH, 0.0, False, seed, "torch_default")
                    for seed in range(members)]
         pop = population_rate(configs, data, epochs, device)
+        eager = f"{(e := population_rate(configs, data, epochs, device, False)):>10,.0f}{pop / e:>13.2f}×" if graphs else ""
         alone = one_at_a_time_rate(configs, data, steps * epochs, device)
         shape = f"{data.input_dim}→{width}×{depth}→10"
-        print(f"{shape:<20}{pop:>14,.0f}{alone:>16,.0f}{pop / alone:>7.1f}×")
+        print(f"{shape:<20}{pop:>14,.0f}{eager}{alone:>16,.0f}{pop / alone:>7.1f}×")
 
 
 if __name__ == "__main__":

@@ -15,6 +15,13 @@ trajectory as `build_network` + the torch.optim optimizer fed the same batches.
 Members never interact: every op is per member (bmm, per-member mean losses summed, so each
 member's gradient is its own), so a diverging member cannot disturb the others.
 
+On CUDA a full-size step (forward, loss, backward and every member's update) is captured in a
+CUDA graph and replayed: one launch instead of ~40, so the host no longer bounds small bundles.
+The graph works on static buffers (the batch's indices and augmentation draws are copied in
+before each replay); it is captured after `GRAPH_WARMUP` eager steps on a side stream, and again
+whenever members leave (the live buffers change). A last, shorter batch of an epoch runs eagerly.
+Each step is the same function either way, so the CPU tests cover its arithmetic.
+
 Precision (`NetworkConfig.precision`) applies to the training steps only: `fp32` runs true
 float32 matmuls, `tf32` allows TF32 tensor-core matmuls (CUDA; elsewhere the same as fp32),
 `bf16` runs the forward and backward matmuls under bfloat16 autocast with float32 weights,
@@ -43,6 +50,7 @@ EPS = 1e-8
 _SLOTS = {"sgd": (), "momentum": ("momentum_buffer",), "adam": ("exp_avg", "exp_avg_sq"),
           "rmsprop": ("square_avg",)}
 STATE_FORMAT = 1
+GRAPH_WARMUP = 3  # eager steps on a side stream before a capture (cuBLAS workspaces, autograd)
 
 
 @contextlib.contextmanager
@@ -59,8 +67,19 @@ def matmul_precision(precision: str):
 
 def autocast(precision: str, device: torch.device):
     """bfloat16 autocast for a `bf16` step's forward pass and loss (the backward pass follows the
-    forward's types; autocast is entered anew each step, since it caches its weight casts)."""
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+    forward's types). No cast cache: each weight is cast once a step anyway, and a cache must not
+    outlive a step, nor be captured in a CUDA graph."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16", cache_enabled=False)
+
+
+class _StepGraph:
+    """A captured training step and the static buffers it reads (CUDA only)."""
+
+    def __init__(self, index: torch.Tensor, aug):
+        self.index = index.clone()
+        self.aug = None if aug is None else tuple(a.clone() for a in aug)
+        self.warm = 0
+        self.graph: torch.cuda.CUDAGraph | None = None
 
 
 def epoch_order(config: NetworkConfig, epoch: int, n: int) -> torch.Tensor:
@@ -81,7 +100,8 @@ def epoch_augmentation(config: NetworkConfig, epoch: int, data: Dataset):
 
 
 class PopulationTrainer:
-    def __init__(self, bundle: BundleConfig, data: Dataset, budget: Budget, device="cpu"):
+    def __init__(self, bundle: BundleConfig, data: Dataset, budget: Budget, device="cpu",
+                 cuda_graphs: bool = True):
         self.bundle = bundle
         self.data = data
         self.budget = budget
@@ -91,6 +111,7 @@ class PopulationTrainer:
             raise ValueError(f"data set is on {self.device} but the trainer on "
                              f"{wanted}; load it with load_dataset(spec, device)")
         self.members = bundle.members
+        self.cuda_graphs = cuda_graphs and self.device.type == "cuda"
         self.activation = activation_of(self.members[0])
         self.n = len(data.y_train)
         self.batch = min(bundle.batch_size or self.n, self.n)
@@ -147,7 +168,12 @@ class PopulationTrainer:
             name: torch.zeros_like(self._params, requires_grad=False)
             for name in _SLOTS[self.bundle.optimizer]}
         self._opt_step = opt_step
+        # Adam's step count on the device, in float64 as torch.optim computes its corrections, so
+        # a captured step advances it itself.
+        self._step_count = torch.full((), float(opt_step), dtype=torch.float64, device=self.device)
         self._live_labels = self.labels.index_select(0, index)
+        self._epoch_loss = torch.zeros(len(live), device=self.device)
+        self._graph: _StepGraph | None = None  # the live buffers changed: capture again
 
     def _sync_population(self) -> None:
         """Copy the live members' current parameters into the population stacks."""
@@ -178,7 +204,6 @@ class PopulationTrainer:
     @torch.no_grad()
     def _update(self, grad: torch.Tensor) -> None:
         p, lr, s = self._params, self._lr, self._slots
-        self._opt_step += 1
         kind = self.bundle.optimizer
         if kind == "sgd":
             p.sub_(lr * grad)
@@ -189,8 +214,9 @@ class PopulationTrainer:
             beta1, beta2 = ADAM_BETAS
             s["exp_avg"].lerp_(grad, 1 - beta1)
             s["exp_avg_sq"].mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-            correction1 = 1 - beta1 ** self._opt_step
-            correction2 = math.sqrt(1 - beta2 ** self._opt_step)
+            self._step_count += 1
+            correction1 = (1 - beta1 ** self._step_count).float()
+            correction2 = (1 - beta2 ** self._step_count).sqrt().float()
             denom = (s["exp_avg_sq"].sqrt() / correction2).add_(EPS)
             p.sub_(lr / correction1 * s["exp_avg"] / denom)
         else:
@@ -208,14 +234,53 @@ class PopulationTrainer:
         flips = torch.stack([d[1] for d in draws]).to(self.device)
         return order.to(self.device), (shifts, flips)
 
-    def _batch_inputs(self, idx: torch.Tensor, aug, start: int, stop: int) -> torch.Tensor:
+    def _batch_inputs(self, idx: torch.Tensor, aug) -> torch.Tensor:
         x = self.data.x_train[idx]  # [m, B, d]
         if aug is None:
             return x
         d = self.data
-        raw = augment(x * d.std + d.mean, d.image_shape, aug[0][:, start:stop],
-                      aug[1][:, start:stop], augmentation_pad(d.image_shape))
+        raw = augment(x * d.std + d.mean, d.image_shape, aug[0], aug[1], augmentation_pad(d.image_shape))
         return (raw - d.mean) / d.std
+
+    def _step(self, idx: torch.Tensor, aug) -> None:
+        """One training step of the live members on the examples `idx` [m, B] (with their
+        augmentation draws `aug`); no host synchronisation, so it can be captured."""
+        m = len(self.live)
+        x = self._batch_inputs(idx, aug)
+        y = self._live_labels.gather(1, idx)
+        views = self._views(self._params)
+        with matmul_precision(self.bundle.precision):
+            with autocast(self.bundle.precision, self.device):
+                logits = self._forward(views, x)
+                losses = F.cross_entropy(logits.flatten(0, 1), y.reshape(-1), reduction="none").view(m, -1).mean(1)
+            grads = torch.autograd.grad(losses.sum(), views)
+        self._update(self._flatten(grads))
+        self._epoch_loss += losses.detach()
+
+    def _graph_step(self, idx: torch.Tensor, aug) -> None:
+        """`_step` through a CUDA graph: eager on a side stream for the first steps after the
+        live set changed, then captured once and replayed."""
+        graph = self._graph
+        if graph is None or graph.index.shape != idx.shape:
+            graph = self._graph = _StepGraph(idx, aug)
+        graph.index.copy_(idx)
+        for static, value in zip(graph.aug or (), aug or ()):
+            static.copy_(value)
+        if graph.graph is not None:
+            graph.graph.replay()
+            return
+        if graph.warm < GRAPH_WARMUP:
+            side = torch.cuda.Stream(self.device)
+            side.wait_stream(torch.cuda.current_stream(self.device))
+            with torch.cuda.stream(side):
+                self._step(graph.index, graph.aug)
+            torch.cuda.current_stream(self.device).wait_stream(side)
+            graph.warm += 1
+            return
+        graph.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph.graph):
+            self._step(graph.index, graph.aug)
+        graph.graph.replay()  # capturing records the step without running it
 
     def train_epoch(self) -> dict:
         """One epoch for the live members, then the stopping and divergence checks."""
@@ -224,28 +289,23 @@ class PopulationTrainer:
         started = time.perf_counter()
         order, aug = self._epoch_inputs()
         m = len(self.live)
-        epoch_loss = torch.zeros(m, device=self.device)
+        self._epoch_loss.zero_()
         steps_before = self.steps
         for step in range(self.steps_per_epoch):
             if self.budget.max_steps is not None and self.steps >= self.budget.max_steps:
                 break
             start, stop = step * self.batch, min(self.n, (step + 1) * self.batch)
             idx = order[:, start:stop]
-            x = self._batch_inputs(idx, aug, start, stop)
-            y = self._live_labels.gather(1, idx)
-            views = self._views(self._params)
-            with matmul_precision(self.bundle.precision):
-                with autocast(self.bundle.precision, self.device):
-                    logits = self._forward(views, x)
-                    losses = F.cross_entropy(logits.flatten(0, 1), y.reshape(-1),
-                                             reduction="none").view(m, -1).mean(1)
-                grads = torch.autograd.grad(losses.sum(), views)
-            self._update(self._flatten(grads))
-            epoch_loss += losses.detach()
+            batch_aug = None if aug is None else (aug[0][:, start:stop], aug[1][:, start:stop])
+            if self.cuda_graphs and stop - start == self.batch:
+                self._graph_step(idx, batch_aug)
+            else:
+                self._step(idx, batch_aug)
+            self._opt_step += 1
             self.steps += 1
         self.epoch += 1
         model_steps = m * (self.steps - steps_before)
-        stopped = self._end_of_epoch(epoch_loss)
+        stopped = self._end_of_epoch(self._epoch_loss)
         self.elapsed += time.perf_counter() - started
         for member in stopped:
             self.stopped_at[member] = (self.steps, self.steps / self.steps_per_epoch,

@@ -131,6 +131,26 @@ def test_member_follows_the_network_trained_alone_in_every_precision(digits, opt
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("optimizer", sorted(TORCH_OPTIMIZERS))
+def test_cuda_graph_steps_equal_eager_steps_as_members_leave(optimizer):
+    # Captured and replayed steps against the same steps run eagerly: augmentation (its draws
+    # copied into the graph's buffers), a last short batch (eager), members that converge,
+    # diverge or run out of budget at different epochs (each change of the live set re-captures).
+    data = load_dataset(DIGITS, device="cuda")
+    lrs = LEARNING_RATES[optimizer]
+    members = BundleConfig((net(optimizer, lrs[1] * 3, seed=1, aug=True), net(optimizer, lrs[0], seed=2, aug=True),
+                            net(optimizer, 1e4, seed=3, aug=True), net(optimizer, lrs[2], seed=4, noise=0.5, aug=True)))
+    budget = Budget(max_epochs=8)
+    eager = run(PopulationTrainer(members, data, budget, device="cuda", cuda_graphs=False))
+    graphed = run(PopulationTrainer(members, data, budget, device="cuda", cuda_graphs=True))
+    assert graphed.cuda_graphs and graphed.status == eager.status
+    assert [s[:2] for s in graphed.stopped_at] == [s[:2] for s in eager.stopped_at]  # steps, epochs
+    for i in range(len(members.members)):
+        if eager.status[i] != "diverged":
+            assert_close_params(member_params(graphed, i), member_params(eager, i), 1e-6)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 @pytest.mark.parametrize("precision", ["fp32", "tf32", "bf16"])
 def test_cuda_member_follows_the_network_trained_alone_in_every_precision(precision):
     data = load_dataset(DIGITS, device="cuda")
