@@ -25,7 +25,8 @@ import torch
 
 import metrics_core as mc
 from sweep.data import Dataset
-from sweep.scoring import ScoreSettings, Scorer, load_checkpoint, prepare, score_checkpoint
+from sweep.scoring import (ScoreSettings, Scorer, checkpoint_dataset, load_checkpoint, prepare, score_checkpoint,
+                           score_checkpoints)
 from sweep.spec import BundleConfig, DataSpec, NetworkConfig
 
 
@@ -104,13 +105,27 @@ def pure_path(args, settings: ScoreSettings) -> None:
         if (differences > TOLERANCE).any():
             raise SystemExit(f"scores differ by more than {TOLERANCE:g} (relative): {dict(differences[differences > TOLERANCE])}")
 
+    # The same networks as 4 checkpoints (bundles of one shape): one call for all, or one each.
+    parts = [(mc.MLP(tuple(w[c::4] for w in pop.weights), tuple(b[c::4] for b in pop.biases), pop.activation),
+              {**meta, "bundle_id": f"bench{c}", "network_ids": ids[c::4], "statuses": ["budget"] * len(ids[c::4])})
+             for c in range(4)]
+
+    def together():
+        return score_checkpoints(parts, data, settings, inputs)
+
+    def each():
+        return [score_checkpoint(p, m, data, settings, inputs) for p, m in parts]
+
     points = args.members * (settings.points + settings.train_points)
     t_batched, t_loop = timed(batched, args.repeats), timed(per_network, args.repeats)
+    t_together, t_each = timed(together, args.repeats), timed(each, args.repeats)
     print(f"score_checkpoint, {args.members} nets {'-'.join(map(str, sizes))}, "
           f"{settings.points}+{settings.train_points} points, k={settings.transitions_k}:")
-    for name, t in (("batched population", t_batched), ("one network at a time", t_loop)):
-        print(f"  {name:24s} {1 / t:8.3f} checkpoints/s {args.members / t:9.2f} networks/s {points / t:12.0f} points/s")
-    print(f"  ratio batched / one at a time: {t_loop / t_batched:.2f}x")
+    for name, t in (("batched population", t_batched), ("4 checkpoints, one call", t_together),
+                    ("4 checkpoints, one each", t_each), ("one network at a time", t_loop)):
+        print(f"  {name:24s} {args.members / t:9.2f} networks/s {points / t:12.0f} points/s")
+    print(f"  ratio batched / one at a time: {t_loop / t_batched:.2f}x; 4 checkpoints in one call / one network at a "
+          f"time: {t_loop / t_together:.2f}x, / one call each: {t_each / t_together:.2f}x")
 
 
 def write_checkpoints(root: Path, count: int, members: int, width: int, depth: int) -> list[str]:
@@ -154,7 +169,7 @@ def pool_path(args, settings: ScoreSettings) -> None:
         started = time.perf_counter()
         for source in sources:
             pop, meta = load_checkpoint(source)
-            data, inputs = scorer.inputs(meta, settings)
+            data, inputs = scorer.inputs(checkpoint_dataset(meta), settings)
             for i, network_id in enumerate(meta["network_ids"]):
                 single = mc.MLP(tuple(w[i : i + 1] for w in pop.weights), tuple(b[i : i + 1] for b in pop.biases), pop.activation)
                 score_checkpoint(single, {**meta, "network_ids": [network_id], "statuses": ["converged"]}, data, settings, inputs)
@@ -177,7 +192,8 @@ def pool_path(args, settings: ScoreSettings) -> None:
     assert stats["failed"] == 0, stats["failures"]
     print(f"actor pool, {args.checkpoints} checkpoints of {args.pool_members} nets 64-{args.pool_width}-{args.pool_width}-10 "
           f"(digits), {args.actors} actor(s), tables written:")
-    for name, t in (("actor pool (batched)", t_pool), ("loop, one net per call", t_loop)):
+    for name, t in ((f"actor pool ({'several checkpoints a call' if gpus else 'one checkpoint a call'})", t_pool),
+                    ("loop, one net per call", t_loop)):
         print(f"  {name:24s} {args.checkpoints / t:8.3f} checkpoints/s {points / t:12.0f} points/s")
     print(f"  ratio pool / per-network loop: {t_loop / t_pool:.2f}x")
 

@@ -25,7 +25,9 @@ from torch import Tensor
 import metrics_core as mc
 from sweep import storage
 from sweep.checkpoints import POPULATION_FILE, CheckpointError, label, locate, read_meta
+from sweep.data import load_dataset
 from sweep.score_settings import POINT_METRICS, WEIGHT_METRICS, ScoreSettings
+from sweep.spec import BundleConfig
 from sweep.tables import SCHEMAS, TableWriter, build, checkpoint_key
 
 log = logging.getLogger(__name__)
@@ -143,55 +145,92 @@ def score_checkpoint(
     inputs: ScoringInputs | None = None,
 ) -> dict[str, pa.Table]:
     """Rows of `scores`, `points`, `trajectories` and `slices` for every member of a checkpoint,
-    as Arrow tables of the documented schemas (`.to_pandas()` gives frames).
+    as Arrow tables of the documented schemas (`.to_pandas()` gives frames); see
+    `score_checkpoints`."""
+    return score_checkpoints([(population, meta)], data, settings, inputs)[0]
 
-    All members are scored as one stacked population. Members with identical weights (at
-    initialisation, every member with the same seed: learning rates and labels do not change
-    initial weights) are computed once, as every measure depends on the weights and the fixed
-    points alone. Members whose weights are not finite (diverged) get NaN metrics without being
-    computed; if the batched computation raises, each member is retried alone, so one failing
-    network is recorded as failed and the others still get their scores.
+
+def score_checkpoints(
+    checkpoints: Sequence[tuple[mc.MLP, Mapping]],
+    data,
+    settings: ScoreSettings,
+    inputs: ScoringInputs | None = None,
+) -> list[dict[str, pa.Table]]:
+    """The rows of several checkpoints of one data set (`score_checkpoint` of each, in order),
+    computed together: the members of every checkpoint with the same layers, activation and
+    measures (trajectory profiles and slices are measured at `init` and `end` only) are one
+    stacked population, so the points, trajectories and slice planes are set up once and the
+    device sees one large computation instead of one per checkpoint.
+
+    Members with identical weights (at initialisation, every member with the same seed: learning
+    rates and labels do not change initial weights) are computed once, as every measure depends
+    on the weights and the fixed points alone. Members whose weights are not finite (diverged)
+    get NaN metrics without being computed; if a batched computation raises, each of its members
+    is retried alone, so one failing network is recorded as failed and the others still get
+    their scores.
     """
     inputs = inputs or prepare(data, settings)
-    ids = list(meta["network_ids"])
-    if len(ids) != population.num_models:
-        raise CheckpointError(
-            f"checkpoint {meta.get('bundle_id')}/{meta.get('tag')} lists {len(ids)} network_ids "
-            f"for {population.num_models} stacked networks"
-        )
-    population = population.to(device=inputs.probes[0].x.device, dtype=inputs.probes[0].x.dtype)
-    profiles = meta["tag"] in PROFILE_TAGS
-    finite = _finite_members(population)
-    measured: dict[int, dict[str, Tensor]] = {}
-    errors: dict[int, str] = {}
-    copies = _identical_members(population, [i for i in range(len(ids)) if finite[i]])
-    todo = list(copies)
-    if todo:
-        try:
-            measured.update(_split(_measure(_select(population, todo), inputs, settings, profiles), todo))
-        except Exception as batched:  # noqa: BLE001 - any failure is narrowed down member by member below
-            # Said out loud: when every member then succeeds alone, the batched route has a bug
-            # that would otherwise only show as slow scoring.
-            log.warning("checkpoint %s/%s: scoring the %d members together raised %s: %s; scoring them one "
-                        "at a time", meta.get("bundle_id"), meta.get("tag"), len(todo), type(batched).__name__, batched)
-            for i in todo:
-                try:
-                    measured.update(_split(_measure(_select(population, [i]), inputs, settings, profiles), [i]))
-                except Exception as error:  # noqa: BLE001 - recorded as this member's failure
-                    errors[i] = f"scoring raised {type(error).__name__}: {error}"
-    for first, others in copies.items():
-        for i in others:
-            if first in measured:
-                measured[i] = measured[first]
-            if first in errors:
-                errors[i] = errors[first]
-    statuses = list(meta.get("statuses") or ["unknown"] * len(ids))
-    notes = {
-        i: f"weights are not finite (network {statuses[i]}): metrics are NaN"
-        for i in range(len(ids))
-        if not finite[i]
-    }
-    return _checkpoint_rows(meta, ids, inputs, settings, profiles, measured, errors, notes)
+    device, dtype = inputs.probes[0].x.device, inputs.probes[0].x.dtype
+    populations, copies, finite, groups = [], [], [], {}
+    for c, (population, meta) in enumerate(checkpoints):
+        ids = list(meta["network_ids"])
+        if len(ids) != population.num_models:
+            raise CheckpointError(
+                f"checkpoint {meta.get('bundle_id')}/{meta.get('tag')} lists {len(ids)} network_ids "
+                f"for {population.num_models} stacked networks"
+            )
+        population = population.to(device=device, dtype=dtype)
+        populations.append(population)
+        finite.append(_finite_members(population))
+        copies.append(_identical_members(population, [i for i in range(len(ids)) if finite[c][i]]))
+        key = (tuple(w.shape[1:] for w in population.weights), population.activation, meta["tag"] in PROFILE_TAGS)
+        groups.setdefault(key, []).extend((c, i) for i in copies[c])
+    measured: list[dict[int, dict[str, Tensor]]] = [{} for _ in checkpoints]
+    errors: list[dict[int, str]] = [{} for _ in checkpoints]
+    labels = [f"{meta.get('bundle_id')}/{meta.get('tag')}" for _, meta in checkpoints]
+    for (_, _, profiles), members in groups.items():
+        _measure_members(populations, members, inputs, settings, profiles, measured, errors, labels)
+    out = []
+    for c, (population, meta) in enumerate(checkpoints):
+        ids = list(meta["network_ids"])
+        for first, others in copies[c].items():
+            for i in others:
+                if first in measured[c]:
+                    measured[c][i] = measured[c][first]
+                if first in errors[c]:
+                    errors[c][i] = errors[c][first]
+        statuses = list(meta.get("statuses") or ["unknown"] * len(ids))
+        notes = {
+            i: f"weights are not finite (network {statuses[i]}): metrics are NaN"
+            for i in range(len(ids))
+            if not finite[c][i]
+        }
+        profiles = meta["tag"] in PROFILE_TAGS
+        out.append(_checkpoint_rows(meta, ids, inputs, settings, profiles, measured[c], errors[c], notes))
+    return out
+
+
+def _measure_members(populations, members, inputs, settings, profiles, measured, errors, labels) -> None:
+    """Measure `members` ((checkpoint, member) pairs of same-shape populations) as one stacked
+    population into `measured`, or, if that raises, one at a time (failures into `errors`)."""
+    by_checkpoint: dict[int, list[int]] = {}
+    for c, i in members:
+        by_checkpoint.setdefault(c, []).append(i)
+    try:
+        stacked = mc.stack([_select(populations[c], picked) for c, picked in by_checkpoint.items()])
+        results = _split(_measure(stacked, inputs, settings, profiles), range(len(members)))
+        for row, (c, i) in enumerate((c, i) for c, picked in by_checkpoint.items() for i in picked):
+            measured[c][i] = results[row]
+    except Exception as batched:  # noqa: BLE001 - any failure is narrowed down member by member below
+        # Said out loud: when every member then succeeds alone, the batched route has a bug that
+        # would otherwise only show as slow scoring.
+        log.warning("checkpoint(s) %s: scoring the %d members together raised %s: %s; scoring them one at a time",
+                    ", ".join(sorted({labels[c] for c, _ in members})), len(members), type(batched).__name__, batched)
+        for c, i in members:
+            try:
+                measured[c].update(_split(_measure(_select(populations[c], [i]), inputs, settings, profiles), [i]))
+            except Exception as error:  # noqa: BLE001 - recorded as this member's failure
+                errors[c][i] = f"scoring raised {type(error).__name__}: {error}"
 
 
 def failure_rows(meta: Mapping, settings: ScoreSettings, message: str) -> dict[str, pa.Table]:
@@ -503,17 +542,9 @@ class Scorer:
         self._inputs: dict[tuple, tuple[object, ScoringInputs]] = {}
         self._preparing = threading.Lock()  # checkpoints may be scored in several threads at once
 
-    def inputs(self, meta: Mapping, settings: ScoreSettings):
-        """The data set of a checkpoint's bundle and its scoring inputs, prepared once."""
-        from sweep.data import load_dataset
-        from sweep.spec import BundleConfig
-
-        if "bundle" not in meta:
-            raise CheckpointError(
-                f"checkpoint {meta['bundle_id']}/{meta['tag']}: meta.json has no 'bundle' (the BundleConfig "
-                "naming its data set); it was not written by sweep.trainable"
-            )
-        spec = BundleConfig.from_dict(meta["bundle"]).dataset
+    def inputs(self, spec, settings: ScoreSettings):
+        """A data set (its `DataSpec`) on this scorer's device and its scoring inputs, prepared
+        once."""
         key = (spec, settings)
         with self._preparing:
             if key not in self._inputs:
@@ -522,37 +553,65 @@ class Scorer:
         return self._inputs[key]
 
     def score(self, source, table_root: str, settings: ScoreSettings) -> dict:
-        """Score one checkpoint and write its rows; never raises for a bad checkpoint or a failing
-        network (those are recorded as failed rows). Returns a summary for progress."""
+        """Score one checkpoint and write its rows (`score_many` of one)."""
+        return self.score_many([source], table_root, settings)[0]
+
+    def score_many(self, sources: Sequence, table_root: str, settings: ScoreSettings) -> list[dict]:
+        """Score checkpoints and write their rows, those of one data set in one batched call
+        (`score_checkpoints`); never raises for a bad checkpoint or a failing network (those are
+        recorded as failed rows). Returns a summary per checkpoint, in order, for progress."""
         if self.threads:  # torch's thread count is per thread, and an actor may call from several
             torch.set_num_threads(self.threads)
         started = time.perf_counter()
-        summary = {"source": label(source), "key": None, "members": 0, "failed_members": 0, "points": 0, "message": ""}
-        try:
-            meta = read_meta(source)
-        except CheckpointError as error:
-            return {**summary, "message": str(error), "seconds": time.perf_counter() - started}
-        key = checkpoint_key(meta["bundle_id"], meta["tag"])
-        try:
-            population = _load_population(source)
-            data, inputs = self.inputs(meta, settings)
-            tables = score_checkpoint(population, meta, data, settings, inputs)
-            message = ""
-        except Exception as error:  # noqa: BLE001 - recorded as failed rows, never lost
-            message = f"scoring failed: {type(error).__name__}: {error}"
-            tables = failure_rows(meta, settings, message)
-        write_rows(TableWriter(table_root), key, tables)
+        summaries: list[dict] = []
+        loaded: dict[object, list[tuple[int, mc.MLP, dict]]] = {}
+        for source in sources:
+            summary = {"source": label(source), "key": None, "members": 0, "failed_members": 0, "points": 0, "message": ""}
+            summaries.append(summary)
+            try:
+                meta = read_meta(source)
+            except CheckpointError as error:
+                summary["message"] = str(error)
+                continue
+            summary.update(key=checkpoint_key(meta["bundle_id"], meta["tag"]), members=len(meta["network_ids"]))
+            try:
+                population = _load_population(source)
+                data_spec = checkpoint_dataset(meta)
+            except CheckpointError as error:
+                summary["message"] = f"scoring failed: CheckpointError: {error}"
+                self._write(table_root, summary, failure_rows(meta, settings, summary["message"]))
+                continue
+            loaded.setdefault(data_spec, []).append((len(summaries) - 1, population, meta))
+        for data_spec, items in loaded.items():
+            try:
+                data, inputs = self.inputs(data_spec, settings)
+                results = score_checkpoints([(p, m) for _, p, m in items], data, settings, inputs)
+            except Exception as error:  # noqa: BLE001 - recorded as failed rows, never lost
+                message = f"scoring failed: {type(error).__name__}: {error}"
+                results = [failure_rows(meta, settings, message) for _, _, meta in items]
+                for index, _, _ in items:
+                    summaries[index]["message"] = message
+            for (index, _, _), tables in zip(items, results):
+                self._write(table_root, summaries[index], tables)
+        seconds = time.perf_counter() - started
+        return [{**summary, "seconds": seconds} for summary in summaries]
+
+    @staticmethod
+    def _write(table_root: str, summary: dict, tables: Mapping[str, pa.Table]) -> None:
+        write_rows(TableWriter(table_root), summary["key"], tables)
         scores = tables["scores"]
         failed = pc.count_distinct(scores["network_id"].filter(pc.equal(scores["status"], "failed")))
-        return {
-            **summary,
-            "key": key,
-            "members": len(meta["network_ids"]),
-            "failed_members": failed.as_py(),
-            "points": tables["points"].num_rows,
-            "message": message,
-            "seconds": time.perf_counter() - started,
-        }
+        summary.update(failed_members=failed.as_py(), points=tables["points"].num_rows)
+
+
+def checkpoint_dataset(meta: Mapping):
+    """The data set a checkpoint's bundle was trained on (from its meta.json)."""
+    if "bundle" not in meta:
+        raise CheckpointError(
+            f"checkpoint {meta['bundle_id']}/{meta['tag']}: meta.json has no 'bundle' (the BundleConfig "
+            "naming its data set); it was not written by sweep.trainable"
+        )
+    return BundleConfig.from_dict(meta["bundle"]).dataset
 
 
 def __getattr__(name: str):

@@ -26,6 +26,8 @@ import ray
 if TYPE_CHECKING:
     from sweep.score_settings import ScoreSettings
 
+GPU_BATCH = 8  # checkpoints a GPU actor scores in one call
+
 
 def run_in_background() -> None:
     """Give this process only the CPU time nothing else wants: Linux's SCHED_IDLE, for every
@@ -51,8 +53,8 @@ class ScoringActor:
 
         self._scorer = Scorer(threads=threads)
 
-    def score(self, source, table_root: str, settings: ScoreSettings) -> dict:
-        return self._scorer.score(source, table_root, settings)
+    def score(self, sources: list, table_root: str, settings: ScoreSettings) -> list[dict]:
+        return self._scorer.score_many(sources, table_root, settings)
 
 
 @dataclass
@@ -65,7 +67,7 @@ class _Job:
 class _Task:
     slot: int
     generation: int  # which actor of the slot ran it: a dead actor is replaced only once
-    job: _Job
+    jobs: tuple[_Job, ...]  # scored in one call
 
 
 class ScoringPool:
@@ -94,8 +96,10 @@ class ScoringPool:
         self.settings = settings
         self.max_retries = max_retries
         # A GPU actor scores a checkpoint in a fraction of a second: look on every call, so it
-        # never waits for its next one.
+        # never waits for its next one, and give it what is queued in one call (up to
+        # `GPU_BATCH`), which it scores as one stacked population per shape.
         self.poll_interval_s = 0.0 if gpus_per_actor else 0.2
+        self._batch = GPU_BATCH if gpus_per_actor else 1
         self._resources = {"num_cpus": cpus_per_actor, "num_gpus": gpus_per_actor}
         self._threads = max(1, round(cpus_per_actor))
         cpus = int(ray.cluster_resources().get("CPU", 1))
@@ -216,30 +220,37 @@ class ScoringPool:
         load = Counter(task.slot for task in self._running.values())
         for slot in range(len(self._actors)):
             while self._queue and load[slot] < self._slots:
-                self._dispatch(self._queue.popleft(), slot)
+                jobs = [self._queue.popleft() for _ in range(min(self._batch, len(self._queue)))]
+                self._dispatch(jobs, slot)
                 load[slot] += 1
 
-    def _dispatch(self, job: _Job, slot: int) -> None:
-        job.attempts += 1
-        ref = self._actors[slot].score.remote(job.source, self.table_root, self.settings)
-        self._running[ref] = _Task(slot, self._generation[slot], job)
+    def _dispatch(self, jobs: list[_Job], slot: int) -> None:
+        for job in jobs:
+            job.attempts += 1
+        ref = self._actors[slot].score.remote([job.source for job in jobs], self.table_root, self.settings)
+        self._running[ref] = _Task(slot, self._generation[slot], tuple(jobs))
 
     def _finish(self, ref: ray.ObjectRef) -> None:
         task = self._running.pop(ref)
-        job = task.job
         try:
-            summary = ray.get(ref)
+            summaries = ray.get(ref)
         except ray.exceptions.RayActorError as error:
             self._replace(task)
-            if job.attempts <= self.max_retries:
-                self._counts["retried"] += 1
-                self._queue.appendleft(job)
-            else:
-                self._fail(job, f"scoring actor died {job.attempts} time(s): {_first_line(error)}")
+            for job in reversed(task.jobs):
+                if job.attempts <= self.max_retries:
+                    self._counts["retried"] += 1
+                    self._queue.appendleft(job)
+                else:
+                    self._fail(job, f"scoring actor died {job.attempts} time(s): {_first_line(error)}")
             return
         except ray.exceptions.RayError as error:
-            self._fail(job, f"scoring task failed: {_first_line(error)}")
+            for job in task.jobs:
+                self._fail(job, f"scoring task failed: {_first_line(error)}")
             return
+        for summary in summaries:
+            self._count(summary)
+
+    def _count(self, summary: dict) -> None:
         if summary["key"] is None:  # the checkpoint's metadata could not be read: no rows possible
             self._counts["failed"] += 1
             self._failures.append(summary["message"])

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 import metrics_core as mc
+import sweep.scoring
 from sweep.checkpoints import CheckpointError, local_size, unscored
 from sweep.data import load_dataset
 from sweep.models import build_network
@@ -30,6 +31,7 @@ from sweep.scoring import (
     load_checkpoint,
     prepare,
     score_checkpoint,
+    score_checkpoints,
 )
 from sweep.spec import BundleConfig, DataSpec, NetworkConfig, ScoringSpec
 from sweep.tables import SCHEMAS, TableWriter
@@ -276,6 +278,32 @@ def test_one_failing_network_is_recorded_and_the_others_are_scored(data, monkeyp
     assert "scoring the 3 members together raised RuntimeError: injected fault" in caplog.text
 
 
+def test_several_checkpoints_scored_together_equal_each_scored_alone(data, monkeypatch):
+    # Two shapes, init (profiles and slices) and end checkpoints, a diverged member and two
+    # members with identical weights: one stacked call per shape and kind of checkpoint.
+    settings = SETTINGS.replace(trajectories=True, slices=True)
+    small, other, wide = make_bundle(members=2), make_bundle(members=3, seed0=10), make_bundle(members=2, width=24)
+    nets = {b.bundle_id: make_nets(b) for b in (small, other, wide)}
+    with torch.no_grad():
+        nets[other.bundle_id][1][0].weight.fill_(float("nan"))
+        for new, old in zip(nets[other.bundle_id][2].parameters(), nets[other.bundle_id][0].parameters()):
+            new.copy_(old)
+    checkpoints = [(mc.stack(nets[b.bundle_id]), meta_of(b, tag)) for b, tag in
+                   ((small, "end"), (other, "end"), (wide, "end"), (small, "init"), (wide, "epoch-000004"))]
+    calls = []
+    real = sweep.scoring._measure
+    monkeypatch.setattr(sweep.scoring, "_measure", lambda net, *a: calls.append(net.num_models) or real(net, *a))
+    together = score_checkpoints(checkpoints, data, settings)
+    # 16×2 init and end (profiles at both): 2 + (3 - diverged - copy) + 2 = 5; 24×2 end: 2;
+    # 24×2 epoch checkpoint (no profiles): 2.
+    assert sorted(calls) == [2, 2, 5]
+    calls.clear()
+    for (population, meta), tables in zip(checkpoints, together):
+        alone = score_checkpoint(population, meta, data, settings)
+        for name in tables:
+            pd.testing.assert_frame_equal(tables[name].to_pandas(), alone[name].to_pandas(), rtol=1e-5, check_exact=False)
+
+
 def test_profiles_and_slices_only_at_init_and_end(data):
     bundle = make_bundle(members=2)
     nets = make_nets(bundle)
@@ -419,6 +447,37 @@ def test_pool_scores_like_the_scorer_and_replaces_a_killed_actor(tmp_path, ray_s
             expected.read(table).sort_values(columns, ignore_index=True),
         )
     assert got.keys("scores") == expected.keys("scores")
+    pool.shutdown()
+
+
+@pytest.mark.ray
+def test_a_gpu_pool_hands_an_actor_what_is_queued_in_one_call(tmp_path, ray_session):
+    # The session's Ray is told of 2 GPUs (there is no CUDA: the actor scores on the CPU).
+    from sweep.scoring_actors import GPU_BATCH, ScoringPool
+
+    bundles = [make_bundle(members=2, seed0=s, width=16 + 8 * (s % 2)) for s in range(5)]
+    sources = [str(write_checkpoint(tmp_path / f"c{i}", b, make_nets(b))) for i, b in enumerate(bundles)]
+    sources.append(str(tmp_path / "nowhere"))  # no meta.json: recorded as failed, the others scored
+    reference = tmp_path / "reference"
+    for source in sources[:-1]:
+        Scorer("cpu").score(source, str(reference), SETTINGS)
+    tables = str(tmp_path / "tables")
+    pool = ScoringPool(tables, SETTINGS, num_actors=1, cpus_per_actor=0, gpus_per_actor=0.5)
+    pool.submit(sources[0])
+    for source in sources[1:]:
+        pool.submit(source)
+    assert (pool.stats()["running"], pool.stats()["queued"]) == (1, 5)  # the actor holds the first
+    assert GPU_BATCH >= 5
+    ray_session.wait(list(pool._running), timeout=120)
+    pool.poll()  # the first is done: the five queued go out in one call
+    assert (pool.stats()["running"], pool.stats()["queued"], pool.stats()["done"]) == (1, 0, 1)
+    stats = pool.drain(timeout=120)
+    assert (stats["done"], stats["failed"]) == (5, 1) and "nowhere" in stats["failures"][0]
+    got, expected = TableWriter(tables), TableWriter(reference)
+    columns = ["network_id", "split", "metric"]
+    pd.testing.assert_frame_equal(got.read("scores").sort_values(columns, ignore_index=True),
+                                  expected.read("scores").sort_values(columns, ignore_index=True),
+                                  rtol=1e-5, check_exact=False)
     pool.shutdown()
 
 
