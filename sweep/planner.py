@@ -150,10 +150,15 @@ def _io(bundle: BundleConfig) -> tuple[int, int]:
 # ---- bundles --------------------------------------------------------------------------------
 
 
+def _group_key(x: NetworkConfig | BundleConfig) -> tuple:
+    """What the networks of one bundle share."""
+    return tuple(getattr(x, k) for k in SHARED_IN_BUNDLE)
+
+
 def _groups(spec: SweepSpec) -> list[list[NetworkConfig]]:
     groups: dict[tuple, list[NetworkConfig]] = {}
     for net in networks(spec):
-        groups.setdefault(tuple(getattr(net, k) for k in SHARED_IN_BUNDLE), []).append(net)
+        groups.setdefault(_group_key(net), []).append(net)
     return list(groups.values())
 
 
@@ -323,7 +328,7 @@ def plan_summary(spec: SweepSpec, bundles: list[BundleConfig], card: Card | None
     ]
     by_shape: dict[tuple, list[BundleConfig]] = {}
     for b in bundles:
-        by_shape.setdefault(tuple(getattr(b, k) for k in SHARED_IN_BUNDLE), []).append(b)
+        by_shape.setdefault(_group_key(b), []).append(b)
     peak = 0
     for group in by_shape.values():
         b = group[0]
