@@ -320,6 +320,7 @@ def plan_summary(spec: SweepSpec, bundles: list[BundleConfig], card: Card | None
         f"resources per trial: {spec.resources.cpus_per_trial:g} CPU, "
         + (f"a share of one {card.memory_gib:g} GiB card ({card.source})" if card else "no GPU")
         + f"; scoring actors: {spec.resources.scoring_actors}"
+        + (" (one per GPU of the cluster)" if spec.resources.scoring_actors == AUTO else "")
         + (f" at {scoring_share(spec, bundles, card):g} of a card each" if card and spec.resources.scoring_actors
            else ""),
         "",

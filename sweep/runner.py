@@ -10,7 +10,7 @@ from pathlib import Path
 
 from sweep import storage
 from sweep.planner import estimate_bundle_work
-from sweep.spec import BundleConfig, SweepSpec
+from sweep.spec import AUTO, BundleConfig, SweepSpec
 
 SWEEP_FILE = "sweep.json"
 
@@ -178,7 +178,7 @@ def _run_config(plan: SweepPlan, *, score: bool, max_failures: int, progress_str
         ProgressCallback(len(plan.bundles), plan.networks, stream=progress_stream),
         FailedTrialCallback(plan.table_root, plan.name),
     ]
-    if score and plan.resources["scoring_actors"] > 0:
+    if score and plan.resources["scoring_actors"] != 0:
         callbacks.append(ScoringCallback(scoring_pool_kwargs(plan), stream=progress_stream))
     return tune.RunConfig(
         name=plan.name,
@@ -190,11 +190,24 @@ def _run_config(plan: SweepPlan, *, score: bool, max_failures: int, progress_str
     )
 
 
+def scoring_actor_count(plan: SweepPlan) -> int:
+    """`resources.scoring_actors`, with `auto` one per GPU of the cluster Ray is connected to
+    (on a GPU sweep; at least one, and one on CPUs)."""
+    count = plan.resources["scoring_actors"]
+    if count != AUTO:
+        return max(1, count)
+    if not plan.resources["gpus_per_scoring_actor"]:
+        return 1
+    import ray
+
+    return max(1, int(ray.cluster_resources().get("GPU", 0)))
+
+
 def scoring_pool_kwargs(plan: SweepPlan, settings=None) -> dict:
     from sweep.score_settings import ScoreSettings
 
     return {
-        "num_actors": max(1, plan.resources["scoring_actors"]),
+        "num_actors": scoring_actor_count(plan),
         "cpus_per_actor": plan.resources["cpus_per_scoring_actor"],
         "gpus_per_actor": plan.resources["gpus_per_scoring_actor"],
         "table_root": plan.table_root,

@@ -322,7 +322,7 @@ class Resources:
     cpus_per_trial: float = 1.0
     # A share of one card, or "auto": each bundle's share of the card's memory (sweep.planner).
     gpus_per_trial: float | str = 0.0
-    scoring_actors: int = 1
+    scoring_actors: int | str = 1  # or "auto": one per GPU of the cluster when the sweep starts
     # Scoring comes in bursts at checkpoints: by default it shares the trials' cores rather than
     # reserving one that would idle in between (and hold back a trial on a small machine).
     cpus_per_scoring_actor: float = 0.0
@@ -533,7 +533,7 @@ _resources = _section(Resources, {
     "bundle_size": _or_auto(_int),
     "cpus_per_trial": lambda p, v: _float(p, v, 0.0, low_open=False),
     "gpus_per_trial": _or_auto(_gpu_share),
-    "scoring_actors": lambda p, v: _int(p, v, minimum=0),
+    "scoring_actors": _or_auto(lambda p, v: _int(p, v, minimum=0)),
     "cpus_per_scoring_actor": lambda p, v: _float(p, v, 0.0, low_open=False),
     "gpus_per_scoring_actor": _or_auto(_gpu_share),
     "max_concurrent_trials": _optional(_int),

@@ -282,3 +282,21 @@ def test_an_image_folder_is_sized_from_its_files(tmp_path):
     missing = parse_spec({**{"name": "g", "grid": {"widths": [8], "depths": [1], "learning_rates": [0.1]},
                              "budget": {"max_epochs": 1}}, "datasets": [{"name": "image_folder", "path": "/nonexistent"}]})
     assert planner.dataset_info(missing.datasets[0]).input_dim is None
+
+
+@pytest.mark.ray
+def test_scoring_actors_auto_is_one_per_gpu_of_the_cluster(tmp_path, ray_session):
+    # The session's Ray is told of 2 GPUs.
+    def plan_of(spec):
+        card = Card(24, "test") if spec.resources.uses_gpus else None
+        bundles = planner.expand(spec, card)
+        return runner.make_plan(spec, bundles, name="n", storage=str(tmp_path), spec_source="-", spec_text="",
+                                spec_suffix=".yaml", gpu_shares=planner.gpu_shares(spec, bundles, card),
+                                scoring_share=planner.scoring_share(spec, bundles, card))
+
+    gpu = plan_of(cifar_spec(scoring_actors="auto", gpus_per_scoring_actor="auto"))
+    assert runner.scoring_pool_kwargs(gpu)["num_actors"] == 2 and 0 < runner.scoring_pool_kwargs(gpu)["gpus_per_actor"] < 1
+    cpu = plan_of(parse_spec({"name": "c", "datasets": ["digits"], "grid": {"widths": [8], "depths": [1],
+                                                                            "learning_rates": [0.1]},
+                              "budget": {"max_epochs": 1}, "resources": {"scoring_actors": "auto"}}))
+    assert runner.scoring_pool_kwargs(cpu)["num_actors"] == 1
