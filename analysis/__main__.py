@@ -21,10 +21,13 @@ def main(argv: list[str] | None = None) -> int:
                         help="skip the bootstrap confidence intervals (much faster)")
     parser.add_argument("--resamples", type=int, default=DEFAULT_RESAMPLES,
                         help=f"bootstrap resamples (default {DEFAULT_RESAMPLES})")
+    parser.add_argument("--include-unconverged", action="store_true",
+                        help="also networks stopped at the budget short of 100%% train accuracy (default: the "
+                             "paper's protocol, networks at 100%%)")
     args = parser.parse_args(argv)
     try:
         report = build_report(args.path, args.out, bootstrap=not args.no_bootstrap,
-                              n_resamples=args.resamples)
+                              n_resamples=args.resamples, include_unconverged=args.include_unconverged)
     except (OSError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

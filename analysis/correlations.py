@@ -35,7 +35,8 @@ def correlations(
     """Spearman ρ and Kendall τ of each metric with each target, per `by` group and pooled.
 
     One row per (group, metric, target); the group column is named `by` (or `dataset` when
-    `by` is None, with only the pooled rows). Networks whose status is diverged or failed, and
+    `by` is None, with only the pooled rows). Pooled rows appear when there is more than one
+    group (or no grouping). Networks whose status is diverged or failed, and
     networks missing the metric or the target, are excluded and counted in `n_excluded`.
     Intervals are 95% percentile bootstrap intervals (scipy.stats.bootstrap, resampling networks
     in (metric, target) pairs, `n_resamples` resamples from `seed`); p-values are scipy's.
@@ -51,12 +52,10 @@ def correlations(
             raise ValueError(
                 f"cannot group by {by!r}: no such column; use one of {list(df.columns)}")
         groups = [(key, part) for key, part in df.groupby(by, observed=True, sort=True)]
-    pooled_is_group = len(groups) == 1 and len(groups[0][1]) == len(df)
+    # Pooled rows only where they pool something: with one group they would repeat its rows.
+    pooled = [] if len(groups) == 1 and len(groups[0][1]) == len(df) else [(POOLED, df)]
     rows = []
-    for key, part in [*groups, (POOLED, df)]:
-        if key == POOLED and pooled_is_group:
-            rows += [{**row, group_column: POOLED} for row in rows]
-            continue
+    for key, part in [*groups, *pooled]:
         for metric in metrics:
             for target in targets:
                 result = rank_correlation(part, metric, target, bootstrap, n_resamples, seed)

@@ -11,11 +11,12 @@ import numpy as np
 import pandas as pd
 
 from analysis import figures
-from analysis.columns import EXCLUDED_STATUSES, metric_columns
+from analysis.columns import HYPERPARAMS, metric_columns
 from analysis.correlations import DEFAULT_RESAMPLES, correlations
 from analysis.factors import FACTORS, factor_pairs, paired_factors
 from analysis.granulated import PSI, granulated_kendall
 from analysis.per_point import per_point, summarize_per_point
+from analysis.protocol import select
 from analysis.tables import Tables, load
 from analysis.trajectories import trajectory_profiles
 
@@ -33,23 +34,30 @@ class Report:
     factors: pd.DataFrame
     per_point: pd.DataFrame
     per_point_summary: pd.DataFrame
+    left_out: pd.DataFrame  # networks left out of the statistics, with a `reason`
+    include_unconverged: bool
     figures: tuple[Path, ...]
     timings: dict[str, float]
 
 
 def write_report(sweep_path: str | os.PathLike, out_dir: str | os.PathLike | None = None,
-                 bootstrap: bool = True) -> Path:
+                 bootstrap: bool = True, include_unconverged: bool = False) -> Path:
     """Write `<sweep>/report/report.md` (or `out_dir/report.md`) with its figures and CSV
     tables; returns the path of report.md."""
-    return build_report(sweep_path, out_dir, bootstrap).path
+    return build_report(sweep_path, out_dir, bootstrap, include_unconverged=include_unconverged).path
 
 
 def build_report(sweep_path: str | os.PathLike, out_dir: str | os.PathLike | None = None,
-                 bootstrap: bool = True, n_resamples: int = DEFAULT_RESAMPLES) -> Report:
+                 bootstrap: bool = True, n_resamples: int = DEFAULT_RESAMPLES,
+                 include_unconverged: bool = False) -> Report:
     """Load a sweep, compute every statistic, draw the figures and write the report.
 
-    The report goes to `out_dir`, by default `<sweep>/report` for a local sweep and
-    `./<sweep name>-report` for a remote (s3://, gs://) one.
+    Correlations, granulated Kendall, paired factors and per-point statistics use the networks
+    that reached 100% train accuracy, as the paper does (`analysis.protocol`; a pair counts only
+    when both of its networks did); `include_unconverged` adds those stopped at the budget. The
+    networks left out are counted and listed (`left_out.csv`). The report goes to `out_dir`, by
+    default `<sweep>/report` for a local sweep and `./<sweep name>-report` for a remote (s3://,
+    gs://) one.
     """
     timings: dict[str, float] = {}
     start = time.perf_counter()
@@ -58,7 +66,7 @@ def build_report(sweep_path: str | os.PathLike, out_dir: str | os.PathLike | Non
     out = Path(out_dir) if out_dir is not None else default_out_dir(tables)
     figure_dir = out / "figures"
     figure_dir.mkdir(parents=True, exist_ok=True)
-    wide = tables.wide
+    wide, left_out = select(tables.wide, include_unconverged)
 
     clock = time.perf_counter()
     corr = correlations(wide, bootstrap=bootstrap, n_resamples=n_resamples)
@@ -68,32 +76,27 @@ def build_report(sweep_path: str | os.PathLike, out_dir: str | os.PathLike | Non
     clock = time.perf_counter()
     granulated = granulated_kendall(wide)
     factors = paired_factors(wide)
-    points = per_point(_trained_points(tables))
+    points = per_point(tables.points[tables.points["network_id"].isin(wide["network_id"])])
     points_summary = summarize_per_point(points)
     profile = trajectory_profiles(tables.trajectories, tables.networks)
     timings["granulated Kendall, factors, per point, trajectories"] = time.perf_counter() - clock
 
     clock = time.perf_counter()
-    drawn = _draw_figures(tables, corr, profile, figure_dir)
+    drawn = _draw_figures(tables, wide, corr, profile, figure_dir)
     timings["figures"] = time.perf_counter() - clock
 
+    left_out = left_out[[c for c in dict.fromkeys(("network_id", "reason", *HYPERPARAMS, "train_acc", "epochs"))
+                         if c in left_out.columns]]
     for name, frame in (("correlations", corr), ("granulated_kendall", granulated),
                         ("paired_factors", factors), ("per_point", points),
-                        ("per_point_summary", points_summary)):
+                        ("per_point_summary", points_summary), ("left_out", left_out)):
         frame.to_csv(out / f"{name}.csv", index=False)
     timings["total"] = time.perf_counter() - start
     path = out / "report.md"
-    report = Report(path, corr, granulated, factors, points, points_summary,
+    report = Report(path, corr, granulated, factors, points, points_summary, left_out, include_unconverged,
                     tuple(p for paths in drawn.values() for p in paths), timings)
     path.write_text(_markdown(tables, report, drawn, bootstrap), encoding="utf-8")
     return report
-
-
-def _trained_points(tables: Tables) -> pd.DataFrame:
-    """The per-point records of networks that trained (not diverged or failed)."""
-    networks = tables.networks
-    bad = networks.loc[networks["status"].astype(str).isin(EXCLUDED_STATUSES), "network_id"]
-    return tables.points[~tables.points["network_id"].isin(bad)]
 
 
 def default_out_dir(tables: Tables) -> Path:
@@ -123,9 +126,9 @@ def format_correlation_table(df: pd.DataFrame) -> str:
     return text.to_string(index=False, justify="left")
 
 
-def _draw_figures(tables: Tables, corr: pd.DataFrame, profile: pd.DataFrame, out: Path
+def _draw_figures(tables: Tables, wide: pd.DataFrame, corr: pd.DataFrame, profile: pd.DataFrame, out: Path
                   ) -> dict[str, list[Path]]:
-    wide = tables.wide
+    """The figures of the networks in the statistics (`wide`), and the trajectory and slice maps."""
     drawn: dict[str, list[Path]] = {"capacity": [], "metrics": [], "factors": [],
                                     "trajectories": [], "slices": []}
     drawn["capacity"].append(figures.gap_vs_capacity(wide, out / "gap_vs_capacity.png"))
@@ -169,13 +172,13 @@ def _markdown(tables: Tables, report: Report, drawn: dict[str, list[Path]], boot
         + (" (" + ", ".join(f"{n} {s}" for s, n in statuses.items()) + ")" if statuses is not None
            else "") + "  ",
         f"Data sets: {', '.join(datasets) or 'none'}  ",
-        f"Excluded from all statistics: networks whose status is {' or '.join(EXCLUDED_STATUSES)};"
-        " per statistic also those missing the metric (counted in each table).",
+        *_protocol_lines(report, len(networks)),
         "",
         "## Rank correlation with the generalization gap",
         "",
         "Spearman ρ and Kendall τ across networks of each metric with the gap (train accuracy − "
-        "test accuracy) and with the loss gap (test − train loss), per data set and pooled. "
+        "test accuracy) and with the loss gap (test − train loss), per data set"
+        + (" and pooled. " if len(datasets) > 1 else ". ")
         + ("Intervals: 95% percentile bootstrap over networks." if bootstrap else
            "Bootstrap intervals were skipped (`--no-bootstrap`)."),
         "",
@@ -211,8 +214,8 @@ def _markdown(tables: Tables, report: Report, drawn: dict[str, list[Path]], boot
     else:
         lines += ["Per network: AUROC of the metric for predicting that a test point is "
                   "misclassified, and Spearman ρ of the metric with the point's loss; summarised "
-                  "across the trained networks (diverged and failed ones excluded; per-network "
-                  "values, with points excluded and why, in `per_point.csv`).", "",
+                  "across the networks in the statistics (per-network values, with points excluded "
+                  "and why, in `per_point.csv`).", "",
                   _markdown_table(_per_point_rows(report.per_point_summary)), ""]
     lines += ["## Trajectory profiles", ""]
     if not drawn["trajectories"]:
@@ -225,6 +228,30 @@ def _markdown(tables: Tables, report: Report, drawn: dict[str, list[Path]], boot
     lines += ["## Timing", "", "| step | seconds |", "| --- | --- |"]
     lines += [f"| {step} | {seconds:.2f} |" for step, seconds in report.timings.items()]
     return "\n".join(lines) + "\n"
+
+
+LEFT_OUT_LISTED = 50  # rows of the left-out list in report.md; left_out.csv has them all
+
+
+def _protocol_lines(report: Report, total: int) -> list[str]:
+    """Which networks the statistics use, how many were left out and why, and which."""
+    left = report.left_out
+    rule = ("networks that trained (diverged and failed ones left out; `--include-unconverged`)"
+            if report.include_unconverged else
+            "networks that reached 100% train accuracy, as in the paper (`sweep report "
+            "--include-unconverged` adds those stopped at the budget)")
+    reasons = left["reason"].value_counts()
+    lines = [f"In the statistics: {total - len(left)} of {total} networks: {rule}; per statistic also "
+             "leaving out those missing the metric (counted in each table).  ",
+             f"Left out: {len(left)}" + (" (" + ", ".join(f"{n} {r}" for r, n in reasons.items()) + ")" if len(left)
+                                         else "") + "."]
+    if len(left):
+        shown = left.head(LEFT_OUT_LISTED)
+        text = pd.DataFrame({c: [str(v) for v in shown[c]] for c in shown.columns})
+        lines += ["", _markdown_table(text.rename(columns={"network_id": "network"})), ""]
+        if len(left) > LEFT_OUT_LISTED:
+            lines += [f"The first {LEFT_OUT_LISTED} are listed; all {len(left)} are in `left_out.csv`."]
+    return lines
 
 
 def _figure_lines(title: str | None, paths: list[Path]) -> list[str]:

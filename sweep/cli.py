@@ -68,6 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
     report = sub.add_parser("report", help="write the report (Markdown + PNG) of a sweep")
     report.add_argument("path")
     report.add_argument("--no-bootstrap", action="store_true", help="skip bootstrap confidence intervals")
+    report.add_argument("--include-unconverged", action="store_true",
+                        help="also networks stopped at the budget short of 100%% train accuracy (default: the "
+                             "paper's protocol, networks at 100%%)")
     report.set_defaults(func=cmd_report)
 
     presets = sub.add_parser("presets", help="list the presets")
@@ -317,18 +320,23 @@ def cmd_score(args) -> int:
 def cmd_report(args) -> int:
     from sweep import runner
 
-    _report(runner.resolve_storage(args.path), bootstrap=not args.no_bootstrap)
+    _report(runner.resolve_storage(args.path), bootstrap=not args.no_bootstrap,
+            include_unconverged=args.include_unconverged)
     return 0
 
 
-def _report(sweep_dir: str, *, bootstrap: bool) -> None:
+def _report(sweep_dir: str, *, bootstrap: bool, include_unconverged: bool = False) -> None:
     from analysis.report import build_report, format_correlation_table
 
     try:
-        report = build_report(sweep_dir, bootstrap=bootstrap)
+        report = build_report(sweep_dir, bootstrap=bootstrap, include_unconverged=include_unconverged)
     except (FileNotFoundError, OSError, ValueError) as exc:
         raise UsageError(str(exc)) from None
     print(format_correlation_table(report.correlations))
+    reasons = report.left_out["reason"].value_counts()
+    if len(reasons):
+        print(f"[sweep] left out of the statistics: {len(report.left_out)} network(s) ("
+              + ", ".join(f"{n} {r}" for r, n in reasons.items()) + "); listed in the report")
     print(f"[sweep] report: {report.path}")
 
 if __name__ == "__main__":

@@ -166,3 +166,13 @@ def test_bootstrap_direct_helper_is_seeded():
     x, y = rng.random(20), rng.random(20)
     assert bootstrap_intervals(x, y, 100, 1) == bootstrap_intervals(x, y, 100, 1)
     assert bootstrap_intervals(x, y, 100, 1) != bootstrap_intervals(x, y, 100, 2)
+
+
+def test_one_data_set_has_no_pooled_rows_repeating_it():
+    df = pd.DataFrame({"dataset": ["digits"] * 6, "status": ["converged"] * 6, "m": [1, 2, 3, 4, 6, 5],
+                       "gap": [0.1, 0.2, 0.3, 0.4, 0.5, 0.6]})
+    result = correlations(df, metrics=["m"], targets=["gap"], bootstrap=False)
+    assert list(result["dataset"]) == ["digits"]
+    two = pd.concat([df, df.assign(dataset="mnist")])
+    assert list(correlations(two, metrics=["m"], targets=["gap"], bootstrap=False)["dataset"]) == ["digits", "mnist",
+                                                                                                     "pooled"]

@@ -105,3 +105,40 @@ def test_analysis_imports_neither_torch_nor_ray():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           timeout=120, check=True)
     assert done.stdout.strip() == "[]"
+
+
+def test_statistics_use_the_networks_at_full_train_accuracy_and_list_the_others(sweep, report, tmp_path):
+    """The paper's protocol by default: networks stopped at the budget, diverged or failed are
+    left out of correlations, granulated Kendall, factor pairs and per-point statistics, counted
+    and listed; `include_unconverged` takes those at the budget back in."""
+    from analysis.factors import FACTORS, factor_pairs
+    from analysis.protocol import reached_full_train_accuracy
+
+    wide = analysis.load(sweep).wide
+    full = reached_full_train_accuracy(wide)
+    assert 0 < (~full).sum() < len(wide)
+    jac = report.correlations[(report.correlations.metric == "jacobian_softmax") & (report.correlations.target == "gap")]
+    counted = (jac["n"] + jac["n_excluded"]).set_axis(jac["dataset"].astype(str))
+    assert counted["pooled"] == counted.drop("pooled").sum() == full.sum()
+    left = pd.read_csv(report.path.parent / "left_out.csv")
+    assert sorted(left["network_id"]) == sorted(wide.loc[~full, "network_id"])
+    assert dict(left["reason"].value_counts()) == dict(wide.loc[~full, "status"].astype(str).value_counts())
+    text = report.path.read_text()
+    assert f"In the statistics: {full.sum()} of {len(wide)} networks" in text
+    assert f"Left out: {(~full).sum()} (" in text and "`sweep report --include-unconverged`" in text
+    # A pair counts only when both of its networks reached 100% train accuracy.
+    converged = set(wide.loc[full, "network_id"])
+    for factor in FACTORS:
+        for level in factor.levels(wide[factor.column]):
+            pairs = factor_pairs(wide, factor, level)
+            both = pairs["network_id_good"].isin(converged) & pairs["network_id_bad"].isin(converged)
+            got = report.factors[(report.factors.factor == factor.name) & (report.factors.metric == "jacobian_softmax")
+                                 & (report.factors.comparison == factor.describe(level))]["n_pairs"]
+            assert (got == both.sum()).all() and len(got)
+    assert set(report.per_point["network_id"]) <= converged
+    everyone = build_report(sweep, tmp_path / "all", bootstrap=False, include_unconverged=True)
+    trained = ~wide["status"].astype(str).isin(["diverged", "failed"])
+    jac = everyone.correlations[(everyone.correlations.metric == "jacobian_softmax")
+                                & (everyone.correlations.target == "gap") & (everyone.correlations.dataset == "pooled")]
+    assert (jac["n"] + jac["n_excluded"] == trained.sum()).all()
+    assert set(everyone.left_out["reason"]) <= {"diverged", "failed"}

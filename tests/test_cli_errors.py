@@ -118,3 +118,15 @@ def test_presets_are_listed(capsys):
     assert code == 0
     for name in ("digits", "paper-trajectories", "paper-capacity", "paper-factors", "paper-datasets"):
         assert name in text
+
+
+def test_python_dash_m_sweep_is_the_command(tmp_path):
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "sweep", "run", spec_file(tmp_path, GOOD), "--dry-run"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and "1 networks" in done.stdout, done.stderr
+    bad = subprocess.run([sys.executable, "-m", "sweep", "run", "no-such-preset"], capture_output=True, text=True,
+                         timeout=120)
+    assert bad.returncode == 2 and "unknown preset" in bad.stderr
