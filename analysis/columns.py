@@ -68,6 +68,7 @@ TRAJECTORY_COLUMNS: dict[str, str] = {
     "kind": "category",
     "ellipse": "int64",
     "position": "int64",
+    "anchor": "bool",
     "jacobian_softmax": "float64",
     "transition_density": "float64",
 }

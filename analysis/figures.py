@@ -32,6 +32,9 @@ PANEL = (5.0, 4.0)  # inches per panel
 KIND_LABELS = {"random": "random ellipse", "different_class": "3 train points, different classes",
                "same_class": "3 train points, same class"}
 CHECKPOINT_LABELS = {"init": "before training (init)", "end": "after training (end)"}
+# Where an ellipse passes through its anchor points (positions 0, k/3, 2k/3 of k: `anchor` in
+# the trajectories table), as fractions of a turn.
+ANCHOR_PHASES = (0.0, 1 / 3, 2 / 3)
 
 
 def gap_vs_capacity(wide: pd.DataFrame, path: Path) -> Path:
@@ -126,9 +129,9 @@ def trajectory_figure(profile: pd.DataFrame, dataset: str, path: Path) -> Path:
                                     label=KIND_LABELS.get(kind, kind))
                     ax.fill_between(curve["phase"], curve["q25"], curve["q75"], alpha=0.2,
                                     color=line.get_color(), lw=0)
-                for anchor in (1 / 6, 1 / 2, 5 / 6):
+                for anchor in ANCHOR_PHASES:
                     ax.axvline(anchor, color="0.4", lw=0.8, ls=":",
-                               label="anchor points" if anchor == 1 / 6 else None)
+                               label="anchor points" if anchor == 0 else None)
                 if value == "jacobian_softmax" and (curves["q25"] > 0).all() and len(curves):
                     ax.set_yscale("log")
                 ax.set_title(CHECKPOINT_LABELS.get(checkpoint, checkpoint))

@@ -37,7 +37,7 @@ class SyntheticSweep:
     n_networks: int = 96
     points_per_network: int = 50
     ellipses: int = 2
-    k: int = 32
+    k: int = 33  # a multiple of 3: the anchors are samples
     slice_networks: int = 1
     grid: int = 64
     bundle_size: int = 8
@@ -169,16 +169,16 @@ def _trajectories(bundle: pd.DataFrame, checkpoint: str, spec: SyntheticSweep,
         bundle["network_id"].to_numpy(), np.array(KINDS), np.arange(spec.ellipses),
         np.arange(spec.k), indexing="ij"))
     theta = 2 * np.pi * position / spec.k
-    # Near the anchors (θ = π/3, π, 5π/3) trained networks are less sensitive, most so on
+    # Near the anchors (θ = 0, 2π/3, 4π/3) trained networks are less sensitive, most so on
     # same-class ellipses; random ellipses stay far from the data.
-    near_data = np.cos(3 * theta) * -1.0
+    near_data = np.cos(3 * theta)
     depth_of_dip = {"random": 0.0, "different_class": 0.6, "same_class": 1.0}
     dip = np.vectorize(depth_of_dip.get)(kind) * (1.0 if checkpoint == "end" else 0.1)
     level = np.exp(-2 - dip * (near_data + 1) / 2 + rng.normal(0, 0.3, rows))
     smooth = np.isin(network, bundle.loc[bundle["activation"] == "tanh", "network_id"])
     return pd.DataFrame({
         "network_id": network, "checkpoint": checkpoint, "kind": kind, "ellipse": ellipse,
-        "position": position, "jacobian_softmax": level,
+        "position": position, "anchor": position % (spec.k // 3) == 0, "jacobian_softmax": level,
         "transition_density": np.where(smooth, np.nan, 3 * level / level.mean()
                                        + rng.poisson(1, rows)),
     })

@@ -8,7 +8,7 @@ from .nets import MLP, as_mlp, forward, stack, unstack
 from .profiles import trajectory_profile
 from .regions import codes, transition_counts
 from .slices import SliceMap, slice_codes
-from .trajectories import circle, ellipse, random_ellipse
+from .trajectories import anchor_positions, circle, ellipse, random_ellipse
 
 __all__ = [
     "ACTIVATION_NAMES",
@@ -16,6 +16,7 @@ __all__ = [
     "Activation",
     "MLP",
     "SliceMap",
+    "anchor_positions",
     "as_mlp",
     "circle",
     "codes",

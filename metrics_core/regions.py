@@ -11,7 +11,7 @@ from torch import Tensor
 
 from .activations import Activation
 from .nets import MLP, Batch, Net, batch, check_tensor, chunks, planar_points, planar_vectors, preactivations, propagate
-from .trajectories import angles, random_planes
+from .trajectories import anchored_axes, angles, random_planes
 
 Layers = Literal["all", "last"]
 Trajectory = Literal["ellipse", "circle"]
@@ -160,10 +160,10 @@ def draw_partners(x: Tensor, pool: Tensor, generator: torch.Generator) -> Tensor
 
 
 def ellipse_axes(x: Tensor, partners: Tensor) -> tuple[Tensor, Tensor]:
-    """Centre m and axes (u, v) [..., 2, d] of the ellipse through x, p₁, p₂ (see `ellipse`)."""
-    p1, p2 = partners.unbind(-2)
-    centre = (x + p1 + p2) / 3
-    return centre, torch.stack([centre - p1, (x - p2) / 3**0.5], dim=-2)
+    """Centre m and axes (u, v) [..., 2, d] of the ellipse through x, p₁, p₂ that starts at x
+    (`trajectories.anchored_axes`)."""
+    centre, u, v = anchored_axes(x, *partners.unbind(-2))
+    return centre, torch.stack([u, v], dim=-2)
 
 
 @torch.no_grad()
@@ -182,7 +182,7 @@ def transition_counts(
     """t(x) = Σ_i (units changing piece between z_i and z_{(i+1) mod k}) along a closed
     trajectory of k points z_i = centre + u cos θ_i + v sin θ_i, θ_i = 2πi/k.
 
-    trajectory="ellipse": the ellipse through x (at θ = π/3) and two partners, given as
+    trajectory="ellipse": the ellipse through x (at θ = 0, the first sample) and two partners, given as
     `partners` [N, 2, d] ([M, N, 2, d] for per-model x) or drawn from `pool` [P, d] with
     `generator`. trajectory="circle": the circle of `radius` centred at x in a random plane
     drawn with `generator`. Results [N] or [M, N] in x's dtype; NaN for smooth activations

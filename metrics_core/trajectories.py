@@ -16,18 +16,38 @@ def angles(k: int, like: Tensor) -> Tensor:
     return torch.arange(k, dtype=torch.float64, device=like.device).mul_(2 * math.pi / k).to(like.dtype)
 
 
-def ellipse(a: Tensor, b: Tensor, c: Tensor, k: int) -> Tensor:
-    """k points z(θ_i) = m + u cos θ_i + v sin θ_i of the ellipse through a, b, c.
+def anchored_axes(a: Tensor, b: Tensor, c: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Centre m and axes u, v [..., d] of the ellipse z(θ) = m + u cos θ + v sin θ through a, b, c
+    that starts at its first anchor: z(0) = a, z(2π/3) = b, z(4π/3) = c.
 
-    m = (a+b+c)/3, u = m − b, v = (a − c)/√3, so z passes through a, b, c at θ = π/3, π, 5π/3.
-    a, b, c: [..., d] (broadcast) -> [..., k, d].
+    SPEC's ellipse m + u₀ cos φ + v₀ sin φ (m = (a+b+c)/3, u₀ = m − b, v₀ = (a − c)/√3, through
+    a, b, c at φ = π/3, π, 5π/3) with φ = θ + π/3: u = a − m, v = v₀/2 − (√3/2)·u₀.
     """
-    a, b, c = torch.broadcast_tensors(a, b, c)
     m = (a + b + c) / 3
-    u = (m - b).unsqueeze(-2)
-    v = ((a - c) / math.sqrt(3)).unsqueeze(-2)
+    return m, a - m, (a - c) / (2 * math.sqrt(3)) - (math.sqrt(3) / 2) * (m - b)
+
+
+def anchor_positions(k: int) -> tuple[int, int, int]:
+    """The samples of a k-point ellipse (`ellipse`) that are its anchors a, b, c."""
+    if k < 3 or k % 3:
+        raise ValueError(f"an ellipse through three anchors needs k a multiple of 3 (the anchors at samples "
+                         f"0, k/3 and 2k/3), got k={k}; use {max(3, k - k % 3)} or {k - k % 3 + 3}")
+    return 0, k // 3, 2 * k // 3
+
+
+def ellipse(a: Tensor, b: Tensor, c: Tensor, k: int) -> Tensor:
+    """k points z(θ_i), θ_i = 2πi/k, of the ellipse through a, b, c (`anchored_axes`): the anchors
+    are samples 0, k/3 and 2k/3 (`anchor_positions`; k must be a multiple of 3), and exactly the
+    given points there. a, b, c: [..., d] (broadcast) -> [..., k, d].
+    """
+    anchors = anchor_positions(k)
+    a, b, c = torch.broadcast_tensors(a, b, c)
+    m, u, v = anchored_axes(a, b, c)
     theta = angles(k, a).unsqueeze(-1)
-    return m.unsqueeze(-2) + u * theta.cos() + v * theta.sin()
+    z = m.unsqueeze(-2) + u.unsqueeze(-2) * theta.cos() + v.unsqueeze(-2) * theta.sin()
+    for position, point in zip(anchors, (a, b, c)):
+        z[..., position, :] = point
+    return z
 
 
 def gaussian_points(

@@ -157,7 +157,7 @@ def checkpoint_flops(bundle: BundleConfig, scoring: ScoringSpec, tag: str) -> fl
     per_member = (scoring.points + scoring.train_points) * point_flops(sizes, k)
     if tag in PROFILE_TAGS:
         if scoring.trajectories:
-            per_member += 3 * scoring.ellipses_per_kind * scoring.transitions_k * point_flops(sizes, None)
+            per_member += 3 * scoring.ellipses_per_kind * scoring.profile_points * point_flops(sizes, None)
         if scoring.slices:
             per_member += scoring.slice_count * scoring.slice_grid**2 * 2.0 * sum(
                 a * b for a, b in zip(sizes[1:-1], sizes[2:-1]))

@@ -25,6 +25,7 @@ class ScoreSettings:
     metrics: tuple[str, ...] = METRICS
     trajectories: bool = False
     ellipses_per_kind: int = 16
+    profile_points: int = 258
     slices: bool = False
     slice_count: int = 2
     slice_grid: int = 256
@@ -42,6 +43,9 @@ class ScoreSettings:
         for name in ("points", "transitions_k", "ellipses_per_kind", "slice_count", "slice_grid"):
             if getattr(self, name) < 1:
                 raise ValueError(f"scoring.{name} must be at least 1, got {getattr(self, name)}")
+        if self.profile_points < 3 or self.profile_points % 3:
+            raise ValueError(f"scoring.profile_points must be a multiple of 3 (the ellipses' three anchors are "
+                             f"samples), got {self.profile_points}")
         if self.train_points < 0:
             raise ValueError(f"scoring.train_points must be 0 (no train split) or more, got {self.train_points}")
         if self.trajectory not in ("ellipse", "circle"):

@@ -80,7 +80,7 @@ def prepare(data, settings: ScoreSettings) -> ScoringInputs:
         probes.append(Probe(split, index, x[index], y[index], x[partners]))
     ellipses: dict[str, Tensor] = {}
     if settings.trajectories:
-        ellipses = _ellipses(data, settings.ellipses_per_kind, settings.transitions_k, generator)
+        ellipses = _ellipses(data, settings.ellipses_per_kind, settings.profile_points, generator)
     picks = torch.stack([torch.randperm(len(data.x_train), generator=generator)[:3] for _ in range(settings.slice_count)])
     return ScoringInputs(tuple(probes), ellipses, data.x_train[picks.to(data.x_train.device)])
 
@@ -462,6 +462,7 @@ def _checkpoint_rows(meta, ids, inputs, settings, profiles, measured, errors, no
                 "kind": kind,
                 "ellipse": np.tile(np.repeat(np.arange(e), k), m),
                 "position": np.tile(np.arange(k), m * e),
+                "anchor": np.tile(np.isin(np.arange(k), mc.anchor_positions(k)), m * e),
                 **{
                     column: _gather(measured, m, f"trajectory/{kind}/{column}", (e, k)).flatten().numpy()
                     for column in ("jacobian_softmax", "transition_density")

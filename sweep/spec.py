@@ -308,6 +308,7 @@ class ScoringSpec:
     metrics: tuple[str, ...] = METRICS
     trajectories: bool = False  # the paper's manifold experiment (profiles along ellipses)
     ellipses_per_kind: int = 16
+    profile_points: int = 258  # points per profile ellipse: a multiple of 3, its anchors are samples
     slices: bool = False
     slice_count: int = 2
     slice_grid: int = 256
@@ -425,6 +426,14 @@ def _mapping(path: str, value: Any, parsers: dict[str, Callable[[str, Any], Any]
     return {k: parsers[k](f"{prefix}{k}", v) for k, v in value.items()}
 
 
+def _multiple_of_3(path: str, value: Any) -> int:
+    number = _int(path, value, minimum=3)
+    if number % 3:
+        raise SpecError(f"{path}: must be a multiple of 3, so that each ellipse's three anchor points are "
+                        f"samples; got {number}, use {number - number % 3} or {number - number % 3 + 3}")
+    return number
+
+
 def _or_auto(parse: Callable[[str, Any], Any]) -> Callable[[str, Any], Any]:
     return lambda path, value: AUTO if value == AUTO else parse(path, value)
 
@@ -524,7 +533,7 @@ _scoring = _section(ScoringSpec, {
     "trajectory": lambda p, v: _choice(p, v, ("ellipse", "circle")),
     "circle_radius": _float,
     "metrics": lambda p, v: _list(p, v, lambda q, x: _choice(q, x, METRICS)),
-    "trajectories": _bool, "ellipses_per_kind": _int,
+    "trajectories": _bool, "ellipses_per_kind": _int, "profile_points": _multiple_of_3,
     "slices": _bool, "slice_count": _int, "slice_grid": lambda p, v: _int(p, v, minimum=2),
     "slice_layers": lambda p, v: _choice(p, v, ("last", "all")),
 })

@@ -90,6 +90,7 @@ SCHEMAS: dict[str, pa.Schema] = {
             pa.field("kind", CATEGORY, nullable=False),
             pa.field("ellipse", pa.int64(), nullable=False),
             pa.field("position", pa.int64(), nullable=False),
+            ("anchor", pa.bool_()),
             ("jacobian_softmax", pa.float64()),
             ("transition_density", pa.float64()),
         ]

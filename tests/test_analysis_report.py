@@ -16,7 +16,7 @@ import analysis
 from analysis.report import build_report, format_correlation_table
 from analysis.synthetic import SyntheticSweep, write_synthetic_sweep
 
-SMALL = SyntheticSweep(n_networks=48, points_per_network=30, ellipses=2, k=16, grid=32)
+SMALL = SyntheticSweep(n_networks=48, points_per_network=30, ellipses=2, k=18, grid=32)
 
 
 @pytest.fixture(scope="module")

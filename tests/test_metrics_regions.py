@@ -52,9 +52,11 @@ def brute_transitions(net, trajectory):
 
 
 def brute_ellipse(a, b, c, k):
+    """SPEC's ellipse through a, b, c (at φ = π/3, π, 5π/3), sampled from a: φ_i = π/3 + 2πi/k."""
     m = (a + b + c) / 3
     u, v = m - b, (a - c) / math.sqrt(3)
-    return [m + u * math.cos(2 * math.pi * i / k) + v * math.sin(2 * math.pi * i / k) for i in range(k)]
+    phis = [math.pi / 3 + 2 * math.pi * i / k for i in range(k)]
+    return [m + u * math.cos(phi) + v * math.sin(phi) for phi in phis]
 
 
 @pytest.mark.parametrize("activation", list(PIECEWISE))

@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from metrics_core import (
+    anchor_positions,
     circle,
     ellipse,
     jacobian_norms,
@@ -22,21 +23,23 @@ def make_net(activation=nn.ReLU, seed=0):
     return nn.Sequential(nn.Linear(5, 9), activation(), nn.Linear(9, 7), activation(), nn.Linear(7, 4))
 
 
-def test_ellipse_passes_through_its_three_points():
-    a, b, c = torch.randn(3, 4, 2, 5, dtype=torch.float64)
-    z = ellipse(a, b, c, 6)  # θ = π/3, π, 5π/3 are samples 1, 3, 5
-    assert z.shape == (4, 2, 6, 5)
-    torch.testing.assert_close(z[..., 1, :], a)
-    torch.testing.assert_close(z[..., 3, :], b)
-    torch.testing.assert_close(z[..., 5, :], c)
-    # Any k: the points satisfy z(θ) = m + u cos θ + v sin θ, checked one by one.
-    k = 11
+def test_ellipse_passes_through_its_three_points_at_samples():
+    a, b, c = torch.randn(3, 4, 2, 5)
+    z = ellipse(a, b, c, 6)  # the anchors are samples 0, 2, 4, exactly
+    assert z.shape == (4, 2, 6, 5) and anchor_positions(6) == (0, 2, 4)
+    assert torch.equal(z[..., 0, :], a) and torch.equal(z[..., 2, :], b) and torch.equal(z[..., 4, :], c)
+    # The points are SPEC's z(φ) = m + u cos φ + v sin φ (through a, b, c at φ = π/3, π, 5π/3) at
+    # φ_i = π/3 + 2πi/k, checked one by one in float64.
+    a, b, c = a.double(), b.double(), c.double()
+    k = 12
     z = ellipse(a[0, 0], b[0, 0], c[0, 0], k)
     m = (a[0, 0] + b[0, 0] + c[0, 0]) / 3
     u, v = m - b[0, 0], (a[0, 0] - c[0, 0]) / math.sqrt(3)
     for i in range(k):
-        theta = 2 * math.pi * i / k
-        torch.testing.assert_close(z[i], m + u * math.cos(theta) + v * math.sin(theta))
+        phi = math.pi / 3 + 2 * math.pi * i / k
+        torch.testing.assert_close(z[i], m + u * math.cos(phi) + v * math.sin(phi))
+    with pytest.raises(ValueError, match=r"k a multiple of 3 .* got k=256; use 255 or 258"):
+        ellipse(a, b, c, 256)
 
 
 def test_random_ellipse_anchors_follow_mean_and_std():
@@ -44,7 +47,7 @@ def test_random_ellipse_anchors_follow_mean_and_std():
     std = torch.tensor([0.1, 2.0, 1.0])
     z = random_ellipse(mean, std, 6, torch.Generator().manual_seed(0), n=4000)
     assert z.shape == (4000, 6, 3)
-    anchors = z[:, 1::2].reshape(-1, 3)  # the three Gaussian points
+    anchors = z[:, 0::2].reshape(-1, 3)  # the three Gaussian points
     torch.testing.assert_close(anchors.mean(0), mean, atol=0.05, rtol=0)
     torch.testing.assert_close(anchors.std(0), std, rtol=0.05, atol=0)
     again = random_ellipse(mean, std, 6, torch.Generator().manual_seed(0), n=4000)

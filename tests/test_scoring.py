@@ -37,7 +37,8 @@ from sweep.spec import BundleConfig, DataSpec, NetworkConfig, ScoringSpec
 from sweep.tables import SCHEMAS, TableWriter
 
 DIGITS = DataSpec("digits")
-SETTINGS = ScoreSettings(points=24, train_points=12, transitions_k=32, ellipses_per_kind=2, slice_grid=16, slice_count=1)
+SETTINGS = ScoreSettings(points=24, train_points=12, transitions_k=32, ellipses_per_kind=2, profile_points=33,
+                         slice_grid=16, slice_count=1)
 
 
 @pytest.fixture(scope="module")
@@ -116,7 +117,7 @@ def brute_force_transitions(net, x, p1, p2, k) -> int:
     u, v = m - p1, (x - p2) / math.sqrt(3)
     codes = []
     for i in range(k):
-        theta = 2 * math.pi * i / k
+        theta = math.pi / 3 + 2 * math.pi * i / k  # from x, the first anchor (SPEC: x at θ = π/3)
         h, code = m + u * math.cos(theta) + v * math.sin(theta), []
         for module in net:
             h = module(h) if isinstance(module, torch.nn.Linear) else h
@@ -312,10 +313,23 @@ def test_profiles_and_slices_only_at_init_and_end(data):
     for name, table in tables.items():  # every table has its documented schema
         assert table.schema.equals(SCHEMAS[name]), name
     end = {name: table.to_pandas() for name, table in tables.items()}
-    k, e = settings.transitions_k, settings.ellipses_per_kind
-    assert len(end["trajectories"]) == 2 * 3 * e * k
-    assert set(end["trajectories"].kind) == {"random", "different_class", "same_class"}
-    assert end["trajectories"][["jacobian_softmax", "transition_density"]].notna().all().all()
+    k, e = settings.profile_points, settings.ellipses_per_kind
+    trajectories = end["trajectories"]
+    assert len(trajectories) == 2 * 3 * e * k
+    assert set(trajectories.kind) == {"random", "different_class", "same_class"}
+    assert trajectories[["jacobian_softmax", "transition_density"]].notna().all().all()
+    # Every ellipse passes through its three anchors exactly, at positions 0, k/3, 2k/3: there the
+    # Jacobian norm is that of the training point itself.
+    anchors = trajectories[trajectories.anchor]
+    assert sorted(set(anchors.position)) == [0, k // 3, 2 * k // 3] and len(anchors) == 2 * 3 * e * 3
+    ellipses = prepare(data, settings).ellipses
+    train = {tuple(row.tolist()) for row in data.x_train}
+    for kind in ("different_class", "same_class"):
+        for row in anchors[anchors.kind == kind].itertuples():
+            point = ellipses[kind][row.ellipse, row.position]
+            assert tuple(point.tolist()) in train
+            net = nets[bundle.network_ids.index(row.network_id)]
+            assert row.jacobian_softmax == pytest.approx(mc.jacobian_norms(net, point[None]).item(), rel=1e-5)
     assert len(end["slices"]) == 2 and all(len(r) == 16 * 16 for r in end["slices"].region)
     assert all(len(a) == 6 for a in end["slices"].anchors)
     middle = scored(mc.stack(nets), meta_of(bundle, tag="epoch-000010"), data, settings)

@@ -244,3 +244,10 @@ def test_plans_start_the_costliest_bundles_first(tmp_path):
     shapes = [(b["members"][0]["width"], b["members"][0]["depth"]) for b in plan.bundles]
     assert shapes == [(128, 2), (128, 1), (64, 2), (64, 1), (32, 2), (32, 1)]
     assert sorted(b["bundle_id"] for b in plan.bundles) == sorted(b.bundle_id for b in bundles)
+
+
+def test_profile_ellipses_need_a_multiple_of_3_points():
+    spec = parse_spec({**VALID, "scoring": {"trajectories": True, "profile_points": 129}})
+    assert spec.scoring.profile_points == 129
+    with pytest.raises(SpecError, match=r"scoring.profile_points: must be a multiple of 3, .* got 256, use 255 or 258"):
+        parse_spec({**VALID, "scoring": {"profile_points": 256}})
