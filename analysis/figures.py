@@ -145,6 +145,70 @@ def trajectory_figure(profile: pd.DataFrame, dataset: str, path: Path) -> Path:
         return _save(figure, path)
 
 
+def parallel_coordinates(wide: pd.DataFrame, hyperparams: Sequence[str], path: Path,
+                         metric: str = "jacobian_softmax") -> Path:
+    """One line per network across its hyperparameters (those that vary), then `metric` (log10)
+    and the gap, coloured by gap: which settings lead where (as W&B or Optuna show a sweep)."""
+    trained = _trained(wide)
+    columns = [*hyperparams, *(c for c in (metric, "gap") if c in trained.columns)]
+    scaled, ticks = [], []
+    for column in columns:
+        values = trained[column]
+        if column in LOG_SCALE or column == metric:
+            values = np.log10(values.astype(float).where(values.astype(float) > 0))
+        if pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values):
+            low, high = np.nanmin(values), np.nanmax(values)
+            scaled.append((values.astype(float) - low) / (high - low or 1.0))
+            ticks.append([(0.0, f"{low:.3g}"), (1.0, f"{high:.3g}")])
+        else:  # categories, booleans: evenly spaced levels
+            levels = sorted(values.astype(str).unique())
+            code = values.astype(str).map({v: i for i, v in enumerate(levels)}).astype(float)
+            scaled.append(code / max(len(levels) - 1, 1))
+            ticks.append([(i / max(len(levels) - 1, 1), v) for i, v in enumerate(levels)])
+    with matplotlib.rc_context(STYLE):
+        figure = Figure(figsize=(max(6.0, 1.6 * len(columns)), 5.0), dpi=DPI, layout="constrained")
+        ax = figure.subplots()
+        gap = trained["gap"].to_numpy(float) if "gap" in trained else np.zeros(len(trained))
+        norm = matplotlib.colors.Normalize(np.nanmin(gap), np.nanmax(gap))
+        cmap = matplotlib.colormaps["viridis"]
+        grid = np.column_stack([s.to_numpy(float) for s in scaled]) if scaled else np.empty((len(trained), 0))
+        for row, value in sorted(zip(grid, gap), key=lambda item: item[1]):
+            ax.plot(range(len(columns)), row, color=cmap(norm(value)), alpha=0.6, lw=1.0)
+        for x, marks in enumerate(ticks):
+            for y, text in marks:
+                ax.annotate(text, (x, y), xytext=(3, 0), textcoords="offset points", fontsize=8, va="center")
+        ax.set_xticks(range(len(columns)), [label(c) for c in columns], rotation=20, ha="right")
+        ax.set_yticks([])
+        ax.set_xlim(-0.2, len(columns) - 0.6)
+        figure.colorbar(matplotlib.cm.ScalarMappable(norm, cmap), ax=ax, label=label("gap"))
+        ax.set_title(f"{len(trained)} networks: hyperparameters, {label(metric)} (log10) and gap")
+        return _save(figure, path)
+
+
+def psi_figure(granulated: pd.DataFrame, path: Path, psi: str) -> Path | None:
+    """ψ per hyperparameter (bars, one group per metric) and Ψ (the row `psi`), from
+    `granulated_kendall`; None when there is nothing to draw."""
+    rows = granulated.dropna(subset=["tau"]) if "tau" in granulated else granulated.iloc[0:0]
+    if rows.empty:
+        return None
+    metrics = list(dict.fromkeys(rows["metric"]))
+    names = list(dict.fromkeys(h for h in rows["hyperparam"] if h != psi)) + [psi]
+    width = 0.8 / len(names)
+    with matplotlib.rc_context(STYLE):
+        figure = Figure(figsize=(min(14.0, 3.0 + 1.2 * len(metrics)), 5.0), dpi=DPI, layout="constrained")
+        ax = figure.subplots()
+        for i, name in enumerate(names):
+            part = rows[rows["hyperparam"] == name].set_index("metric")["tau"].reindex(metrics)
+            ax.bar(np.arange(len(metrics)) + (i - (len(names) - 1) / 2) * width, part.to_numpy(float), width,
+                   label="Ψ" if name == psi else f"ψ {label(name)}", edgecolor="black" if name == psi else None)
+        ax.axhline(0, color="0.3", lw=0.8)
+        ax.set_xticks(range(len(metrics)), [label(m) for m in metrics], rotation=20, ha="right")
+        ax.set_ylabel("granulated Kendall τ with the gap")
+        ax.legend(loc="best", ncol=2)
+        ax.set_title("Granulated Kendall coefficient per hyperparameter (ψ) and their mean (Ψ)")
+        return _save(figure, path)
+
+
 def _circular_mean(values: np.ndarray, parts: int) -> np.ndarray:
     """Moving average over 1/`parts` of a closed trajectory, wrapping around its end."""
     window = max(1, round(len(values) / parts))

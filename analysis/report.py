@@ -14,7 +14,8 @@ from analysis import figures
 from analysis.columns import HYPERPARAMS, metric_columns
 from analysis.correlations import DEFAULT_RESAMPLES, correlations
 from analysis.factors import FACTORS, factor_pairs, paired_factors
-from analysis.granulated import PSI, granulated_kendall
+from analysis.findings import Finding, findings, markdown_rows, write_json
+from analysis.granulated import PSI, granulated_kendall, varying_hyperparams
 from analysis.per_point import per_point, summarize_per_point
 from analysis.protocol import select
 from analysis.tables import Tables, load
@@ -34,6 +35,7 @@ class Report:
     factors: pd.DataFrame
     per_point: pd.DataFrame
     per_point_summary: pd.DataFrame
+    findings: tuple[Finding, ...]  # the paper's findings on this sweep (also findings.json)
     left_out: pd.DataFrame  # networks left out of the statistics, with a `reason`
     include_unconverged: bool
     figures: tuple[Path, ...]
@@ -79,10 +81,15 @@ def build_report(sweep_path: str | os.PathLike, out_dir: str | os.PathLike | Non
     points = per_point(tables.points[tables.points["network_id"].isin(wide["network_id"])])
     points_summary = summarize_per_point(points)
     profile = trajectory_profiles(tables.trajectories, tables.networks)
-    timings["granulated Kendall, factors, per point, trajectories"] = time.perf_counter() - clock
+    found = tuple(findings(wide, tables.scores, tables.trajectories, corr, points))
+    write_json(list(found), out / "findings.json")
+    timings["granulated Kendall, factors, per point, trajectories, findings"] = time.perf_counter() - clock
 
     clock = time.perf_counter()
     drawn = _draw_figures(tables, wide, corr, profile, figure_dir)
+    drawn["sweep"] = [figures.parallel_coordinates(wide, varying_hyperparams(wide), figure_dir / "parallel_coordinates.png")]
+    psi = figures.psi_figure(granulated, figure_dir / "granulated_kendall.png", PSI)
+    drawn["granulated"] = [psi] if psi is not None else []
     timings["figures"] = time.perf_counter() - clock
 
     left_out = left_out[[c for c in dict.fromkeys(("network_id", "reason", *HYPERPARAMS, "train_acc", "epochs"))
@@ -93,7 +100,7 @@ def build_report(sweep_path: str | os.PathLike, out_dir: str | os.PathLike | Non
         frame.to_csv(out / f"{name}.csv", index=False)
     timings["total"] = time.perf_counter() - start
     path = out / "report.md"
-    report = Report(path, corr, granulated, factors, points, points_summary, left_out, include_unconverged,
+    report = Report(path, corr, granulated, factors, points, points_summary, found, left_out, include_unconverged,
                     tuple(p for paths in drawn.values() for p in paths), timings)
     path.write_text(_markdown(tables, report, drawn, bootstrap), encoding="utf-8")
     return report
@@ -174,6 +181,16 @@ def _markdown(tables: Tables, report: Report, drawn: dict[str, list[Path]], boot
         f"Data sets: {', '.join(datasets) or 'none'}  ",
         *_protocol_lines(report, len(networks)),
         "",
+        "## The paper's findings on this sweep",
+        "",
+        "Each effect with its 95% interval (bootstrap of the median over networks or pairs, or the "
+        "correlation's own) and a verdict: the interval entirely on the paper's side of no effect is "
+        "*reproduced*, entirely on the other *contradicted*, spanning it *inconclusive*. Also in "
+        "`findings.json`.",
+        "",
+        _markdown_table(markdown_rows(list(report.findings))),
+        "",
+        *_left_out_lines(report),
         "## Rank correlation with the generalization gap",
         "",
         "Spearman ρ and Kendall τ across networks of each metric with the gap (train accuracy − "
@@ -187,6 +204,8 @@ def _markdown(tables: Tables, report: Report, drawn: dict[str, list[Path]], boot
         rows = report.correlations[report.correlations["target"] == target]
         lines += [f"### Target: `{target}`", "", _markdown_table(_correlation_rows(rows)), ""]
     lines += _figure_lines("Each metric against the gap", drawn["metrics"])
+    lines += _figure_lines("The sweep at a glance: every network across its hyperparameters, the Jacobian norm and "
+                           "the gap", drawn["sweep"])
     lines += [
         "## Capacity and fit",
         "",
@@ -201,6 +220,7 @@ def _markdown(tables: Tables, report: Report, drawn: dict[str, list[Path]], boot
               "(Jiang et al., ICLR 2020). Group counts and notes are in `granulated_kendall.csv`.",
               ""]
     lines += [_markdown_table(_granulated_rows(report.granulated)), ""]
+    lines += _figure_lines(None, drawn["granulated"])
     lines += ["## Paired factor studies", "",
               "Networks identical but for one factor. Δ = hurting level − helping level. "
               "`same direction`: share of pairs (where both change) in which the metric and the "
@@ -245,12 +265,20 @@ def _protocol_lines(report: Report, total: int) -> list[str]:
              "leaving out those missing the metric (counted in each table).  ",
              f"Left out: {len(left)}" + (" (" + ", ".join(f"{n} {r}" for r, n in reasons.items()) + ")" if len(left)
                                          else "") + "."]
-    if len(left):
-        shown = left.head(LEFT_OUT_LISTED)
-        text = pd.DataFrame({c: [str(v) for v in shown[c]] for c in shown.columns})
-        lines += ["", _markdown_table(text.rename(columns={"network_id": "network"})), ""]
-        if len(left) > LEFT_OUT_LISTED:
-            lines += [f"The first {LEFT_OUT_LISTED} are listed; all {len(left)} are in `left_out.csv`."]
+    return lines
+
+
+def _left_out_lines(report: Report) -> list[str]:
+    """The networks left out of the statistics, as a section."""
+    left = report.left_out
+    if not len(left):
+        return []
+    shown = left.head(LEFT_OUT_LISTED)
+    text = pd.DataFrame({c: [str(v) for v in shown[c]] for c in shown.columns})
+    lines = ["## Networks left out of the statistics", "", _markdown_table(text.rename(columns={"network_id": "network"})),
+             ""]
+    if len(left) > LEFT_OUT_LISTED:
+        lines += [f"The first {LEFT_OUT_LISTED} are listed; all {len(left)} are in `left_out.csv`.", ""]
     return lines
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -50,6 +51,7 @@ def test_report_states_its_tables_and_the_bootstrap_time(report):
                     "## Per point", "## Trajectory profiles", "## Slices", "## Timing"):
         assert heading in text
     assert re.search(r"\| correlations with bootstrap \(50 resamples\) \| \d+\.\d\d \|", text)
+    assert len(json.loads((report.path.parent / "findings.json").read_text())) == len(report.findings) == 9
     saved = pd.read_csv(report.path.parent / "correlations.csv")
     assert len(saved) == len(report.correlations)
     assert saved["rho_lo"].notna().any()

@@ -39,6 +39,7 @@ scoring:
   points: 60
   train_points: 40
   transitions_k: 24
+  profile_points: 24
   trajectories: true
   ellipses_per_kind: 2
   slices: true
@@ -163,6 +164,21 @@ def test_report_and_loader(sweep_dir):
     tables = analysis.load(str(sweep_dir))
     assert len(tables.wide) == 8
     assert "jacobian_softmax" in tables.wide.columns
+    # The scorecard opens the report: every finding has a verdict or says what would measure it
+    # (a digits sweep has no augmentation or full-batch pairs), and one data set has no pooled rows.
+    text = report.read_text()
+    assert text.index("## The paper's findings on this sweep") < text.index("## Rank correlation")
+    found = {f["id"]: f for f in json.loads((sweep_dir / "report" / "findings.json").read_text())}
+    assert list(found) == ["jacobian_train_below_test", "jacobian_dips_at_anchors", "same_class_fewer_transitions",
+                           "random_labels_raise_jacobian", "augmentation_lowers_jacobian",
+                           "full_batch_raises_jacobian", "jacobian_ranks_gap", "jacobian_predicts_errors",
+                           "transitions_ranks_gap"]
+    assert all(set(f) == {"id", "claim", "effect", "ci_low", "ci_high", "n", "verdict"} for f in found.values())
+    assert {f["verdict"] for f in found.values()} <= {"reproduced", "contradicted", "inconclusive", "not measured"}
+    for absent in ("augmentation_lowers_jacobian", "full_batch_raises_jacobian", "random_labels_raise_jacobian"):
+        assert found[absent]["verdict"] == "not measured" and found[absent]["effect"] is None
+    assert found["jacobian_train_below_test"]["verdict"] != "not measured" and found["jacobian_train_below_test"]["n"] > 0
+    assert "pooled" not in set(pd.read_csv(sweep_dir / "report" / "correlations.csv")["dataset"])
 
 
 def test_failed_trial_resumes_exactly(ray_session, tmp_path):

@@ -1,0 +1,120 @@
+"""The findings scorecard: verdicts on synthetic sweeps with effects planted in both directions
+and with none, `not measured` where the sweep lacks what a finding needs, and findings.json."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from analysis import findings as fd
+
+N = 40
+PLANTED = {"up": 1.0, "down": -1.0, "none": 0.0}  # log10 effects planted; noise has sd 0.1
+
+
+def noise(seed: int, n: int = N) -> np.ndarray:
+    """Symmetric noise (each draw with its negative, shuffled): a planted "none" has median 0."""
+    half = np.random.default_rng(seed).normal(0.0, 0.1, n // 2)
+    return np.random.default_rng(seed + 1).permutation(np.r_[half, -half])
+
+
+def expected(direction: str, paper: int) -> str:
+    """The verdict a planted effect should get when the paper found the sign `paper`."""
+    if direction == "none":
+        return "inconclusive"
+    return "reproduced" if PLANTED[direction] * paper > 0 else "contradicted"
+
+
+@pytest.mark.parametrize("direction", PLANTED)
+def test_train_below_test(direction):
+    ids = [f"n{i}" for i in range(N)]
+    test = 10 ** np.random.default_rng(1).normal(0, 1, N)
+    train = test * 10 ** (PLANTED[direction] + noise(2))
+    scores = pd.DataFrame({"network_id": ids * 2, "checkpoint": "end", "metric": "jacobian_softmax",
+                           "split": ["test"] * N + ["train"] * N, "mean": np.r_[test, train]})
+    found = fd.train_below_test(scores, set(ids))
+    assert found.verdict == expected(direction, -1) and found.n == N
+    assert found.effect == pytest.approx(np.median(np.log10(train / test)))
+
+
+def trajectories(dip_end: float, dip_init: float, same_vs_other: float) -> pd.DataFrame:
+    rows = []
+    rng = np.random.default_rng(3)
+    for i in range(N):
+        for checkpoint, dip in (("init", dip_init), ("end", dip_end)):
+            for kind in ("random", "different_class", "same_class"):
+                for ellipse in range(2):
+                    for position in range(9):
+                        anchor = position % 3 == 0
+                        level = 10 ** (dip * anchor + rng.normal(0, 0.05))
+                        density = 10 * 10 ** (same_vs_other * (kind == "same_class")) * (1 + rng.normal(0, 0.05))
+                        rows.append((f"n{i}", checkpoint, kind, ellipse, position, anchor, level, density))
+    return pd.DataFrame(rows, columns=["network_id", "checkpoint", "kind", "ellipse", "position", "anchor",
+                                       "jacobian_softmax", "transition_density"])
+
+
+@pytest.mark.parametrize("direction", PLANTED)
+def test_dips_at_anchors_and_same_class_transitions(direction):
+    effect = PLANTED[direction]
+    table = trajectories(dip_end=effect, dip_init=0.0, same_vs_other=effect)
+    ids = {f"n{i}" for i in range(N)}
+    dip = fd.dips_at_anchors(table, ids)
+    assert dip.verdict == expected(direction, -1) and dip.effect == pytest.approx(effect, abs=0.05)
+    same = fd.same_class_fewer_transitions(table, ids)
+    assert same.verdict == expected(direction, -1)
+    # A dip that is there at init already is no effect of training.
+    assert fd.dips_at_anchors(trajectories(-1.0, -1.0, 0.0), ids).verdict == "inconclusive"
+
+
+def paired_wide(column: str, good: object, bad: object, effect: float) -> pd.DataFrame:
+    rng = np.random.default_rng(4)
+    base = 10 ** rng.normal(0, 1, N)
+    rows = pd.DataFrame({"network_id": [f"n{i}" for i in range(2 * N)], "status": "converged", "dataset": "digits",
+                         "seed": np.r_[np.arange(N), np.arange(N)], "width": 32, "depth": 2, "activation": "relu",
+                         "optimizer": "sgd", "learning_rate": 0.1, "batch_size": 64, "full_batch": False,
+                         "random_label_fraction": 0.0, "augmentation": False, "init": "torch_default",
+                         "train_size": 1000, "gap": 0.1})
+    rows[column] = [good] * N + [bad] * N
+    rows["jacobian_softmax"] = np.r_[base, base * 10 ** (effect + noise(5))]
+    return rows
+
+
+@pytest.mark.parametrize("direction", PLANTED)
+@pytest.mark.parametrize("column,good,bad", [("random_label_fraction", 0.0, 0.5), ("augmentation", True, False),
+                                             ("full_batch", False, True)])
+def test_paired_findings(direction, column, good, bad):
+    found = fd.paired(paired_wide(column, good, bad, PLANTED[direction]), column)
+    assert found.verdict == expected(direction, +1) and found.n == N
+    # Without the factor's two levels: not measured, saying which grid factor would measure it.
+    alone = fd.paired(paired_wide(column, good, good, 0.0), column)
+    assert alone.verdict == "not measured" and "grid" in alone.note and alone.effect is None
+
+
+@pytest.mark.parametrize("interval,verdict", [((0.2, 0.6), "reproduced"), ((-0.6, -0.2), "contradicted"),
+                                              ((-0.2, 0.3), "inconclusive")])
+def test_correlation_findings_use_the_correlations_interval(interval, verdict):
+    rows = pd.DataFrame([{"dataset": "digits", "metric": "jacobian_softmax", "target": "gap", "n": 30,
+                          "rho": sum(interval) / 2, "rho_lo": interval[0], "rho_hi": interval[1], "note": ""}])
+    found = fd.ranks_gap(rows, "jacobian_softmax", "jacobian_ranks_gap", "claim")
+    assert (found.verdict, found.ci_low, found.ci_high, found.n) == (verdict, *interval, 30)
+    assert fd.ranks_gap(rows, "transitions", "transitions_ranks_gap", "claim").verdict == "not measured"
+
+
+@pytest.mark.parametrize("auroc,verdict", [(0.8, "reproduced"), (0.2, "contradicted"), (0.5, "inconclusive")])
+def test_per_point_auroc_against_no_skill(auroc, verdict):
+    per_point = pd.DataFrame({"network_id": [f"n{i}" for i in range(N)], "metric": "jacobian_softmax",
+                              "auroc": auroc + noise(6) / 2})
+    assert fd.predicts_errors(per_point).verdict == verdict
+
+
+def test_findings_json_has_the_keys_and_nulls_for_what_was_not_measured(tmp_path):
+    empty = pd.DataFrame(columns=["network_id", "checkpoint", "kind", "ellipse", "position", "anchor",
+                                  "jacobian_softmax", "transition_density"])
+    found = [fd.dips_at_anchors(empty, set()), fd.predicts_errors(pd.DataFrame(columns=["metric", "auroc"]))]
+    fd.write_json(found, tmp_path / "findings.json")
+    records = json.loads((tmp_path / "findings.json").read_text())
+    assert [tuple(r) for r in records] == [fd.JSON_KEYS] * 2
+    assert all(r["verdict"] == "not measured" and r["effect"] is None for r in records)
