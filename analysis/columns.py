@@ -114,6 +114,11 @@ SCORE_METRICS: tuple[str, ...] = (
     "spectral_product",
     "path_norm",
     "margin",
+    "distance_from_init",
+    "spectral_margin",
+    "frobenius_margin",
+    "pacbayes_sharpness",
+    "pacbayes_mag_flatness",
 )
 
 # `scores` metrics that are the gap's own ingredients (test loss, test accuracy): not ranked.
@@ -128,7 +133,7 @@ TARGETS: tuple[str, ...] = ("gap", "loss_gap")
 # Quantities the paper plots on log axes.
 LOG_SCALE: frozenset[str] = frozenset(
     {"jacobian_softmax", "jacobian_logits", "param_count", "train_loss", "weight_norm_sq",
-     "spectral_product", "path_norm"}
+     "spectral_product", "path_norm", "distance_from_init", "pacbayes_sharpness", "pacbayes_mag_flatness"}
 )
 
 LABELS: dict[str, str] = {
@@ -142,6 +147,11 @@ LABELS: dict[str, str] = {
     "spectral_product": "product of spectral norms",
     "path_norm": "path norm",
     "margin": "output margin (logits)",
+    "distance_from_init": "distance from initialization ‖θ − θ₀‖₂",
+    "spectral_margin": "log Π‖W‖₂² / γ² (margin-normalized spectral)",
+    "frobenius_margin": "log Π‖W‖_F² / γ² (margin-normalized Frobenius)",
+    "pacbayes_sharpness": "PAC-Bayes sharpness 1/σ′²",
+    "pacbayes_mag_flatness": "PAC-Bayes magnitude-aware flatness 1/σ′²",
     "param_count": "number of parameters",
     "train_loss": "train cross-entropy (nats)",
 }

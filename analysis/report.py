@@ -18,6 +18,7 @@ from analysis.findings import Finding, findings, markdown_rows, write_json
 from analysis.granulated import PSI, granulated_kendall, varying_hyperparams
 from analysis.per_point import per_point, summarize_per_point
 from analysis.protocol import select
+from analysis.robustness import conditional_mutual_information, robust_sign_error
 from analysis.tables import Tables, load
 from analysis.trajectories import trajectory_profiles
 
@@ -32,6 +33,7 @@ class Report:
     path: Path
     correlations: pd.DataFrame
     granulated: pd.DataFrame
+    robustness: pd.DataFrame  # per metric: CMI (Jiang et al.) and robust sign-error (Dziugaite et al.)
     factors: pd.DataFrame
     per_point: pd.DataFrame
     per_point_summary: pd.DataFrame
@@ -77,6 +79,7 @@ def build_report(sweep_path: str | os.PathLike, out_dir: str | os.PathLike | Non
 
     clock = time.perf_counter()
     granulated = granulated_kendall(wide)
+    robustness = conditional_mutual_information(wide).merge(robust_sign_error(wide), on="metric", how="left")
     factors = paired_factors(wide)
     points = per_point(tables.points[tables.points["network_id"].isin(wide["network_id"])])
     points_summary = summarize_per_point(points)
@@ -94,13 +97,13 @@ def build_report(sweep_path: str | os.PathLike, out_dir: str | os.PathLike | Non
 
     left_out = left_out[[c for c in dict.fromkeys(("network_id", "reason", *HYPERPARAMS, "train_acc", "epochs"))
                          if c in left_out.columns]]
-    for name, frame in (("correlations", corr), ("granulated_kendall", granulated),
+    for name, frame in (("correlations", corr), ("granulated_kendall", granulated), ("robustness", robustness),
                         ("paired_factors", factors), ("per_point", points),
                         ("per_point_summary", points_summary), ("left_out", left_out)):
         frame.to_csv(out / f"{name}.csv", index=False)
     timings["total"] = time.perf_counter() - start
     path = out / "report.md"
-    report = Report(path, corr, granulated, factors, points, points_summary, found, left_out, include_unconverged,
+    report = Report(path, corr, granulated, robustness, factors, points, points_summary, found, left_out, include_unconverged,
                     tuple(p for paths in drawn.values() for p in paths), timings)
     path.write_text(_markdown(tables, report, drawn, bootstrap), encoding="utf-8")
     return report
@@ -220,6 +223,15 @@ def _markdown(tables: Tables, report: Report, drawn: dict[str, list[Path]], boot
               "(Jiang et al., ICLR 2020). Group counts and notes are in `granulated_kendall.csv`.",
               ""]
     lines += [_markdown_table(_granulated_rows(report.granulated)), ""]
+    lines += ["### Conditional mutual information and robust sign-error", "",
+              "Over pairs of networks, how much the sign of a metric's difference tells of the sign of "
+              "the gap's. CMI (Jiang et al., 2020): the least, over conditioning on at most two "
+              "hyperparameters, of I(V_metric; V_gap | U_S) / H(V_gap | U_S) (1: determines it, 0: "
+              "nothing beyond the hyperparameters). Robust sign-error (Dziugaite et al., 2020): over "
+              "environments of two settings differing in one hyperparameter, the largest share of "
+              "cross pairs where the metric and the gap move oppositely (0 is best; 0.5 is chance). "
+              "Also in `robustness.csv`.", "",
+              _markdown_table(_robustness_rows(report.robustness)), ""]
     lines += _figure_lines(None, drawn["granulated"])
     lines += ["## Paired factor studies", "",
               "Networks identical but for one factor. Δ = hurting level − helping level. "
@@ -311,6 +323,20 @@ def _granulated_rows(df: pd.DataFrame) -> pd.DataFrame:
     order = [h for h in df["hyperparam"].unique() if h != PSI] + [PSI]
     table = table.reindex(index=df["metric"].unique(), columns=order)
     return table.map(_number).rename(columns={PSI: "Ψ"}).reset_index()
+
+
+def _robustness_rows(df: pd.DataFrame) -> pd.DataFrame:
+    if df.empty:
+        return pd.DataFrame({"note": ["no metric columns"]})
+    return pd.DataFrame({
+        "metric": df["metric"],
+        "CMI": df["cmi"].map(_number),
+        "least with": df["condition"].fillna(""),
+        "pairs": df["n_pairs"].astype("Int64").astype(str),
+        "robust sign-error": df["robust_sign_error"].map(_number),
+        "mean sign-error": df["mean_sign_error"].map(_number),
+        "worst environment": df["worst_environment"].fillna(""),
+    })
 
 
 def _factor_rows(df: pd.DataFrame) -> pd.DataFrame:

@@ -4,6 +4,8 @@ populations of same-shape models. Pure PyTorch: no Ray, no files."""
 from .activations import ACTIVATION_NAMES, PIECEWISE_LINEAR_NAMES, Activation
 from .baselines import margin, param_count, path_norm, spectral_product, weight_norm_sq
 from .jacobian import jacobian_norms, softmax_jacobian_norm
+from .measures import (distance_from_init, frobenius_margin, margin_quantile, pacbayes_mag_flatness,
+                       pacbayes_sharpness, pacbayes_sigma, spectral_margin)
 from .nets import MLP, as_mlp, forward, stack, unstack
 from .profiles import trajectory_profile
 from .regions import codes, transition_counts
@@ -12,23 +14,30 @@ from .trajectories import anchor_positions, circle, ellipse, random_ellipse
 
 __all__ = [
     "ACTIVATION_NAMES",
-    "PIECEWISE_LINEAR_NAMES",
     "Activation",
     "MLP",
+    "PIECEWISE_LINEAR_NAMES",
     "SliceMap",
     "anchor_positions",
     "as_mlp",
     "circle",
     "codes",
+    "distance_from_init",
     "ellipse",
     "forward",
+    "frobenius_margin",
     "jacobian_norms",
     "margin",
+    "margin_quantile",
+    "pacbayes_mag_flatness",
+    "pacbayes_sharpness",
+    "pacbayes_sigma",
     "param_count",
     "path_norm",
     "random_ellipse",
     "slice_codes",
     "softmax_jacobian_norm",
+    "spectral_margin",
     "spectral_product",
     "stack",
     "trajectory_profile",

@@ -9,7 +9,11 @@ from dataclasses import dataclass
 
 WEIGHT_METRICS = ("param_count", "weight_norm_sq", "spectral_product", "path_norm")
 POINT_METRICS = ("jacobian_softmax", "jacobian_logits", "transitions", "margin", "loss", "accuracy")
-METRICS = POINT_METRICS[:3] + WEIGHT_METRICS + POINT_METRICS[3:]
+# Jiang et al.'s measures: against the initial weights (split "weights"), and from the training
+# points (split "train": one value per network, not a mean over points).
+INIT_METRICS = ("distance_from_init",)
+TRAIN_METRICS = ("spectral_margin", "frobenius_margin", "pacbayes_sharpness", "pacbayes_mag_flatness")
+METRICS = POINT_METRICS[:3] + WEIGHT_METRICS + INIT_METRICS + TRAIN_METRICS + POINT_METRICS[3:]
 
 
 @dataclass(frozen=True)
@@ -30,6 +34,9 @@ class ScoreSettings:
     slice_count: int = 2
     slice_grid: int = 256
     slice_layers: str = "last"
+    sharpness_samples: int = 10
+    sharpness_search_depth: int = 15
+    sharpness_target: float = 0.1
     chunk_size: int | None = None
     seed: int = 0
 
@@ -40,7 +47,10 @@ class ScoreSettings:
             raise ValueError(
                 f"scoring.metrics: unknown {unknown or 'empty list'}; choose from {', '.join(METRICS)}"
             )
-        for name in ("points", "transitions_k", "ellipses_per_kind", "slice_count", "slice_grid"):
+        if not 0 < self.sharpness_target < 1:
+            raise ValueError(f"scoring.sharpness_target must be an accuracy drop in (0, 1), got {self.sharpness_target}")
+        for name in ("points", "transitions_k", "ellipses_per_kind", "slice_count", "slice_grid", "sharpness_samples",
+                     "sharpness_search_depth"):
             if getattr(self, name) < 1:
                 raise ValueError(f"scoring.{name} must be at least 1, got {getattr(self, name)}")
         if self.profile_points < 3 or self.profile_points % 3:

@@ -12,6 +12,7 @@ import logging
 import math
 import threading
 import time
+import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -26,7 +27,8 @@ import metrics_core as mc
 from sweep import storage
 from sweep.checkpoints import POPULATION_FILE, CheckpointError, label, locate, read_meta
 from sweep.data import load_dataset
-from sweep.score_settings import POINT_METRICS, WEIGHT_METRICS, ScoreSettings
+from sweep.models import init_parameters
+from sweep.score_settings import INIT_METRICS, POINT_METRICS, TRAIN_METRICS, WEIGHT_METRICS, ScoreSettings
 from sweep.spec import BundleConfig
 from sweep.tables import SCHEMAS, TableWriter, build, checkpoint_key
 
@@ -171,7 +173,7 @@ def score_checkpoints(
     """
     inputs = inputs or prepare(data, settings)
     device, dtype = inputs.probes[0].x.device, inputs.probes[0].x.dtype
-    populations, copies, finite, groups = [], [], [], {}
+    populations, inits, copies, finite, groups = [], [], [], [], {}
     for c, (population, meta) in enumerate(checkpoints):
         ids = list(meta["network_ids"])
         if len(ids) != population.num_models:
@@ -181,15 +183,17 @@ def score_checkpoints(
             )
         population = population.to(device=device, dtype=dtype)
         populations.append(population)
+        inits.append(_initial_population(meta, population) if set(INIT_METRICS) & set(settings.metrics) else None)
         finite.append(_finite_members(population))
         copies.append(_identical_members(population, [i for i in range(len(ids)) if finite[c][i]]))
         key = (tuple(w.shape[1:] for w in population.weights), population.activation, meta["tag"] in PROFILE_TAGS)
         groups.setdefault(key, []).extend((c, i) for i in copies[c])
     measured: list[dict[int, dict[str, Tensor]]] = [{} for _ in checkpoints]
     errors: list[dict[int, str]] = [{} for _ in checkpoints]
-    labels = [f"{meta.get('bundle_id')}/{meta.get('tag')}" for _, meta in checkpoints]
+    batch = _Batch(populations, inits, [list(meta["network_ids"]) for _, meta in checkpoints],
+                   [f"{meta.get('bundle_id')}/{meta.get('tag')}" for _, meta in checkpoints])
     for (_, _, profiles), members in groups.items():
-        _measure_members(populations, members, inputs, settings, profiles, measured, errors, labels)
+        _measure_members(batch, members, inputs, settings, profiles, measured, errors)
     out = []
     for c, (population, meta) in enumerate(checkpoints):
         ids = list(meta["network_ids"])
@@ -210,27 +214,64 @@ def score_checkpoints(
     return out
 
 
-def _measure_members(populations, members, inputs, settings, profiles, measured, errors, labels) -> None:
+@dataclass(frozen=True)
+class _Batch:
+    """The checkpoints scored together: populations, their initial weights (or None), ids."""
+
+    populations: list[mc.MLP]
+    inits: list[mc.MLP | None]
+    ids: list[list[str]]
+    labels: list[str]
+
+    def select(self, members: Sequence[tuple[int, int]]) -> tuple[mc.MLP, mc.MLP | None, list[str]]:
+        """The (checkpoint, member) pairs as one population, with their initial weights and ids."""
+        by_checkpoint: dict[int, list[int]] = {}
+        for c, i in members:
+            by_checkpoint.setdefault(c, []).append(i)
+        net = mc.stack([_select(self.populations[c], picked) for c, picked in by_checkpoint.items()])
+        init = None
+        if all(self.inits[c] is not None for c in by_checkpoint):
+            init = mc.stack([_select(self.inits[c], picked) for c, picked in by_checkpoint.items()])
+        return net, init, [self.ids[c][i] for c, picked in by_checkpoint.items() for i in picked]
+
+
+def _measure_members(batch: _Batch, members, inputs, settings, profiles, measured, errors) -> None:
     """Measure `members` ((checkpoint, member) pairs of same-shape populations) as one stacked
     population into `measured`, or, if that raises, one at a time (failures into `errors`)."""
-    by_checkpoint: dict[int, list[int]] = {}
-    for c, i in members:
-        by_checkpoint.setdefault(c, []).append(i)
+    order = sorted(members)  # as `select` stacks them: checkpoint by checkpoint
     try:
-        stacked = mc.stack([_select(populations[c], picked) for c, picked in by_checkpoint.items()])
-        results = _split(_measure(stacked, inputs, settings, profiles), range(len(members)))
-        for row, (c, i) in enumerate((c, i) for c, picked in by_checkpoint.items() for i in picked):
+        results = _split(_measure(*batch.select(order), inputs, settings, profiles), range(len(order)))
+        for row, (c, i) in enumerate(order):
             measured[c][i] = results[row]
     except Exception as batched:  # noqa: BLE001 - any failure is narrowed down member by member below
         # Said out loud: when every member then succeeds alone, the batched route has a bug that
         # would otherwise only show as slow scoring.
         log.warning("checkpoint(s) %s: scoring the %d members together raised %s: %s; scoring them one at a time",
-                    ", ".join(sorted({labels[c] for c, _ in members})), len(members), type(batched).__name__, batched)
+                    ", ".join(sorted({batch.labels[c] for c, _ in members})), len(members), type(batched).__name__,
+                    batched)
         for c, i in members:
             try:
-                measured[c].update(_split(_measure(_select(populations[c], [i]), inputs, settings, profiles), [i]))
+                measured[c].update(_split(_measure(*batch.select([(c, i)]), inputs, settings, profiles), [i]))
             except Exception as error:  # noqa: BLE001 - recorded as this member's failure
                 errors[c][i] = f"scoring raised {type(error).__name__}: {error}"
+
+
+def _initial_population(meta: Mapping, population: mc.MLP) -> mc.MLP | None:
+    """The checkpoint's networks at initialisation, rebuilt from their configs and seeds (exactly
+    what the trainer started from); None when meta.json names no bundle."""
+    if "bundle" not in meta:
+        return None
+    members = BundleConfig.from_dict(meta["bundle"]).members
+    layers = [init_parameters(m, population.input_dim, population.num_classes) for m in members]
+    weights = tuple(torch.stack([net[l][0] for net in layers]) for l in range(len(layers[0])))
+    biases = tuple(torch.stack([net[l][1] for net in layers]) for l in range(len(layers[0])))
+    return mc.MLP(weights, biases, population.activation).to(device=population.device, dtype=population.dtype)
+
+
+def _generators(ids: Sequence[str], seed: int, device: torch.device) -> list[torch.Generator]:
+    """One generator per network, from its id and the settings' seed: a network's noise draws do
+    not depend on which other networks are scored with it."""
+    return [torch.Generator(device=device).manual_seed(seed << 32 | zlib.crc32(i.encode())) for i in ids]
 
 
 def failure_rows(meta: Mapping, settings: ScoreSettings, message: str) -> dict[str, pa.Table]:
@@ -285,7 +326,8 @@ def _split(measures: dict[str, Tensor], members: Sequence[int]) -> dict[int, dic
 
 
 @torch.no_grad()
-def _measure(net: mc.MLP, inputs: ScoringInputs, settings: ScoreSettings, profiles: bool) -> dict[str, Tensor]:
+def _measure(net: mc.MLP, init: mc.MLP | None, ids: Sequence[str], inputs: ScoringInputs, settings: ScoreSettings,
+             profiles: bool) -> dict[str, Tensor]:
     """Every measure of every member, as tensors with a leading member axis."""
     wanted = set(settings.metrics)
     chunk = settings.chunk_size
@@ -307,6 +349,9 @@ def _measure(net: mc.MLP, inputs: ScoringInputs, settings: ScoreSettings, profil
     for metric in WEIGHT_METRICS:
         if metric in wanted:
             out[f"weights/{metric}"] = getattr(mc, metric)(net)
+    if "distance_from_init" in wanted and init is not None:
+        out["weights/distance_from_init"] = mc.distance_from_init(net, init)
+    out.update(_train_measures(net, ids, inputs, settings, wanted))
     if profiles and settings.trajectories:
         for kind, z in inputs.ellipses.items():
             per_ellipse = None if chunk is None else max(1, chunk // z.shape[1])
@@ -326,6 +371,25 @@ def _measure(net: mc.MLP, inputs: ScoringInputs, settings: ScoreSettings, profil
     return out
 
 
+def _train_measures(net: mc.MLP, ids: Sequence[str], inputs: ScoringInputs, settings: ScoreSettings,
+                    wanted: set[str]) -> dict[str, Tensor]:
+    """Jiang et al.'s measures from the training points (none without train points)."""
+    train = next((probe for probe in inputs.probes if probe.split == "train"), None)
+    if train is None:
+        return {}
+    out = {}
+    for metric in ("spectral_margin", "frobenius_margin"):
+        if metric in wanted:
+            out[f"train/{metric}"] = getattr(mc, metric)(net, train.x, train.y, chunk_size=settings.chunk_size)
+    search = {"samples": settings.sharpness_samples, "depth": settings.sharpness_search_depth,
+              "target": settings.sharpness_target, "chunk_size": settings.chunk_size}
+    for metric in ("pacbayes_sharpness", "pacbayes_mag_flatness"):
+        if metric in wanted:
+            generators = _generators(ids, settings.seed, train.x.device)
+            out[f"train/{metric}"] = getattr(mc, metric)(net, train.x, train.y, generator=generators, **search)
+    return out
+
+
 def _transitions(net: mc.MLP, probe: Probe, settings: ScoreSettings) -> Tensor:
     common = {"k": settings.transitions_k, "chunk_size": settings.chunk_size}
     if settings.trajectory == "ellipse":
@@ -341,9 +405,14 @@ def _transitions(net: mc.MLP, probe: Probe, settings: ScoreSettings) -> Tensor:
 
 
 def _score_keys(settings: ScoreSettings) -> list[tuple[str, str]]:
+    """(split, metric) of every `scores` row of a network; the train-point measures need train
+    points (scoring.train_points > 0)."""
     splits = ["test"] + (["train"] if settings.train_points else [])
     keys = [(split, m) for split in splits for m in POINT_METRICS if m in settings.metrics]
-    return keys + [("weights", m) for m in WEIGHT_METRICS if m in settings.metrics]
+    keys += [("weights", m) for m in WEIGHT_METRICS + INIT_METRICS if m in settings.metrics]
+    if settings.train_points:
+        keys += [("train", m) for m in TRAIN_METRICS if m in settings.metrics]
+    return keys
 
 
 def _params(metric: str, settings: ScoreSettings) -> str:
@@ -352,6 +421,11 @@ def _params(metric: str, settings: ScoreSettings) -> str:
         if settings.trajectory == "circle":
             params["radius"] = settings.circle_radius
         return json.dumps(params)
+    if metric in ("pacbayes_sharpness", "pacbayes_mag_flatness"):
+        return json.dumps({"samples": settings.sharpness_samples, "depth": settings.sharpness_search_depth,
+                           "target": settings.sharpness_target})
+    if metric in ("spectral_margin", "frobenius_margin"):
+        return json.dumps({"margin_quantile": mc.measures.MARGIN_QUANTILE})
     return "{}"
 
 
@@ -374,10 +448,12 @@ def _stats(values: Tensor) -> dict[str, np.ndarray]:
     }
 
 
-def _value_stats(values: Tensor) -> dict[str, np.ndarray]:
-    """A measure of the weights alone: mean = median = the value; no points, so std is NaN."""
+def _value_stats(values: Tensor, points: int = 0) -> dict[str, np.ndarray]:
+    """One value per network (of the weights alone, or of `points` points as a whole): mean =
+    median = the value; std is NaN."""
     value = values.numpy()
-    return {"mean": value, "median": value, "std": np.full(len(value), np.nan), "n_points": np.zeros(len(value), dtype=np.int64)}
+    return {"mean": value, "median": value, "std": np.full(len(value), np.nan),
+            "n_points": np.full(len(value), points, dtype=np.int64)}
 
 
 def _score_rows(meta, ids, keyed, settings, messages: Mapping[int, str], failed: set[int]) -> pa.Table:
@@ -429,9 +505,11 @@ def _checkpoint_rows(meta, ids, inputs, settings, profiles, measured, errors, no
 
     keyed = []
     for split, metric in _score_keys(settings):
-        shape = () if split == "weights" else (sizes[split],)
-        values = _gather(measured, m, f"{split}/{metric}", shape)
-        keyed.append((split, metric, _stats(values) if shape else _value_stats(values)))
+        if split == "weights" or metric in TRAIN_METRICS:  # a value per network, not per point
+            values = _gather(measured, m, f"{split}/{metric}", ())
+            keyed.append((split, metric, _value_stats(values, sizes.get(split, 0))))
+        else:
+            keyed.append((split, metric, _stats(_gather(measured, m, f"{split}/{metric}", (sizes[split],)))))
     tables = {"scores": _score_rows(meta, ids, keyed, settings, messages, failed)}
 
     test = inputs.probes[0]

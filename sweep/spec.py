@@ -24,6 +24,8 @@ from typing import Any, Callable
 import numpy as np
 import yaml
 
+from sweep.score_settings import METRICS
+
 
 # Beyond this a sweep's plan, trial table and driver state become unwieldy; split it instead.
 MAX_NETWORKS = 50_000
@@ -94,10 +96,6 @@ OPTIMIZERS = ("sgd", "momentum", "adam", "rmsprop")
 INITS = ("torch_default", "he_normal", "lecun_normal", "glorot_uniform")
 PRECISIONS = ("fp32", "tf32", "bf16")
 AUTO = "auto"
-METRICS = (
-    "jacobian_softmax", "jacobian_logits", "transitions", "param_count", "weight_norm_sq",
-    "spectral_product", "path_norm", "margin", "loss", "accuracy",
-)
 
 
 @dataclass(frozen=True)
@@ -313,6 +311,11 @@ class ScoringSpec:
     slice_count: int = 2
     slice_grid: int = 256
     slice_layers: str = "last"  # or "all"
+    # PAC-Bayes sharpness and magnitude-aware flatness (Jiang et al. 2020): noise draws per
+    # bisection step, bisection steps of log σ in [1e-6, 10], and the accuracy drop σ′ may cause.
+    sharpness_samples: int = 10
+    sharpness_search_depth: int = 15
+    sharpness_target: float = 0.1
 
 
 @dataclass(frozen=True)
@@ -434,6 +437,13 @@ def _multiple_of_3(path: str, value: Any) -> int:
     return number
 
 
+def _accuracy_drop(path: str, value: Any) -> float:
+    drop = _float(path, value)
+    if drop >= 1:
+        raise _fail(path, "an accuracy drop in (0, 1)", value)
+    return drop
+
+
 def _or_auto(parse: Callable[[str, Any], Any]) -> Callable[[str, Any], Any]:
     return lambda path, value: AUTO if value == AUTO else parse(path, value)
 
@@ -536,6 +546,8 @@ _scoring = _section(ScoringSpec, {
     "trajectories": _bool, "ellipses_per_kind": _int, "profile_points": _multiple_of_3,
     "slices": _bool, "slice_count": _int, "slice_grid": lambda p, v: _int(p, v, minimum=2),
     "slice_layers": lambda p, v: _choice(p, v, ("last", "all")),
+    "sharpness_samples": _int, "sharpness_search_depth": _int,
+    "sharpness_target": lambda p, v: _accuracy_drop(p, v),
 })
 _training = _section(TrainingSpec, {"precision": lambda p, v: _choice(p, v, PRECISIONS)})
 _resources = _section(Resources, {

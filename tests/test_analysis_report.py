@@ -52,6 +52,10 @@ def test_report_states_its_tables_and_the_bootstrap_time(report):
         assert heading in text
     assert re.search(r"\| correlations with bootstrap \(50 resamples\) \| \d+\.\d\d \|", text)
     assert len(json.loads((report.path.parent / "findings.json").read_text())) == len(report.findings) == 9
+    assert "### Conditional mutual information and robust sign-error" in text
+    robustness = pd.read_csv(report.path.parent / "robustness.csv")
+    assert list(robustness["metric"]) == list(dict.fromkeys(report.correlations["metric"]))
+    assert robustness["cmi"].between(0, 1).all() and robustness["robust_sign_error"].between(0, 1).all()
     saved = pd.read_csv(report.path.parent / "correlations.csv")
     assert len(saved) == len(report.correlations)
     assert saved["rho_lo"].notna().any()

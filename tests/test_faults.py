@@ -31,6 +31,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from sweep.trainable import finished_meta
+
 pytestmark = [
     pytest.mark.cluster,
     pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs Linux /proc to find a session's processes"),
@@ -401,6 +403,10 @@ def test_a_killed_driver_is_resumed_without_retraining(reference, tmp_path, env)
         os.kill(driver.proc.pid, signal.SIGKILL)
     finally:
         driver.end()  # the local Ray the driver started, orphaned by the kill
+    # Finished as resume judges it: an `end` checkpoint whose files were all copied before the kill
+    # (one cut short is trained again, rightly).
+    done = {bundle for bundle in done if finished_meta(str(sweep_dir), bundle) is not None}
+    assert done, "no bundle had finished completely when the driver was killed"
     before = {bundle: files_of(sweep_dir, bundle) for bundle in done}
 
     resumed = Session(sweep_argv("resume", str(sweep_dir), "--no-report"), tmp_path / "resume.log", env)

@@ -96,8 +96,12 @@ def write_checkpoint(directory: Path, bundle: BundleConfig, nets, tag="end", sta
 
 def meta_of(bundle: BundleConfig, tag="end", statuses=None) -> dict:
     n = len(bundle.members)
-    return {"bundle_id": bundle.bundle_id, "network_ids": bundle.network_ids, "tag": tag, "step": 7,
-            "statuses": statuses or ["converged"] * n}
+    return {"bundle_id": bundle.bundle_id, "bundle": bundle.to_dict(), "network_ids": bundle.network_ids, "tag": tag,
+            "step": 7, "statuses": statuses or ["converged"] * n}
+
+
+# NaN by definition for untrained networks: no positive margin at the 10th percentile.
+MARGIN_NORMALIZED = ("spectral_margin", "frobenius_margin")
 
 
 def scored(*args, **kwargs) -> dict[str, pd.DataFrame]:
@@ -274,7 +278,8 @@ def test_one_failing_network_is_recorded_and_the_others_are_scored(data, monkeyp
     failed = scores[scores.status == "failed"]
     assert set(failed.network_id) == {bundle.network_ids[2]} and failed["mean"].isna().all()
     assert failed.message.str.contains("RuntimeError: injected fault").all()
-    assert scores[scores.status == "ok"]["mean"].notna().all()
+    ok = scores[(scores.status == "ok") & ~scores.metric.isin(MARGIN_NORMALIZED)]
+    assert len(ok) and ok["mean"].notna().all()
     # The fallback to one member at a time is logged, so a bug in the batched route is visible.
     assert "scoring the 3 members together raised RuntimeError: injected fault" in caplog.text
 
@@ -575,3 +580,29 @@ def test_pool_records_a_checkpoint_whose_actor_keeps_dying(tmp_path, ray_session
     scores = TableWriter(tables).read("scores")
     assert set(scores.network_id) == set(bundle.network_ids) and (scores.status == "failed").all()
     pool.shutdown()
+
+
+def test_jiangs_measures_per_network_as_computed_alone(data):
+    # Distance from init: the checkpoint's configs rebuild the initial weights exactly, so it is
+    # 0 at init and ‖3·W_last‖ for nets whose last layer was multiplied by 4.
+    bundle = make_bundle(members=3)
+    nets = make_nets(bundle)
+    settings = SETTINGS.replace(sharpness_samples=3, sharpness_search_depth=6)
+    init = scored(mc.stack(make_nets(bundle, sharpen=1.0)), meta_of(bundle, tag="init"), data, settings)["scores"]
+    assert (init.query("metric == 'distance_from_init'")["mean"] == 0).all()
+    scores = scored(mc.stack(nets), meta_of(bundle), data, settings)["scores"]
+    for i, (net, network_id) in enumerate(zip(nets, bundle.network_ids)):
+        rows = scores[scores.network_id == network_id].set_index("metric")
+        assert rows.loc["distance_from_init", "split"] == "weights"
+        assert rows.loc["distance_from_init", "mean"] == pytest.approx(3 / 4 * net[-1].weight.norm().item(), rel=1e-5)
+        # The train-point measures: one value per network from the train points, equal to the
+        # metric core on that network alone with its own generator.
+        probe = prepare(data, settings).probes[1]
+        for metric in ("pacbayes_sharpness", "pacbayes_mag_flatness"):
+            alone = getattr(mc, metric)(net, probe.x, probe.y, generator=sweep.scoring._generators([network_id], 0, "cpu"),
+                                        samples=3, depth=6, target=0.1)
+            assert rows.loc[metric, "mean"] == pytest.approx(float(alone), rel=1e-6)
+            assert rows.loc[metric, "split"] == "train" and rows.loc[metric, "n_points"] == settings.train_points
+            assert json.loads(rows.loc[metric, "params"]) == {"samples": 3, "depth": 6, "target": 0.1}
+        spectral = float(mc.spectral_margin(net, probe.x, probe.y))
+        assert rows.loc["spectral_margin", "mean"] == pytest.approx(spectral, rel=1e-5, nan_ok=True)

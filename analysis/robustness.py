@@ -1,0 +1,126 @@
+"""Two more ways to judge a measure beside granulated Kendall: Jiang et al.'s (2020) conditional
+mutual information and Dziugaite et al.'s (2020) robust sign-error over single-factor
+environments. numpy/pandas only.
+
+Both look at pairs of networks: V_g = sign(g₁ − g₂) of the gap and V_μ = sign(μ₁ − μ₂) of the
+measure (pairs where either difference is 0 or missing are left out).
+
+- CMI: for every set S of at most two hyperparameters (S = ∅ included), I(V_μ; V_g | U_S) /
+  H(V_g | U_S), U_S the values of S for both networks of a pair; the measure's score is the
+  minimum over S (a measure whose link to the gap is explained by one or two hyperparameters
+  scores low). In nats; 1 when V_μ determines V_g, 0 when independent.
+- Robust sign-error: an environment is two hyperparameter settings that differ in exactly one
+  hyperparameter (the networks of each setting differ only in seed); its sign-error is the share
+  of cross pairs where V_μ ≠ V_g. Reported: the largest over environments (the robust
+  sign-error), the mean, and how many environments.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+
+from analysis.columns import metric_columns
+from analysis.granulated import varying_hyperparams
+
+SAMPLE_COLUMN = "seed"  # what varies inside a setting
+CMI_COLUMNS = ("metric", "cmi", "condition", "n_pairs")
+SIGN_ERROR_COLUMNS = ("metric", "robust_sign_error", "mean_sign_error", "worst_environment", "n_environments")
+
+
+def _pairs(n: int) -> tuple[np.ndarray, np.ndarray]:
+    i, j = np.triu_indices(n, k=1)
+    return i, j
+
+
+def _entropy(counts: np.ndarray) -> float:
+    p = counts[counts > 0] / counts.sum()
+    return float(-(p * np.log(p)).sum())
+
+
+def _conditional(v_metric: np.ndarray, v_gap: np.ndarray, groups: np.ndarray) -> tuple[float, float]:
+    """(I(V_μ; V_g | group), H(V_g | group)) from boolean signs and integer group codes."""
+    cell = (groups * 2 + v_metric) * 2 + v_gap
+    counts = np.bincount(cell, minlength=4 * (groups.max() + 1)).reshape(-1, 2, 2).astype(float)
+    total = counts.sum()
+    mi = entropy = 0.0
+    for joint in counts[counts.sum((1, 2)) > 0]:
+        weight = joint.sum() / total
+        h_gap, h_metric = _entropy(joint.sum(0)), _entropy(joint.sum(1))
+        mi += weight * (h_gap + h_metric - _entropy(joint.ravel()))
+        entropy += weight * h_gap
+    return mi, entropy
+
+
+def conditional_mutual_information(df: pd.DataFrame, metrics: Sequence[str] | None = None, target: str = "gap",
+                                   hyperparams: Sequence[str] | None = None, max_condition: int = 2) -> pd.DataFrame:
+    """One row per metric: the minimum over S of I(V_μ; V_g | U_S) / H(V_g | U_S), the S that
+    attains it, and the number of pairs (module docstring)."""
+    metrics = list(metric_columns(df) if metrics is None else metrics)
+    hyperparams = [h for h in (varying_hyperparams(df) if hyperparams is None else hyperparams) if h != SAMPLE_COLUMN]
+    codes = {h: pd.factorize(df[h].astype(str))[0] for h in hyperparams}
+    i, j = _pairs(len(df))
+    gap = df[target].to_numpy(float)
+    rows = []
+    for metric in metrics:
+        values = df[metric].to_numpy(float)
+        d_metric, d_gap = values[i] - values[j], gap[i] - gap[j]
+        keep = np.isfinite(d_metric) & np.isfinite(d_gap) & (d_metric != 0) & (d_gap != 0)
+        if keep.sum() < 2:
+            rows.append({"metric": metric, "cmi": np.nan, "condition": "", "n_pairs": int(keep.sum())})
+            continue
+        v_metric, v_gap = (d_metric[keep] > 0).astype(int), (d_gap[keep] > 0).astype(int)
+        best = (np.inf, "")
+        for size in range(max_condition + 1):
+            for subset in itertools.combinations(hyperparams, size):
+                key = np.zeros(keep.sum(), dtype=np.int64)
+                for h in subset:
+                    levels = codes[h].max() + 1
+                    key = (key * levels + codes[h][i][keep]) * levels + codes[h][j][keep]
+                groups = pd.factorize(key)[0]
+                mi, entropy = _conditional(v_metric, v_gap, groups)
+                if entropy > 0 and mi / entropy < best[0]:
+                    best = (mi / entropy, " & ".join(subset) or "∅")
+        rows.append({"metric": metric, "cmi": best[0] if np.isfinite(best[0]) else np.nan, "condition": best[1],
+                     "n_pairs": int(keep.sum())})
+    return pd.DataFrame(rows, columns=list(CMI_COLUMNS))
+
+
+def robust_sign_error(df: pd.DataFrame, metrics: Sequence[str] | None = None, target: str = "gap",
+                      hyperparams: Sequence[str] | None = None) -> pd.DataFrame:
+    """One row per metric: the largest and the mean sign-error over single-factor environments,
+    the worst environment and their number (module docstring)."""
+    metrics = list(metric_columns(df) if metrics is None else metrics)
+    hyperparams = [h for h in (varying_hyperparams(df) if hyperparams is None else hyperparams) if h != SAMPLE_COLUMN]
+    settings = df.groupby(hyperparams, dropna=False, sort=False).indices
+    keys = list(settings)
+    environments = []  # (description, networks of setting a, networks of setting b)
+    for a, b in itertools.combinations(range(len(keys)), 2):
+        ka, kb = (k if isinstance(k, tuple) else (k,) for k in (keys[a], keys[b]))
+        differ = [h for h, x, y in zip(hyperparams, ka, kb) if not (x == y or (pd.isna(x) and pd.isna(y)))]
+        if len(differ) == 1:
+            environments.append((f"{differ[0]}: {ka[hyperparams.index(differ[0])]} vs {kb[hyperparams.index(differ[0])]}",
+                                 settings[keys[a]], settings[keys[b]]))
+    gap = df[target].to_numpy(float)
+    rows = []
+    for metric in metrics:
+        values = df[metric].to_numpy(float)
+        errors = []
+        for description, first, second in environments:
+            d_metric = values[first][:, None] - values[second][None, :]
+            d_gap = gap[first][:, None] - gap[second][None, :]
+            keep = np.isfinite(d_metric) & np.isfinite(d_gap) & (d_metric != 0) & (d_gap != 0)
+            if keep.any():
+                errors.append((float(np.mean(np.sign(d_metric[keep]) != np.sign(d_gap[keep]))), description))
+        if errors:
+            worst = max(errors)
+            rows.append({"metric": metric, "robust_sign_error": worst[0],
+                         "mean_sign_error": float(np.mean([e for e, _ in errors])), "worst_environment": worst[1],
+                         "n_environments": len(errors)})
+        else:
+            rows.append({"metric": metric, "robust_sign_error": np.nan, "mean_sign_error": np.nan,
+                         "worst_environment": "", "n_environments": 0})
+    return pd.DataFrame(rows, columns=list(SIGN_ERROR_COLUMNS))

@@ -1,0 +1,141 @@
+"""The measures sensitivity is judged against (Jiang et al., ICLR 2020, "Fantastic
+generalization measures and where to find them"): distance from initialization, margin-normalized
+norm products, and PAC-Bayes sharpness and magnitude-aware flatness. Batched over a population;
+results are [M] for an MLP and 0-dimensional for an nn.Sequential.
+
+    >>> import torch
+    >>> net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3))
+    >>> float(distance_from_init(net, net))
+    0.0
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from .baselines import _per_model, margin
+from .nets import MLP, Net, as_mlp, batch, chunks, preactivations
+
+MARGIN_QUANTILE = 0.1  # Jiang et al.: the 10th percentile of the training margins
+SIGMA_RANGE = (1e-6, 10.0)  # where σ′ is searched (log-bisection)
+MAGNITUDE_EPS = 1e-3  # the magnitude-aware noise's floor: N(0, σ′²w² + ε²)
+
+
+def _parameters(mlp: MLP) -> list[Tensor]:
+    return [t for pair in zip(mlp.weights, mlp.biases) for t in pair]
+
+
+@torch.no_grad()
+def distance_from_init(net: Net, init: Net) -> Tensor:
+    """‖θ − θ₀‖₂ over every weight and bias, θ₀ the same networks at initialisation."""
+    mlp, start = as_mlp(net), as_mlp(init).to(device=as_mlp(net).device, dtype=as_mlp(net).dtype)
+    if [t.shape for t in _parameters(mlp)] != [t.shape for t in _parameters(start)]:
+        raise ValueError("init must hold the same networks (shapes) as net")
+    total = sum((p.double() - q.double()).square().flatten(1).sum(1) for p, q in zip(_parameters(mlp), _parameters(start)))
+    return _per_model(net, total.sqrt().to(mlp.dtype))
+
+
+@torch.no_grad()
+def margin_quantile(net: Net, x: Tensor, y: Tensor, q: float = MARGIN_QUANTILE, *,
+                    chunk_size: int | None = None) -> Tensor:
+    """The q-quantile of the output margins (true logit − largest other) over the points x."""
+    m = margin(net, x, y, chunk_size=chunk_size)
+    return torch.quantile(m.double(), q, dim=-1).to(m.dtype)
+
+
+def _log_margin_normalized(norms: Tensor, gamma: Tensor) -> Tensor:
+    """log(Π_l ‖W_l‖² / γ²) per model; NaN where the margin γ is not positive."""
+    value = 2 * norms.double().log().sum(0) - 2 * gamma.double().log()
+    return value.masked_fill(~(gamma > 0), float("nan"))
+
+
+@torch.no_grad()
+def spectral_margin(net: Net, x: Tensor, y: Tensor, *, chunk_size: int | None = None) -> Tensor:
+    """log(Π_l ‖W_l‖₂² / γ²), γ the 10th percentile of the training margins (Jiang's
+    margin-normalized spectral product)."""
+    mlp = as_mlp(net)
+    gamma = margin_quantile(mlp, x, y, chunk_size=chunk_size)
+    norms = torch.stack([torch.linalg.matrix_norm(torch.nan_to_num(w), ord=2) for w in mlp.weights])
+    return _per_model(net, _log_margin_normalized(norms, gamma).to(mlp.dtype))
+
+
+@torch.no_grad()
+def frobenius_margin(net: Net, x: Tensor, y: Tensor, *, chunk_size: int | None = None) -> Tensor:
+    """log(Π_l ‖W_l‖_F² / γ²), γ as in `spectral_margin`."""
+    mlp = as_mlp(net)
+    gamma = margin_quantile(mlp, x, y, chunk_size=chunk_size)
+    norms = torch.stack([w.flatten(1).norm(dim=1) for w in mlp.weights])
+    return _per_model(net, _log_margin_normalized(norms, gamma).to(mlp.dtype))
+
+
+def _accuracy(mlp: MLP, x: Tensor, y: Tensor, chunk_size: int | None) -> Tensor:
+    correct = torch.zeros(mlp.num_models, dtype=torch.float64, device=mlp.device)
+    b = batch(mlp, x)
+    per_point = mlp.num_models * (max(mlp.hidden_sizes) + mlp.num_classes)
+    for start, stop in chunks(b.num_points, chunk_size, per_point, mlp.device):
+        logits = preactivations(mlp, b.rows(start, stop))[1]
+        correct += (logits.argmax(-1) == y[start:stop]).sum(-1)
+    return correct / b.num_points
+
+
+@torch.no_grad()
+def pacbayes_sigma(net: Net, x: Tensor, y: Tensor, *, generator: torch.Generator | Sequence[torch.Generator],
+                   magnitude_aware: bool = False,
+                   samples: int = 10, depth: int = 15, target: float = 0.1, chunk_size: int | None = None) -> Tensor:
+    """σ′: the largest noise scale whose perturbations lower the accuracy on (x, y) by at most
+    `target` on average over `samples` draws, found by `depth` bisections of log σ in SIGMA_RANGE
+    (its lower end where even that is too much).
+
+    Noise on every weight and bias: N(0, σ²) (PAC-Bayes sharpness) or, `magnitude_aware`,
+    N(0, σ²w² + ε²) with ε = MAGNITUDE_EPS (Jiang's magnitude-aware flatness). Each bisection step
+    draws, per sample, every layer's noise (weights then bias, layer by layer) for all models at
+    once from `generator`, or each model's from its own when `generator` is a list of M of them
+    (then a model's σ′ does not depend on which other models share the call).
+    """
+    mlp = as_mlp(net)
+    if not 0 < target < 1 or samples < 1 or depth < 1:
+        raise ValueError(f"need 0 < target < 1, samples >= 1 and depth >= 1; got {target}, {samples}, {depth}")
+    y = y.long()
+    base = _accuracy(mlp, x, y, chunk_size)
+    low = torch.full_like(base, math.log(SIGMA_RANGE[0]))
+    high = torch.full_like(base, math.log(SIGMA_RANGE[1]))
+    params = _parameters(mlp)
+    for _ in range(depth):
+        sigma = ((low + high) / 2).exp()
+        drop = torch.zeros_like(base)
+        for _ in range(samples):
+            noisy = []
+            for p in params:
+                shape = (-1,) + (1,) * (p.dim() - 1)
+                scale = sigma.to(p.dtype).view(shape)
+                scale = scale * p.abs() + MAGNITUDE_EPS if magnitude_aware else scale.expand_as(p)
+                noisy.append(p + scale * _noise(p, generator))
+            perturbed = MLP(tuple(noisy[0::2]), tuple(noisy[1::2]), mlp.activation)
+            drop += base - _accuracy(perturbed, x, y, chunk_size)
+        ok = drop / samples <= target
+        low, high = torch.where(ok, (low + high) / 2, low), torch.where(ok, high, (low + high) / 2)
+    return _per_model(net, low.exp().to(mlp.dtype))
+
+
+def _noise(p: Tensor, generator: torch.Generator | Sequence[torch.Generator]) -> Tensor:
+    """Standard-normal noise shaped like p [M, ...] from one generator, or one per model."""
+    if isinstance(generator, torch.Generator):
+        return torch.randn(p.shape, generator=generator, device=generator.device, dtype=p.dtype).to(p.device)
+    if len(generator) != p.shape[0]:
+        raise ValueError(f"need one generator per model ({p.shape[0]}), got {len(generator)}")
+    return torch.stack([torch.randn(p.shape[1:], generator=g, device=g.device, dtype=p.dtype) for g in generator]
+                       ).to(p.device)
+
+
+def pacbayes_sharpness(net: Net, x: Tensor, y: Tensor, **kwargs) -> Tensor:
+    """1 / σ′² with plain Gaussian noise (`pacbayes_sigma`): larger is sharper."""
+    return 1 / pacbayes_sigma(net, x, y, magnitude_aware=False, **kwargs).square()
+
+
+def pacbayes_mag_flatness(net: Net, x: Tensor, y: Tensor, **kwargs) -> Tensor:
+    """1 / σ′² with magnitude-aware noise (`pacbayes_sigma`): Jiang et al.'s best measure."""
+    return 1 / pacbayes_sigma(net, x, y, magnitude_aware=True, **kwargs).square()
