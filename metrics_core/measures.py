@@ -73,12 +73,13 @@ def frobenius_margin(net: Net, x: Tensor, y: Tensor, *, chunk_size: int | None =
 
 
 def _accuracy(mlp: MLP, x: Tensor, y: Tensor, chunk_size: int | None) -> Tensor:
+    """[M] accuracy on x with labels y [N] (shared) or [M, N] (each model's own)."""
     correct = torch.zeros(mlp.num_models, dtype=torch.float64, device=mlp.device)
     b = batch(mlp, x)
     per_point = mlp.num_models * (max(mlp.hidden_sizes) + mlp.num_classes)
     for start, stop in chunks(b.num_points, chunk_size, per_point, mlp.device):
         logits = preactivations(mlp, b.rows(start, stop))[1]
-        correct += (logits.argmax(-1) == y[start:stop]).sum(-1)
+        correct += (logits.argmax(-1) == y[..., start:stop]).sum(-1)
     return correct / b.num_points
 
 
@@ -86,7 +87,8 @@ def _accuracy(mlp: MLP, x: Tensor, y: Tensor, chunk_size: int | None) -> Tensor:
 def pacbayes_sigma(net: Net, x: Tensor, y: Tensor, *, generator: torch.Generator | Sequence[torch.Generator],
                    magnitude_aware: bool = False,
                    samples: int = 10, depth: int = 15, target: float = 0.1, chunk_size: int | None = None) -> Tensor:
-    """σ′: the largest noise scale whose perturbations lower the accuracy on (x, y) by at most
+    """σ′: the largest noise scale whose perturbations lower the accuracy on (x, y) (labels [N],
+    or [M, N] for each model's own, e.g. the labels it was trained on) by at most
     `target` on average over `samples` draws, found by `depth` bisections of log σ in SIGMA_RANGE
     (its lower end where even that is too much).
 

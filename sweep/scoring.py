@@ -28,6 +28,7 @@ from sweep import storage
 from sweep.checkpoints import POPULATION_FILE, CheckpointError, label, locate, read_meta
 from sweep.data import load_dataset
 from sweep.models import init_parameters
+from sweep.population import member_labels
 from sweep.score_settings import INIT_METRICS, POINT_METRICS, TRAIN_METRICS, WEIGHT_METRICS, ScoreSettings
 from sweep.spec import BundleConfig
 from sweep.tables import SCHEMAS, TableWriter, build, checkpoint_key
@@ -173,7 +174,9 @@ def score_checkpoints(
     """
     inputs = inputs or prepare(data, settings)
     device, dtype = inputs.probes[0].x.device, inputs.probes[0].x.dtype
-    populations, inits, copies, finite, groups = [], [], [], [], {}
+    train = next((probe for probe in inputs.probes if probe.split == "train"), None)
+    wants_labels = train is not None and bool(set(TRAIN_METRICS) & set(settings.metrics))
+    populations, inits, labels, copies, finite, groups = [], [], [], [], [], {}
     for c, (population, meta) in enumerate(checkpoints):
         ids = list(meta["network_ids"])
         if len(ids) != population.num_models:
@@ -184,13 +187,14 @@ def score_checkpoints(
         population = population.to(device=device, dtype=dtype)
         populations.append(population)
         inits.append(_initial_population(meta, population) if set(INIT_METRICS) & set(settings.metrics) else None)
+        labels.append(_training_labels(meta, data, train) if wants_labels else None)
         finite.append(_finite_members(population))
-        copies.append(_identical_members(population, [i for i in range(len(ids)) if finite[c][i]]))
+        copies.append(_identical_members(population, [i for i in range(len(ids)) if finite[c][i]], labels[c]))
         key = (tuple(w.shape[1:] for w in population.weights), population.activation, meta["tag"] in PROFILE_TAGS)
         groups.setdefault(key, []).extend((c, i) for i in copies[c])
     measured: list[dict[int, dict[str, Tensor]]] = [{} for _ in checkpoints]
     errors: list[dict[int, str]] = [{} for _ in checkpoints]
-    batch = _Batch(populations, inits, [list(meta["network_ids"]) for _, meta in checkpoints],
+    batch = _Batch(populations, inits, labels, [list(meta["network_ids"]) for _, meta in checkpoints],
                    [f"{meta.get('bundle_id')}/{meta.get('tag')}" for _, meta in checkpoints])
     for (_, _, profiles), members in groups.items():
         _measure_members(batch, members, inputs, settings, profiles, measured, errors)
@@ -215,24 +219,39 @@ def score_checkpoints(
 
 
 @dataclass(frozen=True)
+class _Members:
+    """Networks measured in one call: their population, their initial weights and the labels
+    they were trained on at the train points (None where not known), and their ids."""
+
+    net: mc.MLP
+    init: mc.MLP | None
+    train_labels: Tensor | None  # [M, n train points]
+    ids: list[str]
+
+
+@dataclass(frozen=True)
 class _Batch:
-    """The checkpoints scored together: populations, their initial weights (or None), ids."""
+    """The checkpoints scored together: populations, their initial weights and training labels
+    (or None), ids, and labels for messages."""
 
     populations: list[mc.MLP]
     inits: list[mc.MLP | None]
+    train_labels: list[Tensor | None]
     ids: list[list[str]]
     labels: list[str]
 
-    def select(self, members: Sequence[tuple[int, int]]) -> tuple[mc.MLP, mc.MLP | None, list[str]]:
-        """The (checkpoint, member) pairs as one population, with their initial weights and ids."""
+    def select(self, members: Sequence[tuple[int, int]]) -> _Members:
+        """The (checkpoint, member) pairs as one population, checkpoint by checkpoint."""
         by_checkpoint: dict[int, list[int]] = {}
         for c, i in members:
             by_checkpoint.setdefault(c, []).append(i)
         net = mc.stack([_select(self.populations[c], picked) for c, picked in by_checkpoint.items()])
-        init = None
+        init = train_labels = None
         if all(self.inits[c] is not None for c in by_checkpoint):
             init = mc.stack([_select(self.inits[c], picked) for c, picked in by_checkpoint.items()])
-        return net, init, [self.ids[c][i] for c, picked in by_checkpoint.items() for i in picked]
+        if all(self.train_labels[c] is not None for c in by_checkpoint):
+            train_labels = torch.cat([self.train_labels[c][picked] for c, picked in by_checkpoint.items()])
+        return _Members(net, init, train_labels, [self.ids[c][i] for c, picked in by_checkpoint.items() for i in picked])
 
 
 def _measure_members(batch: _Batch, members, inputs, settings, profiles, measured, errors) -> None:
@@ -240,7 +259,7 @@ def _measure_members(batch: _Batch, members, inputs, settings, profiles, measure
     population into `measured`, or, if that raises, one at a time (failures into `errors`)."""
     order = sorted(members)  # as `select` stacks them: checkpoint by checkpoint
     try:
-        results = _split(_measure(*batch.select(order), inputs, settings, profiles), range(len(order)))
+        results = _split(_measure(batch.select(order), inputs, settings, profiles), range(len(order)))
         for row, (c, i) in enumerate(order):
             measured[c][i] = results[row]
     except Exception as batched:  # noqa: BLE001 - any failure is narrowed down member by member below
@@ -251,7 +270,7 @@ def _measure_members(batch: _Batch, members, inputs, settings, profiles, measure
                     batched)
         for c, i in members:
             try:
-                measured[c].update(_split(_measure(*batch.select([(c, i)]), inputs, settings, profiles), [i]))
+                measured[c].update(_split(_measure(batch.select([(c, i)]), inputs, settings, profiles), [i]))
             except Exception as error:  # noqa: BLE001 - recorded as this member's failure
                 errors[c][i] = f"scoring raised {type(error).__name__}: {error}"
 
@@ -266,6 +285,15 @@ def _initial_population(meta: Mapping, population: mc.MLP) -> mc.MLP | None:
     weights = tuple(torch.stack([net[l][0] for net in layers]) for l in range(len(layers[0])))
     biases = tuple(torch.stack([net[l][1] for net in layers]) for l in range(len(layers[0])))
     return mc.MLP(weights, biases, population.activation).to(device=population.device, dtype=population.dtype)
+
+
+def _training_labels(meta: Mapping, data, train: Probe) -> Tensor | None:
+    """[M, n] the labels each network was trained on (its random-label fraction applied) at the
+    train points; None when meta.json names no bundle (then the true labels are used)."""
+    if "bundle" not in meta:
+        return None
+    index = torch.as_tensor(train.index, device=train.y.device)
+    return torch.stack([member_labels(m, data)[index] for m in BundleConfig.from_dict(meta["bundle"]).members])
 
 
 def _generators(ids: Sequence[str], seed: int, device: torch.device) -> list[torch.Generator]:
@@ -293,11 +321,14 @@ def _finite_members(population: mc.MLP) -> list[bool]:
     return ok.tolist()
 
 
-def _identical_members(population: mc.MLP, members: Sequence[int]) -> dict[int, list[int]]:
-    """Each distinct set of weights among `members`: its first member -> the later ones."""
+def _identical_members(population: mc.MLP, members: Sequence[int], labels: Tensor | None = None
+                       ) -> dict[int, list[int]]:
+    """Each distinct set of weights (and training labels, where the measures use them) among
+    `members`: its first member -> the later ones."""
     copies: dict[int, list[int]] = {}
     for i in members:
-        first = next((j for j in copies if _same_weights(population, i, j)), None)
+        first = next((j for j in copies if _same_weights(population, i, j)
+                      and (labels is None or torch.equal(labels[i], labels[j]))), None)
         if first is None:
             copies[i] = []
         else:
@@ -326,9 +357,9 @@ def _split(measures: dict[str, Tensor], members: Sequence[int]) -> dict[int, dic
 
 
 @torch.no_grad()
-def _measure(net: mc.MLP, init: mc.MLP | None, ids: Sequence[str], inputs: ScoringInputs, settings: ScoreSettings,
-             profiles: bool) -> dict[str, Tensor]:
+def _measure(members: _Members, inputs: ScoringInputs, settings: ScoreSettings, profiles: bool) -> dict[str, Tensor]:
     """Every measure of every member, as tensors with a leading member axis."""
+    net = members.net
     wanted = set(settings.metrics)
     chunk = settings.chunk_size
     out: dict[str, Tensor] = {}
@@ -349,9 +380,9 @@ def _measure(net: mc.MLP, init: mc.MLP | None, ids: Sequence[str], inputs: Scori
     for metric in WEIGHT_METRICS:
         if metric in wanted:
             out[f"weights/{metric}"] = getattr(mc, metric)(net)
-    if "distance_from_init" in wanted and init is not None:
-        out["weights/distance_from_init"] = mc.distance_from_init(net, init)
-    out.update(_train_measures(net, ids, inputs, settings, wanted))
+    if "distance_from_init" in wanted and members.init is not None:
+        out["weights/distance_from_init"] = mc.distance_from_init(net, members.init)
+    out.update(_train_measures(members, inputs, settings, wanted))
     if profiles and settings.trajectories:
         for kind, z in inputs.ellipses.items():
             per_ellipse = None if chunk is None else max(1, chunk // z.shape[1])
@@ -371,22 +402,25 @@ def _measure(net: mc.MLP, init: mc.MLP | None, ids: Sequence[str], inputs: Scori
     return out
 
 
-def _train_measures(net: mc.MLP, ids: Sequence[str], inputs: ScoringInputs, settings: ScoreSettings,
+def _train_measures(members: _Members, inputs: ScoringInputs, settings: ScoreSettings,
                     wanted: set[str]) -> dict[str, Tensor]:
-    """Jiang et al.'s measures from the training points (none without train points)."""
+    """Jiang et al.'s measures from the training points, with the labels each network was trained
+    on (none without train points)."""
     train = next((probe for probe in inputs.probes if probe.split == "train"), None)
     if train is None:
         return {}
+    net, ids = members.net, members.ids
+    y = train.y if members.train_labels is None else members.train_labels
     out = {}
     for metric in ("spectral_margin", "frobenius_margin"):
         if metric in wanted:
-            out[f"train/{metric}"] = getattr(mc, metric)(net, train.x, train.y, chunk_size=settings.chunk_size)
+            out[f"train/{metric}"] = getattr(mc, metric)(net, train.x, y, chunk_size=settings.chunk_size)
     search = {"samples": settings.sharpness_samples, "depth": settings.sharpness_search_depth,
               "target": settings.sharpness_target, "chunk_size": settings.chunk_size}
     for metric in ("pacbayes_sharpness", "pacbayes_mag_flatness"):
         if metric in wanted:
             generators = _generators(ids, settings.seed, train.x.device)
-            out[f"train/{metric}"] = getattr(mc, metric)(net, train.x, train.y, generator=generators, **search)
+            out[f"train/{metric}"] = getattr(mc, metric)(net, train.x, y, generator=generators, **search)
     return out
 
 

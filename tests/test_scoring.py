@@ -24,6 +24,7 @@ import sweep.scoring
 from sweep.checkpoints import CheckpointError, local_size, unscored
 from sweep.data import load_dataset
 from sweep.models import build_network
+from sweep.population import member_labels
 from sweep.scoring import (
     Scorer,
     ScoreSettings,
@@ -298,7 +299,7 @@ def test_several_checkpoints_scored_together_equal_each_scored_alone(data, monke
                    ((small, "end"), (other, "end"), (wide, "end"), (small, "init"), (wide, "epoch-000004"))]
     calls = []
     real = sweep.scoring._measure
-    monkeypatch.setattr(sweep.scoring, "_measure", lambda net, *a: calls.append(net.num_models) or real(net, *a))
+    monkeypatch.setattr(sweep.scoring, "_measure", lambda members, *a: calls.append(members.net.num_models) or real(members, *a))
     together = score_checkpoints(checkpoints, data, settings)
     # 16×2 init and end (profiles at both): 2 + (3 - diverged - copy) + 2 = 5; 24×2 end: 2;
     # 24×2 epoch checkpoint (no profiles): 2.
@@ -606,3 +607,22 @@ def test_jiangs_measures_per_network_as_computed_alone(data):
             assert json.loads(rows.loc[metric, "params"]) == {"samples": 3, "depth": 6, "target": 0.1}
         spectral = float(mc.spectral_margin(net, probe.x, probe.y))
         assert rows.loc["spectral_margin", "mean"] == pytest.approx(spectral, rel=1e-5, nan_ok=True)
+
+
+def test_train_point_measures_use_the_labels_each_network_was_trained_on(data):
+    # Two members with the same seed (the same weights at init) but different label noise: their
+    # train-point measures differ, each from its own training labels, not the true ones.
+    clean = make_bundle(members=1).members[0]
+    noisy = dataclasses.replace(clean, random_label_fraction=0.5)
+    bundle = BundleConfig((clean, noisy))
+    nets = [build_network(clean, 64, 10) for _ in range(2)]
+    settings = SETTINGS.replace(sharpness_samples=2, sharpness_search_depth=4)
+    scores = scored(mc.stack(nets), meta_of(bundle, tag="init"), data, settings)["scores"].set_index(["network_id", "metric"])
+    probe = prepare(data, settings).probes[1]
+    index = torch.as_tensor(probe.index)
+    for config, net in zip(bundle.members, nets):
+        y = member_labels(config, data)[index]
+        alone = mc.pacbayes_mag_flatness(net, probe.x, y, generator=sweep.scoring._generators([config.network_id], 0, "cpu"),
+                                         samples=2, depth=4)
+        assert scores.loc[(config.network_id, "pacbayes_mag_flatness"), "mean"] == pytest.approx(float(alone), rel=1e-6)
+    assert not torch.equal(member_labels(noisy, data)[index], probe.y)
