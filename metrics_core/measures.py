@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from .baselines import _per_model, margin
-from .nets import MLP, Net, as_mlp, batch, chunks, preactivations
+from .nets import CHUNK_BUDGET_FLOATS, MLP, Net, as_mlp, batch, chunks, preactivations
 
 MARGIN_QUANTILE = 0.1  # Jiang et al.: the 10th percentile of the training margins
 SIGMA_RANGE = (1e-6, 10.0)  # where σ′ is searched (log-bisection)
@@ -94,9 +94,10 @@ def pacbayes_sigma(net: Net, x: Tensor, y: Tensor, *, generator: torch.Generator
 
     Noise on every weight and bias: N(0, σ²) (PAC-Bayes sharpness) or, `magnitude_aware`,
     N(0, σ²w² + ε²) with ε = MAGNITUDE_EPS (Jiang's magnitude-aware flatness). Each bisection step
-    draws, per sample, every layer's noise (weights then bias, layer by layer) for all models at
-    once from `generator`, or each model's from its own when `generator` is a list of M of them
-    (then a model's σ′ does not depend on which other models share the call).
+    draws, per sample, one standard-normal vector per model over all its parameters (layer by layer,
+    weights then bias): [M, P] at once from `generator`, or each model's [P] from its own when
+    `generator` is a list of M of them (then a model's σ′ does not depend on which other models
+    share the call).
     """
     mlp = as_mlp(net)
     if not 0 < target < 1 or samples < 1 or depth < 1:
@@ -106,31 +107,41 @@ def pacbayes_sigma(net: Net, x: Tensor, y: Tensor, *, generator: torch.Generator
     low = torch.full_like(base, math.log(SIGMA_RANGE[0]))
     high = torch.full_like(base, math.log(SIGMA_RANGE[1]))
     params = _parameters(mlp)
+    sizes = [p[0].numel() for p in params]
+    m = mlp.num_models
+    # Samples evaluated together as one population of (samples × models), as many as the chunk
+    # budget holds; drawn one sample after another, so the draws do not depend on the grouping.
+    together = max(1, min(samples, CHUNK_BUDGET_FLOATS.get(mlp.device.type, CHUNK_BUDGET_FLOATS["cpu"])
+                          // max(1, m * sum(sizes))))
+    labels = y.expand(m, -1).repeat(together, 1) if y.dim() == 2 else y
     for _ in range(depth):
         sigma = ((low + high) / 2).exp()
         drop = torch.zeros_like(base)
-        for _ in range(samples):
+        for first in range(0, samples, together):
+            count = min(together, samples - first)
+            noise = torch.cat([_noise(mlp, sum(sizes), generator) for _ in range(count)])  # [count·M, P]
             noisy = []
-            for p in params:
-                shape = (-1,) + (1,) * (p.dim() - 1)
-                scale = sigma.to(p.dtype).view(shape)
-                scale = scale * p.abs() + MAGNITUDE_EPS if magnitude_aware else scale.expand_as(p)
-                noisy.append(p + scale * _noise(p, generator))
+            for p, part in zip(params, noise.split(sizes, dim=1)):
+                scale = sigma.to(p.dtype).view((-1,) + (1,) * (p.dim() - 1))
+                scale = scale * p.abs() + MAGNITUDE_EPS if magnitude_aware else scale
+                noisy.append((p + scale * part.view(count, *p.shape)).flatten(0, 1))
             perturbed = MLP(tuple(noisy[0::2]), tuple(noisy[1::2]), mlp.activation)
-            drop += base - _accuracy(perturbed, x, y, chunk_size)
+            accuracy = _accuracy(perturbed, x, labels[: count * m] if y.dim() == 2 else y, chunk_size)
+            drop += (base - accuracy.view(count, m)).sum(0)
         ok = drop / samples <= target
         low, high = torch.where(ok, (low + high) / 2, low), torch.where(ok, high, (low + high) / 2)
     return _per_model(net, low.exp().to(mlp.dtype))
 
 
-def _noise(p: Tensor, generator: torch.Generator | Sequence[torch.Generator]) -> Tensor:
-    """Standard-normal noise shaped like p [M, ...] from one generator, or one per model."""
+def _noise(mlp: MLP, size: int, generator: torch.Generator | Sequence[torch.Generator]) -> Tensor:
+    """[M, size] standard-normal noise from one generator, or each row from its model's own."""
     if isinstance(generator, torch.Generator):
-        return torch.randn(p.shape, generator=generator, device=generator.device, dtype=p.dtype).to(p.device)
-    if len(generator) != p.shape[0]:
-        raise ValueError(f"need one generator per model ({p.shape[0]}), got {len(generator)}")
-    return torch.stack([torch.randn(p.shape[1:], generator=g, device=g.device, dtype=p.dtype) for g in generator]
-                       ).to(p.device)
+        noise = torch.randn((mlp.num_models, size), generator=generator, device=generator.device, dtype=mlp.dtype)
+        return noise.to(mlp.device)
+    if len(generator) != mlp.num_models:
+        raise ValueError(f"need one generator per model ({mlp.num_models}), got {len(generator)}")
+    return torch.stack([torch.randn(size, generator=g, device=g.device, dtype=mlp.dtype) for g in generator]
+                       ).to(mlp.device)
 
 
 def pacbayes_sharpness(net: Net, x: Tensor, y: Tensor, **kwargs) -> Tensor:

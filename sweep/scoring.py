@@ -190,14 +190,15 @@ def score_checkpoints(
         labels.append(_training_labels(meta, data, train) if wants_labels else None)
         finite.append(_finite_members(population))
         copies.append(_identical_members(population, [i for i in range(len(ids)) if finite[c][i]], labels[c]))
-        key = (tuple(w.shape[1:] for w in population.weights), population.activation, meta["tag"] in PROFILE_TAGS)
+        key = (tuple(w.shape[1:] for w in population.weights), population.activation, meta["tag"] in PROFILE_TAGS,
+               _trained(meta))
         groups.setdefault(key, []).extend((c, i) for i in copies[c])
     measured: list[dict[int, dict[str, Tensor]]] = [{} for _ in checkpoints]
     errors: list[dict[int, str]] = [{} for _ in checkpoints]
     batch = _Batch(populations, inits, labels, [list(meta["network_ids"]) for _, meta in checkpoints],
                    [f"{meta.get('bundle_id')}/{meta.get('tag')}" for _, meta in checkpoints])
-    for (_, _, profiles), members in groups.items():
-        _measure_members(batch, members, inputs, settings, profiles, measured, errors)
+    for (_, _, profiles, trained), members in groups.items():
+        _measure_members(batch, members, inputs, settings, profiles, trained, measured, errors)
     out = []
     for c, (population, meta) in enumerate(checkpoints):
         ids = list(meta["network_ids"])
@@ -254,12 +255,12 @@ class _Batch:
         return _Members(net, init, train_labels, [self.ids[c][i] for c, picked in by_checkpoint.items() for i in picked])
 
 
-def _measure_members(batch: _Batch, members, inputs, settings, profiles, measured, errors) -> None:
+def _measure_members(batch: _Batch, members, inputs, settings, profiles, trained, measured, errors) -> None:
     """Measure `members` ((checkpoint, member) pairs of same-shape populations) as one stacked
     population into `measured`, or, if that raises, one at a time (failures into `errors`)."""
     order = sorted(members)  # as `select` stacks them: checkpoint by checkpoint
     try:
-        results = _split(_measure(batch.select(order), inputs, settings, profiles), range(len(order)))
+        results = _split(_measure(batch.select(order), inputs, settings, profiles, trained), range(len(order)))
         for row, (c, i) in enumerate(order):
             measured[c][i] = results[row]
     except Exception as batched:  # noqa: BLE001 - any failure is narrowed down member by member below
@@ -270,7 +271,7 @@ def _measure_members(batch: _Batch, members, inputs, settings, profiles, measure
                     batched)
         for c, i in members:
             try:
-                measured[c].update(_split(_measure(batch.select([(c, i)]), inputs, settings, profiles), [i]))
+                measured[c].update(_split(_measure(batch.select([(c, i)]), inputs, settings, profiles, trained), [i]))
             except Exception as error:  # noqa: BLE001 - recorded as this member's failure
                 errors[c][i] = f"scoring raised {type(error).__name__}: {error}"
 
@@ -309,7 +310,7 @@ def failure_rows(meta: Mapping, settings: ScoreSettings, message: str) -> dict[s
     everyone = set(range(len(ids)))
     tables = {name: SCHEMAS[name].empty_table() for name in ("points", "trajectories", "slices")}
     nan = _nan_stats(len(ids))
-    keyed = [(split, metric, nan) for split, metric in _score_keys(settings)]
+    keyed = [(split, metric, nan) for split, metric in _score_keys(settings, _trained(meta))]
     tables["scores"] = _score_rows(meta, ids, keyed, settings, dict.fromkeys(everyone, message), everyone)
     return tables
 
@@ -357,7 +358,8 @@ def _split(measures: dict[str, Tensor], members: Sequence[int]) -> dict[int, dic
 
 
 @torch.no_grad()
-def _measure(members: _Members, inputs: ScoringInputs, settings: ScoreSettings, profiles: bool) -> dict[str, Tensor]:
+def _measure(members: _Members, inputs: ScoringInputs, settings: ScoreSettings, profiles: bool,
+             trained: bool) -> dict[str, Tensor]:
     """Every measure of every member, as tensors with a leading member axis."""
     net = members.net
     wanted = set(settings.metrics)
@@ -382,7 +384,8 @@ def _measure(members: _Members, inputs: ScoringInputs, settings: ScoreSettings, 
             out[f"weights/{metric}"] = getattr(mc, metric)(net)
     if "distance_from_init" in wanted and members.init is not None:
         out["weights/distance_from_init"] = mc.distance_from_init(net, members.init)
-    out.update(_train_measures(members, inputs, settings, wanted))
+    if trained:
+        out.update(_train_measures(members, inputs, settings, wanted))
     if profiles and settings.trajectories:
         for kind, z in inputs.ellipses.items():
             per_ellipse = None if chunk is None else max(1, chunk // z.shape[1])
@@ -438,13 +441,19 @@ def _transitions(net: mc.MLP, probe: Probe, settings: ScoreSettings) -> Tensor:
 # --- rows ------------------------------------------------------------------------------------
 
 
-def _score_keys(settings: ScoreSettings) -> list[tuple[str, str]]:
+def _trained(meta: Mapping) -> bool:
+    """Whether a checkpoint holds trained networks: Jiang et al.'s train-point measures are for
+    those (at `init` the accuracy is near chance, so the noise search and the margins say nothing)."""
+    return meta["tag"] != "init"
+
+
+def _score_keys(settings: ScoreSettings, trained: bool = True) -> list[tuple[str, str]]:
     """(split, metric) of every `scores` row of a network; the train-point measures need train
-    points (scoring.train_points > 0)."""
+    points (scoring.train_points > 0) and a trained checkpoint."""
     splits = ["test"] + (["train"] if settings.train_points else [])
     keys = [(split, m) for split in splits for m in POINT_METRICS if m in settings.metrics]
     keys += [("weights", m) for m in WEIGHT_METRICS + INIT_METRICS if m in settings.metrics]
-    if settings.train_points:
+    if settings.train_points and trained:
         keys += [("train", m) for m in TRAIN_METRICS if m in settings.metrics]
     return keys
 
@@ -538,7 +547,7 @@ def _checkpoint_rows(meta, ids, inputs, settings, profiles, measured, errors, no
     sizes = {probe.split: len(probe.index) for probe in inputs.probes}
 
     keyed = []
-    for split, metric in _score_keys(settings):
+    for split, metric in _score_keys(settings, _trained(meta)):
         if split == "weights" or metric in TRAIN_METRICS:  # a value per network, not per point
             values = _gather(measured, m, f"{split}/{metric}", ())
             keyed.append((split, metric, _value_stats(values, sizes.get(split, 0))))

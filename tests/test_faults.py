@@ -186,9 +186,12 @@ def tags_by_bundle(sweep_dir: Path) -> dict[str, list[str]]:
     return {bundle: sorted(t) for bundle, t in tags.items()}
 
 
-def in_training(sweep_dir: Path) -> set[str]:
-    """Bundles with a checkpoint past `init` but no `end` yet."""
-    return {b for b, tags in tags_by_bundle(sweep_dir).items() if "end" not in tags and len(tags) > 1}
+def in_training(sweep_dir: Path, most_epochs: int | None = None) -> set[str]:
+    """Bundles with a checkpoint past `init` but no `end` yet (with `most_epochs`, none past it:
+    enough training left that the bundle cannot finish while its node is being removed)."""
+    limit = "epoch-999999" if most_epochs is None else f"epoch-{most_epochs:06d}"
+    return {b for b, tags in tags_by_bundle(sweep_dir).items()
+            if "end" not in tags and len(tags) > 1 and max(t for t in tags if t != "init") <= limit}
 
 
 def finished(sweep_dir: Path) -> set[str]:
@@ -347,7 +350,7 @@ def test_a_lost_worker_node_costs_no_rows(reference, tmp_path, short_tmp, env):
             trial_nodes |= {n for n, p in placement.items() if p["bundles"]}
             scorer_nodes |= {n for n, p in placement.items() if p["scorer"]}
             if victim is None:
-                training = in_training(sweep_dir)
+                training = in_training(sweep_dir, most_epochs=10)  # 30 of 40 epochs left
                 ready = [n for n, p in placement.items() if p["bundles"] & training]
                 # Wait for the node that also holds the scoring actor, so its work must be redone
                 # too, while half the bundles are left; then take any node with a checkpointed trial.

@@ -110,13 +110,15 @@ def test_pacbayes_sigma_matches_a_per_network_bisection(magnitude_aware):
     samples, depth, target = 4, 8, 0.1
     got = mc.pacbayes_sigma(population, x, y, generator=torch.Generator().manual_seed(7),
                             magnitude_aware=magnitude_aware, samples=samples, depth=depth, target=target)
-    # The same draws, in the documented order: per step and sample, each layer's weight then bias
-    # noise for all models at once.
+    # The same draws, in the documented order: per step and sample, one [M, P] draw over every
+    # model's parameters, layer by layer, weights then bias.
     g = torch.Generator().manual_seed(7)
-    shapes = [t.shape for pair in zip(population.weights, population.biases) for t in pair]
-    draws = [[[torch.randn(s, generator=g) for s in shapes] for _ in range(samples)] for _ in range(depth)]
+    shapes = [t.shape[1:] for pair in zip(population.weights, population.biases) for t in pair]
+    sizes = [math.prod(s) for s in shapes]
+    draws = [[torch.randn((len(nets), sum(sizes)), generator=g) for _ in range(samples)] for _ in range(depth)]
     for m, net in enumerate(nets):
-        mine = [[[d[m] for d in sample] for sample in step] for step in draws]
+        mine = [[[part.view(shape) for part, shape in zip(sample[m].split(sizes), shapes)] for sample in step]
+                for step in draws]
         expected = reference_sigma(net, x, y, mine, magnitude_aware, samples, depth, target)
         assert float(got[m]) == pytest.approx(expected, rel=1e-5)
     assert (got > SIGMA_RANGE[0]).all()  # trained nets tolerate some noise

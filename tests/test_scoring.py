@@ -301,9 +301,9 @@ def test_several_checkpoints_scored_together_equal_each_scored_alone(data, monke
     real = sweep.scoring._measure
     monkeypatch.setattr(sweep.scoring, "_measure", lambda members, *a: calls.append(members.net.num_models) or real(members, *a))
     together = score_checkpoints(checkpoints, data, settings)
-    # 16×2 init and end (profiles at both): 2 + (3 - diverged - copy) + 2 = 5; 24×2 end: 2;
-    # 24×2 epoch checkpoint (no profiles): 2.
-    assert sorted(calls) == [2, 2, 5]
+    # 16×2 end checkpoints: 2 + (3 - diverged - copy) = 3; 16×2 init (no train-point measures): 2;
+    # 24×2 end: 2; 24×2 epoch checkpoint (no profiles): 2.
+    assert sorted(calls) == [2, 2, 2, 3]
     calls.clear()
     for (population, meta), tables in zip(checkpoints, together):
         alone = score_checkpoint(population, meta, data, settings)
@@ -591,6 +591,8 @@ def test_jiangs_measures_per_network_as_computed_alone(data):
     settings = SETTINGS.replace(sharpness_samples=3, sharpness_search_depth=6)
     init = scored(mc.stack(make_nets(bundle, sharpen=1.0)), meta_of(bundle, tag="init"), data, settings)["scores"]
     assert (init.query("metric == 'distance_from_init'")["mean"] == 0).all()
+    # The train-point measures are for trained networks: none at init.
+    assert not set(init["metric"]) & {"spectral_margin", "frobenius_margin", "pacbayes_sharpness", "pacbayes_mag_flatness"}
     scores = scored(mc.stack(nets), meta_of(bundle), data, settings)["scores"]
     for i, (net, network_id) in enumerate(zip(nets, bundle.network_ids)):
         rows = scores[scores.network_id == network_id].set_index("metric")
@@ -610,14 +612,14 @@ def test_jiangs_measures_per_network_as_computed_alone(data):
 
 
 def test_train_point_measures_use_the_labels_each_network_was_trained_on(data):
-    # Two members with the same seed (the same weights at init) but different label noise: their
-    # train-point measures differ, each from its own training labels, not the true ones.
+    # Two members with the same weights but different label noise: their train-point measures
+    # differ, each from its own training labels, not the true ones.
     clean = make_bundle(members=1).members[0]
     noisy = dataclasses.replace(clean, random_label_fraction=0.5)
     bundle = BundleConfig((clean, noisy))
     nets = [build_network(clean, 64, 10) for _ in range(2)]
     settings = SETTINGS.replace(sharpness_samples=2, sharpness_search_depth=4)
-    scores = scored(mc.stack(nets), meta_of(bundle, tag="init"), data, settings)["scores"].set_index(["network_id", "metric"])
+    scores = scored(mc.stack(nets), meta_of(bundle), data, settings)["scores"].set_index(["network_id", "metric"])
     probe = prepare(data, settings).probes[1]
     index = torch.as_tensor(probe.index)
     for config, net in zip(bundle.members, nets):
