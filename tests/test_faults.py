@@ -53,10 +53,10 @@ grid:
   batch_sizes: [10]
   seeds: [0, 1]
 budget:
-  max_epochs: 40
+  max_epochs: 120
   stop_at_full_train_acc: false
 checkpoints:
-  every_epochs: 10
+  every_epochs: 30
 scoring:
   points: 50
   train_points: 30
@@ -67,7 +67,7 @@ resources:
   scoring_actors: 1
   cpus_per_scoring_actor: {scorer_cpus}
 """
-TAGS = ["end", "epoch-000010", "epoch-000020", "epoch-000030", "init"]
+TAGS = ["end", "epoch-000030", "epoch-000060", "epoch-000090", "init"]
 NETWORK_VALUES = ["train_loss", "train_acc", "test_loss", "test_acc", "gap", "loss_gap"]
 RUN_TIMEOUT_S = 300
 
@@ -350,7 +350,8 @@ def test_a_lost_worker_node_costs_no_rows(reference, tmp_path, short_tmp, env):
             trial_nodes |= {n for n, p in placement.items() if p["bundles"]}
             scorer_nodes |= {n for n, p in placement.items() if p["scorer"]}
             if victim is None:
-                training = in_training(sweep_dir, most_epochs=10)  # 30 of 40 epochs left
+                # 90 of 120 epochs left: seconds of training, more than finding and removing a node takes.
+                training = in_training(sweep_dir, most_epochs=30)
                 ready = [n for n, p in placement.items() if p["bundles"] & training]
                 # Wait for the node that also holds the scoring actor, so its work must be redone
                 # too, while half the bundles are left; then take any node with a checkpointed trial.
@@ -439,8 +440,8 @@ def damaged(reference, tmp_path_factory, env):
     tables = sweep_dir / "tables"
     truncated = sorted((tables / "scores").glob("*--end.parquet"))[0]
     truncated.write_bytes(truncated.read_bytes()[:200])
-    corrupt_meta = next(m for m in checkpoint_metas(sweep_dir).items() if m[1]["tag"] == "epoch-000020")
-    corrupt_key = f"{corrupt_meta[1]['bundle_id']}--epoch-000020"
+    corrupt_meta = next(m for m in checkpoint_metas(sweep_dir).items() if m[1]["tag"] == "epoch-000060")
+    corrupt_key = f"{corrupt_meta[1]['bundle_id']}--epoch-000060"
     population = corrupt_meta[0] / "population.pt"
     population.write_bytes(b"not a checkpoint" + population.read_bytes()[:100])
     for table in ("scores", "points"):
