@@ -87,8 +87,7 @@ def cmd_presets(args) -> int:
         spec = load_spec(name)
         card = planner.card_for(spec, assume=True)
         bundles = planner.expand(spec, card)
-        per_card = planner.trials_per_card(planner.gpu_shares(spec, bundles, card)) if card else {}
-        cost = costs.project(bundles, spec.budget, spec.scoring, reference, per_card, spec.checkpoints.every_epochs)
+        cost = planner.reference_projection(spec, bundles, card)
         print(f"{name:20s} {description}")
         print(f"{'':20s} {len(bundles)} bundles; projected {costs.hours(cost.total_s)} on one {reference.name} "
               f"({costs.hours(cost.total_budget_s)} if every network runs its budget); `sweep run {name} --dry-run` "

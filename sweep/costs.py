@@ -30,10 +30,10 @@ import math
 from dataclasses import dataclass
 from importlib import resources
 
+from sweep.score_settings import PROFILE_TAGS
 from sweep.spec import Budget, BundleConfig, NetworkConfig, ScoringSpec, dataset_info, layer_sizes, param_count
 
 CALIBRATION_FILE = "calibration.json"
-PROFILE_TAGS = ("init", "end")  # checkpoints that get trajectory profiles and slices
 
 
 @dataclass(frozen=True)

@@ -344,16 +344,22 @@ def plan_summary(spec: SweepSpec, bundles: list[BundleConfig], card: Card | None
                      f"{len(group):>8}{members:>9}{(trials if card else '-'):>9}{(f'{share:g}' if card else '-'):>10}"
                      f"{_mib(memory):>15}")
     lines += ["", f"largest bundle needs about {_mib(peak)} of {'card' if card else 'device'} memory", ""]
-    lines += projection_lines(spec, bundles, per_card, card, cpus)
+    lines += projection_lines(spec, bundles, card, cpus)
     return "\n".join(lines)
 
 
-def projection_lines(spec: SweepSpec, bundles: list[BundleConfig], per_card: dict[str, int],
-                     card: Card | None, cpus: int | None) -> list[str]:
+def reference_projection(spec: SweepSpec, bundles: list[BundleConfig], card: Card | None) -> costs.Projection:
+    """The sweep on one reference card, its bundles sharing it as the planner's shares allow."""
+    per_card = trials_per_card(gpu_shares(spec, bundles, card)) if card else {}
+    return costs.project(bundles, spec.budget, spec.scoring, costs.reference_gpu(), per_card,
+                         spec.checkpoints.every_epochs)
+
+
+def projection_lines(spec: SweepSpec, bundles: list[BundleConfig], card: Card | None,
+                     cpus: int | None) -> list[str]:
     """The projected time on the spec's resources and on one reference card, and how."""
     reference = costs.reference_gpu()
-    gpu = costs.project(bundles, spec.budget, spec.scoring, reference, per_card if card else {},
-                        spec.checkpoints.every_epochs)
+    gpu = reference_projection(spec, bundles, card)
     lines = ["projected time (sweep.costs; calibration in sweep/calibration.json):"]
     if not card:
         cpu = costs.reference_cpu()

@@ -14,6 +14,8 @@ POINT_METRICS = ("jacobian_softmax", "jacobian_logits", "transitions", "margin",
 INIT_METRICS = ("distance_from_init",)
 TRAIN_METRICS = ("spectral_margin", "frobenius_margin", "pacbayes_sharpness", "pacbayes_mag_flatness")
 METRICS = POINT_METRICS[:3] + WEIGHT_METRICS + INIT_METRICS + TRAIN_METRICS + POINT_METRICS[3:]
+# Checkpoints that get trajectory profiles and slices (the paper's before/after-training pictures).
+PROFILE_TAGS = ("init", "end")
 
 
 @dataclass(frozen=True)

@@ -29,15 +29,14 @@ from sweep.checkpoints import POPULATION_FILE, CheckpointError, label, locate, r
 from sweep.data import load_dataset
 from sweep.models import init_parameters
 from sweep.population import member_labels
-from sweep.score_settings import INIT_METRICS, POINT_METRICS, TRAIN_METRICS, WEIGHT_METRICS, ScoreSettings
+from sweep.score_settings import (INIT_METRICS, POINT_METRICS, PROFILE_TAGS, TRAIN_METRICS, WEIGHT_METRICS,
+                                  ScoreSettings)
 from sweep.spec import BundleConfig
 from sweep.tables import SCHEMAS, TableWriter, build, checkpoint_key
 
 log = logging.getLogger(__name__)
 
 TRAJECTORY_KINDS = ("random", "different_class", "same_class")
-# Trajectory profiles and slice maps are the paper's before/after-training pictures.
-PROFILE_TAGS = ("init", "end")
 
 
 @dataclass(frozen=True)
