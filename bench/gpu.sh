@@ -6,6 +6,10 @@
 #
 #     bash bench/gpu.sh [LOG_DIR]               # from the repository root; logs in LOG_DIR (default /tmp/gpu-bench)
 #     DEVICE=cpu QUICK=1 bash bench/gpu.sh      # a smoke run of the script itself on a CPU
+#
+# Settings (environment): SKIP, steps to leave out (e.g. "metrics sweep-overhead"); MINUTES, the
+# GPU sweep's budget (default 6); PRESETS, its presets (default all four paper presets); DATA,
+# the folder holding cifar10/*.tar.gz (default ../shared/data).
 set -u
 log=${1:-/tmp/gpu-bench}
 device=${DEVICE:-cuda}
@@ -16,6 +20,7 @@ export PYTHONUNBUFFERED=1 RAY_USAGE_STATS_ENABLED=0 PYTHONPATH="$PWD${PYTHONPATH
 step() {  # name, time limit in seconds, command...
     local name=$1 limit=$2
     shift 2
+    case " ${SKIP:-} " in *" $name "*) echo "== $name: skipped (SKIP)"; return ;; esac
     echo "== $name ($(date -u +%H:%M:%S))"
     timeout "$limit" "$@" 2>&1 | tee "$log/$name.log"
     echo "== $name: exit ${PIPESTATUS[0]}"
@@ -26,15 +31,18 @@ python3 -c "import torch, os; print('torch', torch.__version__, '| CPUs', os.cpu
 has_ray=$(python3 -c "import ray" 2>/dev/null && echo yes)
 # The tests that need CUDA (skipped elsewhere); the GPU sweep needs Ray too.
 step cuda-tests 200 python3 -m pytest -q -p no:cacheprovider -rs -k "cuda or gpu" tests/test_population.py \
-    tests/test_metrics_jacobian.py tests/test_planner.py ${has_ray:+tests/test_sweep_e2e.py}
+    tests/test_metrics_jacobian.py tests/test_planner.py ${has_ray:+tests/test_scoring.py tests/test_sweep_e2e.py}
 # The cost model's rates for this card (paste the printed entry into sweep/calibration.json).
 step calibrate 150 python3 bench/calibrate.py --device "$device" $quick
 step metrics 180 python3 bench/metrics.py --device "$device" $quick
-step training 150 python3 bench/training.py --device "$device" $quick
+# Bundles of 64 and of 256 (the planner's size for small shapes on a big card), against 16
+# networks trained one at a time.
+step training 150 python3 bench/training.py --device "$device" $quick $([ "$device" = cpu ] || echo --members 64,256 --alone 16)
 step scoring 180 python3 bench/scoring.py --device "$device" $quick
 if [ -n "$has_ray" ]; then
     step sweep-overhead 180 python3 bench/sweep_overhead.py digits --in-process --repeats 1
     # The whole path: a time-boxed slice of each paper preset through `sweep run` (MINUTES, default 6).
-    step sweep-gpu $(( ${MINUTES:-6} * 60 + 120 )) python3 bench/sweep_gpu.py --minutes "${MINUTES:-6}" \
-        ${QUICK:+--presets paper-factors} $([ "$device" = cpu ] && echo --cpu)
+    minutes=${MINUTES:-6}
+    step sweep-gpu "$(awk "BEGIN {print int($minutes * 60 + 90)}")" python3 bench/sweep_gpu.py --minutes "$minutes" \
+        --presets "${PRESETS:-${QUICK:+paper-factors}}" ${DATA:+--data "$DATA"} $([ "$device" = cpu ] && echo --cpu)
 fi

@@ -61,7 +61,7 @@ def main() -> None:
     parser.add_argument("--cpu", action="store_true", help="a smoke run without a GPU (CPU trials, small slices)")
     parser.add_argument("--data", type=Path, default=SHARED_DATA, help="the shared data folder (CIFAR-10 JPEGs)")
     args = parser.parse_args()
-    presets = [p for p in args.presets.split(",") if p]
+    presets = [p for p in args.presets.split(",") if p] or list(PRESETS)
     per_preset = args.minutes * 60 / len(presets)
     peak = matmul_peak(args.cpu)
     print(f"{'CPU' if args.cpu else gpu_name()}; float32 matmul {peak:.2f} TFLOP/s (measured now); "

@@ -1,6 +1,7 @@
 """Training throughput: one bundle of M networks as a population vs the same M one at a time.
 
     python bench/training.py --device cuda            # M = 64, shapes 784→256×3→10, 3072→512×4→10
+    python bench/training.py --device cuda --members 64,256 --alone 16
     python bench/training.py --device cpu --quick
 
 Both sides run on the same device in the same process, on the same synthetic data (speed does
@@ -85,7 +86,9 @@ def one_at_a_time_rate(configs, data, steps: int, device) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--members", type=int, help="bundle size (default 64; 16 with --quick)")
+    parser.add_argument("--members", help="bundle sizes, comma-separated (default 64; 16 with --quick)")
+    parser.add_argument("--alone", type=int, help="networks trained one at a time for the baseline's rate "
+                                                  "(default: all of the smallest bundle)")
     parser.add_argument("--quick", action="store_true",
                         help="a smoke run: 16 members, 3 timed steps")
     parser.add_argument("--tf32", action="store_true",
@@ -93,25 +96,28 @@ def main() -> None:
     args = parser.parse_args()
     device = torch.device(args.device)
     torch.backends.cuda.matmul.allow_tf32 = args.tf32
-    members = args.members or (16 if args.quick else 64)
+    sizes = [int(m) for m in args.members.split(",")] if args.members else [16 if args.quick else 64]
+    alone_count = args.alone or min(sizes)
     steps, epochs = (3, 1) if args.quick else ((50, 4) if device.type == "cuda" else (8, 2))
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else (
         f"CPU, {torch.get_num_threads()} threads")
-    print(f"device: {device} ({name}); torch {torch.__version__}; M = {members}; "
+    print(f"device: {device} ({name}); torch {torch.__version__}; M = {', '.join(map(str, sizes))}; "
           f"batch {BATCH}; {steps} steps per epoch; tf32 {args.tf32}")
     graphs = device.type == "cuda"
-    print(f"{'shape':<20}{'population':>14}" + (f"{'eager':>10}{'graphs/eager':>14}" if graphs else "")
+    print(f"{'shape':<20}{'M':>5}{'population':>14}" + (f"{'eager':>10}{'graphs/eager':>14}" if graphs else "")
           + f"{'one at a time':>16}{'ratio':>8}   (model-steps/s)")
     for dataset, image_shape, width, depth in SHAPES:
         data = synthetic(dataset, image_shape, steps, device)
         configs = [NetworkConfig(DataSpec(dataset), width, depth, "relu", "momentum", 0.01,
                                  BATCH, 0.0, False, seed, "torch_default")
-                   for seed in range(members)]
-        pop = population_rate(configs, data, epochs, device)
-        eager = f"{(e := population_rate(configs, data, epochs, device, False)):>10,.0f}{pop / e:>13.2f}×" if graphs else ""
-        alone = one_at_a_time_rate(configs, data, steps * epochs, device)
+                   for seed in range(max(sizes + [alone_count]))]
+        alone = one_at_a_time_rate(configs[:alone_count], data, steps * epochs, device)
         shape = f"{data.input_dim}→{width}×{depth}→10"
-        print(f"{shape:<20}{pop:>14,.0f}{eager}{alone:>16,.0f}{pop / alone:>7.1f}×")
+        for members in sizes:
+            pop = population_rate(configs[:members], data, epochs, device)
+            eager = (f"{(e := population_rate(configs[:members], data, epochs, device, False)):>10,.0f}"
+                     f"{pop / e:>13.2f}×") if graphs else ""
+            print(f"{shape:<20}{members:>5}{pop:>14,.0f}{eager}{alone:>16,.0f}{pop / alone:>7.1f}×", flush=True)
 
 
 if __name__ == "__main__":

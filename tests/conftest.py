@@ -18,12 +18,14 @@ def shared_data() -> Path:
 
 @pytest.fixture(scope="session")
 def ray_session():
-    """One local Ray instance for the whole test session (never a running cluster). It is told
-    of 2 GPUs, which it only schedules by (tests/test_planner.py checks how it packs them); with
-    no CUDA, trials that get one train on the CPU."""
+    """One local Ray instance for the whole test session (never a running cluster). Without CUDA
+    it is told of 2 GPUs, which it only schedules by (tests/test_planner.py checks how it packs
+    them), and trials that get one train on the CPU; on a CUDA machine it has the real cards."""
     import ray
+    import torch
 
     if not ray.is_initialized():
-        ray.init(address="local", num_cpus=2, num_gpus=2, include_dashboard=False, log_to_driver=False)
+        ray.init(address="local", num_cpus=2, num_gpus=None if torch.cuda.is_available() else 2,
+                 include_dashboard=False, log_to_driver=False)
     yield ray
     ray.shutdown()
