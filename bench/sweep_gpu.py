@@ -25,8 +25,10 @@ from __future__ import annotations
 
 import argparse
 import copy
+import json
 import math
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -212,11 +214,12 @@ def run_preset(preset: str, work: Path, seconds: float, peak: float, args) -> No
     started = time.time()
     command = [sys.executable, "-m", "sweep.cli", "run", str(spec_file), "--storage", str(storage), "--name", preset,
                "--no-report"]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=max(120, 3 * seconds), cwd=ROOT)
+    code, stderr = run_within(command, max(90.0, 1.6 * seconds))
     ended = time.time()
     sampler.stop()
-    if done.returncode != 0:
-        print(f"   sweep run failed ({done.returncode}):\n{done.stderr[-3000:]}")
+    print_progress(storage / preset)
+    if code != 0:
+        print(f"   sweep run {'stopped at its time limit' if code is None else f'failed ({code})'}:\n{stderr[-3000:]}")
         return
     tables = storage / preset / "tables"
     networks = pd.read_parquet(tables / "networks")
@@ -226,6 +229,46 @@ def run_preset(preset: str, work: Path, seconds: float, peak: float, args) -> No
     training_s = trained - first_checkpoint
     report(preset, spec, doc, networks, training_s, scored - trained, ended - started, peak,
            sampler.mean(first_checkpoint, trained))
+
+
+def run_within(command: list[str], limit_s: float) -> tuple[int | None, str]:
+    """Run `command` (its own process group) for at most `limit_s`: (exit code or None when it
+    was stopped, its stderr). Stopped with Ctrl-C first, so Ray shuts down and frees the card."""
+    with tempfile.TemporaryFile("w+") as err:
+        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=err, text=True, cwd=ROOT,
+                                   start_new_session=True)
+        try:
+            code = process.wait(timeout=limit_s)
+        except subprocess.TimeoutExpired:
+            code = None
+            os.killpg(process.pid, signal.SIGINT)
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+        err.seek(0)
+        return code, err.read()
+
+
+def print_progress(sweep_dir: Path) -> None:
+    """Each trial's last report to Tune: epochs done, and the share of its time spent inside
+    train_epoch (the rest: data loading, checkpoints, Tune's report round trips)."""
+    last = []
+    for path in sweep_dir.glob("*/result.json"):
+        lines = path.read_text().strip().splitlines()
+        if lines:
+            last.append(json.loads(lines[-1]))
+    timed = [r for r in last if r.get("train_s") and r.get("time_total_s")]
+    if not timed:
+        print(f"   Tune: {len(last)} trials reported, none with timings")
+        return
+    epochs = [r["epoch"] for r in timed]
+    per_epoch = [r["train_s"] / max(r["epoch"], 1) for r in timed]
+    share = sum(r["train_s"] for r in timed) / sum(r["time_total_s"] for r in timed)
+    print(f"   Tune: {len(timed)} trials reported; epochs {min(epochs)}-{max(epochs)} (median "
+          f"{statistics.median(epochs):.0f}); seconds per epoch in train_epoch median {statistics.median(per_epoch):.3f} "
+          f"({min(per_epoch):.3f}-{max(per_epoch):.3f}); {share:.0%} of the trials' time inside train_epoch")
 
 
 def report(preset, spec, doc, networks, training_s, lag_s, wall_s, peak, busy) -> None:

@@ -100,13 +100,13 @@ def epoch_augmentation(config: NetworkConfig, epoch: int, data: Dataset):
 
 
 class PopulationTrainer:
-    def __init__(self, bundle: BundleConfig, data: Dataset, budget: Budget, device="cpu",
+    def __init__(self, bundle: BundleConfig, data: Dataset, budget: Budget, device=None,
                  cuda_graphs: bool = True):
         self.bundle = bundle
         self.data = data
         self.budget = budget
-        wanted = torch.device(device)
         self.device = data.x_train.device  # "cuda" names the card the data went to: cuda:0, say
+        wanted = self.device if device is None else torch.device(device)
         if self.device.type != wanted.type or wanted.index not in (None, self.device.index or 0):
             raise ValueError(f"data set is on {self.device} but the trainer on "
                              f"{wanted}; load it with load_dataset(spec, device)")

@@ -1,7 +1,9 @@
 """The Ray Tune trial: one bundle of same-shape networks trained as a population.
 
 Checkpoints (docs/architecture.md) are reported at initialisation, every
-`checkpoint_every_epochs` epochs and at the end; a retried or resumed trial restores the
+`checkpoint_every_epochs` epochs and at the end, and progress between them at most every
+`REPORT_EVERY_S` seconds: each `tune.report` waits for the driver to take the result, a round trip
+that short GPU epochs would otherwise wait on once per epoch. A retried or resumed trial restores the
 trainer's full state from the latest one and continues exactly where it stopped; a bundle whose
 `end` checkpoint is already on the storage is not trained again.
 """
@@ -11,6 +13,7 @@ from __future__ import annotations
 import io
 import json
 import tempfile
+import time
 from pathlib import Path
 
 import torch
@@ -21,6 +24,8 @@ from sweep.data import load_dataset
 from sweep.population import PopulationTrainer
 from sweep.spec import Budget, BundleConfig
 from sweep.tables import TableWriter
+
+REPORT_EVERY_S = 2.0
 
 
 def checkpoint_payload(trainer: PopulationTrainer, bundle: BundleConfig, tag: str) -> tuple[dict, dict]:
@@ -84,12 +89,17 @@ def train_bundle(config: dict) -> None:
     data = load_dataset(bundle.members[0].dataset, device=device)
     trainer = PopulationTrainer(bundle, data, budget, device=device)
 
+    reported = time.monotonic()
+
     def report(tag: str | None) -> None:
+        nonlocal reported
+        reported = time.monotonic()
         metrics = {
             "bundle_id": bundle.bundle_id,
             "members": len(bundle.members),
             "epoch": trainer.epoch,
             "steps": trainer.steps,
+            "train_s": trainer.elapsed,  # inside train_epoch; Tune's time_total_s is the whole trial
             "done": trainer.done,
             **_status_counts(trainer.status),
         }
@@ -118,7 +128,7 @@ def train_bundle(config: dict) -> None:
             report("end")
         elif every and trainer.epoch % every == 0:
             report(f"epoch-{trainer.epoch:06d}")
-        else:
+        elif time.monotonic() - reported >= REPORT_EVERY_S:
             report(None)
 
 

@@ -1,6 +1,7 @@
 """Population trainer: members against networks trained alone with torch.optim, exact resume,
 divergence isolation and independent stopping. Data: scikit-learn's digits (offline)."""
 
+import dataclasses
 import math
 
 import pytest
@@ -55,6 +56,17 @@ def train_alone(config: NetworkConfig, data, epochs: int) -> torch.nn.Sequential
     n = len(labels)
     batch = config.batch_size or n
     pad = augmentation_pad(data.image_shape)
+    tf32 = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = config.precision == "tf32"
+    try:
+        train_epochs(model, opt, config, data, labels, epochs, batch, pad)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = tf32
+    return model
+
+
+def train_epochs(model, opt, config: NetworkConfig, data, labels, epochs: int, batch: int, pad: int) -> None:
+    n = len(labels)
     for epoch in range(epochs):
         order = epoch_order(config, epoch, n)
         shifts, flips = epoch_augmentation(config, epoch, data)
@@ -70,7 +82,6 @@ def train_alone(config: NetworkConfig, data, epochs: int) -> torch.nn.Sequential
             opt.zero_grad()
             loss.backward()
             opt.step()
-    return model
 
 
 def member_params(trainer: PopulationTrainer, member: int) -> list[torch.Tensor]:
@@ -81,10 +92,13 @@ def member_params(trainer: PopulationTrainer, member: int) -> list[torch.Tensor]
     return out
 
 
+def deviation(actual: list[torch.Tensor], expected: list[torch.Tensor]) -> float:
+    """The largest difference of any entry, relative to its tensor's largest entry (or 1)."""
+    return max((a - e).abs().max().item() / max(e.abs().max().item(), 1.0) for a, e in zip(actual, expected))
+
+
 def assert_close_params(actual: list[torch.Tensor], expected: list[torch.Tensor], tol: float):
-    for a, e in zip(actual, expected):
-        scale = e.abs().max().item()
-        assert (a - e).abs().max().item() <= tol * max(scale, 1.0)
+    assert deviation(actual, expected) <= tol
 
 
 @pytest.mark.parametrize("optimizer", sorted(TORCH_OPTIMIZERS))
@@ -104,30 +118,34 @@ def test_member_follows_the_network_trained_alone(digits, optimizer):
 
 # How far a member may end from the network trained alone (relative to each tensor's largest
 # entry, after 3 epochs on digits). On CPUs both sides run the same kernels: tf32 is float32
-# there, and bf16 autocast rounds the same products. On CUDA the population's batched matmuls
-# and the lone network's differ in accumulation order, which TF32/bf16 rounding amplifies.
-PRECISION_TOLERANCE = {"cpu": {"fp32": 2e-5, "tf32": 2e-5, "bf16": 2e-5},
-                       "cuda": {"fp32": 1e-4, "tf32": 2e-2, "bf16": 5e-2}}
+# there, and bf16 autocast rounds the same products, so 2e-5 holds in every precision.
+CPU_TOLERANCE = 2e-5
 
 
-def check_member_follows_alone(data, optimizer: str, precision: str, tolerance: float) -> None:
+def member_deviations(data, optimizer: str, precision: str) -> list[tuple[float, float]]:
+    """Per member of a two-member bundle trained 3 epochs in `precision`: (its deviation from
+    the same network trained alone in `precision`, that lone network's deviation from the lone
+    network trained in fp32, i.e. what the precision's rounding alone moves it)."""
     lrs = LEARNING_RATES[optimizer]
     members = (net(optimizer, lrs[0], seed=1, precision=precision, data=DIGITS),
                net(optimizer, lrs[1], seed=2, noise=0.2, precision=precision, data=DIGITS))
-    trainer = PopulationTrainer(BundleConfig(members), data, Budget(max_epochs=3, stop_at_full_train_acc=False),
-                                device=data.x_train.device)
+    trainer = PopulationTrainer(BundleConfig(members), data, Budget(max_epochs=3, stop_at_full_train_acc=False))
     while not trainer.done:
         trainer.train_epoch()
     assert [row["precision"] for row in trainer.network_rows()] == [precision] * 2
+    out = []
     for i, config in enumerate(members):
-        alone = train_alone(config, data, epochs=3)
-        assert_close_params(member_params(trainer, i), list(alone.parameters()), tolerance)
+        alone = list(train_alone(config, data, epochs=3).parameters())
+        exact = list(train_alone(dataclasses.replace(config, precision="fp32"), data, epochs=3).parameters())
+        out.append((deviation(member_params(trainer, i), alone), deviation(alone, exact)))
+    return out
 
 
 @pytest.mark.parametrize("precision", ["tf32", "bf16"])
 @pytest.mark.parametrize("optimizer", sorted(TORCH_OPTIMIZERS))
 def test_member_follows_the_network_trained_alone_in_every_precision(digits, optimizer, precision):
-    check_member_follows_alone(digits, optimizer, precision, PRECISION_TOLERANCE["cpu"][precision])
+    for member, _ in member_deviations(digits, optimizer, precision):
+        assert member <= CPU_TOLERANCE
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -153,9 +171,17 @@ def test_cuda_graph_steps_equal_eager_steps_as_members_leave(optimizer):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 @pytest.mark.parametrize("precision", ["fp32", "tf32", "bf16"])
 def test_cuda_member_follows_the_network_trained_alone_in_every_precision(precision):
+    # On a card the population's batched matmuls and the lone network's accumulate in different
+    # orders, and TF32/bf16 rounding amplifies that over 3 epochs: in those precisions a member
+    # may be as far from its lone twin as twice what the precision's rounding moves the lone
+    # network from fp32 (in fp32, 1e-4). The deviations are printed for the record.
     data = load_dataset(DIGITS, device="cuda")
-    for optimizer in sorted(TORCH_OPTIMIZERS):
-        check_member_follows_alone(data, optimizer, precision, PRECISION_TOLERANCE["cuda"][precision])
+    found = {opt: member_deviations(data, opt, precision) for opt in sorted(TORCH_OPTIMIZERS)}
+    print(f"{precision}: (member vs alone, alone vs fp32) {found}")
+    for optimizer, pairs in found.items():
+        for member, rounding in pairs:
+            bound = 1e-4 if precision == "fp32" else max(1e-4, 2 * rounding)
+            assert member <= bound, (optimizer, precision, found)
 
 
 @pytest.mark.parametrize("variant", ["full_batch", "augmentation", "tanh_he_normal"])

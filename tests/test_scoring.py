@@ -472,15 +472,19 @@ def test_pool_scores_like_the_scorer_and_replaces_a_killed_actor(tmp_path, ray_s
 
 @pytest.mark.ray
 def test_a_gpu_pool_hands_an_actor_what_is_queued_in_one_call(tmp_path, ray_session):
-    # The session's Ray is told of 2 GPUs (there is no CUDA: the actor scores on the CPU).
+    # The session's Ray is told of 2 GPUs, or has the machine's: the actor scores on CUDA where
+    # there is one, else on the CPU, and so does the reference (the PAC-Bayes measures' noise comes
+    # from the scoring device's generator, so they match across devices only in distribution).
     from sweep.scoring_actors import GPU_BATCH, ScoringPool
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
 
     bundles = [make_bundle(members=2, seed0=s, width=16 + 8 * (s % 2)) for s in range(5)]
     sources = [str(write_checkpoint(tmp_path / f"c{i}", b, make_nets(b))) for i, b in enumerate(bundles)]
     sources.append(str(tmp_path / "nowhere"))  # no meta.json: recorded as failed, the others scored
     reference = tmp_path / "reference"
     for source in sources[:-1]:
-        Scorer("cpu").score(source, str(reference), SETTINGS)
+        Scorer(device).score(source, str(reference), SETTINGS)
     tables = str(tmp_path / "tables")
     pool = ScoringPool(tables, SETTINGS, num_actors=1, cpus_per_actor=0, gpus_per_actor=0.5)
     pool.submit(sources[0])
