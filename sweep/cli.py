@@ -110,8 +110,13 @@ def prepare(args):
     machine without the data or the GPUs too, and says what a real run would refuse."""
     from sweep import planner, runner
     from sweep.data import DataError, check_available
-    from sweep.spec import SpecError, limit_networks, load_spec
+    from sweep.spec import SpecError, check_sweep_name, limit_networks, load_spec
 
+    if args.name is not None:
+        try:
+            check_sweep_name(args.name)
+        except SpecError as exc:
+            raise UsageError(str(exc)) from None
     if args.gpu_memory is not None and not args.gpu_memory > 0:
         raise UsageError(f"--gpu-memory must be a positive number of GiB, got {args.gpu_memory}")
     if args.max_networks is not None and args.max_networks < 1:
@@ -319,6 +324,10 @@ def cmd_score(args) -> int:
 def cmd_report(args) -> int:
     from sweep import runner
 
+    try:
+        runner.load_plan(args.path)  # a sweep's folder, before anything is written into it
+    except FileNotFoundError as exc:
+        raise UsageError(str(exc)) from None
     _report(runner.resolve_storage(args.path), bootstrap=not args.no_bootstrap,
             include_unconverged=args.include_unconverged)
     return 0

@@ -192,6 +192,8 @@ class PopulationTrainer:
         return not self.live
 
     def _forward(self, views: list[torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+        """Logits [m, B, C] of inputs x [m, B, d]: each layer as nn.Linear computes it (x·Wᵀ + b),
+        so a member's rounding is its lone twin's on a CPU."""
         h = x
         last = len(views) // 2 - 1
         for layer in range(last + 1):
@@ -203,13 +205,17 @@ class PopulationTrainer:
 
     @torch.no_grad()
     def _update(self, grad: torch.Tensor) -> None:
+        """Every live member's optimizer step on the flat buffer. Each pass over a buffer this
+        size is memory-bound, so the updates use the fewest passes and temporaries that keep
+        torch.optim's arithmetic (the equivalence tests hold them to it); `grad` is scratch."""
         p, lr, s = self._params, self._lr, self._slots
         kind = self.bundle.optimizer
         if kind == "sgd":
-            p.sub_(lr * grad)
+            p.addcmul_(lr, grad, value=-1)
         elif kind == "momentum":
-            s["momentum_buffer"].mul_(MOMENTUM).add_(grad)
-            p.sub_(lr * s["momentum_buffer"])
+            buf = s["momentum_buffer"]
+            buf.mul_(MOMENTUM).add_(grad)
+            p.addcmul_(lr, buf, value=-1)
         elif kind == "adam":
             beta1, beta2 = ADAM_BETAS
             s["exp_avg"].lerp_(grad, 1 - beta1)
@@ -217,11 +223,11 @@ class PopulationTrainer:
             self._step_count += 1
             correction1 = (1 - beta1 ** self._step_count).float()
             correction2 = (1 - beta2 ** self._step_count).sqrt().float()
-            denom = (s["exp_avg_sq"].sqrt() / correction2).add_(EPS)
-            p.sub_(lr / correction1 * s["exp_avg"] / denom)
+            denom = torch.sqrt(s["exp_avg_sq"], out=grad).div_(correction2).add_(EPS)
+            p.addcdiv_(torch.div(lr, correction1).mul_(s["exp_avg"]), denom, value=-1)
         else:
             s["square_avg"].mul_(RMSPROP_ALPHA).addcmul_(grad, grad, value=1 - RMSPROP_ALPHA)
-            p.sub_(lr * grad / s["square_avg"].sqrt().add_(EPS))
+            p.addcdiv_(grad.mul_(lr), s["square_avg"].sqrt().add_(EPS), value=-1)
 
     def _epoch_inputs(self):
         """Per live member: the epoch's order [m, N] and augmentation draws, on the device."""
@@ -253,8 +259,8 @@ class PopulationTrainer:
             with autocast(self.bundle.precision, self.device):
                 logits = self._forward(views, x)
                 losses = F.cross_entropy(logits.flatten(0, 1), y.reshape(-1), reduction="none").view(m, -1).mean(1)
-            grads = torch.autograd.grad(losses.sum(), views)
-        self._update(self._flatten(grads))
+            grad = self._flatten(torch.autograd.grad(losses.sum(), views))
+        self._update(grad)
         self._epoch_loss += losses.detach()
 
     def _graph_step(self, idx: torch.Tensor, aug) -> None:

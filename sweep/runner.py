@@ -10,7 +10,7 @@ from pathlib import Path
 
 from sweep import storage
 from sweep.planner import estimate_bundle_work
-from sweep.spec import AUTO, BundleConfig, SweepSpec
+from sweep.spec import AUTO, BundleConfig, SweepSpec, check_sweep_name
 
 SWEEP_FILE = "sweep.json"
 
@@ -113,7 +113,7 @@ def make_plan(spec: SweepSpec, bundles: list[BundleConfig], *, name: str, storag
     resources["gpus_per_scoring_actor"] = float(
         resources["gpus_per_scoring_actor"] if scoring_share is None else scoring_share)
     return SweepPlan(
-        name=name,
+        name=check_sweep_name(name, "name"),
         storage=storage,
         spec_source=spec_source,
         spec_text=spec_text,

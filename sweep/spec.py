@@ -14,6 +14,7 @@ import itertools
 import json
 import math
 import os
+import re
 import tomllib
 import zlib
 from dataclasses import asdict, dataclass, field
@@ -387,6 +388,26 @@ def _bool(path: str, value: Any) -> bool:
     return value
 
 
+SWEEP_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]*")
+SWEEP_NAME_MAX = 100
+NAME_RULE = (f"letters, digits, '-', '_' and '.', not starting with '.', at most {SWEEP_NAME_MAX} "
+             "characters (it names the sweep's folder under the storage)")
+DATE_SUFFIX = len("-20261204-173757")  # what `sweep run` adds to a spec's name by default
+
+
+def check_sweep_name(name: str, where: str = "--name", longest: int = SWEEP_NAME_MAX) -> str:
+    """`name` if it is a valid sweep name, else SpecError naming `where` and the rule."""
+    if not SWEEP_NAME.fullmatch(name) or len(name) > longest:
+        rule = NAME_RULE if longest == SWEEP_NAME_MAX else NAME_RULE.replace(
+            f"at most {SWEEP_NAME_MAX}", f"at most {longest} (the default sweep name adds the date)")
+        raise SpecError(f"{where}: {name!r} is not a sweep name; use {rule}")
+    return name
+
+
+def _sweep_name(path: str, value: Any) -> str:
+    return check_sweep_name(_str(path, value), path or "name", SWEEP_NAME_MAX - DATE_SUFFIX)
+
+
 def _str(path: str, value: Any) -> str:
     if not isinstance(value, str) or not value:
         raise _fail(path, "a non-empty string", value)
@@ -565,7 +586,7 @@ _resources = _section(Resources, {
 def parse_spec(raw: Any) -> SweepSpec:
     """Validate a spec already read into Python values (a YAML/TOML document)."""
     parsed = _mapping("", raw, {
-        "name": _str, "description": _str,
+        "name": _sweep_name, "description": _str,
         "datasets": lambda p, v: _list(p, v, _dataset),
         "grid": _grid, "budget": _budget, "checkpoints": _checkpoints,
         "scoring": _scoring, "training": _training, "storage": _optional(_str),

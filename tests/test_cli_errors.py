@@ -103,9 +103,34 @@ def test_storage_that_is_a_file(tmp_path, capsys):
 
 @pytest.mark.parametrize("command", ["status", "resume", "score", "report"])
 def test_commands_on_a_folder_that_is_not_a_sweep(command, tmp_path, capsys):
+    (tmp_path / "notes.txt").write_text("mine")
     code, text = run_cli(capsys, command, tmp_path)
     assert code == 2, text
     assert str(tmp_path) in text and "Traceback" not in text
+    assert [p.name for p in tmp_path.iterdir()] == ["notes.txt"]  # nothing written into it
+
+
+@pytest.mark.parametrize("name", ["../escape", "a/b", "/abs", ".hidden", "", "x" * 101, "two words", "naïve",
+                                  "semi;colon", "tab\tname"])
+def test_a_sweep_name_that_is_not_a_folder_name_is_refused_with_the_rule(name, tmp_path, capsys):
+    storage = tmp_path / "store"
+    code, text = run_cli(capsys, "run", spec_file(tmp_path, GOOD), "--storage", storage, f"--name={name}")
+    assert code == 2 and "is not a sweep name" in text and "not starting with '.'" in text, text
+    assert not storage.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["spec.yaml"]
+
+
+@pytest.mark.parametrize("name", ["a", "digits-2026.12.04_run-1", "x" * 100, "-dash", "_under"])
+def test_sweep_names_by_the_rule_are_taken(name, tmp_path, capsys):
+    code, text = run_cli(capsys, "run", spec_file(tmp_path, GOOD), f"--name={name}", "--dry-run")
+    assert code == 0, text
+
+
+def test_a_spec_name_that_is_not_a_folder_name_is_refused(tmp_path, capsys):
+    code, text = run_cli(capsys, "run", spec_file(tmp_path, GOOD.replace("name: ok", "name: ../up")))
+    assert code == 2 and "name: '../up' is not a sweep name" in text, text
+    long = "n" * 85  # the default sweep name adds 16 characters of date
+    code, text = run_cli(capsys, "run", spec_file(tmp_path, GOOD.replace("name: ok", f"name: {long}")))
+    assert code == 2 and "at most 84" in text, text
 
 
 def test_dry_run_prints_the_plan(tmp_path, capsys):
