@@ -8,6 +8,8 @@ import sys
 import time
 from pathlib import Path
 
+from sweep import interrupts
+
 DEFAULT_PRESET = "digits"
 
 
@@ -28,6 +30,9 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
+VERBOSE_HELP = "show Ray's and Ray Tune's own messages here (default: in the sweep's log file, sweep.log)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sweep", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -45,12 +50,14 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--dry-run", action="store_true", help="print the expanded plan and exit")
     run.add_argument("--no-score", action="store_true", help="train only; score later with `sweep score`")
     run.add_argument("--no-report", action="store_true", help="skip the report at the end")
+    run.add_argument("--verbose", action="store_true", help=VERBOSE_HELP)
     run.set_defaults(func=cmd_run)
 
     resume = sub.add_parser("resume", help="continue an interrupted sweep")
     resume.add_argument("path", help="the sweep folder (<storage>/<name>)")
     resume.add_argument("--address", help="Ray cluster to join (default: a local Ray)")
     resume.add_argument("--no-report", action="store_true")
+    resume.add_argument("--verbose", action="store_true", help=VERBOSE_HELP)
     resume.set_defaults(func=cmd_resume)
 
     status = sub.add_parser("status", help="show a sweep's progress from its tables and checkpoints")
@@ -63,6 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     score.add_argument("--points", type=int, help="test and train points per network")
     score.add_argument("--rescore", action="store_true", help="score every checkpoint again")
     score.add_argument("--address", help="Ray cluster to join (default: a local Ray)")
+    score.add_argument("--verbose", action="store_true", help=VERBOSE_HELP)
     score.set_defaults(func=cmd_score)
 
     report = sub.add_parser("report", help="write the report (Markdown + PNG) of a sweep")
@@ -158,11 +166,15 @@ def prepare(args):
     return plan, spec, bundles, card, problems
 
 
-def start_ray(address: str | None) -> None:
+def start_ray(address: str | None, log_file: str | None = None) -> None:
+    """Start or join Ray; with `log_file`, Ray's and Tune's own messages (their hints, warnings
+    and experiment summaries) go there, so the terminal shows the sweep's progress only."""
     import ray
 
     from sweep import runner
 
+    if log_file:
+        route_ray_logs(log_file)
     if ray.is_initialized():  # an embedding program (or a test session) already chose its Ray
         return
     if address:
@@ -183,6 +195,62 @@ def start_ray(address: str | None) -> None:
             f"could not connect to Ray at {target}: {exc}. Start a cluster with `ray start --head` "
             f"(or check the address), or leave --address out to run locally.{hint}"
         ) from None
+
+
+def ray_log_file(plan, verbose: bool) -> str | None:
+    """sweep.log in the sweep's folder (a local file beside it for cloud storage); None with
+    --verbose."""
+    import tempfile
+
+    import pyarrow.fs
+
+    from sweep import storage
+
+    if verbose:
+        return None
+    fs, path = storage.resolve(plan.sweep_dir)
+    if isinstance(fs, pyarrow.fs.LocalFileSystem):
+        os.makedirs(path, exist_ok=True)
+        return os.path.join(path, "sweep.log")
+    return os.path.join(tempfile.gettempdir(), f"sweep-{plan.name}.log")
+
+
+def route_ray_logs(log_file: str) -> None:
+    import logging
+
+    # Tune's newer console output prints its experiment box and TensorBoard hint even at
+    # verbose=0; the older one prints nothing there.
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+
+    handler = logging.FileHandler(log_file)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    for name in ("ray", "ray.data"):  # the loggers Ray gives handlers of their own
+        logger = logging.getLogger(name)
+        for old in list(logger.handlers):
+            logger.removeHandler(old)
+            old.close()
+        logger.addHandler(handler)
+    print(f"[sweep] Ray's own messages: {log_file} (--verbose shows them here)", flush=True)
+
+
+def interrupted(plan, command: str) -> int:
+    """Say what the interrupted command finished and how to continue; the exit status."""
+    from sweep import checkpoints, runner
+    from sweep.tables import TableWriter
+
+    found = runner.checkpoints(plan)
+    scored = len(found) - len(checkpoints.unscored(plan.table_root, found))
+    if command == "score":
+        what, again = f"{scored} of {len(found)} checkpoint(s) scored", f"sweep score {plan.sweep_dir}"
+    else:
+        networks = TableWriter(plan.table_root).read("networks")
+        done = len(set(networks["bundle_id"])) if len(networks) else 0
+        what = (f"{done} of {len(plan.bundles)} bundle(s) finished training, {len(plan.bundles) - done} not (they "
+                f"continue from their last checkpoint); {scored} of {len(found)} checkpoint(s) scored")
+        again = f"sweep resume {plan.sweep_dir}"
+    print(f"sweep: interrupted ({interrupts.signal_name()}): {what}\nsweep: continue with: {again}",
+          file=sys.stderr, flush=True)
+    return interrupts.exit_code()
 
 
 def check_reachable(address: str) -> None:
@@ -228,10 +296,9 @@ def cmd_run(args) -> int:
     except PermissionError as exc:
         raise UsageError(str(exc)) from None
     print(f"[sweep] {plan.name}: {plan.networks} networks in {len(plan.bundles)} bundles -> {plan.sweep_dir}")
-    start_ray(args.address)
     started = time.monotonic()
-    results = runner.run(plan, score=not args.no_score)
-    return finish(plan, results, started, report=not args.no_report)
+    results, code = guarded(plan, "run", args, lambda: runner.run(plan, score=not args.no_score))
+    return code if code is not None else finish(plan, results, started, report=not args.no_report)
 
 
 def cmd_resume(args) -> int:
@@ -241,15 +308,39 @@ def cmd_resume(args) -> int:
         plan = runner.load_plan(args.path)
     except FileNotFoundError as exc:
         raise UsageError(str(exc)) from None
-    start_ray(args.address)
+
+    def resume():
+        try:
+            results = runner.resume(plan)
+        except FileNotFoundError as exc:
+            raise UsageError(str(exc)) from None
+        if not interrupts.requested():
+            summary = runner.score(plan, runner.scoring_pool_kwargs(plan)["settings"])
+            print(f"[sweep] scored {summary['scored']} checkpoint(s) left unscored")
+        return results
+
     started = time.monotonic()
+    results, code = guarded(plan, "resume", args, resume)
+    return code if code is not None else finish(plan, results, started, report=not args.no_report)
+
+
+def guarded(plan, command: str, args, body):
+    """`body()` with the sweep's lock held, Ray started (its own messages to sweep.log unless
+    --verbose) and interrupts caught: (its result, None), or (None, the exit status) when a
+    signal stopped it, having said what finished and how to continue."""
+    from sweep import locks
+
     try:
-        results = runner.resume(plan)
-    except FileNotFoundError as exc:
+        with locks.holding(plan.sweep_dir, command):
+            start_ray(args.address, ray_log_file(plan, args.verbose))
+            with interrupts.catching():  # after ray.init, which installs a SIGTERM handler of its own
+                try:
+                    result = body()
+                except KeyboardInterrupt:
+                    return None, interrupted(plan, command)
+            return (None, interrupted(plan, command)) if interrupts.requested() else (result, None)
+    except locks.SweepLocked as exc:
         raise UsageError(str(exc)) from None
-    summary = runner.score(plan, runner.scoring_pool_kwargs(plan)["settings"])
-    print(f"[sweep] scored {summary['scored']} checkpoint(s) left unscored")
-    return finish(plan, results, started, report=not args.no_report)
 
 
 def finish(plan, results, started: float, *, report: bool) -> int:
@@ -313,8 +404,10 @@ def cmd_score(args) -> int:
         settings = settings.replace(**overrides) if overrides else settings
     except ValueError as exc:
         raise UsageError(str(exc)) from None
-    start_ray(args.address)
-    summary = runner.score(plan, settings, rescore=args.rescore or bool(overrides))
+    summary, code = guarded(plan, "score", args,
+                            lambda: runner.score(plan, settings, rescore=args.rescore or bool(overrides)))
+    if code is not None:
+        return code
     print(f"[sweep] scored {summary['scored']} of {summary['checkpoints']} checkpoint(s) -> {plan.table_root}")
     for failure in summary["failures"]:
         print(f"sweep: scoring failed: {failure}", file=sys.stderr)

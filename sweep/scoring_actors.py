@@ -23,10 +23,13 @@ from typing import TYPE_CHECKING
 
 import ray
 
+from sweep import interrupts
+
 if TYPE_CHECKING:
     from sweep.score_settings import ScoreSettings
 
 GPU_BATCH = 8  # checkpoints a GPU actor scores in one call
+INTERRUPT_CHECK_S = 0.5  # how often a drain looks for an interrupt while it waits
 
 
 def run_in_background() -> None:
@@ -160,18 +163,21 @@ class ScoringPool:
         self._queue = deque(sorted(self._queue, key=lambda job: -local_size(job.source)))
         report = time.monotonic() if progress else None
         try:
-            self._hand_out()
-            while self._running:
+            if not interrupts.requested():
+                self._hand_out()
+            # An interrupt (Ctrl-C, SIGTERM) ends the drain within INTERRUPT_CHECK_S: what is
+            # queued or running stays unscored, for `sweep resume` or `sweep score`.
+            while self._running and not interrupts.requested():
                 now = time.monotonic()
                 if report is not None and now >= report:
                     progress(self.stats())
                     report = now + every_s
-                until = min((t for t in (deadline, report) if t is not None), default=None)
-                ready, _ = ray.wait(list(self._running), num_returns=1,
-                                    timeout=None if until is None else max(0.0, until - now))
+                until = min(t for t in (deadline, report, now + INTERRUPT_CHECK_S) if t is not None)
+                ready, _ = ray.wait(list(self._running), num_returns=1, timeout=max(0.0, until - now))
                 if ready:
                     self._finish(ready[0])
-                    self._hand_out()
+                    if not interrupts.requested():
+                        self._hand_out()
                 elif deadline is not None and time.monotonic() >= deadline:
                     break
         finally:

@@ -420,10 +420,82 @@ def test_a_killed_driver_is_resumed_without_retraining(reference, tmp_path, env)
         resumed.end()
     output = resumed.output()
     assert code == 0, output[-3000:]
+    assert "taking over a stale lock" in output  # the killed driver's, whose process is gone
     assert "checkpoint(s) left unscored" in output
     for bundle, files in before.items():
         assert files_of(sweep_dir, bundle) == files, f"bundle {bundle}, finished before the kill, was written again"
     assert all(tags == TAGS for tags in tags_by_bundle(sweep_dir).values())
+    assert_same_tables(sweep_dir, reference)
+
+
+@pytest.mark.parametrize("signals", [(signal.SIGINT,), (signal.SIGTERM, signal.SIGTERM)],
+                         ids=["ctrl-c", "sigterm-twice"])
+def test_an_interrupted_run_says_so_and_resume_completes_it(signals, reference, tmp_path, env):
+    # Ctrl-C reaches the terminal's whole process group (the driver and the local Ray it
+    # started); `kill PID` only the driver. A second signal stops at once.
+    spec = write_spec(tmp_path)
+    sweep_dir = tmp_path / "stopped"
+    driver = Session(sweep_argv("run", str(spec), "--storage", str(tmp_path), "--name", "stopped", "--no-report"),
+                     tmp_path / "run.log", env)
+    try:
+        deadline = time.monotonic() + RUN_TIMEOUT_S
+        while driver.proc.poll() is None and time.monotonic() < deadline and not in_training(sweep_dir):
+            time.sleep(0.05)
+        assert driver.proc.poll() is None, f"the sweep ended before it could be interrupted:\n{driver.output()}"
+        for sig in signals:
+            if sig == signal.SIGINT:
+                os.killpg(driver.proc.pid, sig)
+            else:
+                os.kill(driver.proc.pid, sig)
+            time.sleep(0.1)
+        code = driver.wait(timeout=90)
+    finally:
+        driver.end()
+    output = driver.output()
+    name = signal.Signals(signals[0]).name
+    assert code == 128 + signals[0], output[-3000:]
+    assert f"sweep: interrupted ({name}): " in output and f"sweep: continue with: sweep resume {sweep_dir}" in output
+    assert "bundle(s) finished training" in output and "Traceback" not in output, output[-3000:]
+    # Ray's and Tune's own hints went to the sweep's log, not the terminal.
+    assert "Tuner.restore" not in output and "Configuration for experiment" not in output
+    assert "[sweep] Ray's own messages:" in output and (sweep_dir / "sweep.log").is_file()
+
+    resumed = Session(sweep_argv("resume", str(sweep_dir), "--no-report"), tmp_path / "resume.log", env)
+    try:
+        code = resumed.wait()
+    finally:
+        resumed.end()
+    assert code == 0, resumed.output()[-3000:]
+    assert all(tags == TAGS for tags in tags_by_bundle(sweep_dir).values())
+    assert_same_tables(sweep_dir, reference)
+
+
+def test_an_interrupted_score_says_so_and_scoring_again_completes_it(reference, tmp_path, env):
+    sweep_dir = tmp_path / "ref"
+    shutil.copytree(reference, sweep_dir)
+    for table in ("scores", "points", "trajectories", "slices"):
+        shutil.rmtree(sweep_dir / "tables" / table, ignore_errors=True)  # the spec writes no trajectories
+    scorer = Session(sweep_argv("score", str(sweep_dir)), tmp_path / "score.log", env)
+    try:
+        deadline = time.monotonic() + RUN_TIMEOUT_S
+        while scorer.proc.poll() is None and time.monotonic() < deadline and \
+                not list((sweep_dir / "tables").glob("scores/*.parquet")):
+            time.sleep(0.05)
+        assert scorer.proc.poll() is None, f"scoring ended before it could be interrupted:\n{scorer.output()}"
+        os.killpg(scorer.proc.pid, signal.SIGINT)
+        code = scorer.wait(timeout=90)
+    finally:
+        scorer.end()
+    output = scorer.output()
+    assert code == 130, output[-3000:]
+    assert "sweep: interrupted (SIGINT): " in output and f"sweep: continue with: sweep score {sweep_dir}" in output
+    scored = len(list((sweep_dir / "tables").glob("scores/*.parquet")))
+    assert 0 < scored < len(TAGS) * 4, output[-3000:]  # stopped part of the way
+    again = Session(sweep_argv("score", str(sweep_dir)), tmp_path / "again.log", env)
+    try:
+        assert again.wait() == 0, again.output()[-3000:]
+    finally:
+        again.end()
     assert_same_tables(sweep_dir, reference)
 
 

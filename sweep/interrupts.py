@@ -1,0 +1,60 @@
+"""Ctrl-C and SIGTERM during `sweep run`, `resume` and `score`.
+
+The first signal asks the command to stop soon: Ray Tune ends its loop (through its own stop
+signal, SIGUSR1, so it snapshots the experiment with every unfinished trial still resumable;
+a Tune stopper would mark them finished instead), the scoring pool hands out no more
+checkpoints, and the command reports what finished and how to continue (exit 128 + the
+signal: 130 for SIGINT, 143 for SIGTERM). A second signal stops at once. Either way nothing is
+lost: checkpoints and table files are written whole or not at all, so `sweep resume` picks up
+from the last checkpoint of each bundle and scores what was not scored.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import threading
+
+SIGNALS = (signal.SIGINT, signal.SIGTERM)
+_received: list[int] = []
+
+
+def requested() -> int | None:
+    """The signal that asked this process to stop, if one did."""
+    return _received[0] if _received else None
+
+
+def exit_code() -> int:
+    return 128 + (requested() or signal.SIGINT)
+
+
+def signal_name() -> str:
+    return signal.Signals(requested() or signal.SIGINT).name
+
+
+def _handle(signum, frame) -> None:
+    if _received:
+        raise KeyboardInterrupt  # the second: stop at once
+    _received.append(signum)
+    if callable(signal.getsignal(signal.SIGUSR1)):  # Ray Tune's loop is running: let it end
+        os.kill(os.getpid(), signal.SIGUSR1)
+
+
+@contextlib.contextmanager
+def catching():
+    """Install the handlers for the command's duration (main thread only; elsewhere signals
+    keep their default behaviour)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    _received.clear()
+    os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"  # ours asks Tune to stop instead
+    before = {s: signal.getsignal(s) for s in SIGNALS}
+    for s in SIGNALS:
+        signal.signal(s, _handle)
+    try:
+        yield
+    finally:
+        for s, handler in before.items():
+            signal.signal(s, handler)

@@ -1,0 +1,155 @@
+"""One command at a time per sweep: `sweep run`, `resume` and `score` hold `sweep.lock` in the
+sweep's folder while they work; `status` and `report` only read (every table file is written
+whole or not at all, so they never see half of one) and need no lock.
+
+The lock names its holder (host, process, command, since when) and carries a heartbeat the
+holder refreshes every HEARTBEAT_S seconds. A lock is stale when its process is gone (same
+host: no such process, or another one that reused its id) or, for a holder on another host,
+when its heartbeat is older than STALE_AFTER_S; a stale lock is taken over with a message.
+On a local or shared file system the lock is created exclusively (O_EXCL); object stores have
+no such create, so there a command writes its lock, waits SETTLE_S and reads it back, and
+backs off if another command's lock replaced it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socket
+import sys
+import threading
+import time
+import uuid
+
+import pyarrow.fs
+
+from sweep import storage
+
+LOCK_FILE = "sweep.lock"
+HEARTBEAT_S = 30.0
+STALE_AFTER_S = 4 * HEARTBEAT_S
+SETTLE_S = 1.0
+
+
+class SweepLocked(Exception):
+    """Another command holds the sweep; the message says who and since when."""
+
+
+def _process_start(pid: int) -> str | None:
+    """The process's start time since boot (Linux), telling a process from a later one with the
+    same id; None where /proc has no such process or does not exist."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def _alive(holder: dict) -> bool:
+    if holder.get("host") != socket.gethostname():
+        return time.time() - float(holder.get("heartbeat", 0)) < STALE_AFTER_S
+    pid = int(holder.get("pid", -1))
+    if os.path.isdir("/proc"):
+        return _process_start(pid) is not None and _process_start(pid) == holder.get("pid_start")
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def describe(holder: dict) -> str:
+    since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(holder.get("started", 0))))
+    return (f"`sweep {holder.get('command', '?')}` (process {holder.get('pid', '?')} on {holder.get('host', '?')}, "
+            f"since {since})")
+
+
+class _Lock:
+    def __init__(self, sweep_dir: str, command: str):
+        self.sweep_dir = sweep_dir
+        self.fs, root = storage.resolve(sweep_dir)
+        self.path = f"{root}/{LOCK_FILE}"
+        self.local = isinstance(self.fs, pyarrow.fs.LocalFileSystem)
+        now = time.time()
+        self.me = {"host": socket.gethostname(), "pid": os.getpid(), "pid_start": _process_start(os.getpid()),
+                   "command": command, "started": now, "heartbeat": now, "token": uuid.uuid4().hex}
+        self._stop = threading.Event()
+        self._beat: threading.Thread | None = None
+
+    def _read(self) -> dict | None:
+        try:
+            return json.loads(storage.read_bytes(self.fs, self.path))
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError):
+            return {}  # unreadable (cut short): nobody we could wait for
+
+    def _write(self) -> None:
+        data = json.dumps(self.me).encode()
+        storage.write_atomic(self.fs, self.path, lambda stream: stream.write(data))
+
+    def _create_exclusive(self) -> bool:
+        try:
+            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            return False
+        with os.fdopen(fd, "w") as f:
+            json.dump(self.me, f)
+        return True
+
+    def acquire(self) -> None:
+        self.fs.create_dir(self.path.rsplit("/", 1)[0], recursive=True)
+        holder = self._read()
+        if holder is not None:
+            if holder and _alive(holder):
+                raise SweepLocked(
+                    f"{self.sweep_dir} is in use by {describe(holder)}; wait for it to finish or stop it. If that "
+                    f"process is gone, delete {self.sweep_dir}/{LOCK_FILE}")
+            print(f"sweep: taking over a stale lock on {self.sweep_dir}"
+                  + (f" from {describe(holder)}, which is gone" if holder else " (its lock file was unreadable)"),
+                  file=sys.stderr, flush=True)
+            with contextlib.suppress(FileNotFoundError):
+                self.fs.delete_file(self.path)
+        if self.local:
+            if not self._create_exclusive():
+                raise SweepLocked(f"{self.sweep_dir} was locked by {describe(self._read() or {})} a moment ago; "
+                                  "wait for it to finish")
+        else:
+            self._write()
+            time.sleep(SETTLE_S)
+            holder = self._read() or {}
+            if holder.get("token") != self.me["token"]:
+                raise SweepLocked(f"{self.sweep_dir} was locked by {describe(holder)} a moment ago; "
+                                  "wait for it to finish")
+        self._beat = threading.Thread(target=self._heartbeat, name="sweep-lock-heartbeat", daemon=True)
+        self._beat.start()
+
+    def _heartbeat(self) -> None:
+        while not self._stop.wait(HEARTBEAT_S):
+            with contextlib.suppress(OSError, ValueError):
+                if (self._read() or {}).get("token") != self.me["token"]:
+                    return  # taken over (we were thought gone): never write over the new holder
+                self.me["heartbeat"] = time.time()
+                self._write()
+
+    def release(self) -> None:
+        self._stop.set()
+        if self._beat is not None:
+            self._beat.join(timeout=5)
+        with contextlib.suppress(OSError, ValueError):
+            if (self._read() or {}).get("token") == self.me["token"]:
+                self.fs.delete_file(self.path)
+
+
+@contextlib.contextmanager
+def holding(sweep_dir: str, command: str):
+    """Hold the sweep's lock for a command (raises SweepLocked when another live one holds it)."""
+    lock = _Lock(sweep_dir, command)
+    lock.acquire()
+    try:
+        yield lock
+    finally:
+        lock.release()

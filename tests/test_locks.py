@@ -1,0 +1,102 @@
+"""One command at a time per sweep (sweep.locks): a second `run`, `resume` or `score` is refused
+with who holds the sweep and since when; a lock whose process or host is gone is taken over;
+`status` and `report` never need it."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from specs import MINIMAL_SPEC
+
+from sweep import locks, runner
+from sweep.cli import main
+from sweep.planner import expand
+from sweep.spec import parse_spec
+
+
+@pytest.fixture
+def sweep_dir(tmp_path):
+    """A sweep's folder as `sweep run` leaves it before training (its plan saved)."""
+    import yaml
+
+    spec = parse_spec(yaml.safe_load(MINIMAL_SPEC))
+    plan = runner.make_plan(spec, expand(spec), name="locked", storage=str(tmp_path), spec_source="-",
+                            spec_text=MINIMAL_SPEC, spec_suffix=".yaml")
+    runner.save_plan(plan)
+    return plan.sweep_dir
+
+
+def run_cli(capsys, *argv):
+    code = main([str(a) for a in argv])
+    captured = capsys.readouterr()
+    return code, captured.err + captured.out
+
+
+def write_lock(sweep_dir: str, **holder) -> None:
+    now = time.time()
+    values = {"host": socket.gethostname(), "pid": 1, "pid_start": None, "command": "run", "started": now - 60,
+              "heartbeat": now, "token": "other"}
+    (Path(sweep_dir) / locks.LOCK_FILE).write_text(json.dumps({**values, **holder}))
+
+
+def dead_pid() -> int:
+    done = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    return int(done.stdout)
+
+
+@pytest.mark.parametrize("command", ["resume", "score"])
+def test_a_second_command_on_a_held_sweep_is_refused_with_its_holder(command, sweep_dir, capsys):
+    with locks.holding(sweep_dir, "run"):
+        code, text = run_cli(capsys, command, sweep_dir)
+        assert code == 2, text
+        assert f"{sweep_dir} is in use by `sweep run` (process {os.getpid()} on " \
+               f"{socket.gethostname()}, since " in text
+        code, text = run_cli(capsys, "status", sweep_dir)  # reading needs no lock
+        assert code == 0 and "bundles: 0 of 1 finished" in text, text
+    assert not (Path(sweep_dir) / locks.LOCK_FILE).exists()  # released
+
+
+def test_run_into_a_held_sweep_is_refused(sweep_dir, tmp_path, capsys):
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(MINIMAL_SPEC)
+    with locks.holding(sweep_dir, "resume"):
+        code, text = run_cli(capsys, "run", spec, "--storage", tmp_path, "--name", "locked")
+    assert code == 2 and "is in use by `sweep resume`" in text, text
+
+
+@pytest.mark.parametrize("holder, stale", [
+    ({"pid": "dead"}, True),                                  # this host, its process gone
+    ({"pid": "self", "pid_start": "not-its-start"}, True),     # this host, its id reused by another process
+    ({"pid": "self"}, False),                                  # this host, alive
+    ({"host": "elsewhere", "heartbeat": 0.0}, True),           # another host, silent for long
+    ({"host": "elsewhere"}, False),                            # another host, heartbeat fresh
+])
+def test_a_lock_whose_holder_is_gone_is_taken_over(holder, stale, sweep_dir, capsys):
+    pid = {"dead": dead_pid(), "self": os.getpid()}.get(holder.get("pid"), 1)
+    start = holder.get("pid_start", locks._process_start(pid))
+    write_lock(sweep_dir, **{**holder, "pid": pid, "pid_start": start})
+    if stale:
+        with locks.holding(sweep_dir, "score") as lock:
+            held = json.loads((Path(sweep_dir) / locks.LOCK_FILE).read_text())
+            assert held["token"] == lock.me["token"] and held["pid"] == os.getpid()
+        assert "taking over a stale lock" in capsys.readouterr().err
+    else:
+        with pytest.raises(locks.SweepLocked, match="is in use by `sweep run`"):
+            with locks.holding(sweep_dir, "score"):
+                pass
+
+
+def test_a_taken_over_holder_never_writes_over_the_new_one(sweep_dir, monkeypatch):
+    monkeypatch.setattr(locks, "HEARTBEAT_S", 0.05)
+    with locks.holding(sweep_dir, "run") as first:
+        write_lock(sweep_dir, token="newcomer")  # as a takeover by another host would
+        time.sleep(0.3)  # several heartbeats
+        held = json.loads((Path(sweep_dir) / locks.LOCK_FILE).read_text())
+        assert held["token"] == "newcomer"
+        assert first.me["token"] != "newcomer"
+    assert (Path(sweep_dir) / locks.LOCK_FILE).exists()  # not ours to delete
