@@ -390,11 +390,23 @@ def files_of(sweep_dir: Path, bundle: str) -> dict[str, int]:
     return {str(p.relative_to(sweep_dir)): p.stat().st_mtime_ns for p in paths}
 
 
+def start_sweep(tmp_path: Path, name: str, env: dict) -> tuple[Session, Path]:
+    """`sweep run` of the faults spec in its own session; the driver and the sweep's folder."""
+    argv = sweep_argv("run", str(write_spec(tmp_path)), "--storage", str(tmp_path), "--name", name, "--no-report")
+    return Session(argv, tmp_path / "run.log", env), tmp_path / name
+
+
+def resume_sweep(sweep_dir: Path, tmp_path: Path, env: dict) -> tuple[int, str]:
+    resumed = Session(sweep_argv("resume", str(sweep_dir), "--no-report"), tmp_path / "resume.log", env)
+    try:
+        code = resumed.wait()
+    finally:
+        resumed.end()
+    return code, resumed.output()
+
+
 def test_a_killed_driver_is_resumed_without_retraining(reference, tmp_path, env):
-    spec = write_spec(tmp_path)
-    sweep_dir = tmp_path / "driver"
-    driver = Session(sweep_argv("run", str(spec), "--storage", str(tmp_path), "--name", "driver", "--no-report"),
-                     tmp_path / "run.log", env)
+    driver, sweep_dir = start_sweep(tmp_path, "driver", env)
     try:
         deadline = time.monotonic() + RUN_TIMEOUT_S
         while driver.proc.poll() is None and time.monotonic() < deadline:
@@ -413,12 +425,7 @@ def test_a_killed_driver_is_resumed_without_retraining(reference, tmp_path, env)
     assert done, "no bundle had finished completely when the driver was killed"
     before = {bundle: files_of(sweep_dir, bundle) for bundle in done}
 
-    resumed = Session(sweep_argv("resume", str(sweep_dir), "--no-report"), tmp_path / "resume.log", env)
-    try:
-        code = resumed.wait()
-    finally:
-        resumed.end()
-    output = resumed.output()
+    code, output = resume_sweep(sweep_dir, tmp_path, env)
     assert code == 0, output[-3000:]
     assert "taking over a stale lock" in output  # the killed driver's, whose process is gone
     assert "checkpoint(s) left unscored" in output
@@ -433,10 +440,7 @@ def test_a_killed_driver_is_resumed_without_retraining(reference, tmp_path, env)
 def test_an_interrupted_run_says_so_and_resume_completes_it(signals, reference, tmp_path, env):
     # Ctrl-C reaches the terminal's whole process group (the driver and the local Ray it
     # started); `kill PID` only the driver. A second signal stops at once.
-    spec = write_spec(tmp_path)
-    sweep_dir = tmp_path / "stopped"
-    driver = Session(sweep_argv("run", str(spec), "--storage", str(tmp_path), "--name", "stopped", "--no-report"),
-                     tmp_path / "run.log", env)
+    driver, sweep_dir = start_sweep(tmp_path, "stopped", env)
     try:
         deadline = time.monotonic() + RUN_TIMEOUT_S
         while driver.proc.poll() is None and time.monotonic() < deadline and not in_training(sweep_dir):
@@ -460,12 +464,8 @@ def test_an_interrupted_run_says_so_and_resume_completes_it(signals, reference, 
     assert "Tuner.restore" not in output and "Configuration for experiment" not in output
     assert "[sweep] Ray's own messages:" in output and (sweep_dir / "sweep.log").is_file()
 
-    resumed = Session(sweep_argv("resume", str(sweep_dir), "--no-report"), tmp_path / "resume.log", env)
-    try:
-        code = resumed.wait()
-    finally:
-        resumed.end()
-    assert code == 0, resumed.output()[-3000:]
+    code, output = resume_sweep(sweep_dir, tmp_path, env)
+    assert code == 0, output[-3000:]
     assert all(tags == TAGS for tags in tags_by_bundle(sweep_dir).values())
     assert_same_tables(sweep_dir, reference)
 
