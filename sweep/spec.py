@@ -15,6 +15,7 @@ import json
 import math
 import os
 import re
+import reprlib
 import tomllib
 import zlib
 from dataclasses import asdict, dataclass, field
@@ -361,8 +362,18 @@ def _digest(obj: Any) -> str:
 
 # ---- parsing -------------------------------------------------------------------------------
 
+_SHORT = reprlib.Repr()
+_SHORT.maxlevel, _SHORT.maxlist, _SHORT.maxdict, _SHORT.maxstring, _SHORT.maxother = 2, 6, 6, 80, 80
+
+
+def _shown(value: Any) -> str:
+    """A bounded repr: a YAML alias bomb shares its parts, and a full repr would expand them all."""
+    text = _SHORT.repr(value)
+    return text if len(text) <= 200 else text[:199] + "…"
+
+
 def _fail(path: str, expected: str, value: Any) -> SpecError:
-    return SpecError(f"{path}: expected {expected}, got {value!r}")
+    return SpecError(f"{path}: expected {expected}, got {_shown(value)}")
 
 
 def _int(path: str, value: Any, minimum: int = 1) -> int:
@@ -400,7 +411,7 @@ def check_sweep_name(name: str, where: str = "--name", longest: int = SWEEP_NAME
     if not SWEEP_NAME.fullmatch(name) or len(name) > longest:
         rule = NAME_RULE if longest == SWEEP_NAME_MAX else NAME_RULE.replace(
             f"at most {SWEEP_NAME_MAX}", f"at most {longest} (the default sweep name adds the date)")
-        raise SpecError(f"{where}: {name!r} is not a sweep name; use {rule}")
+        raise SpecError(f"{where}: {_shown(name)} is not a sweep name; use {rule}")
     return name
 
 
@@ -416,7 +427,7 @@ def _str(path: str, value: Any) -> str:
 
 def _choice(path: str, value: Any, choices: tuple[str, ...]) -> str:
     if value not in choices:
-        raise SpecError(f"{path}: unknown value {value!r}; choose one of {', '.join(choices)}")
+        raise SpecError(f"{path}: unknown value {_shown(value)}; choose one of {', '.join(choices)}")
     return value
 
 
@@ -431,7 +442,7 @@ def _list(path: str, value: Any, item: Callable[[str, Any], Any]) -> tuple:
         raise SpecError(f"{path}: must not be empty (give at least one value)")
     items = tuple(item(f"{path}[{i}]", v) for i, v in enumerate(value))
     if len(set(items)) != len(items):
-        raise SpecError(f"{path}: duplicate values in {value!r}")
+        raise SpecError(f"{path}: duplicate values in {_shown(value)}")
     return items
 
 
@@ -622,13 +633,55 @@ def list_presets() -> list[tuple[str, str]]:
     return out
 
 
+MAX_SPEC_BYTES = 1 << 20  # a spec is a few kilobytes of text
+
+
+class _SpecLoader(yaml.SafeLoader):
+    """YAML's safe subset, refusing a key given twice (YAML would keep the last silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = key_node.value if isinstance(key_node, yaml.ScalarNode) else None
+            if key is not None and key != "<<" and key in seen:
+                raise SpecError(f"line {key_node.start_mark.line + 1}: key {_shown(key)} appears twice in one "
+                                "mapping; keep one")
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
+def _load_yaml(text: str) -> Any:
+    loader = _SpecLoader(text)
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
+
+
+def _spec_text(path: Path) -> str:
+    """The file's text, or SpecError for what is not a small UTF-8 text file."""
+    if not path.is_file():
+        raise SpecError(f"spec file {str(path)!r} " + ("is not a regular file" if path.exists() else "not found"))
+    size = path.stat().st_size
+    if size > MAX_SPEC_BYTES:
+        raise SpecError(f"{path}: {size:,} bytes; a spec is a small YAML or TOML text file (at most "
+                        f"{MAX_SPEC_BYTES:,} bytes)")
+    data = path.read_bytes()[:MAX_SPEC_BYTES + 1]
+    nul = data.find(b"\0")
+    if nul >= 0:
+        raise SpecError(f"{path}: binary data (a NUL byte at {nul}); a spec is a YAML or TOML text file")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise SpecError(f"{path}: not UTF-8 text (byte {exc.start}: {data[exc.start:exc.start + 1]!r}); "
+                        "save it as UTF-8") from None
+
+
 def load_spec(source: str | os.PathLike) -> SweepSpec:
     """Load a preset by name or a .yaml/.yml/.toml spec file; raises SpecError."""
     path = Path(source)
     if path.suffix in (".yaml", ".yml", ".toml") or path.exists():
-        if not path.is_file():
-            raise SpecError(f"spec file {str(path)!r} not found")
-        text = path.read_text()
+        text = _spec_text(path)
         origin = str(path)
     else:
         preset = preset_path(str(source))
@@ -638,15 +691,19 @@ def load_spec(source: str | os.PathLike) -> SweepSpec:
                             "(or give a path to a .yaml/.yml/.toml spec file)")
         text = preset.read_text()
         origin = f"preset {source}"
+    kind = "TOML" if path.suffix == ".toml" else "YAML"
     try:
-        raw = tomllib.loads(text) if path.suffix == ".toml" else yaml.safe_load(text)
-    except (yaml.YAMLError, tomllib.TOMLDecodeError) as exc:
-        raise SpecError(f"{origin}: not valid {'TOML' if path.suffix == '.toml' else 'YAML'}: "
-                        f"{exc}") from exc
-    try:
+        raw = tomllib.loads(text) if kind == "TOML" else _load_yaml(text)
+        if raw is None or raw == {}:
+            raise SpecError("the spec is empty; it needs name, datasets, grid and budget (start from "
+                            "sweep/presets/digits.yaml)")
         return parse_spec(raw)
+    except (yaml.YAMLError, tomllib.TOMLDecodeError) as exc:
+        raise SpecError(f"{origin}: not valid {kind}: {exc}") from None
     except SpecError as exc:
         raise SpecError(f"{origin}: {exc}") from None
+    except RecursionError:
+        raise SpecError(f"{origin}: nested too deeply for a spec (a spec is at most a few levels deep)") from None
 
 
 # ---- expansion -----------------------------------------------------------------------------

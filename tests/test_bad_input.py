@@ -116,3 +116,8 @@ def test_checkpoints_and_specs_are_loaded_safely():
         for name in ("load", "load_all", "unsafe_load", "full_load"):
             assert not calls(tree, "yaml", name), f"{path.name}: yaml.{name}; use yaml.safe_load"
     assert loads >= 2  # the trainable's resume and the scorer
+    import yaml
+
+    from sweep import spec
+
+    assert issubclass(spec._SpecLoader, yaml.SafeLoader)  # the spec's loader (duplicate keys refused)

@@ -1,6 +1,7 @@
 """The bad-input catalogue (docs/failures.md): every case exits non-zero with a message that
 names the problem, before any Ray process starts, and never with a bare traceback."""
 
+import time
 from pathlib import Path
 
 import pytest
@@ -155,3 +156,45 @@ def test_python_dash_m_sweep_is_the_command(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "sweep", "run", "no-such-preset"], capture_output=True, text=True,
                          timeout=120)
     assert bad.returncode == 2 and "unknown preset" in bad.stderr
+
+
+def _alias_bomb(where: str) -> str:
+    """Nine levels of nine aliases (9⁹ strings if expanded), placed where the spec parser looks."""
+    items = ['&a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]']
+    for prev, key in zip("abcdefgh", "bcdefghi"):
+        items.append(f"&{key} [" + ",".join([f"*{prev}"] * 9) + "]")
+    return GOOD.replace("widths: [8]", f"widths: [{', '.join(items)}]") if where == "grid" else \
+        GOOD.replace("name: ok", f"name: [{', '.join(items)}]")
+
+
+FILES = {  # file name: (content, what the message says)
+    "binary.yaml": (bytes(range(256)), "binary data"),
+    "latin1.yaml": (GOOD.replace("name: ok", "name: café").encode("latin-1"), "not UTF-8 text"),
+    "empty.yaml": (b"", "the spec is empty"),
+    "comments-only.yaml": (b"# nothing yet\n", "the spec is empty"),
+    "huge.yaml": (b"#" * (2 << 20), "at most 1,048,576 bytes"),
+    "deep.yaml": (b"[" * 100_000 + b"]" * 100_000, "nested too deeply"),
+    "deep-map.yaml": (b"name: ok\nx: " + b"{k: " * 50_000 + b"1" + b"}" * 50_000, "nested too deeply"),
+    "bomb-grid.yaml": (_alias_bomb("grid").encode(), "grid.widths[0]: expected a positive integer"),
+    "bomb-name.yaml": (_alias_bomb("name").encode(), "name: expected a non-empty string"),
+    "duplicate-key.yaml": (GOOD.replace("name: ok", "name: ok\nname: other").encode(), "key 'name' appears twice"),
+    "duplicate-nested.yaml": (GOOD.replace("depths: [1]", "depths: [1]\n  depths: [2]").encode(),
+                              "key 'depths' appears twice"),
+    "python-tag.yaml": (GOOD.replace("name: ok", "name: !!python/object/apply:os.system [ls]").encode(),
+                        "could not determine a constructor"),
+    "custom-tag.yaml": (GOOD.replace("name: ok", "name: !secret ok").encode(), "could not determine a constructor"),
+    "bad.toml": (b"name = \n", "not valid TOML"),
+    "binary.toml": (b"\x00\x01name = 'x'", "binary data"),
+}
+
+
+@pytest.mark.parametrize("name", list(FILES))
+def test_a_spec_file_of_any_content_gets_a_clean_message_quickly(name, tmp_path, capsys):
+    content, expected = FILES[name]
+    path = tmp_path / name
+    path.write_bytes(content)
+    started = time.monotonic()
+    code, text = run_cli(capsys, "run", path, "--dry-run")
+    assert code == 2 and expected in text and "Traceback" not in text, text[:2000]
+    assert str(path) in text and len(text) < 2000  # named, and never an expanded bomb
+    assert time.monotonic() - started < 10
