@@ -733,13 +733,3 @@ def checkpoint_dataset(meta: Mapping):
             "naming its data set); it was not written by sweep.trainable"
         )
     return BundleConfig.from_dict(meta["bundle"]).dataset
-
-
-def __getattr__(name: str):
-    # The pool and actor live with Ray in sweep.scoring_actors; importing them from here loads
-    # Ray only when asked, so sweep.scoring stays importable (and benchmarkable) without it.
-    if name in ("ScoringPool", "ScoringActor"):
-        from sweep import scoring_actors
-
-        return getattr(scoring_actors, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
