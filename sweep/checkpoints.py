@@ -31,7 +31,30 @@ def read_meta(source) -> dict:
     missing = [key for key in ("bundle_id", "network_ids", "tag", "step") if key not in meta]
     if missing:
         raise CheckpointError(f"checkpoint metadata {where} lacks {missing} (see docs/architecture.md)")
+    _check_consistent(meta, path, where)
     return meta
+
+
+def _check_consistent(meta: dict, path: str, where: str) -> None:
+    """A checkpoint's ids are hashes of its networks' settings, so an edited meta.json, or one
+    copied from another bundle's folder, no longer matches itself or its folder."""
+    from sweep.spec import BundleConfig
+
+    edited = f"{where} does not match itself"
+    if "bundle" in meta:
+        try:
+            bundle = BundleConfig.from_dict(meta["bundle"])
+        except (KeyError, TypeError, ValueError) as error:
+            raise CheckpointError(f"{edited}: its bundle cannot be read ({error}); it was edited by hand or is "
+                                  "damaged: re-run its trial, or leave it out of scoring") from None
+        if bundle.bundle_id != meta["bundle_id"] or bundle.network_ids != list(meta["network_ids"]):
+            raise CheckpointError(f"{edited}: its networks' settings give bundle {bundle.bundle_id} with networks "
+                                  f"{bundle.network_ids}, not the ids it records; it was edited by hand or is damaged: "
+                                  "re-run its trial, or leave it out of scoring")
+    folder = path.rstrip("/").rsplit("/", 2)
+    if len(folder) == 3 and folder[1].startswith("bundle-") and folder[1] != f"bundle-{meta['bundle_id']}":
+        raise CheckpointError(f"{where} belongs to bundle {meta['bundle_id']}, not to the folder {folder[1]} it "
+                              "is in: it was copied from elsewhere; move it back, or leave it out of scoring")
 
 
 def locate(source) -> tuple[storage.pafs.FileSystem, str]:

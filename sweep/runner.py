@@ -241,11 +241,18 @@ def score(plan: SweepPlan, settings, *, rescore: bool = False) -> dict:
 
     found = checkpoints(plan)
     todo = found if rescore else unscored(plan.table_root, found)
+    known = {bundle["bundle_id"] for bundle in plan.bundles}
+    foreign = [uri for bundle_id, uri in todo if bundle_id not in known]
+    todo = [(bundle_id, uri) for bundle_id, uri in todo if bundle_id in known]
     pool = ScoringPool(**scoring_pool_kwargs(plan, settings))
     for _, uri in todo:
         pool.submit(tune.Checkpoint(uri))
     stats = pool.drain(progress=drain_printer())
     pool.shutdown()
+    stats["failed"] += len(foreign)
+    stats["failures"] = [*stats["failures"], *(
+        f"{uri}: its bundle is not in this sweep's plan ({SWEEP_FILE}): it comes from another sweep; move it "
+        "to its own sweep's folder" for uri in foreign)]
     return {"checkpoints": len(found), "scored": len(todo), **stats}
 
 

@@ -379,6 +379,33 @@ def test_checkpoint_round_trip_and_corrupt_files(tmp_path):
         load_checkpoint(tmp_path / "missing")
 
 
+@pytest.mark.parametrize("edit", ["learning_rate", "network_ids", "bundle_id"])
+def test_a_hand_edited_meta_json_is_refused(edit, tmp_path):
+    bundle = make_bundle(members=2)
+    directory = write_checkpoint(tmp_path / "ckpt", bundle, make_nets(bundle))
+    meta = json.loads((directory / "meta.json").read_text())
+    if edit == "learning_rate":
+        meta["bundle"]["members"][1]["learning_rate"] *= 10
+    elif edit == "network_ids":
+        meta["network_ids"] = meta["network_ids"][::-1]
+    else:
+        meta["bundle_id"] = "0" * 16
+    (directory / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match=f"{directory}/meta.json does not match itself: .* edited by hand"):
+        load_checkpoint(directory)
+
+
+def test_a_checkpoint_in_another_bundles_folder_is_refused(tmp_path):
+    bundle, other = make_bundle(members=2), make_bundle(members=2, seed0=5)
+    directory = write_checkpoint(tmp_path / f"bundle-{other.bundle_id}" / "checkpoint_000001", bundle,
+                                 make_nets(bundle))
+    with pytest.raises(CheckpointError, match=f"belongs to bundle {bundle.bundle_id}, not to the folder "
+                                              f"bundle-{other.bundle_id}"):
+        load_checkpoint(directory)
+    right = write_checkpoint(tmp_path / f"bundle-{bundle.bundle_id}" / "checkpoint_000001", bundle, make_nets(bundle))
+    assert load_checkpoint(right)[1]["bundle_id"] == bundle.bundle_id
+
+
 def test_checkpoint_size_is_its_weights_file_and_zero_when_there_is_none(tmp_path):
     from ray import tune
 

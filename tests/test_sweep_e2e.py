@@ -1,5 +1,6 @@
 """End to end: a small sweep through Ray Tune, the scoring actors, Parquet and the report."""
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -204,3 +205,25 @@ def test_failed_trial_resumes_exactly(ray_session, tmp_path):
     nets = {n: pd.read_parquet(tmp_path / "store" / n / "tables" / "networks") for n in finals}
     assert len(nets["faulty"]) == len(nets["clean"]) == 2
     pd.testing.assert_series_equal(nets["clean"]["steps"], nets["faulty"]["steps"])
+
+
+def test_a_checkpoint_from_another_sweep_is_left_out_of_scoring_with_a_message(sweep_dir, tmp_path, capsys):
+    import shutil
+
+    copy = tmp_path / "tiny"
+    shutil.copytree(sweep_dir, copy)
+    # A bundle of another sweep (other widths), copied into this one's folder with its checkpoint.
+    meta_file = next(copy.glob("bundle-*/checkpoint_*/meta.json"))
+    meta = json.loads(meta_file.read_text())
+    stranger = BundleConfig.from_dict(meta["bundle"])
+    stranger = BundleConfig(tuple(dataclasses.replace(m, width=m.width + 1) for m in stranger.members))
+    folder = copy / f"bundle-{stranger.bundle_id}" / "checkpoint_000000"
+    shutil.copytree(meta_file.parent, folder)
+    meta.update(bundle_id=stranger.bundle_id, bundle=stranger.to_dict(), network_ids=stranger.network_ids)
+    (folder / "meta.json").write_text(json.dumps(meta))
+    before = pd.read_parquet(copy / "tables" / "scores")
+    code = main(["score", str(copy)])
+    err = capsys.readouterr().err
+    assert code == 1 and f"{folder}: its bundle is not in this sweep's plan (sweep.json)" in err, err
+    after = pd.read_parquet(copy / "tables" / "scores")
+    assert len(after) == len(before) and not set(after["network_id"]) & set(stranger.network_ids)
