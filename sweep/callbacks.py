@@ -11,7 +11,7 @@ import time
 
 from ray import tune
 
-from sweep.spec import BundleConfig
+from sweep.spec import BundleConfig, dataset_info, param_count
 from sweep.tables import TableWriter
 
 
@@ -90,15 +90,22 @@ class FailedTrialCallback(tune.Callback):
         bundle = BundleConfig.from_dict(trial.config["bundle"])
         message = _error_message(trial)
         rows = [failed_row(member, bundle.bundle_id, self.sweep, message) for member in bundle.members]
-        TableWriter(self.table_root).write("networks", bundle.bundle_id, rows)
+        try:
+            TableWriter(self.table_root).write("networks", bundle.bundle_id, rows)
+        except OSError as exc:  # the storage that failed the trial may fail this too: say so, go on
+            print(f"[sweep] bundle {bundle.bundle_id}: its failure could not be recorded either ({exc}); "
+                  "`sweep resume` trains it again", file=sys.stderr, flush=True)
 
 
 def failed_row(member, bundle_id: str, sweep: str, message: str) -> dict:
+    """The `networks` row of a network whose trial failed: its settings, no results."""
     nan = float("nan")
+    info = dataset_info(member.dataset)
     return {
         **member.row(),
         "network_id": member.network_id,
         "bundle_id": bundle_id,
+        "param_count": None if info.input_dim is None else param_count(member, info.input_dim, info.num_classes),
         "sweep": sweep,
         "status": "failed",
         "steps": 0,

@@ -352,8 +352,8 @@ def finish(plan, results, started: float, *, report: bool) -> int:
     if report:
         _report(plan.sweep_dir, bootstrap=True)
     if errors:
-        print(f"[sweep] {errors} bundle(s) failed after retries; their networks are recorded as failed",
-              file=sys.stderr)
+        print(f"[sweep] {errors} bundle(s) failed after retries (their networks are recorded as failed where the "
+              f"storage allowed it); retry them with: sweep resume {plan.sweep_dir}", file=sys.stderr)
         return 1
     return 0
 

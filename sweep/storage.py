@@ -6,10 +6,12 @@ Everything goes through pyarrow's file systems, so the same code reads and write
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import uuid
 from collections.abc import Callable
 
+import pyarrow as pa
 import pyarrow.fs as pafs
 
 # Object stores have no atomic rename (a move is copy + delete), but a single PUT is atomic.
@@ -30,23 +32,46 @@ def join(uri: str | os.PathLike, *parts: str) -> str:
     return "/".join([text, *parts])
 
 
+# Tests inject storage faults into every process of a sweep (Ray's workers inherit the
+# environment): "PART:ERRNO" makes each write to a path containing PART fail with that errno
+# (ENOSPC, EACCES, EIO, ...) after its data went out, as a disk filling up would.
+FAULT_ENV = "SWEEP_INJECT_WRITE_FAULT"
+
+
+def _injected_fault(path: str) -> None:
+    fault = os.environ.get(FAULT_ENV)
+    if not fault:
+        return
+    part, _, name = fault.rpartition(":")
+    if part in path:
+        code = getattr(errno, name)
+        raise OSError(code, f"{os.strerror(code)} (injected by {FAULT_ENV})", path)
+
+
 def write_atomic(fs: pafs.FileSystem, path: str, write: Callable[[object], None]) -> None:
     """Call `write(stream)` so that readers see either the old file or the whole new one.
 
     Local and shared file systems: write a hidden temporary file beside the target (hidden
     names are skipped by pyarrow datasets and pandas) and rename it over the target. Object
-    stores: write the target directly, since one upload is atomic there.
+    stores: one upload of the whole file, which is atomic there.
     """
     directory, name = path.rsplit("/", 1)
     fs.create_dir(directory, recursive=True)
     if fs.type_name in _OBJECT_STORES:
+        # Written whole in memory first: a stream that fails half-way would still upload what it
+        # had when closed. A PUT that fails leaves nothing.
+        sink = pa.BufferOutputStream()
+        write(sink)
+        data = sink.getvalue()
+        _injected_fault(path)
         with fs.open_output_stream(path) as stream:
-            write(stream)
+            stream.write(data)
         return
     temp = f"{directory}/.{name}.{uuid.uuid4().hex}.tmp"
     try:
         with fs.open_output_stream(temp) as stream:
             write(stream)
+            _injected_fault(path)
         fs.move(temp, path)
     except BaseException:
         with contextlib.suppress(OSError):  # keep the original error

@@ -15,6 +15,7 @@ script), so the pytest process's own Ray, if any, is never touched.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import secrets
@@ -31,6 +32,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from sweep import storage
 from sweep.trainable import finished_meta
 
 pytestmark = [
@@ -496,6 +498,25 @@ def test_an_interrupted_score_says_so_and_scoring_again_completes_it(reference, 
         assert again.wait() == 0, again.output()[-3000:]
     finally:
         again.end()
+    assert_same_tables(sweep_dir, reference)
+
+
+@pytest.mark.parametrize("error", ["ENOSPC", "EIO"])
+def test_a_storage_that_fails_writes_leaves_no_partial_file_and_resume_completes(error, reference, tmp_path, env):
+    # Every write of a `networks` file fails (disk full, I/O error) in every process of the sweep:
+    # the trials fail after their retries, nothing half-written is visible, the failures are said;
+    # once the storage is healthy again, `sweep resume` ends with the reference's tables.
+    driver, sweep_dir = start_sweep(tmp_path, "faulty", {**env, storage.FAULT_ENV: f"/tables/networks/:{error}"})
+    try:
+        code = driver.wait()
+    finally:
+        driver.end()
+    output = driver.output()
+    assert code == 1, output[-3000:]
+    assert f"{os.strerror(getattr(errno, error))} (injected" in output and "Traceback" not in output, output[-3000:]
+    assert not list(sweep_dir.rglob("*.tmp")) and not list((sweep_dir / "tables").glob("networks/*.parquet"))
+    code, output = resume_sweep(sweep_dir, tmp_path, env)
+    assert code == 0, output[-3000:]
     assert_same_tables(sweep_dir, reference)
 
 

@@ -12,6 +12,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from sweep.spec import DataSpec, NetworkConfig
 from sweep.tables import (
     SCHEMAS,
     TableSchemaError,
@@ -238,3 +239,21 @@ def test_unknown_table_and_bad_keys_are_refused(tmp_path):
     for key in ("../escape", ".hidden", "a/b", ""):
         with pytest.raises(ValueError, match="not a plain file name"):
             tables.write("scores", key, score_rows(["a"]))
+
+
+@pytest.mark.parametrize("dataset", [DataSpec("digits"), DataSpec("image_folder", path="/nowhere")])
+def test_a_failed_trials_rows_are_networks_rows(dataset, tmp_path):
+    # The rows FailedTrialCallback writes when a bundle fails for good: the documented columns
+    # (a missing one once made the callback itself fail inside Tune's loop).
+    from sweep.callbacks import failed_row
+
+    member = NetworkConfig(dataset, 8, 2, "relu", "sgd", 0.1, 64, 0.0, False, 0, "torch_default")
+    row = failed_row(member, "b" * 16, "s", "trial failed after 3 attempt(s): OSError")
+    writer = TableWriter(str(tmp_path))
+    assert writer.write("networks", "b" * 16, [row]) == 1
+    got = writer.read("networks").iloc[0]
+    assert got["status"] == "failed" and got["network_id"] == member.network_id
+    if dataset.name == "digits":
+        assert got["param_count"] == 65 * 8 + 9 * 8 + 9 * 10
+    else:
+        assert pd.isna(got["param_count"])  # the folder cannot be read: its size is unknown
