@@ -51,7 +51,8 @@ def _alive(holder: dict) -> bool:
         return time.time() - float(holder.get("heartbeat", 0)) < STALE_AFTER_S
     pid = int(holder.get("pid", -1))
     if os.path.isdir("/proc"):
-        return _process_start(pid) is not None and _process_start(pid) == holder.get("pid_start")
+        start = _process_start(pid)
+        return start is not None and start == holder.get("pid_start")
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -92,12 +93,17 @@ class _Lock:
         storage.write_atomic(self.fs, self.path, lambda stream: stream.write(data))
 
     def _create_exclusive(self) -> bool:
+        """Create the lock whole or not at all: written under a private name, then hard-linked to
+        the lock's (which fails if it exists), so no reader ever sees a half-written lock."""
+        temp = f"{self.path}.{self.me['token']}"
+        with open(temp, "w") as f:
+            json.dump(self.me, f)
         try:
-            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            os.link(temp, self.path)
         except FileExistsError:
             return False
-        with os.fdopen(fd, "w") as f:
-            json.dump(self.me, f)
+        finally:
+            os.unlink(temp)
         return True
 
     def acquire(self) -> None:
