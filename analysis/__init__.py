@@ -9,7 +9,7 @@ from analysis.per_point import per_point, summarize_per_point
 from analysis.protocol import select
 from analysis.robustness import conditional_mutual_information, robust_sign_error
 from analysis.tables import Tables, load
-from analysis.trajectories import trajectory_profiles
+from analysis.manifold import trajectory_profiles
 
 __all__ = [
     "FACTORS",

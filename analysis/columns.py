@@ -2,88 +2,14 @@
 
 from __future__ import annotations
 
-NETWORK_COLUMNS: dict[str, str] = {
-    "network_id": "str",
-    "bundle_id": "str",
-    "sweep": "category",
-    "dataset": "category",
-    "train_size": "int64",
-    "random_label_fraction": "float64",
-    "augmentation": "bool",
-    "width": "int64",
-    "depth": "int64",
-    "activation": "category",
-    "optimizer": "category",
-    "learning_rate": "float64",
-    "batch_size": "int64",
-    "full_batch": "bool",
-    "seed": "int64",
-    "init": "category",
-    "precision": "category",
-    "param_count": "int64",
-    "status": "category",
-    "steps": "int64",
-    "epochs": "float64",
-    "train_loss": "float64",
-    "train_acc": "float64",
-    "test_loss": "float64",
-    "test_acc": "float64",
-    "gap": "float64",
-    "loss_gap": "float64",
-    "wall_time_s": "float64",
-    "message": "str",
-}
+from sweep.scoring.table_schemas import pandas_dtypes
 
-SCORE_COLUMNS: dict[str, str] = {
-    "network_id": "str",
-    "checkpoint": "category",
-    "step": "int64",
-    "split": "category",
-    "metric": "category",
-    "mean": "float64",
-    "median": "float64",
-    "std": "float64",
-    "n_points": "int64",
-    "params": "str",
-    "status": "category",
-    "message": "str",
-}
-
-POINT_COLUMNS: dict[str, str] = {
-    "network_id": "str",
-    "checkpoint": "category",
-    "split": "category",
-    "point_index": "int64",
-    "label": "int64",
-    "prediction": "int64",
-    "loss": "float64",
-    "jacobian_softmax": "float64",
-    "jacobian_logits": "float64",
-    "transitions": "float64",
-}
-
-TRAJECTORY_COLUMNS: dict[str, str] = {
-    "network_id": "str",
-    "checkpoint": "category",
-    "kind": "category",
-    "ellipse": "int64",
-    "position": "int64",
-    "anchor": "bool",
-    "jacobian_softmax": "float64",
-    "transition_density": "float64",
-}
-
-SLICE_COLUMNS: dict[str, str] = {
-    "network_id": "str",
-    "checkpoint": "category",
-    "slice": "int64",
-    "layers": "category",
-    "grid": "int64",
-    "region": "object",
-    "boundary": "object",
-    "anchors": "object",
-    "extent": "object",
-}
+# Read as pandas dtypes from the schemas the sweep writes (one definition; docs/tables.md).
+NETWORK_COLUMNS: dict[str, str] = pandas_dtypes("networks")
+SCORE_COLUMNS: dict[str, str] = pandas_dtypes("scores")
+POINT_COLUMNS: dict[str, str] = pandas_dtypes("points")
+TRAJECTORY_COLUMNS: dict[str, str] = pandas_dtypes("trajectories")
+SLICE_COLUMNS: dict[str, str] = pandas_dtypes("slices")
 
 # Hyperparameters that define a network (granulated Kendall groups, factor pairs).
 HYPERPARAMS: tuple[str, ...] = (

@@ -14,7 +14,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import NullFormatter
 
 from analysis.columns import EXCLUDED_STATUSES, LOG_SCALE, label
-from analysis.trajectories import KIND_ORDER
+from analysis.manifold import KIND_ORDER
 
 STYLE = {
     "font.size": 11,

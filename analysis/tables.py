@@ -10,12 +10,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pyarrow import fs as pafs
 
-from analysis.columns import (
-    POINT_COLUMNS,
-    SCORE_COLUMNS,
-    SLICE_COLUMNS,
-    TRAJECTORY_COLUMNS,
-)
+from analysis.columns import POINT_COLUMNS, SCORE_COLUMNS, SLICE_COLUMNS, TRAJECTORY_COLUMNS
 
 FINAL_CHECKPOINT = "end"
 # Where a metric's network-level value lives, in order of preference.

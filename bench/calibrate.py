@@ -1,4 +1,4 @@
-"""Calibrate the cost model (sweep.costs) on this device: prints an entry for sweep/calibration.json.
+"""Calibrate the cost model (sweep.plan.costs) on this device: prints an entry for sweep/calibration.json.
 
     python bench/calibrate.py --device cuda                 # a card: fp32, tf32, bf16
     python bench/calibrate.py --device cpu --threads 1      # one CPU thread, as a CPU trial runs
@@ -10,7 +10,7 @@ non-negative least squares (relative errors) to the four (M, M·F, seconds per s
 precision (the fit's largest relative residual is printed: a poor fit means the model does not
 describe this device). Scoring:
 exact Jacobian norms and transition counts (k = 256) of a stacked population, FLOPs counted by
-`sweep.costs.point_flops`. The float32 matmul rate is measured in the same run. Needs torch and
+`sweep.plan.costs.point_flops`. The float32 matmul rate is measured in the same run. Needs torch and
 numpy only (no Ray).
 """
 
@@ -29,11 +29,13 @@ from scipy.optimize import nnls
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from training import BATCH, sync, synthetic  # noqa: E402
+
 import metrics_core as mc  # noqa: E402
-from sweep import costs  # noqa: E402
-from sweep.population import PopulationTrainer  # noqa: E402
-from sweep.spec import Budget, BundleConfig, DataSpec, NetworkConfig  # noqa: E402
-from training import BATCH, synthetic, sync  # noqa: E402
+from sweep.plan import costs  # noqa: E402
+from sweep.plan.networks import BundleConfig, NetworkConfig  # noqa: E402
+from sweep.plan.spec import Budget, DataSpec  # noqa: E402
+from sweep.training.population import PopulationTrainer  # noqa: E402
 
 # (data set name, image shape, width, depth), (bundle sizes) per device kind: on CPUs the
 # digits-sized nets CPU sweeps train (a CPU's rate depends on the shape more than a card's does)

@@ -22,10 +22,12 @@ from torch.profiler import ProfilerActivity, profile
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from sweep import costs  # noqa: E402
-from sweep.population import PopulationTrainer  # noqa: E402
-from sweep.spec import Budget, BundleConfig, DataSpec, NetworkConfig  # noqa: E402
-from training import BATCH, synthetic, sync  # noqa: E402
+from training import BATCH, sync, synthetic  # noqa: E402
+
+from sweep.plan import costs  # noqa: E402
+from sweep.plan.networks import BundleConfig, NetworkConfig  # noqa: E402
+from sweep.plan.spec import Budget, DataSpec  # noqa: E402
+from sweep.training.population import PopulationTrainer  # noqa: E402
 
 
 def trainer_for(args, device, cuda_graphs: bool) -> PopulationTrainer:

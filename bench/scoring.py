@@ -24,10 +24,13 @@ import pyarrow as pa
 import torch
 
 import metrics_core as mc
-from sweep.data import Dataset
-from sweep.scoring import (ScoreSettings, Scorer, checkpoint_dataset, load_checkpoint, prepare, score_checkpoint,
-                           score_checkpoints)
-from sweep.spec import BundleConfig, DataSpec, NetworkConfig
+from sweep.plan.networks import BundleConfig, NetworkConfig
+from sweep.plan.spec import DataSpec
+from sweep.scoring.settings import ScoringSettings
+from sweep.scoring.inputs import scoring_inputs
+from sweep.scoring.measure import score_checkpoint, score_checkpoints
+from sweep.scoring.scorer import Scorer, checkpoint_dataset, load_checkpoint
+from sweep.training.data import Dataset
 
 
 def synthetic_data(d: int, classes: int, n_train: int, n_test: int, device: str) -> Dataset:
@@ -73,11 +76,11 @@ def timed(fn, repeats: int) -> float:
     return (time.perf_counter() - started) / repeats
 
 
-def pure_path(args, settings: ScoreSettings) -> None:
+def pure_path(args, settings: ScoringSettings) -> None:
     sizes = [args.input_dim] + [args.width] * args.depth + [10]
     data = synthetic_data(args.input_dim, 10, max(2000, settings.train_points), max(1000, settings.points), args.device)
     pop = population(args.members, sizes, args.device)
-    inputs = prepare(data, settings)
+    inputs = scoring_inputs(data, settings)
     ids = [f"n{i}" for i in range(args.members)]
     meta = {"bundle_id": "bench", "network_ids": ids, "tag": "epoch-000001", "step": 0, "statuses": ["budget"] * len(ids)}
     one = [mc.MLP(tuple(w[i : i + 1] for w in pop.weights), tuple(b[i : i + 1] for b in pop.biases), pop.activation) for i in range(args.members)]
@@ -149,13 +152,13 @@ def write_checkpoints(root: Path, count: int, members: int, width: int, depth: i
     return sources
 
 
-def pool_path(args, settings: ScoreSettings) -> None:
+def pool_path(args, settings: ScoringSettings) -> None:
     try:
         import ray
     except ImportError:
         print("actor pool: skipped (Ray is not installed)")
         return
-    from sweep.scoring_actors import ScoringPool
+    from sweep.scoring.actors import ScoringPool
 
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     gpus = 1.0 / args.actors if args.device == "cuda" else 0.0
@@ -209,7 +212,7 @@ def main() -> None:
     args.input_dim, args.width, args.depth = 784, 256, 3
     args.repeats = 1 if quick else 3
     args.checkpoints, args.pool_members, args.pool_width, args.actors = (6, 8, 64, 1) if quick else (16, 16, 256, 2)
-    settings = ScoreSettings(points=200, train_points=200, transitions_k=64) if quick else ScoreSettings()
+    settings = ScoringSettings(points=200, train_points=200, transitions_k=64) if quick else ScoringSettings()
     print(f"device {args.device} ({torch.cuda.get_device_name() if args.device == 'cuda' else platform.processor() or platform.machine()}), "
           f"torch {torch.__version__}, {torch.get_num_threads()} threads")
     pure_path(args, settings)

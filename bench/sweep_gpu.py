@@ -4,11 +4,11 @@
     python bench/sweep_gpu.py --minutes 3 --presets paper-capacity
     python bench/sweep_gpu.py --cpu --minutes 3                # a smoke run on a CPU: no GPU figures
 
-Each preset runs as a user runs it (`python -m sweep.cli run SPEC --no-report`: Ray's start, Ray
+Each preset runs as a user runs it (`python -m sweep.command.cli run SPEC --no-report`: Ray's start, Ray
 Tune trials, the scoring actors, Parquet), on a slice of its grid that fits its share of
 `--minutes`: at most three widths and two depths (smallest, middle, largest), the first
 activation, two seeds, every other factor whole (learning rates, label noise, augmentation and
-batch size decide convergence), and an epoch budget that the cost model (sweep.costs) expects to
+batch size decide convergence), and an epoch budget that the cost model (sweep.plan.costs) expects to
 fit. Data: CIFAR-10 from ../shared/data (JPEG, quality 75: close to, not exactly, the original
 pixels) as an image folder, with the preset's training-set size; data sets not there are
 synthetic images of the same shape and classes (6000 train / 1000 test), said so in the output.
@@ -46,8 +46,9 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
-from sweep import costs, planner  # noqa: E402
-from sweep.spec import Budget, parse_spec, preset_path  # noqa: E402
+from sweep.plan import costs, planner  # noqa: E402
+from sweep.plan.presets import preset_path  # noqa: E402
+from sweep.plan.spec import Budget, parse_spec  # noqa: E402
 
 PRESETS = ("paper-capacity", "paper-factors", "paper-datasets", "paper-trajectories")
 SHARED_DATA = ROOT.parent / "shared" / "data"
@@ -82,7 +83,6 @@ def gpu_name() -> str:
 
 def matmul_peak(cpu: bool) -> float:
     import torch
-
     from calibrate import matmul_tflops
 
     return matmul_tflops(torch.device("cpu" if cpu else "cuda"))
@@ -212,7 +212,7 @@ def run_preset(preset: str, work: Path, seconds: float, peak: float, args) -> No
         print(f"   data {name}: {what}")
     sampler = BusySampler(not args.cpu)
     started = time.time()
-    command = [sys.executable, "-m", "sweep.cli", "run", str(spec_file), "--storage", str(storage), "--name", preset,
+    command = [sys.executable, "-m", "sweep.command.cli", "run", str(spec_file), "--storage", str(storage), "--name", preset,
                "--no-report"]
     code, stderr = run_within(command, max(90.0, 1.6 * seconds))
     ended = time.time()

@@ -75,7 +75,7 @@ def main() -> None:
 def phases(folder: Path, started: float, ended: float) -> tuple[float, float, float]:
     """Seconds until the first checkpoint was written, from it to the last (training), and from
     the last to the end (with scoring: the drain), from the checkpoints' file times."""
-    from sweep.checkpoints import META_FILE
+    from sweep.training.checkpoints import META_FILE
 
     landed = sorted(path.stat().st_mtime for path in folder.glob(f"*/*/{META_FILE}"))
     return landed[0] - started, landed[-1] - landed[0], ended - landed[-1]
@@ -86,10 +86,12 @@ def sweep_timer(source: str, storage: str):
     """Times `runner.run` in one Ray instance, after an untimed warm-up sweep."""
     import ray
 
-    from sweep import runner
-    from sweep.cli import _spec_text
-    from sweep.planner import expand
-    from sweep.spec import limit_networks, load_spec
+    from sweep.command import runner
+    from sweep.plan import sweep_plan
+    from sweep.command.cli import _spec_text
+    from sweep.plan.networks import limit_networks
+    from sweep.plan.planner import expand
+    from sweep.plan.spec import load_spec
 
     spec = load_spec(source)
     bundles = expand(spec)
@@ -98,7 +100,7 @@ def sweep_timer(source: str, storage: str):
     quiet = open(os.devnull, "w")
 
     def sweep(name: str, score: bool, plan_bundles=bundles) -> float:
-        plan = runner.make_plan(spec, plan_bundles, name=name, storage=storage,
+        plan = sweep_plan.make_plan(spec, plan_bundles, name=name, storage=storage,
                                 spec_source=source, spec_text=text, spec_suffix=suffix)
         start = time.perf_counter()
         runner.run(plan, score=score, progress_stream=quiet)
@@ -115,7 +117,7 @@ def command_timer(source: str, storage: str, address: str | None = None):
     joining the cluster at `address`."""
 
     def sweep(name: str, score: bool) -> float:
-        command = [sys.executable, "-m", "sweep.cli", "run", source, "--no-report",
+        command = [sys.executable, "-m", "sweep.command.cli", "run", source, "--no-report",
                    "--storage", storage, "--name", name] + ([] if score else ["--no-score"])
         command += ["--address", address] if address else []
         start = time.perf_counter()

@@ -23,10 +23,11 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from sweep.data import Dataset  # noqa: E402
-from sweep.models import build_network  # noqa: E402
-from sweep.population import PopulationTrainer  # noqa: E402
-from sweep.spec import Budget, BundleConfig, DataSpec, NetworkConfig  # noqa: E402
+from sweep.plan.networks import BundleConfig, NetworkConfig  # noqa: E402
+from sweep.plan.spec import Budget, DataSpec  # noqa: E402
+from sweep.training.data import Dataset  # noqa: E402
+from sweep.training.models import build_network  # noqa: E402
+from sweep.training.population import PopulationTrainer  # noqa: E402
 
 SHAPES = (("mnist", (1, 28, 28), 256, 3), ("cifar10", (3, 32, 32), 512, 4))
 BATCH = 128

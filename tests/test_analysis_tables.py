@@ -9,13 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 
 import analysis
-from analysis.columns import (
-    NETWORK_COLUMNS,
-    POINT_COLUMNS,
-    SCORE_COLUMNS,
-    SLICE_COLUMNS,
-    TRAJECTORY_COLUMNS,
-)
+from analysis.columns import NETWORK_COLUMNS, POINT_COLUMNS, SCORE_COLUMNS, SLICE_COLUMNS, TRAJECTORY_COLUMNS
 from analysis.synthetic import SyntheticSweep, synthetic_networks
 
 

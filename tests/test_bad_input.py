@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 from specs import MINIMAL_SPEC as SPEC
 
-from sweep import runner
-from sweep.planner import expand
-from sweep.spec import load_spec
+from sweep.plan import sweep_plan
+from sweep.plan.planner import expand
+from sweep.plan.spec import load_spec
 
 ROOT = Path(__file__).resolve().parents[1]
 # ray.init on such an address retries for minutes; the command must answer well within this.
@@ -34,7 +34,7 @@ def sweep(*args: str, **env: str) -> tuple[int, str, float]:
     values = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     values.update(RAY_USAGE_STATS_ENABLED="0", **env)
     started = time.monotonic()
-    done = subprocess.run([sys.executable, "-m", "sweep.cli", *args], capture_output=True, text=True,
+    done = subprocess.run([sys.executable, "-m", "sweep.command.cli", *args], capture_output=True, text=True,
                           env=values, cwd=ROOT, timeout=300)
     return done.returncode, done.stdout + done.stderr, time.monotonic() - started
 
@@ -50,9 +50,9 @@ def spec_file(tmp_path) -> Path:
 def sweep_folder(tmp_path, spec_file) -> Path:
     """A sweep folder as `sweep run` leaves it before Ray starts: only its plan."""
     spec = load_spec(str(spec_file))
-    plan = runner.make_plan(spec, expand(spec), name="planned", storage=str(tmp_path), spec_source=str(spec_file),
+    plan = sweep_plan.make_plan(spec, expand(spec), name="planned", storage=str(tmp_path), spec_source=str(spec_file),
                             spec_text=SPEC, spec_suffix=".yaml")
-    runner.save_plan(plan)
+    sweep_plan.save_plan(plan)
     return Path(plan.sweep_dir)
 
 
@@ -118,6 +118,6 @@ def test_checkpoints_and_specs_are_loaded_safely():
     assert loads >= 2  # the trainable's resume and the scorer
     import yaml
 
-    from sweep import spec
+    from sweep.plan import spec
 
     assert issubclass(spec._SpecLoader, yaml.SafeLoader)  # the spec's loader (duplicate keys refused)

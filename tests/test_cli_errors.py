@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from specs import MINIMAL_SPEC as GOOD
 
-from sweep.cli import main
+from sweep.command.cli import main
 
 
 def spec_file(tmp_path: Path, text: str, suffix: str = ".yaml") -> str:

@@ -76,7 +76,7 @@ def commands(section: str) -> list[list[str]]:
 def test_the_readme_cluster_commands_exist():
     from ray.scripts.scripts import cli
 
-    from sweep.cli import build_parser
+    from sweep.command.cli import build_parser
 
     sweep_commands = set(build_parser()._subparsers._group_actions[0].choices)
     seen = set()

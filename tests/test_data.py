@@ -9,9 +9,8 @@ import pytest
 import torch
 from PIL import Image
 
-from sweep.data import (DataError, augment, check_available, draw_augmentation, load_dataset,
-                        random_labels)
-from sweep.spec import DataSpec
+from sweep.plan.spec import DataSpec
+from sweep.training.data import DataError, augment, check_available, draw_augmentation, load_dataset, random_labels
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 CIFAR = SHARED / "cifar10"
@@ -49,13 +48,13 @@ def test_digits_read_without_sklearn_equal_load_digits():
 
     from sklearn.datasets import load_digits
 
-    from sweep.data import _digits_table
+    from sweep.training.data import _digits_table
 
     digits = load_digits()
     table = _digits_table()
     assert np.array_equal(table[:, :64], digits.data) and np.array_equal(table[:, 64], digits.target)
     # The point of reading the file: a trial or scoring process never imports sklearn.
-    code = "import sys; from sweep.data import _digits_table; _digits_table(); print('sklearn' in sys.modules)"
+    code = "import sys; from sweep.training.data import _digits_table; _digits_table(); print('sklearn' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "False"
 
 

@@ -32,8 +32,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from sweep import storage
-from sweep.trainable import finished_meta
+from processes import RUN_TIMEOUT_S, Session, sweep_argv
+
+from sweep.plan import storage
+from sweep.training.trainable import finished_meta
 
 pytestmark = [
     pytest.mark.cluster,
@@ -71,24 +73,9 @@ resources:
 """
 TAGS = ["end", "epoch-000030", "epoch-000060", "epoch-000090", "init"]
 NETWORK_VALUES = ["train_loss", "train_acc", "test_loss", "test_acc", "gap", "loss_gap"]
-RUN_TIMEOUT_S = 300
 
 
 # --- processes --------------------------------------------------------------------------------
-
-
-def session_pids(sid: int) -> list[int]:
-    """Processes of a session: Ray's workers change process group, but never session."""
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[3]) == sid:
-                pids.append(int(entry.name))
-    return pids
 
 
 def children(pid: int) -> list[tuple[int, str]]:
@@ -104,38 +91,6 @@ def children(pid: int) -> list[tuple[int, str]]:
         except OSError:
             continue
     return found
-
-
-class Session:
-    """A command in a new session, its output in a file; `end` kills what is left of the session."""
-
-    def __init__(self, argv: list[str], log: Path, env: dict, stdin=None):
-        self.log = log
-        with open(log, "wb") as out:
-            self.proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=stdin, env=env,
-                                         start_new_session=True, cwd=Path(__file__).resolve().parents[1])
-
-    def wait(self, timeout: float = RUN_TIMEOUT_S) -> int:
-        try:
-            return self.proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            self.end()
-            pytest.fail(f"{self.proc.args} did not finish in {timeout}s; output:\n{self.output()[-3000:]}")
-
-    def output(self) -> str:
-        return self.log.read_text(errors="replace")
-
-    def end(self) -> None:
-        for pid in session_pids(self.proc.pid):
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        self.proc.wait(timeout=30)
-
-
-def sweep_argv(*args: str) -> list[str]:
-    return [sys.executable, "-m", "sweep.cli", *args]
 
 
 @pytest.fixture(scope="module")

@@ -13,9 +13,11 @@ from hypothesis import strategies as st
 from specs import MINIMAL_SPEC
 
 from analysis.synthetic import SyntheticSweep, write_synthetic_sweep
-from sweep import locks, planner, runner
-from sweep.cli import main
-from sweep.spec import SpecError, load_spec, parse_spec
+from sweep.command import locks
+from sweep.plan import sweep_plan
+from sweep.plan import planner
+from sweep.command.cli import main
+from sweep.plan.spec import SpecError, load_spec, parse_spec
 
 KEYS = {
     "": ["name", "description", "datasets", "grid", "budget", "checkpoints", "scoring", "training", "storage",
@@ -123,9 +125,9 @@ def world(tmp_path_factory):
     this test, as while another command works on it), an empty folder, a spec file, a binary file."""
     root = tmp_path_factory.mktemp("fuzz")
     spec = parse_spec(yaml.safe_load(MINIMAL_SPEC))
-    plan = runner.make_plan(spec, planner.expand(spec), name="existing", storage=str(root), spec_source="-",
+    plan = sweep_plan.make_plan(spec, planner.expand(spec), name="existing", storage=str(root), spec_source="-",
                             spec_text=MINIMAL_SPEC, spec_suffix=".yaml")
-    runner.save_plan(plan)
+    sweep_plan.save_plan(plan)
     write_synthetic_sweep(plan.sweep_dir, SyntheticSweep(n_networks=16, points_per_network=10, k=9, grid=8))
     (root / "empty").mkdir()
     (root / "spec.yaml").write_text(MINIMAL_SPEC)

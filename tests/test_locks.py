@@ -1,4 +1,4 @@
-"""One command at a time per sweep (sweep.locks): a second `run`, `resume` or `score` is refused
+"""One command at a time per sweep (sweep.command.locks): a second `run`, `resume` or `score` is refused
 with who holds the sweep and since when; a lock whose process or host is gone is taken over;
 `status` and `report` never need it."""
 
@@ -13,10 +13,11 @@ from pathlib import Path
 import pytest
 from specs import MINIMAL_SPEC
 
-from sweep import locks, runner
-from sweep.cli import main
-from sweep.planner import expand
-from sweep.spec import parse_spec
+from sweep.command import locks
+from sweep.plan import sweep_plan
+from sweep.command.cli import main
+from sweep.plan.planner import expand
+from sweep.plan.spec import parse_spec
 
 
 @pytest.fixture
@@ -25,9 +26,9 @@ def sweep_dir(tmp_path):
     import yaml
 
     spec = parse_spec(yaml.safe_load(MINIMAL_SPEC))
-    plan = runner.make_plan(spec, expand(spec), name="locked", storage=str(tmp_path), spec_source="-",
+    plan = sweep_plan.make_plan(spec, expand(spec), name="locked", storage=str(tmp_path), spec_source="-",
                             spec_text=MINIMAL_SPEC, spec_suffix=".yaml")
-    runner.save_plan(plan)
+    sweep_plan.save_plan(plan)
     return plan.sweep_dir
 
 

@@ -12,11 +12,15 @@ from torch.multiprocessing.reductions import StorageWeakRef
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
-from sweep import costs, planner, runner
-from sweep.cli import main
-from sweep.planner import Card
-from sweep.population import PopulationTrainer
-from sweep.spec import Budget, BundleConfig, DataSpec, NetworkConfig, SpecError, list_presets, load_spec, parse_spec
+from sweep.command.cli import main
+from sweep.command import runner
+from sweep.plan import sweep_plan
+from sweep.plan import costs, planner
+from sweep.plan.networks import BundleConfig, NetworkConfig
+from sweep.plan.planner import Card
+from sweep.plan.presets import list_presets
+from sweep.plan.spec import Budget, DataSpec, SpecError, load_spec, parse_spec
+from sweep.training.population import PopulationTrainer
 
 
 def cifar_spec(widths=(2000,), depths=(5,), **resources) -> object:
@@ -138,7 +142,7 @@ def test_memory_estimate_bounds_the_tensors_a_trainer_holds_at_once(optimizer):
     # Every tensor made while a trainer is built, trains an epoch (augmentation on) and writes
     # its state, tracked op by op: the most alive at once is within what the planner counts for
     # the bundle beyond its data set, and the count is not loose (a card would be left idle).
-    from sweep.data import load_dataset
+    from sweep.training.data import load_dataset
 
     members = tuple(NetworkConfig(DataSpec("digits"), 512, 4, "relu", optimizer, 0.001, 128, 0.0, True, s,
                                   "torch_default") for s in range(16))
@@ -154,7 +158,7 @@ def test_memory_estimate_bounds_the_tensors_a_trainer_holds_at_once(optimizer):
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA: the peak a training epoch allocates on a card")
 def test_cuda_memory_estimate_bounds_what_an_epoch_allocates_on_the_card():
-    from sweep.data import load_dataset
+    from sweep.training.data import load_dataset
 
     members = tuple(NetworkConfig(DataSpec("digits"), 512, 4, "relu", "adam", 0.001, 128, 0.0, True, s, "torch_default")
                     for s in range(16))
@@ -180,7 +184,7 @@ def test_ray_packs_the_planners_shares_without_overfilling_a_card(tmp_path, ray_
     card = Card(6, "test")
     bundles = planner.expand(spec, card)[:10]
     shares = planner.gpu_shares(spec, bundles, card)
-    plan = runner.make_plan(spec, bundles, name="packed", storage=str(tmp_path), spec_source="-", spec_text="",
+    plan = sweep_plan.make_plan(spec, bundles, name="packed", storage=str(tmp_path), spec_source="-", spec_text="",
                             spec_suffix=".yaml", gpu_shares=shares)
     log = tmp_path / "placements"
     log.mkdir()
@@ -258,10 +262,10 @@ def test_projection_by_hand():
     flops = 6 * 64 * params
     steps = 3 * math.ceil(1297 / 64)
     compute = steps * 2 * flops / 1e9
-    alone = costs.project([bundle], budget, costs.ScoringSpec(metrics=("loss",)), device, {})
+    alone = costs.project([bundle], budget, costs.ScoringSettings(metrics=("loss",)), device, {})
     assert alone.training_s == pytest.approx(compute + steps * 1e-3)
     assert alone.training_budget_s == alone.training_s  # no convergence entry without the stopping rule
-    shared = costs.project([bundle], budget, costs.ScoringSpec(metrics=("loss",)), device, {bundle.bundle_id: 4})
+    shared = costs.project([bundle], budget, costs.ScoringSettings(metrics=("loss",)), device, {bundle.bundle_id: 4})
     assert shared.training_s == pytest.approx(max(compute, (compute + steps * 1e-3) / 4))
     points = 1000 + 1000
     assert alone.scoring_s == pytest.approx(2 * 2 * points * costs.point_flops([64, 8, 10], None) / 1e9)
@@ -333,7 +337,7 @@ def test_scoring_actors_auto_is_one_per_gpu_of_the_cluster(tmp_path, ray_session
     def plan_of(spec):
         card = Card(24, "test") if spec.resources.uses_gpus else None
         bundles = planner.expand(spec, card)
-        return runner.make_plan(spec, bundles, name="n", storage=str(tmp_path), spec_source="-", spec_text="",
+        return sweep_plan.make_plan(spec, bundles, name="n", storage=str(tmp_path), spec_source="-", spec_text="",
                                 spec_suffix=".yaml", gpu_shares=planner.gpu_shares(spec, bundles, card),
                                 scoring_share=planner.scoring_share(spec, bundles, card))
 

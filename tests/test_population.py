@@ -8,12 +8,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from sweep.data import augment, augmentation_pad, load_dataset
-from sweep.models import build_network
-from sweep.population import (PopulationTrainer, epoch_augmentation, epoch_order,
-                              member_labels)
-from sweep.spec import Budget, BundleConfig, DataSpec, NetworkConfig
-from sweep.tables import SCHEMAS
+from sweep.plan.networks import BundleConfig, NetworkConfig
+from sweep.plan.spec import Budget, DataSpec
+from sweep.scoring.table_writer import SCHEMAS
+from sweep.training.data import augment, augmentation_pad, load_dataset
+from sweep.training.models import build_network
+from sweep.training.population import PopulationTrainer, epoch_augmentation, epoch_order, member_labels
 
 DIGITS = DataSpec("digits")
 TORCH_OPTIMIZERS = {
@@ -302,9 +302,8 @@ def test_rows_match_the_networks_table(digits):
     config = net(batch=None, noise=0.25)
     trainer = PopulationTrainer(BundleConfig((config,)), digits, Budget(max_epochs=1))
     trainer.train_epoch()
-    row = trainer.network_rows()[0]
-    columns = [name for name in SCHEMAS["networks"].names if name != "sweep"]  # the trial adds `sweep`
-    assert sorted(row) == sorted(columns)
+    row = trainer.network_rows("a-sweep")[0]
+    assert sorted(row) == sorted(SCHEMAS["networks"].names) and row["sweep"] == "a-sweep"
     assert row["batch_size"] == row["train_size"] == 1297 and row["full_batch"] is True
     assert row["param_count"] == sum(p.numel() for p in build_network(config, 64, 10).parameters())
     # Train metrics use the member's own (noisy) labels: recompute them independently.

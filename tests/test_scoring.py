@@ -20,25 +20,22 @@ import torch
 import torch.nn.functional as F
 
 import metrics_core as mc
-import sweep.scoring
-from sweep.checkpoints import CheckpointError, local_size, unscored
-from sweep.data import load_dataset
-from sweep.models import build_network
-from sweep.population import member_labels
-from sweep.scoring import (
-    Scorer,
-    ScoreSettings,
-    fixed_points,
-    load_checkpoint,
-    prepare,
-    score_checkpoint,
-    score_checkpoints,
-)
-from sweep.spec import BundleConfig, DataSpec, NetworkConfig, ScoringSpec
-from sweep.tables import SCHEMAS, TableWriter
+import sweep.scoring.measure
+from sweep.plan.networks import BundleConfig, NetworkConfig
+from sweep.plan.schema import SpecError
+from sweep.plan.spec import DataSpec
+from sweep.scoring.inputs import fixed_points, scoring_inputs
+from sweep.scoring.measure import score_checkpoint, score_checkpoints
+from sweep.scoring.scorer import Scorer, load_checkpoint
+from sweep.scoring.settings import ScoringSettings
+from sweep.scoring.table_writer import SCHEMAS, TableWriter
+from sweep.training.checkpoints import CheckpointError, local_size, unscored
+from sweep.training.data import load_dataset
+from sweep.training.models import build_network
+from sweep.training.population import member_labels
 
 DIGITS = DataSpec("digits")
-SETTINGS = ScoreSettings(points=24, train_points=12, transitions_k=32, ellipses_per_kind=2, profile_points=33,
+SETTINGS = ScoringSettings(points=24, train_points=12, transitions_k=32, ellipses_per_kind=2, profile_points=33,
                          slice_grid=16, slice_count=1)
 
 
@@ -200,7 +197,7 @@ def test_transitions_match_a_brute_force_walk_along_the_ellipse(data):
     bundle = make_bundle(members=2)
     nets = make_nets(bundle)
     frames = scored(mc.stack(nets), meta_of(bundle), data, SETTINGS)
-    test = prepare(data, SETTINGS).probes[0]
+    test = scoring_inputs(data, SETTINGS).probes[0]
     assert not (test.partners == test.x[:, None]).all(-1).any()  # partners are other points
     mine = frames["points"][frames["points"].network_id == bundle.network_ids[1]]
     for i in range(4):
@@ -298,8 +295,8 @@ def test_several_checkpoints_scored_together_equal_each_scored_alone(data, monke
     checkpoints = [(mc.stack(nets[b.bundle_id]), meta_of(b, tag)) for b, tag in
                    ((small, "end"), (other, "end"), (wide, "end"), (small, "init"), (wide, "epoch-000004"))]
     calls = []
-    real = sweep.scoring._measure
-    monkeypatch.setattr(sweep.scoring, "_measure", lambda members, *a: calls.append(members.net.num_models) or real(members, *a))
+    real = sweep.scoring.measure._measure
+    monkeypatch.setattr(sweep.scoring.measure, "_measure", lambda members, *a: calls.append(members.net.num_models) or real(members, *a))
     together = score_checkpoints(checkpoints, data, settings)
     # 16×2 end checkpoints: 2 + (3 - diverged - copy) = 3; 16×2 init (no train-point measures): 2;
     # 24×2 end: 2; 24×2 epoch checkpoint (no profiles): 2.
@@ -328,7 +325,7 @@ def test_profiles_and_slices_only_at_init_and_end(data):
     # Jacobian norm is that of the training point itself.
     anchors = trajectories[trajectories.anchor]
     assert sorted(set(anchors.position)) == [0, k // 3, 2 * k // 3] and len(anchors) == 2 * 3 * e * 3
-    ellipses = prepare(data, settings).ellipses
+    ellipses = scoring_inputs(data, settings).ellipses
     train = {tuple(row.tolist()) for row in data.x_train}
     for kind in ("different_class", "same_class"):
         for row in anchors[anchors.kind == kind].itertuples():
@@ -349,13 +346,18 @@ def test_fixed_points_are_a_function_of_the_seed():
     assert (fixed_points(30, 50, seed=3) == np.arange(30)).all()
 
 
-def test_settings_from_the_spec_and_their_errors():
-    assert ScoreSettings.from_spec(ScoringSpec()) == ScoreSettings()
-    assert ScoreSettings.from_spec({"points": 10}).points == 10
-    with pytest.raises(ValueError, match="scoring.metrics: unknown \\['jacobian'\\]"):
-        ScoreSettings().replace(metrics=("jacobian",))
-    with pytest.raises(ValueError, match="scoring.points must be at least 1"):
-        ScoreSettings(points=0)
+def test_settings_from_a_plan_and_their_errors():
+    assert ScoringSettings.from_dict(dataclasses.asdict(ScoringSettings())) == ScoringSettings()
+    assert ScoringSettings.from_dict({"points": 10}).points == 10
+    with pytest.raises(SpecError, match=r"^scoring.metrics\[0\]: unknown value 'jacobian'; choose one of "
+                                        r"jacobian_softmax, jacobian_logits"):
+        ScoringSettings().replace(metrics=("jacobian",))
+    with pytest.raises(SpecError, match=r"^scoring.points: expected a positive integer, got 0"):
+        ScoringSettings().replace(points=0)
+    with pytest.raises(SpecError, match=r"^scoring.color: unknown key; allowed keys: chunk_size, circle_radius"):
+        ScoringSettings.from_dict({"color": 1})
+    with pytest.raises(ValueError, match="points"):  # built directly, the model still checks
+        ScoringSettings(points=0)
 
 
 # --- checkpoints, the scorer and the tables ----------------------------------------------------
@@ -375,7 +377,7 @@ def test_checkpoint_round_trip_and_corrupt_files(tmp_path):
     torch.save({"weights": [torch.nn.Linear(2, 2)]}, directory / "population.pt")  # not weights_only-safe
     with pytest.raises(CheckpointError, match="population.pt"):
         load_checkpoint(directory)
-    with pytest.raises(CheckpointError, match=f"cannot read checkpoint metadata {tmp_path}/missing/meta.json"):
+    with pytest.raises(CheckpointError, match=f"{tmp_path}/missing/meta.json is missing"):
         load_checkpoint(tmp_path / "missing")
 
 
@@ -444,6 +446,24 @@ def test_scorer_writes_rows_and_records_a_corrupt_checkpoint(tmp_path, data):
     assert TableWriter(tables).keys("points") == [f"{good.bundle_id}--end"]
 
 
+def test_a_checkpoint_the_storage_cannot_read_is_left_unscored_not_failed(tmp_path, data):
+    """A read the storage refuses (here: the file's name taken by a folder, EISDIR) says nothing
+    about the checkpoint, so it gets no failed rows: `sweep score` and `resume` score it later."""
+    bundle = make_bundle(members=2)
+    directory = write_checkpoint(tmp_path / "ckpt", bundle, make_nets(bundle))
+    weights = (directory / "population.pt").read_bytes()
+    (directory / "population.pt").unlink()
+    (directory / "population.pt").mkdir()
+    tables = str(tmp_path / "tables")
+    summary = Scorer("cpu").score(str(directory), tables, SETTINGS)
+    assert "the storage did not answer" in summary["message"] and "sweep score PATH" in summary["message"]
+    assert TableWriter(tables).keys("scores") == [] and unscored(tables, [str(directory)]) == [str(directory)]
+    (directory / "population.pt").rmdir()
+    (directory / "population.pt").write_bytes(weights)
+    assert Scorer("cpu").score(str(directory), tables, SETTINGS)["failed_members"] == 0
+    assert unscored(tables, [str(directory)]) == []
+
+
 def test_unscored_lists_checkpoints_without_scores(tmp_path):
     tables = str(tmp_path / "tables")
     first, second = make_bundle(members=2), make_bundle(members=2, seed0=5)
@@ -461,7 +481,7 @@ def test_unscored_lists_checkpoints_without_scores(tmp_path):
 
 @pytest.mark.ray
 def test_pool_scores_like_the_scorer_and_replaces_a_killed_actor(tmp_path, ray_session):
-    from sweep.scoring_actors import ScoringPool
+    from sweep.scoring.actors import ScoringPool
 
     bundles = [make_bundle(members=2, seed0=s) for s in (0, 20, 40, 60)]
     sources = [str(write_checkpoint(tmp_path / f"c{i}", b, make_nets(b))) for i, b in enumerate(bundles)]
@@ -502,7 +522,7 @@ def test_a_gpu_pool_hands_an_actor_what_is_queued_in_one_call(tmp_path, ray_sess
     # The session's Ray is told of 2 GPUs, or has the machine's: the actor scores on CUDA where
     # there is one, else on the CPU, and so does the reference (the PAC-Bayes measures' noise comes
     # from the scoring device's generator, so they match across devices only in distribution).
-    from sweep.scoring_actors import GPU_BATCH, ScoringPool
+    from sweep.scoring.actors import GPU_BATCH, ScoringPool
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -534,8 +554,8 @@ def test_a_gpu_pool_hands_an_actor_what_is_queued_in_one_call(tmp_path, ray_sess
 
 @pytest.mark.ray
 def test_pool_scores_one_checkpoint_at_a_time_until_it_drains_then_one_per_cpu(tmp_path, ray_session):
-    from sweep.callbacks import drain_line
-    from sweep.scoring_actors import ScoringPool
+    from sweep.command.callbacks import drain_line
+    from sweep.scoring.actors import ScoringPool
 
     # The last checkpoint to land is the largest: the drain hands it out before the smaller one.
     bundles = [make_bundle(members=2, seed0=0), make_bundle(members=2, seed0=20), make_bundle(members=3, width=32, seed0=40)]
@@ -574,7 +594,7 @@ def test_pool_scores_one_checkpoint_at_a_time_until_it_drains_then_one_per_cpu(t
 @pytest.mark.ray
 def test_a_local_sweep_starts_ray_workers_at_normal_priority():
     # At Ray's default nice 15 an idle-class scoring actor takes ~8% of each trial's core.
-    code = ("import os, ray\nfrom sweep.cli import start_ray\nstart_ray(None)\n"
+    code = ("import os, ray\nfrom sweep.command.cli import start_ray\nstart_ray(None)\n"
             "print('nice', ray.get(ray.remote(lambda: os.nice(0)).remote()))\nray.shutdown()")
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=180, env=env)
@@ -584,10 +604,10 @@ def test_a_local_sweep_starts_ray_workers_at_normal_priority():
 def test_the_driver_of_a_scored_sweep_never_imports_torch():
     # The driver only hands checkpoints to the actors and reports what is scored; importing torch
     # there costs every `sweep run` and `sweep status` ~3 CPU-seconds.
-    code = ("import sys\nfrom sweep import runner, status\nfrom sweep.callbacks import ScoringCallback\n"
-            "from sweep.scoring_actors import ScoringPool\nfrom sweep.planner import expand\nfrom sweep.spec import load_spec\n"
+    code = ("import sys\nfrom sweep.command import runner, status\nfrom sweep.command.callbacks import ScoringCallback\nfrom sweep.plan import sweep_plan\n"
+            "from sweep.scoring.actors import ScoringPool\nfrom sweep.plan.planner import expand\nfrom sweep.plan.spec import load_spec\n"
             "spec = load_spec('digits')\n"
-            "plan = runner.make_plan(spec, expand(spec), name='x', storage='unused', spec_source='digits',\n"
+            "plan = sweep_plan.make_plan(spec, expand(spec), name='x', storage='unused', spec_source='digits',\n"
             "                         spec_text='', spec_suffix='.yaml')\n"
             "config = runner._run_config(plan, score=True, max_failures=1)\n"
             "assert any(isinstance(c, ScoringCallback) for c in config.callbacks)\n"
@@ -598,7 +618,7 @@ def test_the_driver_of_a_scored_sweep_never_imports_torch():
 
 @pytest.mark.ray
 def test_pool_records_a_checkpoint_whose_actor_keeps_dying(tmp_path, ray_session):
-    from sweep.scoring_actors import ScoringPool
+    from sweep.scoring.actors import ScoringPool
 
     bundle = make_bundle(members=2)
     source = str(write_checkpoint(tmp_path / "c", bundle, make_nets(bundle)))
@@ -631,9 +651,9 @@ def test_jiangs_measures_per_network_as_computed_alone(data):
         assert rows.loc["distance_from_init", "mean"] == pytest.approx(3 / 4 * net[-1].weight.norm().item(), rel=1e-5)
         # The train-point measures: one value per network from the train points, equal to the
         # metric core on that network alone with its own generator.
-        probe = prepare(data, settings).probes[1]
+        probe = scoring_inputs(data, settings).probes[1]
         for metric in ("pacbayes_sharpness", "pacbayes_mag_flatness"):
-            alone = getattr(mc, metric)(net, probe.x, probe.y, generator=sweep.scoring._generators([network_id], 0, "cpu"),
+            alone = getattr(mc, metric)(net, probe.x, probe.y, generator=sweep.scoring.measure._generators([network_id], 0, "cpu"),
                                         samples=3, depth=6, target=0.1)
             assert rows.loc[metric, "mean"] == pytest.approx(float(alone), rel=1e-6)
             assert rows.loc[metric, "split"] == "train" and rows.loc[metric, "n_points"] == settings.train_points
@@ -651,11 +671,11 @@ def test_train_point_measures_use_the_labels_each_network_was_trained_on(data):
     nets = [build_network(clean, 64, 10) for _ in range(2)]
     settings = SETTINGS.replace(sharpness_samples=2, sharpness_search_depth=4)
     scores = scored(mc.stack(nets), meta_of(bundle), data, settings)["scores"].set_index(["network_id", "metric"])
-    probe = prepare(data, settings).probes[1]
+    probe = scoring_inputs(data, settings).probes[1]
     index = torch.as_tensor(probe.index)
     for config, net in zip(bundle.members, nets):
         y = member_labels(config, data)[index]
-        alone = mc.pacbayes_mag_flatness(net, probe.x, y, generator=sweep.scoring._generators([config.network_id], 0, "cpu"),
+        alone = mc.pacbayes_mag_flatness(net, probe.x, y, generator=sweep.scoring.measure._generators([config.network_id], 0, "cpu"),
                                          samples=2, depth=4)
         assert scores.loc[(config.network_id, "pacbayes_mag_flatness"), "mean"] == pytest.approx(float(alone), rel=1e-6)
     assert not torch.equal(member_labels(noisy, data)[index], probe.y)

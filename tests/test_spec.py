@@ -9,9 +9,11 @@ import sys
 import pytest
 import yaml
 
-from sweep.planner import expand, plan_summary
-from sweep.spec import (BundleConfig, NetworkConfig, SpecError, limit_networks, list_presets, load_spec,
-                        networks, parse_spec)
+from sweep.plan.networks import BundleConfig, NetworkConfig, limit_networks, networks
+from sweep.plan.planner import expand, plan_summary
+from sweep.command.cli import main
+from sweep.plan.presets import list_presets, preset_path
+from sweep.plan.spec import SpecError, load_spec, parse_spec
 
 VALID = {
     "name": "small",
@@ -47,7 +49,7 @@ MALFORMED = [
     (with_change("grid.seeds", [0, 0]), "grid.seeds: duplicate"),
     (with_change("datasets", ["imagenet"]), "datasets[0].name: unknown value 'imagenet'"),
     (with_change("datasets", [{"name": "digits", "train_size": -10}]),
-     "datasets[0].train_size: expected a positive integer, got -10"),
+     "datasets[0].train_size: expected a positive integer or null, got -10"),
     (with_change("datasets", [{"name": "digits", "train_size": 5000}]),
      "datasets[0].train_size: digits has 1297"),
     (with_change("datasets", [{"name": "image_folder"}]), "datasets[0].path: required"),
@@ -56,7 +58,7 @@ MALFORMED = [
     (with_change("budget.stop_at_full_train_acc", "yes"),
      "budget.stop_at_full_train_acc: expected true or false"),
     (with_change("grid.learning_rates", {"sgd": [0.1]}), "grid.learning_rates.adam: missing"),
-    (with_change("grid.learning_rates", [0.1, -0.01]), "grid.learning_rates[1]: expected a number"),
+    (with_change("grid.learning_rates", [0.1, -0.01]), "grid.learning_rates[1]: expected a positive number, got -0.01"),
     (with_change("grid.random_label_fractions", [1.5]),
      "grid.random_label_fractions[0]: expected a number in [0.0, 1.0]"),
     (with_change("grid.activations", ["swish"]), "grid.activations[0]: unknown value 'swish'"),
@@ -96,7 +98,7 @@ def test_cli_style_exit_before_anything_starts(tmp_path):
     """A bad spec fails in a fresh interpreter without importing Ray or torch."""
     path = tmp_path / "bad.yaml"
     path.write_text(yaml.safe_dump(with_change("grid.widths", [-3])))
-    code = ("import sys; from sweep.spec import load_spec, SpecError\n"
+    code = ("import sys; from sweep.plan.spec import load_spec, SpecError\n"
             "try:\n    load_spec(sys.argv[1])\nexcept SpecError as e:\n"
             "    print(e); print('ray' in sys.modules, 'torch' in sys.modules); sys.exit(2)")
     result = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True,
@@ -207,7 +209,7 @@ def test_presets_load_and_match_their_descriptions():
         assert load_spec(name).name == name
     digits = load_spec("digits")
     assert {len(digits.grid.widths) > 1, len(digits.grid.depths) > 1,
-            len(digits.grid.learning_rates[0][1]) > 1,
+            len(digits.grid.rates[0][1]) > 1,
             len(digits.grid.random_label_fractions) > 1} == {True}
 
 
@@ -235,11 +237,11 @@ def test_limit_networks_keeps_the_first_ones():
 
 
 def test_plans_start_the_costliest_bundles_first(tmp_path):
-    from sweep import runner
+    from sweep.plan import sweep_plan
 
     spec = load_spec("digits")
     bundles = expand(spec)
-    plan = runner.make_plan(spec, bundles, name="ordered", storage=str(tmp_path), spec_source="digits",
+    plan = sweep_plan.make_plan(spec, bundles, name="ordered", storage=str(tmp_path), spec_source="digits",
                             spec_text="", spec_suffix=".yaml")
     shapes = [(b["members"][0]["width"], b["members"][0]["depth"]) for b in plan.bundles]
     assert shapes == [(128, 2), (128, 1), (64, 2), (64, 1), (32, 2), (32, 1)]
@@ -251,3 +253,35 @@ def test_profile_ellipses_need_a_multiple_of_3_points():
     assert spec.scoring.profile_points == 129
     with pytest.raises(SpecError, match=r"scoring.profile_points: must be a multiple of 3, .* got 256, use 255 or 258"):
         parse_spec({**VALID, "scoring": {"profile_points": 256}})
+
+
+def test_the_json_schema_accepts_what_the_parser_accepts_and_refuses_what_it_refuses(capsys):
+    """`sweep schema` is what editors check spec files with: jsonschema, an independent validator,
+    must agree with the parser on every preset and on each malformed spec above (except the rules
+    a schema cannot say: a data set's size, learning rates for every optimizer, distinct values)."""
+    jsonschema = pytest.importorskip("jsonschema")
+    assert main(["schema"]) == 0
+    schema = json.loads(capsys.readouterr().out)
+    validator = jsonschema.Draft202012Validator(schema)
+    jsonschema.Draft202012Validator.check_schema(schema)
+    for name, _ in list_presets():
+        raw = yaml.safe_load(preset_path(name).read_text())
+        assert not list(validator.iter_errors(raw)), name
+    assert not list(validator.iter_errors(VALID))
+    beyond_a_schema = ("train_size: digits has", "learning_rates.adam: missing", "duplicate")
+    for raw, message in MALFORMED:
+        if not any(rule in message for rule in beyond_a_schema):
+            assert list(validator.iter_errors(raw)), message
+
+
+def test_every_problem_is_named_up_to_a_few():
+    raw = with_change("grid.widths", [0, "wide"])
+    raw["budget"] = {"max_epochs": 0, "max_step": 3}
+    with pytest.raises(SpecError) as info:
+        parse_spec(raw)
+    assert str(info.value).splitlines() == [
+        "grid.widths[0]: expected a positive integer, got 0",
+        "grid.widths[1]: expected a positive integer, got 'wide'",
+        "budget.max_epochs: expected a positive integer, got 0",
+        "budget.max_step: unknown key; allowed keys: max_epochs, max_steps, stop_at_full_train_acc",
+    ]

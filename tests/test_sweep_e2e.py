@@ -11,11 +11,13 @@ import torch
 
 import analysis
 import metrics_core as mc
-from sweep import runner
-from sweep.cli import main
-from sweep.data import load_dataset
-from sweep.scoring import ScoreSettings, fixed_points
-from sweep.spec import BundleConfig
+from sweep.command import runner
+from sweep.plan import sweep_plan
+from sweep.command.cli import main
+from sweep.plan.networks import BundleConfig
+from sweep.scoring.inputs import fixed_points
+from sweep.scoring.settings import ScoringSettings
+from sweep.training.data import load_dataset
 
 pytestmark = pytest.mark.ray
 
@@ -104,7 +106,7 @@ def test_jacobian_means_match_metrics_core_on_the_checkpoint(sweep_dir):
 def assert_jacobians_match_the_checkpoints(sweep_dir: Path) -> None:
     """Each `end` checkpoint's softmax-Jacobian means, recomputed by metrics_core on the CPU."""
     scores = pd.read_parquet(sweep_dir / "tables" / "scores")
-    settings = ScoreSettings(points=60)
+    settings = ScoringSettings(points=60)
     for bundle_id, directory in _end_checkpoints(sweep_dir).items():
         meta = json.loads((directory / "meta.json").read_text())
         state = torch.load(directory / "population.pt", weights_only=True)
@@ -184,8 +186,8 @@ def test_report_and_loader(sweep_dir):
 
 def test_failed_trial_resumes_exactly(ray_session, tmp_path):
     """A trial that fails after a checkpoint and is retried ends identical to an uninterrupted one."""
-    from sweep.planner import expand
-    from sweep.spec import load_spec
+    from sweep.plan.planner import expand
+    from sweep.plan.spec import load_spec
 
     spec_file = tmp_path / "tiny.yaml"
     spec_file.write_text(SPEC.replace("widths: [16, 24]", "widths: [16]").replace("seeds: [0, 1]", "seeds: [0]"))
@@ -193,7 +195,7 @@ def test_failed_trial_resumes_exactly(ray_session, tmp_path):
     bundles = expand(spec)
     finals = {}
     for name, extra in (("clean", {}), ("faulty", {"fail_once_at_epoch": 7})):
-        plan = runner.make_plan(spec, bundles, name=name, storage=str(tmp_path / "store"),
+        plan = sweep_plan.make_plan(spec, bundles, name=name, storage=str(tmp_path / "store"),
                                 spec_source=str(spec_file), spec_text=spec_file.read_text(), spec_suffix=".yaml")
         results = runner.run(plan, score=False, extra_config=extra)
         assert not results.errors

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import multiprocessing
+import re
 import threading
 from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -12,15 +14,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from sweep.spec import DataSpec, NetworkConfig
-from sweep.tables import (
-    SCHEMAS,
-    TableSchemaError,
-    TableWriter,
-    build,
-    checkpoint_key,
-    to_arrow,
-)
+from sweep.plan.networks import NetworkConfig
+from sweep.plan.spec import DataSpec
+from sweep.scoring.table_schemas import pandas_dtypes
+from sweep.scoring.table_writer import SCHEMAS, TableSchemaError, TableWriter, build, checkpoint_key, to_arrow
 
 
 def score_rows(network_ids, checkpoint="end", metric="jacobian_softmax", mean=1.0):
@@ -245,7 +242,7 @@ def test_unknown_table_and_bad_keys_are_refused(tmp_path):
 def test_a_failed_trials_rows_are_networks_rows(dataset, tmp_path):
     # The rows FailedTrialCallback writes when a bundle fails for good: the documented columns
     # (a missing one once made the callback itself fail inside Tune's loop).
-    from sweep.callbacks import failed_row
+    from sweep.command.callbacks import failed_row
 
     member = NetworkConfig(dataset, 8, 2, "relu", "sgd", 0.1, 64, 0.0, False, 0, "torch_default")
     row = failed_row(member, "b" * 16, "s", "trial failed after 3 attempt(s): OSError")
@@ -257,3 +254,34 @@ def test_a_failed_trials_rows_are_networks_rows(dataset, tmp_path):
         assert got["param_count"] == 65 * 8 + 9 * 8 + 9 * 10
     else:
         assert pd.isna(got["param_count"])  # the folder cannot be read: its size is unknown
+
+
+def _documented_sections() -> dict[str, str]:
+    text = (Path(__file__).resolve().parents[1] / "docs" / "tables.md").read_text()
+    return {m.group(1): m.group(2) for m in re.finditer(r"^## (\w+)\n(.*?)(?=^## |\Z)", text, re.M | re.S)}
+
+
+def test_the_schemas_are_the_one_definition_of_the_tables_columns():
+    """analysis reads the columns the writer writes, and docs/tables.md names every column of each
+    table in the schema's order (the networks and scores tables as one row per column, with its
+    type)."""
+    from analysis import columns
+
+    assert {t: pandas_dtypes(t) for t in SCHEMAS} == {
+        "networks": columns.NETWORK_COLUMNS, "scores": columns.SCORE_COLUMNS, "points": columns.POINT_COLUMNS,
+        "trajectories": columns.TRAJECTORY_COLUMNS, "slices": columns.SLICE_COLUMNS}
+    assert set(columns.HYPERPARAMS) <= set(SCHEMAS["networks"].names)
+    sections = _documented_sections()
+    assert set(SCHEMAS) <= set(sections)
+    kinds = {"string": pa.string(), "int64": pa.int64(), "float64": pa.float64(), "bool": pa.bool_()}
+    for table in ("networks", "scores"):
+        documented = {}
+        for cell, kind in re.findall(r"^\| (`[^|]+) \| (\w+) \|", sections[table], re.M):
+            documented.update(dict.fromkeys(re.findall(r"`(\w+)`", cell), kind))
+        assert list(documented) == SCHEMAS[table].names, table
+        for field in SCHEMAS[table]:
+            kind = documented[field.name]
+            assert (pa.types.is_dictionary(field.type) if kind == "category" else field.type == kinds[kind]), field
+    for table in ("points", "trajectories", "slices"):
+        named = [n for n in re.findall(r"`(\w+)`", sections[table]) if n in SCHEMAS[table].names]
+        assert list(dict.fromkeys(named)) == SCHEMAS[table].names, table

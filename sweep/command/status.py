@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from sweep.checkpoints import unscored
-from sweep.runner import SweepPlan, checkpoints
-from sweep.tables import TableWriter
+from sweep.plan.sweep_plan import SweepPlan, checkpoints
+from sweep.scoring.table_writer import TableWriter
+from sweep.training.checkpoints import unscored
 
 
 def describe(plan: SweepPlan) -> str:

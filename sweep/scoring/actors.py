@@ -19,14 +19,11 @@ import time
 from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
-
 import ray
 
-from sweep import interrupts
-
-if TYPE_CHECKING:
-    from sweep.score_settings import ScoreSettings
+from sweep.command import interrupts
+from sweep.scoring.settings import ScoringSettings
+from sweep.training.checkpoints import local_size
 
 GPU_BATCH = 8  # checkpoints a GPU actor scores in one call
 INTERRUPT_CHECK_S = 0.5  # how often a drain looks for an interrupt while it waits
@@ -45,18 +42,18 @@ def run_in_background() -> None:
 
 @ray.remote
 class ScoringActor:
-    """A `sweep.scoring.Scorer` in its own process. A CPU actor runs in the background (it
+    """A `sweep.scoring.scorer.Scorer` in its own process. A CPU actor runs in the background (it
     takes the cycles training leaves idle, so trials are not slowed, and catches up once they
     end), from before the Scorer and torch are imported, so even its start spares the trials."""
 
     def __init__(self, threads: int, background: bool):
         if background:
             run_in_background()
-        from sweep.scoring import Scorer
+        from sweep.scoring.scorer import Scorer
 
         self._scorer = Scorer(threads=threads)
 
-    def score(self, sources: list, table_root: str, settings: ScoreSettings) -> list[dict]:
+    def score(self, sources: list, table_root: str, settings: ScoringSettings) -> list[dict]:
         return self._scorer.score_many(sources, table_root, settings)
 
 
@@ -87,7 +84,7 @@ class ScoringPool:
     def __init__(
         self,
         table_root: str,
-        settings: ScoreSettings,
+        settings: ScoringSettings,
         num_actors: int = 1,
         cpus_per_actor: float = 0.5,
         gpus_per_actor: float = 0.0,
@@ -150,9 +147,6 @@ class ScoringPool:
         seconds pass: then `stats()` says how many are running and queued). `progress`, if
         given, gets `stats()` as the drain starts and then every `every_s` seconds until it ends,
         so a long catch-up is never silent."""
-        # Imported here: this module loads in every actor before it lowers its priority.
-        from sweep.checkpoints import local_size
-
         if not every_s > 0:
             raise ValueError(f"every_s must be a positive number of seconds, got {every_s}")
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -276,7 +270,7 @@ class ScoringPool:
         self._counts["replaced"] += 1
 
     def _fail(self, job: _Job, message: str) -> None:
-        from sweep.scoring import record_failure
+        from sweep.scoring.scorer import record_failure
 
         self._counts["failed"] += 1
         self._failures.append(record_failure(self.table_root, job.source, self.settings, message))

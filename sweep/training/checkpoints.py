@@ -6,8 +6,9 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable
 
-from sweep import storage
-from sweep.tables import TableWriter, checkpoint_key
+from sweep.plan import storage
+from sweep.plan.networks import BundleConfig
+from sweep.scoring.table_writer import TableWriter, checkpoint_key
 
 POPULATION_FILE = "population.pt"
 META_FILE = "meta.json"
@@ -17,13 +18,28 @@ class CheckpointError(RuntimeError):
     """A checkpoint that cannot be read; the message names its path."""
 
 
+class StorageUnavailable(CheckpointError):
+    """The storage did not answer while a checkpoint was read: the checkpoint may well be fine, so
+    it is left unscored (not recorded as failed), and `sweep score` or `resume` scores it later."""
+
+
+def unavailable(where: str, error: OSError) -> StorageUnavailable:
+    return StorageUnavailable(f"cannot read {where}: {error}; the storage did not answer, so the checkpoint is left "
+                              "unscored: `sweep score PATH` (or `sweep resume PATH`) scores it once the storage answers")
+
+
 def read_meta(source) -> dict:
     """meta.json of a checkpoint (a directory path or URI, or a `ray.tune.Checkpoint`)."""
     fs, path = locate(source)
     where = f"{path}/{META_FILE}"
     try:
         meta = json.loads(storage.read_bytes(fs, where))
-    except (OSError, ValueError) as error:
+    except FileNotFoundError:
+        raise CheckpointError(f"{where} is missing: the checkpoint was not written completely; re-run its trial, or "
+                              "leave it out of scoring") from None
+    except OSError as error:
+        raise unavailable(where, error) from None
+    except ValueError as error:
         raise CheckpointError(
             f"cannot read checkpoint metadata {where}: {error}; the checkpoint is missing or was not "
             "written completely: re-run its trial, or leave it out of scoring"
@@ -38,8 +54,6 @@ def read_meta(source) -> dict:
 def _check_consistent(meta: dict, path: str, where: str) -> None:
     """A checkpoint's ids are hashes of its networks' settings, so an edited meta.json, or one
     copied from another bundle's folder, no longer matches itself or its folder."""
-    from sweep.spec import BundleConfig
-
     edited = f"{where} does not match itself"
     if "bundle" in meta:
         try:

@@ -16,7 +16,7 @@ noise and augmentation; networks with no measurement are counted at their budget
 
 No torch and no Ray: `sweep run --dry-run` and `sweep presets` use it on any machine.
 
-    >>> from sweep.costs import calibration, step_seconds
+    >>> from sweep.plan.costs import calibration, step_seconds
     >>> h200 = calibration("h200")
     >>> round(step_seconds(h200, "fp32", members=64, flops_per_member=257e6) * 1e3, 2)  # ms
     1.78
@@ -30,8 +30,10 @@ import math
 from dataclasses import dataclass
 from importlib import resources
 
-from sweep.score_settings import PROFILE_TAGS
-from sweep.spec import Budget, BundleConfig, NetworkConfig, ScoringSpec, dataset_info, layer_sizes, param_count
+from sweep.plan.datasets import dataset_info
+from sweep.plan.networks import BundleConfig, NetworkConfig, layer_sizes, param_count
+from sweep.plan.spec import Budget
+from sweep.scoring.settings import PROFILE_TAGS, ScoringSettings
 
 CALIBRATION_FILE = "calibration.json"
 
@@ -63,7 +65,7 @@ class Calibration:
 
 @functools.lru_cache(maxsize=1)
 def _table() -> dict:
-    return json.loads((resources.files("sweep") / CALIBRATION_FILE).read_text())
+    return json.loads((resources.files("sweep.plan") / CALIBRATION_FILE).read_text())
 
 
 def calibration(key: str) -> Calibration:
@@ -147,7 +149,7 @@ def point_flops(sizes: list[int], transitions_k: int | None) -> float:
     return flops
 
 
-def checkpoint_flops(bundle: BundleConfig, scoring: ScoringSpec, tag: str) -> float | None:
+def checkpoint_flops(bundle: BundleConfig, scoring: ScoringSettings, tag: str) -> float | None:
     """FLOPs of scoring one checkpoint of `bundle` (every member) at the spec's settings."""
     sizes = _sizes(bundle)
     if sizes is None:
@@ -221,7 +223,7 @@ class Projection:
         return self.training_budget_s + self.scoring_s
 
 
-def project(bundles: list[BundleConfig], budget: Budget, scoring: ScoringSpec, device: Calibration,
+def project(bundles: list[BundleConfig], budget: Budget, scoring: ScoringSettings, device: Calibration,
             trials_per_device: dict[str, int], checkpoint_every_epochs: int | None = None) -> Projection:
     """Training and scoring seconds of `bundles` on one `device`.
 

@@ -1,14 +1,35 @@
-"""The `sweep` command: run, resume, status, score, report, presets."""
+"""The `sweep` command: run, resume, status, score, report, presets, schema.
+
+Ray, torch and matplotlib are imported only by the commands that use them, so a refused spec, a
+dry run and `sweep status` answer without starting them.
+"""
 
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
+import logging
 import os
+import socket
 import sys
+import tempfile
 import time
 from pathlib import Path
 
-from sweep import interrupts
+import pyarrow
+import pyarrow.fs
+
+from sweep.command import interrupts, locks
+from sweep.command.status import describe
+from sweep.plan import costs, planner, storage, sweep_plan
+from sweep.plan.networks import limit_networks
+from sweep.plan.planner import plan_summary
+from sweep.plan.presets import list_presets, preset_path
+from sweep.plan.spec import SpecError, check_sweep_name, load_spec, spec_schema
+from sweep.scoring.settings import ScoringSettings
+from sweep.scoring.table_writer import TableWriter
+from sweep.training import checkpoints
 
 DEFAULT_PRESET = "digits"
 
@@ -83,13 +104,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     presets = sub.add_parser("presets", help="list the presets")
     presets.set_defaults(func=cmd_presets)
+
+    schema = sub.add_parser("schema", help="print the JSON schema of spec files (for editors' completion and checks)")
+    schema.set_defaults(func=cmd_schema)
     return parser
 
 
-def cmd_presets(args) -> int:
-    from sweep import costs, planner
-    from sweep.spec import list_presets, load_spec
+def cmd_schema(args) -> int:
+    print(json.dumps(spec_schema(), indent=2))
+    return 0
 
+
+def cmd_presets(args) -> int:
     reference = costs.reference_gpu()
     for name, description in list_presets():
         spec = load_spec(name)
@@ -108,17 +134,14 @@ def _spec_text(source: str) -> tuple[str, str]:
     path = Path(source)
     if path.is_file():
         return path.read_text(), path.suffix
-    from sweep.spec import preset_path
 
     return preset_path(source).read_text(), ".yaml"
 
 
-def prepare(args):
+def plan_run(args):
     """Validate everything the user gave before any Ray process starts. A dry run plans on a
     machine without the data or the GPUs too, and says what a real run would refuse."""
-    from sweep import planner, runner
-    from sweep.data import DataError, check_available
-    from sweep.spec import SpecError, check_sweep_name, limit_networks, load_spec
+    from sweep.training.data import DataError, check_available
 
     if args.name is not None:
         try:
@@ -158,10 +181,10 @@ def prepare(args):
             problems.append(str(exc))
     if problems and not args.dry_run:
         raise UsageError("\n".join(problems))
-    storage = runner.resolve_storage(args.storage or spec.storage)
+    where = sweep_plan.resolve_storage(args.storage or spec.storage)
     name = args.name or f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     text, suffix = _spec_text(args.source)
-    plan = runner.make_plan(spec, bundles, name=name, storage=storage, spec_source=args.source, spec_text=text,
+    plan = sweep_plan.make_plan(spec, bundles, name=name, storage=where, spec_source=args.source, spec_text=text,
                             spec_suffix=suffix, gpu_shares=shares, scoring_share=scoring_share)
     return plan, spec, bundles, card, problems
 
@@ -171,7 +194,7 @@ def start_ray(address: str | None, log_file: str | None = None) -> None:
     and experiment summaries) go there, so the terminal shows the sweep's progress only."""
     import ray
 
-    from sweep import runner
+    from sweep.command import runner
 
     if log_file:
         route_ray_logs(log_file)
@@ -200,11 +223,8 @@ def start_ray(address: str | None, log_file: str | None = None) -> None:
 def ray_log_file(plan, verbose: bool) -> str | None:
     """sweep.log in the sweep's folder (a local file beside it for cloud storage); None with
     --verbose."""
-    import tempfile
 
-    import pyarrow.fs
 
-    from sweep import storage
 
     if verbose:
         return None
@@ -212,12 +232,11 @@ def ray_log_file(plan, verbose: bool) -> str | None:
     if isinstance(fs, pyarrow.fs.LocalFileSystem):
         os.makedirs(path, exist_ok=True)
         return os.path.join(path, "sweep.log")
-    return os.path.join(tempfile.gettempdir(), f"sweep-{plan.name}.log")
+    where = hashlib.sha256(plan.sweep_dir.encode()).hexdigest()[:8]  # same-named sweeps on other buckets
+    return os.path.join(tempfile.gettempdir(), f"sweep-{plan.name}-{where}.log")
 
 
 def route_ray_logs(log_file: str) -> None:
-    import logging
-
     # Tune's newer console output prints its experiment box and TensorBoard hint even at
     # verbose=0; the older one prints nothing there.
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
@@ -235,10 +254,8 @@ def route_ray_logs(log_file: str) -> None:
 
 def interrupted(plan, command: str) -> int:
     """Say what the interrupted command finished and how to continue; the exit status."""
-    from sweep import checkpoints, runner
-    from sweep.tables import TableWriter
 
-    found = runner.checkpoints(plan)
+    found = sweep_plan.checkpoints(plan)
     scored = len(found) - len(checkpoints.unscored(plan.table_root, found))
     if command == "score":
         what, again = f"{scored} of {len(found)} checkpoint(s) scored", f"sweep score {plan.sweep_dir}"
@@ -256,7 +273,6 @@ def interrupted(plan, command: str) -> int:
 def check_reachable(address: str) -> None:
     """Answer within seconds when nothing listens at a cluster address: ray.init would retry for
     minutes. `auto` and localhost are resolved the way ray.init resolves them."""
-    import socket
 
     from ray._private.services import canonicalize_bootstrap_address
 
@@ -282,30 +298,30 @@ def check_reachable(address: str) -> None:
 
 
 def cmd_run(args) -> int:
-    from sweep import runner
-    from sweep.planner import plan_summary
+    from sweep.command import runner
 
-    plan, spec, bundles, card, problems = prepare(args)
+    plan, spec, bundles, card, problems = plan_run(args)
     if args.dry_run:
         print(plan_summary(spec, bundles, card, cpus=os.cpu_count()))
         for problem in problems:
             print(f"sweep: warning: a real run would stop here: {problem}", file=sys.stderr)
         return 0
     try:
-        runner.ensure_writable(plan.storage)
+        sweep_plan.ensure_writable(plan.storage)
     except PermissionError as exc:
         raise UsageError(str(exc)) from None
     print(f"[sweep] {plan.name}: {plan.networks} networks in {len(plan.bundles)} bundles -> {plan.sweep_dir}")
     started = time.monotonic()
     results, code = guarded(plan, "run", args, lambda: runner.run(plan, score=not args.no_score))
-    return code if code is not None else finish(plan, results, started, report=not args.no_report)
+    return code if code is not None else finish(plan, results, started, report=not args.no_report,
+                                                scored=not args.no_score)
 
 
 def cmd_resume(args) -> int:
-    from sweep import runner
+    from sweep.command import runner
 
     try:
-        plan = runner.load_plan(args.path)
+        plan = sweep_plan.load_plan(args.path)
     except FileNotFoundError as exc:
         raise UsageError(str(exc)) from None
 
@@ -328,8 +344,6 @@ def guarded(plan, command: str, args, body):
     """`body()` with the sweep's lock held, Ray started (its own messages to sweep.log unless
     --verbose) and interrupts caught: (its result, None), or (None, the exit status) when a
     signal stopped it, having said what finished and how to continue."""
-    from sweep import locks
-
     try:
         with locks.holding(plan.sweep_dir, command):
             start_ray(args.address, ray_log_file(plan, args.verbose))
@@ -343,9 +357,8 @@ def guarded(plan, command: str, args, body):
         raise UsageError(str(exc)) from None
 
 
-def finish(plan, results, started: float, *, report: bool) -> int:
-    from sweep.status import describe
-
+def finish(plan, results, started: float, *, report: bool, scored: bool = True) -> int:
+    """Say how the sweep ended; exit 1 when a bundle failed or a checkpoint was left unscored."""
     errors = sum(1 for r in results if r.error is not None)
     print(f"[sweep] finished in {time.monotonic() - started:.0f}s")
     print(describe(plan))
@@ -354,18 +367,17 @@ def finish(plan, results, started: float, *, report: bool) -> int:
     if errors:
         print(f"[sweep] {errors} bundle(s) failed after retries (their networks are recorded as failed where the "
               f"storage allowed it); retry them with: sweep resume {plan.sweep_dir}", file=sys.stderr)
-        return 1
-    return 0
+    waiting = checkpoints.unscored(plan.table_root, sweep_plan.checkpoints(plan)) if scored else []
+    if waiting:
+        print(f"[sweep] {len(waiting)} checkpoint(s) could not be scored (the storage did not answer, their scoring "
+              f"was cut short, or they are damaged: see the messages above); score them with: sweep score "
+              f"{plan.sweep_dir}", file=sys.stderr)
+    return 1 if errors or waiting else 0
 
 
 def cmd_status(args) -> int:
-    import pyarrow
-
-    from sweep import runner
-    from sweep.status import describe
-
     try:
-        plan = runner.load_plan(args.path)
+        plan = sweep_plan.load_plan(args.path)
     except FileNotFoundError as exc:
         raise UsageError(str(exc)) from None
     try:
@@ -385,14 +397,13 @@ def damaged_table_message(exc: Exception, path: str) -> str:
 
 
 def cmd_score(args) -> int:
-    from sweep import runner
-    from sweep.score_settings import ScoreSettings
+    from sweep.command import runner
 
     try:
-        plan = runner.load_plan(args.path)
+        plan = sweep_plan.load_plan(args.path)
     except FileNotFoundError as exc:
         raise UsageError(str(exc)) from None
-    settings = ScoreSettings.from_spec(plan.scoring)
+    settings = ScoringSettings.from_dict(plan.scoring)
     overrides = {}
     if args.points is not None:
         if args.points < 1:
@@ -415,13 +426,11 @@ def cmd_score(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from sweep import runner
-
     try:
-        runner.load_plan(args.path)  # a sweep's folder, before anything is written into it
+        sweep_plan.load_plan(args.path)  # a sweep's folder, before anything is written into it
     except FileNotFoundError as exc:
         raise UsageError(str(exc)) from None
-    _report(runner.resolve_storage(args.path), bootstrap=not args.no_bootstrap,
+    _report(sweep_plan.resolve_storage(args.path), bootstrap=not args.no_bootstrap,
             include_unconverged=args.include_unconverged)
     return 0
 

@@ -39,9 +39,10 @@ import torch
 import torch.nn.functional as F
 
 from metrics_core.nets import MLP, default_chunk_size, preactivations
-from sweep.data import Dataset, augment, augmentation_pad, draw_augmentation, random_labels
-from sweep.models import activation_of, init_parameters
-from sweep.spec import Budget, BundleConfig, NetworkConfig, param_count
+from sweep.plan.networks import BundleConfig, NetworkConfig, network_row, param_count
+from sweep.plan.spec import Budget
+from sweep.training.data import Dataset, augment, augmentation_pad, draw_augmentation, random_labels
+from sweep.training.models import activation_of, init_parameters
 
 MOMENTUM = 0.9
 ADAM_BETAS = (0.9, 0.999)
@@ -372,8 +373,8 @@ class PopulationTrainer:
         return MLP(tuple(w.clone() for w in self._weights),
                    tuple(b.clone() for b in self._biases), self.activation)
 
-    def network_rows(self) -> list[dict]:
-        """One `networks` row per member (docs/tables.md columns, minus `sweep`)."""
+    def network_rows(self, sweep: str | None = None) -> list[dict]:
+        """One `networks` row per member (docs/tables.md), of the sweep named `sweep`."""
         mlp = self.population()
         train_loss, train_acc = evaluate(mlp, self.data.x_train, self.labels)
         labels_test = self.data.y_test.expand(len(self.members), -1)
@@ -384,27 +385,14 @@ class PopulationTrainer:
             running = self.status[i] == "running"
             steps, epochs, wall = ((self.steps, self.steps / self.steps_per_epoch, self.elapsed)
                                    if running else self.stopped_at[i])
-            metrics = [train_loss[i].item(), train_acc[i].item(), test_loss[i].item(),
-                       test_acc[i].item()]
+            measured = {"train": (train_loss[i].item(), train_acc[i].item()),
+                        "test": (test_loss[i].item(), test_acc[i].item())}
             if self.status[i] == "diverged":  # missing, never a misleading number
-                metrics = [math.nan] * 4
-            tr_loss, tr_acc, te_loss, te_acc = metrics
-            rows.append({
-                **config.row(),
-                "bundle_id": self.bundle.bundle_id,
-                "train_size": self.n,
-                "batch_size": self.batch,
-                "param_count": params,
-                "status": self.status[i],
-                "steps": steps,
-                "epochs": float(epochs),
-                "train_loss": tr_loss, "train_acc": tr_acc,
-                "test_loss": te_loss, "test_acc": te_acc,
-                "gap": tr_acc - te_acc,
-                "loss_gap": te_loss - tr_loss,
-                "wall_time_s": float(wall),
-                "message": self.messages[i],
-            })
+                measured = {}
+            rows.append(network_row(
+                config, self.bundle.bundle_id, sweep=sweep, status=self.status[i], param_count=params,
+                steps=steps, epochs=epochs, wall_time_s=wall, message=self.messages[i],
+                resolved={"train_size": self.n, "batch_size": self.batch}, **measured))
         return rows
 
     # ---- exact resume --------------------------------------------------------------------

@@ -18,12 +18,13 @@ from pathlib import Path
 
 import torch
 
-from sweep import storage
-from sweep.checkpoints import META_FILE, POPULATION_FILE
-from sweep.data import load_dataset
-from sweep.population import PopulationTrainer
-from sweep.spec import Budget, BundleConfig
-from sweep.tables import TableWriter
+from sweep.plan import storage
+from sweep.plan.networks import BundleConfig
+from sweep.plan.spec import Budget
+from sweep.scoring.table_writer import TableWriter
+from sweep.training.checkpoints import META_FILE, POPULATION_FILE
+from sweep.training.data import load_dataset
+from sweep.training.population import PopulationTrainer
 
 REPORT_EVERY_S = 2.0
 
@@ -73,7 +74,7 @@ def _maybe_inject_fault(config: dict, epoch: int, bundle_id: str) -> None:
 
 
 def train_bundle(config: dict) -> None:
-    """Tune function trainable; `config` is built by `sweep.runner.param_space`."""
+    """Tune function trainable; `config` is built by `sweep.command.runner.param_space`."""
     from ray import tune
 
     torch.set_num_threads(max(1, int(config.get("cpus_per_trial", 1))))
@@ -123,7 +124,7 @@ def train_bundle(config: dict) -> None:
         trainer.train_epoch()
         _maybe_inject_fault(config, trainer.epoch, bundle.bundle_id)
         if trainer.done:
-            rows = [{**row, "sweep": config["sweep"]} for row in trainer.network_rows()]
+            rows = trainer.network_rows(config["sweep"])
             TableWriter(config["table_root"]).write("networks", bundle.bundle_id, rows)
             report("end")
         elif every and trainer.epoch % every == 0:

@@ -11,8 +11,10 @@ import time
 
 from ray import tune
 
-from sweep.spec import BundleConfig, dataset_info, param_count
-from sweep.tables import TableWriter
+from sweep.plan.datasets import dataset_info
+from sweep.plan.networks import BundleConfig, network_row, param_count
+from sweep.scoring.actors import ScoringPool
+from sweep.scoring.table_writer import TableWriter
 
 
 class ProgressCallback(tune.Callback):
@@ -99,26 +101,9 @@ class FailedTrialCallback(tune.Callback):
 
 def failed_row(member, bundle_id: str, sweep: str, message: str) -> dict:
     """The `networks` row of a network whose trial failed: its settings, no results."""
-    nan = float("nan")
     info = dataset_info(member.dataset)
-    return {
-        **member.row(),
-        "network_id": member.network_id,
-        "bundle_id": bundle_id,
-        "param_count": None if info.input_dim is None else param_count(member, info.input_dim, info.num_classes),
-        "sweep": sweep,
-        "status": "failed",
-        "steps": 0,
-        "epochs": nan,
-        "train_loss": nan,
-        "train_acc": nan,
-        "test_loss": nan,
-        "test_acc": nan,
-        "gap": nan,
-        "loss_gap": nan,
-        "wall_time_s": nan,
-        "message": message,
-    }
+    params = None if info.input_dim is None else param_count(member, info.input_dim, info.num_classes)
+    return network_row(member, bundle_id, sweep=sweep, status="failed", param_count=params, message=message)
 
 
 def _error_message(trial) -> str:
@@ -149,8 +134,6 @@ class ScoringCallback(tune.Callback):
         return state
 
     def setup(self, **info):
-        from sweep.scoring_actors import ScoringPool
-
         self.pool = ScoringPool(**self.pool_kwargs)
 
     def on_checkpoint(self, iteration, trials, trial, checkpoint, **info):

@@ -29,7 +29,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sweep.spec import DATASETS, DataSpec
+from sweep.plan.datasets import DATASETS
+from sweep.plan.spec import DataSpec
 
 DEFAULT_DATA_ROOT = "~/.cache/sensitivity-sweep/data"
 _SPLIT_SEED = 0  # fixed: the digits split and train/test subsets never depend on a sweep

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from metrics_core.activations import Activation
-from sweep.spec import NetworkConfig, layer_sizes
+from sweep.plan.networks import NetworkConfig, layer_sizes
 
 
 def activation_of(config: NetworkConfig) -> Activation:

@@ -24,7 +24,7 @@ import uuid
 
 import pyarrow.fs
 
-from sweep import storage
+from sweep.plan import storage
 
 LOCK_FILE = "sweep.lock"
 HEARTBEAT_S = 30.0

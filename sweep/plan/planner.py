@@ -5,7 +5,7 @@ what the sweep will cost.
 `resources.bundle_size`) a group of same-shape networks splits into the fewest bundles of at most
 that many members, sized evenly. With `bundle_size: auto` on GPUs a bundle holds as many members
 as keep the card busy (their arithmetic at least `BUSY` times the step's fixed cost, from the
-card's calibration in `sweep.costs`) and as fit in its memory.
+card's calibration in `sweep.plan.costs`) and as fit in its memory.
 
 `gpu_shares(spec, bundles, card)` gives each trial its share of one card. Ray 2.60 places a
 fractional request on a single card and never lets the shares on a card add up past 1 (checked in
@@ -25,9 +25,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from sweep import costs
-from sweep.spec import (AUTO, SHARED_IN_BUNDLE, Budget, BundleConfig, NetworkConfig, SpecError,
-                        SweepSpec, dataset_info, layer_sizes, networks, param_count)
+from sweep.plan import costs
+from sweep.plan.datasets import dataset_info
+from sweep.plan.networks import SHARED_IN_BUNDLE, BundleConfig, NetworkConfig, layer_sizes, networks, param_count
+from sweep.plan.spec import AUTO, Budget, SpecError, SweepSpec
 
 CPU_BUNDLE_SIZE = 16  # `bundle_size: auto` on CPUs: what every CPU sweep used before auto
 BUSY = 4  # a bundle's arithmetic per step, in multiples of the step's fixed (host) cost
@@ -360,7 +361,7 @@ def projection_lines(spec: SweepSpec, bundles: list[BundleConfig], card: Card | 
     """The projected time on the spec's resources and on one reference card, and how."""
     reference = costs.reference_gpu()
     gpu = reference_projection(spec, bundles, card)
-    lines = ["projected time (sweep.costs; calibration in sweep/calibration.json):"]
+    lines = ["projected time (sweep.plan.costs; calibration in sweep/calibration.json):"]
     if not card:
         cpu = costs.reference_cpu()
         cores = max(1, cpus or 1)

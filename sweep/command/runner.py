@@ -1,0 +1,144 @@
+"""Runs a sweep's plan as a Ray Tune experiment (and resumes one), with its scoring actors."""
+
+from __future__ import annotations
+
+import ray
+from ray import tune
+
+from sweep.command.callbacks import FailedTrialCallback, ProgressCallback, ScoringCallback, drain_printer
+from sweep.plan.spec import AUTO
+from sweep.plan.sweep_plan import SWEEP_FILE, SweepPlan, checkpoints, save_plan
+from sweep.scoring.actors import ScoringPool
+from sweep.scoring.settings import ScoringSettings
+from sweep.training.checkpoints import unscored
+
+# How a sweep starts Ray on this machine when no cluster is given. Ray starts workers at nice
+# 15 by default; trials at the user's own priority keep background scoring (SCHED_IDLE, see
+# sweep.scoring.actors) from taking the ~8% of their cores that the Linux scheduler grants an
+# idle-class thread beside a nice-15 one.
+LOCAL_RAY = {
+    "address": "local",
+    "include_dashboard": False,
+    "log_to_driver": False,
+    "_system_config": {"worker_niceness": 0},
+}
+
+
+def param_space(plan: SweepPlan, extra: dict | None = None) -> dict:
+    return {
+        "bundle": tune.grid_search(list(plan.bundles)),
+        "budget": plan.budget,
+        "checkpoint_every_epochs": plan.checkpoint_every_epochs,
+        "cpus_per_trial": plan.resources["cpus_per_trial"],
+        "gpus_per_trial": plan.resources["gpus_per_trial"],
+        "sweep": plan.name,
+        "sweep_dir": plan.sweep_dir,
+        "table_root": plan.table_root,
+        **(extra or {}),
+    }
+
+
+def _trial_dirname(trial) -> str:
+    return f"bundle-{trial.config['bundle']['bundle_id']}"
+
+
+def trial_resources(plan: SweepPlan):
+    """config -> the trial's resources: its CPUs and its bundle's share of a card (Ray never lets
+    the shares on one card pass 1, so the planner's shares keep each card within its memory)."""
+    cpus, shares, default = plan.resources["cpus_per_trial"], dict(plan.gpu_shares), plan.resources["gpus_per_trial"]
+
+    def resources(config: dict):
+        gpus = shares.get(config["bundle"]["bundle_id"], default)
+        return tune.PlacementGroupFactory([{"CPU": cpus, "GPU": gpus}])
+
+    return resources
+
+
+def _trainable(plan: SweepPlan):
+    # Imported here: the trainable imports torch, which `sweep score` and `status` never need.
+    from sweep.training.trainable import train_bundle
+
+    return tune.with_resources(train_bundle, trial_resources(plan))
+
+
+def _run_config(plan: SweepPlan, *, score: bool, max_failures: int, progress_stream=None):
+    callbacks = [
+        ProgressCallback(len(plan.bundles), plan.networks, stream=progress_stream),
+        FailedTrialCallback(plan.table_root, plan.name),
+    ]
+    if score and plan.resources["scoring_actors"] != 0:
+        callbacks.append(ScoringCallback(scoring_pool_kwargs(plan), stream=progress_stream))
+    return tune.RunConfig(
+        name=plan.name,
+        storage_path=plan.storage,
+        failure_config=tune.FailureConfig(max_failures=max_failures),
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=None),
+        callbacks=callbacks,
+        verbose=0,
+    )
+
+
+def scoring_actor_count(plan: SweepPlan) -> int:
+    """`resources.scoring_actors`, with `auto` one per GPU of the cluster Ray is connected to
+    (on a GPU sweep; at least one, and one on CPUs)."""
+    count = plan.resources["scoring_actors"]
+    if count != AUTO:
+        return max(1, count)
+    if not plan.resources["gpus_per_scoring_actor"]:
+        return 1
+    return max(1, int(ray.cluster_resources().get("GPU", 0)))
+
+
+def scoring_pool_kwargs(plan: SweepPlan, settings=None) -> dict:
+    return {
+        "num_actors": scoring_actor_count(plan),
+        "cpus_per_actor": plan.resources["cpus_per_scoring_actor"],
+        "gpus_per_actor": plan.resources["gpus_per_scoring_actor"],
+        "table_root": plan.table_root,
+        "settings": settings or ScoringSettings.from_dict(plan.scoring),
+    }
+
+
+def run(plan: SweepPlan, *, score: bool = True, max_failures: int = 2, extra_config: dict | None = None,
+        progress_stream=None):
+    """Run every bundle of the plan as a Tune trial; returns Tune's ResultGrid."""
+    save_plan(plan)
+    tuner = tune.Tuner(
+        _trainable(plan),
+        param_space=param_space(plan, extra_config),
+        tune_config=tune.TuneConfig(trial_dirname_creator=_trial_dirname, reuse_actors=True),
+        run_config=_run_config(plan, score=score, max_failures=max_failures, progress_stream=progress_stream),
+    )
+    return tuner.fit()
+
+
+def score(plan: SweepPlan, settings, *, rescore: bool = False) -> dict:
+    """Score the sweep's checkpoints that have no scores yet (all of them with `rescore`),
+    printing progress every 10 s."""
+    found = checkpoints(plan)
+    todo = found if rescore else unscored(plan.table_root, found)
+    known = {bundle["bundle_id"] for bundle in plan.bundles}
+    foreign = [uri for bundle_id, uri in todo if bundle_id not in known]
+    todo = [(bundle_id, uri) for bundle_id, uri in todo if bundle_id in known]
+    pool = ScoringPool(**scoring_pool_kwargs(plan, settings))
+    for _, uri in todo:
+        pool.submit(tune.Checkpoint(uri))
+    stats = pool.drain(progress=drain_printer())
+    pool.shutdown()
+    stats["failed"] += len(foreign)
+    stats["failures"] = [*stats["failures"], *(
+        f"{uri}: its bundle is not in this sweep's plan ({SWEEP_FILE}): it comes from another sweep; move it "
+        "to its own sweep's folder" for uri in foreign)]
+    return {"checkpoints": len(found), "scored": len(todo), **stats}
+
+
+def resume(plan: SweepPlan):
+    """Continue an interrupted sweep: finished bundles are kept, the others continue from
+    their last checkpoint, errored ones are retried from theirs."""
+    if not tune.Tuner.can_restore(plan.sweep_dir):
+        raise FileNotFoundError(
+            f"{plan.sweep_dir} has no Ray Tune experiment state to resume (it was stopped before its "
+            "first trial started); start it again with `sweep run`"
+        )
+    tuner = tune.Tuner.restore(plan.sweep_dir, trainable=_trainable(plan), resume_errored=True)
+    return tuner.fit()

@@ -1,0 +1,333 @@
+"""Sweep specs: the pydantic models of a spec file, and reading one.
+
+A spec is a YAML or TOML file (or a preset name). Parsing is strict: an unknown key, a wrong
+type, an empty grid list or an out-of-range number raises `SpecError` naming the key path and
+what is allowed, so the CLI can refuse a bad spec before Ray starts. `sweep schema` prints the
+models' JSON schema for editors.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import tomllib
+import yaml
+from pydantic import AfterValidator, field_validator, model_validator
+
+from sweep.plan.datasets import DATASETS
+from sweep.plan.presets import list_presets, preset_path
+from sweep.plan.schema import (AUTO, Count, Flag, Fraction, PositiveInt, PositiveNumber, Share, SpecError, Text,
+                               grid_list, invalid, json_schema, one_of, or_auto, section, shown, validate)
+from sweep.scoring.settings import ScoringSettings
+
+# Beyond this a sweep's plan, trial table and driver state become unwieldy; split it instead.
+MAX_NETWORKS = 50_000
+
+ACTIVATIONS = ("relu", "leaky_relu", "hard_tanh", "relu6", "tanh", "sigmoid")
+OPTIMIZERS = ("sgd", "momentum", "adam", "rmsprop")
+INITS = ("torch_default", "he_normal", "lecun_normal", "glorot_uniform")
+PRECISIONS = ("fp32", "tf32", "bf16")
+
+SWEEP_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]*")
+SWEEP_NAME_MAX = 100
+NAME_RULE = (f"letters, digits, '-', '_' and '.', not starting with '.', at most {SWEEP_NAME_MAX} "
+             "characters (it names the sweep's folder under the storage)")
+DATE_SUFFIX = len("-20261204-173757")  # what `sweep run` adds to a spec's name by default
+
+
+def _name_problem(name: str, longest: int) -> str | None:
+    if SWEEP_NAME.fullmatch(name) and len(name) <= longest:
+        return None
+    rule = NAME_RULE if longest == SWEEP_NAME_MAX else NAME_RULE.replace(
+        f"at most {SWEEP_NAME_MAX}", f"at most {longest} (the default sweep name adds the date)")
+    return f"{shown(name)} is not a sweep name; use {rule}"
+
+
+def check_sweep_name(name: str, where: str = "--name") -> str:
+    """`name` if it is a valid sweep name, else SpecError naming `where` and the rule."""
+    problem = _name_problem(name, SWEEP_NAME_MAX)
+    if problem:
+        raise SpecError(f"{where}: {problem}")
+    return name
+
+
+@section
+class DataSpec:
+    """A data set: a name, or a mapping with the name and where and how much of it to use."""
+
+    name: Literal[tuple(DATASETS)]
+    data_root: Text | None = None
+    """torchvision's root folder; null: ~/.cache/sensitivity-sweep/data"""
+    download: Flag = False
+    train_size: PositiveInt | None = None
+    """examples of the training split used; null: all"""
+    test_size: PositiveInt | None = None
+    path: Text | None = None
+    """image_folder only: a folder holding train/ and test/, each with one sub-folder per class"""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _named(cls, value: Any) -> Any:
+        return {"name": value} if isinstance(value, str) else value
+
+    @classmethod
+    def __get_pydantic_json_schema__(cls, core_schema: Any, handler: Any) -> dict:
+        # the schema of what `_named` accepts: a name alone, or the mapping
+        names = {"type": "string", "enum": list(DATASETS)}
+        mapping = handler(core_schema)
+        handler.resolve_ref_schema(mapping).update({
+            "if": {"properties": {"name": {"const": "image_folder"}}},
+            "then": {"required": ["path"]}, "else": {"properties": {"path": {"type": "null"}}}})
+        return {"anyOf": [names, mapping]}
+
+    @field_validator("data_root", "path")
+    @classmethod
+    def _absolute(cls, value: str | None) -> str | None:
+        # trials run in other working directories
+        return value and os.path.abspath(os.path.expanduser(value))
+
+    @model_validator(mode="after")
+    def _consistent(self) -> DataSpec:
+        if self.name == "image_folder" and not self.path:
+            raise invalid("required for image_folder (a folder holding train/ and test/, each with one "
+                          "sub-folder per class)", "path")
+        if self.name != "image_folder" and self.path:
+            raise invalid(f"only image_folder takes a path; use data_root for {self.name}", "path")
+        info = DATASETS[self.name]
+        for split in ("train_size", "test_size"):
+            limit, given = getattr(info, split), getattr(self, split)
+            if given is not None and limit is not None and given > limit:
+                raise invalid(f"{self.name} has {limit} examples in that split, got {given}", split)
+        return self
+
+    def identity(self) -> dict:
+        """The fields that define the data (not where it is stored or how it was fetched)."""
+        return {"name": self.name, "train_size": self.train_size,
+                "test_size": self.test_size, "path": self.path}
+
+
+Rates = grid_list(PositiveNumber)
+BatchSize = Annotated[
+    one_of(("integer", PositiveInt), ("null", None), ("string", Literal["full"]),
+           choose=lambda v: "null" if v is None else "string" if isinstance(v, str) else "integer"),
+    AfterValidator(lambda v: None if v == "full" else v)]  # TOML has no null: "full" means full batch too
+
+
+@section
+class GridSpec:
+    """The hyperparameters crossed into networks: every combination is one network."""
+
+    widths: grid_list(PositiveInt)
+    depths: grid_list(PositiveInt)
+    """hidden layers"""
+    learning_rates: one_of(("object", dict[Literal[OPTIMIZERS], Rates]), ("array", Rates),
+                           choose=lambda v: "object" if isinstance(v, dict) else "array")
+    """a list for every optimizer, or a mapping from each optimizer in `optimizers` to its list"""
+    activations: grid_list(Literal[ACTIVATIONS]) = ("relu",)
+    optimizers: grid_list(Literal[OPTIMIZERS]) = ("sgd",)
+    batch_sizes: grid_list(BatchSize) = (128,)
+    """null or "full": the whole training split in one batch"""
+    random_label_fractions: grid_list(Fraction) = (0.0,)
+    augmentation: grid_list(Flag) = (False,)
+    seeds: grid_list(Count) = (0,)
+    inits: grid_list(Literal[INITS]) = ("torch_default",)
+
+    @model_validator(mode="after")
+    def _rates_per_optimizer(self) -> GridSpec:
+        if isinstance(self.learning_rates, dict):
+            for opt in self.optimizers:
+                if opt not in self.learning_rates:
+                    raise invalid("missing; give learning rates for every optimizer in grid.optimizers",
+                                  f"learning_rates.{opt}")
+            extra = sorted(set(self.learning_rates) - set(self.optimizers))
+            if extra:
+                raise invalid("optimizer not in grid.optimizers", f"learning_rates.{extra[0]}")
+        return self
+
+    @property
+    def rates(self) -> tuple[tuple[str, tuple[float, ...]], ...]:
+        """(optimizer, its learning rates) for each optimizer, in the grid's order."""
+        given = self.learning_rates
+        return tuple((opt, given[opt] if isinstance(given, dict) else given) for opt in self.optimizers)
+
+    def size(self) -> int:
+        per_optimizer = sum(len(lrs) for _, lrs in self.rates)
+        return (len(self.widths) * len(self.depths) * len(self.activations) * per_optimizer
+                * len(self.batch_sizes) * len(self.random_label_fractions)
+                * len(self.augmentation) * len(self.seeds) * len(self.inits))
+
+
+@section
+class Budget:
+    max_epochs: PositiveInt
+    max_steps: PositiveInt | None = None
+    stop_at_full_train_acc: Flag = True
+
+
+@section
+class TrainingSpec:
+    precision: Literal[PRECISIONS] = "fp32"
+    """fp32: true float32 matmuls; tf32: TF32 tensor-core matmuls on GPUs that have them (float32
+    elsewhere); bf16: bfloat16 autocast for the matmuls, float32 weights and optimizer state"""
+
+
+@section
+class CheckpointSpec:
+    every_epochs: PositiveInt | None = None
+    """besides `init` and `end`"""
+
+
+def _whole_beyond_one(share: float) -> float:
+    if share > 1 and share != int(share):
+        raise invalid(f"expected a share of one card (at most 1) or a whole number of cards, got {share}")
+    return share
+
+
+GpuShare = or_auto(Annotated[Share, AfterValidator(_whole_beyond_one)], "number")
+
+
+@section
+class Resources:
+    bundle_size: or_auto(PositiveInt, "integer") = AUTO
+    """most networks per bundle (trial), or auto: sized to the card on GPUs, a fixed size on CPUs"""
+    cpus_per_trial: Share = 1.0
+    gpus_per_trial: GpuShare = 0.0
+    """a share of one card, a whole number of cards, or auto: each bundle's share of the card's memory"""
+    scoring_actors: or_auto(Count, "integer") = 1
+    """or auto: one per GPU of the cluster when the sweep starts"""
+    # Scoring comes in bursts at checkpoints: by default it shares the trials' cores rather than
+    # reserving one that would idle in between (and hold back a trial on a small machine).
+    cpus_per_scoring_actor: Share = 0.0
+    gpus_per_scoring_actor: GpuShare = 0.0
+    max_concurrent_trials: PositiveInt | None = None
+    """null: as many as resources allow"""
+    gpu_memory_gib: PositiveNumber | None = None
+    """the cards' memory; null: the local card's"""
+
+    @property
+    def uses_gpus(self) -> bool:
+        return self.gpus_per_trial == AUTO or self.gpus_per_trial > 0
+
+
+@section
+class SweepSpec:
+    """A sweep: the networks to train (datasets × grid), how long, and what to measure."""
+
+    name: Text
+    """the sweep's folder under the storage (the date is added unless --name is given)"""
+    datasets: grid_list(DataSpec)
+    grid: GridSpec
+    budget: Budget
+    checkpoints: CheckpointSpec = CheckpointSpec()
+    scoring: ScoringSettings = ScoringSettings()
+    training: TrainingSpec = TrainingSpec()
+    storage: Text | None = None
+    """a local path, a shared file system, s3:// or gs://; null: ./sweeps"""
+    resources: Resources = Resources()
+    description: Text = ""
+
+    @field_validator("name")
+    @classmethod
+    def _sweep_name(cls, name: str) -> str:
+        problem = _name_problem(name, SWEEP_NAME_MAX - DATE_SUFFIX)
+        if problem:
+            raise invalid(problem)
+        return name
+
+    @model_validator(mode="after")
+    def _runnable(self) -> SweepSpec:
+        if self.resources.gpus_per_scoring_actor == AUTO and not self.resources.uses_gpus:
+            raise invalid("auto sizes the actor to the trials' cards; give resources.gpus_per_trial too (auto "
+                          "or a share), or a number here", "resources.gpus_per_scoring_actor")
+        total = self.grid.size() * len(self.datasets)
+        if total > MAX_NETWORKS:
+            raise invalid(f"{total:,} networks exceeds the limit of {MAX_NETWORKS:,} per sweep; split the grid "
+                          "into several sweeps (each with its own name)", "grid")
+        return self
+
+
+def spec_schema() -> dict:
+    """The JSON schema of a spec file (for editors: `sweep schema > sweep.schema.json`)."""
+    return {"$schema": "https://json-schema.org/draft/2020-12/schema", **json_schema(SweepSpec)}
+
+
+def parse_spec(raw: Any) -> SweepSpec:
+    """Validate a spec already read into Python values (a YAML/TOML document)."""
+    return validate(SweepSpec, raw)
+
+
+MAX_SPEC_BYTES = 1 << 20  # a spec is a few kilobytes of text
+
+
+class _SpecLoader(yaml.SafeLoader):
+    """YAML's safe subset, refusing a key given twice (YAML would keep the last silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = key_node.value if isinstance(key_node, yaml.ScalarNode) else None
+            if key is not None and key != "<<" and key in seen:
+                raise SpecError(f"line {key_node.start_mark.line + 1}: key {shown(key)} appears twice in one "
+                                "mapping; keep one")
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
+def _load_yaml(text: str) -> Any:
+    loader = _SpecLoader(text)
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
+
+
+def _spec_text(path: Path) -> str:
+    """The file's text, or SpecError for what is not a small UTF-8 text file."""
+    if not path.is_file():
+        raise SpecError(f"spec file {str(path)!r} " + ("is not a regular file" if path.exists() else "not found"))
+    size = path.stat().st_size
+    if size > MAX_SPEC_BYTES:
+        raise SpecError(f"{path}: {size:,} bytes; a spec is a small YAML or TOML text file (at most "
+                        f"{MAX_SPEC_BYTES:,} bytes)")
+    data = path.read_bytes()[:MAX_SPEC_BYTES + 1]
+    nul = data.find(b"\0")
+    if nul >= 0:
+        raise SpecError(f"{path}: binary data (a NUL byte at {nul}); a spec is a YAML or TOML text file")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise SpecError(f"{path}: not UTF-8 text (byte {exc.start}: {data[exc.start:exc.start + 1]!r}); "
+                        "save it as UTF-8") from None
+
+
+def load_spec(source: str | os.PathLike) -> SweepSpec:
+    """Load a preset by name or a .yaml/.yml/.toml spec file; raises SpecError."""
+    path = Path(source)
+    if path.suffix in (".yaml", ".yml", ".toml") or path.exists():
+        text = _spec_text(path)
+        origin = str(path)
+    else:
+        preset = preset_path(str(source))
+        if not preset.is_file():
+            names = ", ".join(name for name, _ in list_presets())
+            raise SpecError(f"unknown preset {str(source)!r}; available presets: {names} "
+                            "(or give a path to a .yaml/.yml/.toml spec file)")
+        text = preset.read_text()
+        origin = f"preset {source}"
+    kind = "TOML" if path.suffix == ".toml" else "YAML"
+    try:
+        raw = tomllib.loads(text) if kind == "TOML" else _load_yaml(text)
+        if raw is None or raw == {}:
+            raise SpecError("the spec is empty; it needs name, datasets, grid and budget (start from "
+                            "sweep/presets/digits.yaml)")
+        return parse_spec(raw)
+    except (yaml.YAMLError, tomllib.TOMLDecodeError) as exc:
+        raise SpecError(f"{origin}: not valid {kind}: {exc}") from None
+    except SpecError as exc:
+        raise SpecError("\n".join(f"{origin}: {line}" for line in str(exc).splitlines())) from None
+    except RecursionError:
+        raise SpecError(f"{origin}: nested too deeply for a spec (a spec is at most a few levels deep)") from None
+

@@ -1,0 +1,143 @@
+"""A sweep's plan: everything a run, a resume, `status` and `score` need, saved in the sweep's
+folder as sweep.json, and where that folder is."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from sweep.plan import storage
+from sweep.plan.networks import BundleConfig
+from sweep.plan.planner import estimate_bundle_work
+from sweep.plan.spec import SweepSpec, check_sweep_name
+
+
+SWEEP_FILE = "sweep.json"
+
+@dataclass(frozen=True)
+class SweepPlan:
+    """Everything a run or a resume needs, saved beside the experiment as sweep.json."""
+
+    name: str
+    storage: str
+    spec_source: str
+    spec_text: str
+    spec_suffix: str
+    bundles: tuple[dict, ...]
+    checkpoint_every_epochs: int | None
+    budget: dict
+    resources: dict
+    scoring: dict
+    # bundle_id -> the trial's share of one card (sweep.plan.planner); empty in sweeps planned before
+    # shares were per bundle, whose trials take resources["gpus_per_trial"]
+    gpu_shares: dict = dataclasses.field(default_factory=dict)
+
+    @property
+    def sweep_dir(self) -> str:
+        return storage.join(self.storage, self.name)
+
+    @property
+    def table_root(self) -> str:
+        return storage.join(self.sweep_dir, "tables")
+
+    @property
+    def networks(self) -> int:
+        return sum(len(b["members"]) for b in self.bundles)
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=1)
+
+    @classmethod
+    def from_json(cls, text: str) -> "SweepPlan":
+        data = json.loads(text)
+        data["bundles"] = tuple(data["bundles"])
+        return cls(**data)
+
+
+def resolve_storage(storage: str | None) -> str:
+    """A URI stays as it is; a local path becomes absolute (Ray Tune needs that)."""
+    if storage and "://" in storage:
+        return storage
+    return str(Path(storage or "sweeps").expanduser().resolve())
+
+
+def save_plan(plan: SweepPlan) -> None:
+    fs, path = storage.resolve(plan.sweep_dir)
+    storage.write_atomic(fs, f"{path}/{SWEEP_FILE}", lambda stream: stream.write(plan.to_json().encode()))
+
+
+def load_plan(sweep_dir: str) -> SweepPlan:
+    """The plan saved in a sweep folder, placed where the folder is now: a copy fetched from a
+    cluster's storage reads and writes its own tables, not the original's."""
+    where = resolve_storage(sweep_dir).rstrip("/")
+    try:
+        fs, path = storage.resolve(where)
+        plan = SweepPlan.from_json(storage.read_bytes(fs, f"{path}/{SWEEP_FILE}").decode())
+    except FileNotFoundError:
+        raise FileNotFoundError(
+            f"{sweep_dir} is not a sweep directory (no {SWEEP_FILE}); pass the folder that "
+            "`sweep run` printed, e.g. sweeps/digits-20261127-120000"
+        ) from None
+    except OSError as exc:  # callers report a missing sweep folder; an unreachable one reads the same
+        raise FileNotFoundError(
+            f"cannot read {sweep_dir}/{SWEEP_FILE}: {exc}; check the path, and the network and "
+            "credentials for its storage"
+        ) from None
+    parent, _, name = where.rpartition("/")
+    return dataclasses.replace(plan, storage=parent, name=name)
+
+
+def make_plan(spec: SweepSpec, bundles: list[BundleConfig], *, name: str, storage: str,
+              spec_source: str, spec_text: str, spec_suffix: str, gpu_shares: dict[str, float] | None = None,
+              scoring_share: float | None = None) -> SweepPlan:
+    """The plan of a run. Trials start in the plan's bundle order, so the costliest bundles go
+    first: the trial slots then finish close together, and the checkpoints that take longest
+    to score are scored while cheaper bundles still train, not after the last one ends.
+    `gpu_shares` and `scoring_share` are the planner's (sweep.plan.planner); CPU sweeps need neither."""
+    bundles = sorted(bundles, key=lambda b: -estimate_bundle_work(b, spec.budget))
+    resources = dataclasses.asdict(spec.resources)
+    shares = gpu_shares or {b.bundle_id: float(resources["gpus_per_trial"]) for b in bundles}
+    resources["gpus_per_trial"] = max(shares.values(), default=0.0)  # what the trials ask for at most
+    resources["gpus_per_scoring_actor"] = float(
+        resources["gpus_per_scoring_actor"] if scoring_share is None else scoring_share)
+    return SweepPlan(
+        name=check_sweep_name(name, "name"),
+        storage=storage,
+        spec_source=spec_source,
+        spec_text=spec_text,
+        spec_suffix=spec_suffix,
+        bundles=tuple(b.to_dict() for b in bundles),
+        checkpoint_every_epochs=spec.checkpoints.every_epochs,
+        budget=dataclasses.asdict(spec.budget),
+        resources=resources,
+        scoring=dataclasses.asdict(spec.scoring),
+        gpu_shares={b.bundle_id: shares[b.bundle_id] for b in bundles},
+    )
+
+
+def checkpoints(plan: SweepPlan) -> list[tuple[str, str]]:
+    """(bundle_id, checkpoint directory URI) for every checkpoint the sweep has written."""
+    fs, root = storage.resolve(plan.sweep_dir)
+    return [
+        (bundle.removeprefix("bundle-"), storage.join(plan.sweep_dir, bundle, checkpoint))
+        for bundle in storage.list_dirs(fs, root, "bundle-")
+        for checkpoint in storage.list_dirs(fs, f"{root}/{bundle}", "checkpoint_")
+    ]
+
+
+def ensure_writable(where: str) -> None:
+    """Fail before Ray starts when the storage cannot take the sweep."""
+    fs, path = storage.resolve(where)
+    probe = f"{path}/.sweep-write-test-{os.getpid()}"
+    try:
+        fs.create_dir(path, recursive=True)
+        with fs.open_output_stream(probe) as f:
+            f.write(b"ok")
+        fs.delete_file(probe)
+    except OSError as exc:
+        raise PermissionError(
+            f"storage {where} is not writable ({exc}); pass --storage with a folder or bucket you can write to"
+        ) from None

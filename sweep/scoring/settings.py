@@ -1,0 +1,68 @@
+"""What scoring computes: `ScoringSettings` (a spec's `scoring` section, `sweep score`'s options
+and the scoring actors' settings alike) and the metric names, without torch, so the sweep's
+driver (which only hands checkpoints to the scoring actors) never imports it."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Annotated, Literal
+
+from pydantic import AfterValidator, Field, Strict
+
+from sweep.plan.schema import Count, Flag, PositiveInt, PositiveNumber, at_least, grid_list, invalid, section, validate
+
+WEIGHT_METRICS = ("param_count", "weight_norm_sq", "spectral_product", "path_norm")
+POINT_METRICS = ("jacobian_softmax", "jacobian_logits", "transitions", "margin", "loss", "accuracy")
+# Jiang et al.'s measures: against the initial weights (split "weights"), and from the training
+# points (split "train": one value per network, not a mean over points).
+INIT_METRICS = ("distance_from_init",)
+TRAIN_METRICS = ("spectral_margin", "frobenius_margin", "pacbayes_sharpness", "pacbayes_mag_flatness")
+METRICS = POINT_METRICS[:3] + WEIGHT_METRICS + INIT_METRICS + TRAIN_METRICS + POINT_METRICS[3:]
+# Checkpoints that get trajectory profiles and slices (the paper's before/after-training pictures).
+PROFILE_TAGS = ("init", "end")
+Metric = Literal[METRICS]
+
+
+def _multiple_of_3(number: int) -> int:
+    if number % 3:
+        low = number - number % 3
+        raise invalid(f"must be a multiple of 3, so that each ellipse's three anchor points are samples; "
+                      f"got {number}, use {low} or {low + 3}")
+    return number
+
+
+@section
+class ScoringSettings:
+    """What to compute for every checkpoint."""
+
+    points: PositiveInt = 1000  # test points scored per network (the same points for a data set)
+    train_points: Count = 1000  # 0: no train split
+    transitions_k: at_least(3) = 256
+    trajectory: Literal["ellipse", "circle"] = "ellipse"
+    circle_radius: PositiveNumber = 1.0
+    metrics: grid_list(Metric) = METRICS
+    trajectories: Flag = False  # the paper's manifold experiment (profiles along ellipses)
+    ellipses_per_kind: PositiveInt = 16
+    # points per profile ellipse: a multiple of 3, its anchors are samples
+    profile_points: Annotated[int, Strict(), Field(ge=3), AfterValidator(_multiple_of_3)] = 258
+    slices: Flag = False
+    slice_count: PositiveInt = 2
+    slice_grid: at_least(2) = 256
+    slice_layers: Literal["last", "all"] = "last"
+    # PAC-Bayes sharpness and magnitude-aware flatness (Jiang et al. 2020): noise draws per
+    # bisection step, bisection steps of log σ in [1e-6, 10], and the accuracy drop σ′ may cause.
+    sharpness_samples: PositiveInt = 10
+    sharpness_search_depth: PositiveInt = 15
+    sharpness_target: Annotated[float, Strict(), Field(gt=0, lt=1, allow_inf_nan=False)] = 0.1
+    chunk_size: PositiveInt | None = None  # points per chunk, bounds memory; None: sized to the device
+    seed: Count = 0  # chooses the scored points
+
+    @classmethod
+    def from_dict(cls, values: Mapping, where: str = "scoring") -> ScoringSettings:
+        """From a mapping (a plan's `scoring`, command-line overrides); raises SpecError."""
+        return validate(cls, dict(values), where)
+
+    def replace(self, **changes: object) -> ScoringSettings:
+        """A copy with `changes`, validated like a spec's; raises SpecError."""
+        return self.from_dict({**dataclasses.asdict(self), **changes})
