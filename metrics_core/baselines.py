@@ -1,57 +1,126 @@
 """Baseline measures from the weights and outputs: parameter count, weight norms, the
 spectral-norm product, the path norm and output margins. Results are [M] per model for an
-MLP and 0-dimensional for an nn.Sequential; biases enter only the parameter count."""
+MLP or ConvNet and 0-dimensional for an nn.Sequential; biases enter only the parameter count.
+A convolution's spectral norm is that of the linear operator it applies to its input (zero
+padding and stride included), found by power iteration, not the norm of its reshaped kernel."""
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
-from .nets import MLP, Net, as_mlp, batch, chunks, preactivations
+from .activations import Activation
+from .convnets import Act, Conv, ConvNet, Dense, Norm, conv
+from .nets import MLP, Net, Population, as_population, batch, chunks, logit_floats, logits_of
+
+POWER_ITERATIONS = 1000  # at most; stops once every estimate changes by under POWER_TOLERANCE
+POWER_TOLERANCE = 1e-10
 
 
 def _per_model(net: Net, values: Tensor) -> Tensor:
-    return values if isinstance(net, MLP) else values.squeeze(0)
+    return values if isinstance(net, MLP | ConvNet) else values.squeeze(0)
 
 
 @torch.no_grad()
 def param_count(net: Net) -> Tensor:
     """Weights and biases per network (int64)."""
-    mlp = as_mlp(net)
-    count = sum(w[0].numel() + b[0].numel() for w, b in zip(mlp.weights, mlp.biases))
-    return _per_model(net, torch.full((mlp.num_models,), count, dtype=torch.int64))
+    population = as_population(net)
+    count = sum(t[0].numel() for t in population.parameters())
+    return _per_model(net, torch.full((population.num_models,), count, dtype=torch.int64))
 
 
 @torch.no_grad()
 def weight_norm_sq(net: Net) -> Tensor:
-    """Σ_l ‖W_l‖²_F over the weight matrices."""
-    mlp = as_mlp(net)
-    return _per_model(net, sum(w.square().sum((1, 2)) for w in mlp.weights))
+    """Σ_l ‖W_l‖²_F over the weight matrices and convolution kernels."""
+    return _per_model(net, sum(w.square().flatten(1).sum(1) for w in as_population(net).weights))
+
+
+@torch.no_grad()
+def operator_norms(net: Population) -> Tensor:
+    """‖W_l‖₂ [L, M] of every weight layer: the largest singular value of a weight matrix, or
+    of the linear operator a convolution applies to its input; NaN for non-finite weights."""
+    if isinstance(net, MLP):
+        layers = [(w, None) for w in net.weights]
+    else:
+        shapes = [net.input_shape, *net.shapes()]
+        layers = [(layer.weight, (layer, shapes[i])) for i, layer in enumerate(net.layers)
+                  if isinstance(layer, Conv | Dense)]
+    norms = []
+    for w, conv_at in layers:
+        ok = torch.isfinite(w).flatten(1).all(1)
+        # LAPACK's SVD fails on non-finite input; those networks get NaN instead.
+        safe = torch.where(ok.view(-1, *[1] * (w.dim() - 1)), w, 0)
+        if conv_at is None or isinstance(conv_at[0], Dense):
+            norm = torch.linalg.matrix_norm(safe, ord=2)
+        else:
+            layer, shape = conv_at
+            norm = conv_operator_norm(Conv(safe, layer.bias, layer.stride, layer.padding), shape)
+        norms.append(norm.masked_fill(~ok, float("nan")))
+    return torch.stack(norms)
+
+
+def conv_operator_norm(layer: Conv, input_shape: tuple[int, int, int]) -> Tensor:
+    """‖A‖₂ [M] of each member's convolution A (bias excluded) on inputs of `input_shape`, by
+    power iteration on AᵀA in float64 from a fixed start; AᵀA is the transposed convolution
+    of A's output."""
+    m = layer.weight.shape[0]
+    weight = layer.weight.double()
+    operator = Conv(weight, layer.bias.double(), layer.stride, layer.padding)
+    c, h, w = input_shape
+    generator = torch.Generator(device=weight.device).manual_seed(0)
+    v = torch.randn(1, m * c, h, w, dtype=torch.float64, device=weight.device, generator=generator)
+    flat_weight = weight.flatten(0, 1)
+    sigma = torch.zeros(m, dtype=torch.float64, device=weight.device)
+    k, stride, padding = weight.shape[-1], layer.stride, layer.padding
+    # A strided convolution's output does not say how many input rows it skipped at the end.
+    extra = tuple(size - ((size + 2 * padding - k) // stride * stride + k - 2 * padding) for size in (h, w))
+    for _ in range(POWER_ITERATIONS):
+        v = (v.view(m, -1) / v.view(m, -1).norm(dim=1, keepdim=True).clamp_min(1e-300)).view(1, m * c, h, w)
+        u = conv(operator, v, bias=False)
+        before, sigma = sigma, u.view(m, -1).norm(dim=1)
+        v = F.conv_transpose2d(u, flat_weight, stride=layer.stride, padding=layer.padding,
+                               output_padding=extra, groups=m)
+        if ((sigma - before).abs() <= POWER_TOLERANCE * sigma).all():
+            break
+    return sigma.to(layer.weight.dtype)
 
 
 @torch.no_grad()
 def spectral_product(net: Net) -> Tensor:
-    """Π_l ‖W_l‖₂ (largest singular values); NaN for a network with non-finite weights."""
-    mlp = as_mlp(net)
-    product = torch.ones(mlp.num_models, dtype=mlp.dtype, device=mlp.device)
-    finite = torch.ones(mlp.num_models, dtype=torch.bool, device=mlp.device)
-    for w in mlp.weights:
-        ok = torch.isfinite(w).all(-1).all(-1)
-        # LAPACK's SVD fails on non-finite input; those networks get NaN instead.
-        product *= torch.linalg.matrix_norm(torch.where(ok[:, None, None], w, 0), ord=2)
-        finite &= ok
-    return _per_model(net, product.masked_fill(~finite, float("nan")))
+    """Π_l ‖W_l‖₂ over the weight layers (`operator_norms`); NaN for a network with
+    non-finite weights."""
+    return _per_model(net, operator_norms(as_population(net)).prod(0))
 
 
 @torch.no_grad()
 def path_norm(net: Net) -> Tensor:
-    """sqrt(Σ over input→output paths of Π w²) = sqrt(1ᵀ|W_L|²…|W_1|² 1), biases excluded
-    (the ℓ2 path norm of Neyshabur et al. 2015), accumulated in float64."""
-    mlp = as_mlp(net)
-    v = torch.ones(mlp.num_models, mlp.input_dim, 1, dtype=torch.float64, device=mlp.device)
-    for w in mlp.weights:
-        v = torch.bmm(w.double().square(), v)
-    return _per_model(net, v.sum((1, 2)).sqrt().to(mlp.dtype))
+    """sqrt(Σ over input→output paths of Π w²), biases excluded (the ℓ2 path norm of Neyshabur
+    et al. 2015), accumulated in float64: the network with every weight squared, no biases and
+    no activation run on an input of ones. For an MLP that is sqrt(1ᵀ|W_L|²…|W_1|² 1); a
+    ConvNet keeps its pools (a max-pool takes its window's largest path sum, as Jiang et al.
+    2020 evaluate it) and squares a Norm layer's scale."""
+    population = as_population(net)
+    if isinstance(population, MLP):
+        v = torch.ones(population.num_models, population.input_dim, 1, dtype=torch.float64, device=population.device)
+        for w in population.weights:
+            v = torch.bmm(w.double().square(), v)
+        return _per_model(net, v.sum((1, 2)).sqrt().to(population.dtype))
+    ones = torch.ones(1, population.input_dim, dtype=torch.float64, device=population.device)
+    # Every value is >= 0, where the activation (a ReLU here) is the identity.
+    relu = ConvNet(tuple(_squared(layer) for layer in population.layers), Activation("relu"), population.input_shape)
+    return _per_model(net, logits_of(relu, ones).sum((1, 2)).sqrt().to(population.dtype))
+
+
+def _squared(layer):
+    if isinstance(layer, Conv):
+        return Conv(layer.weight.double().square(), torch.zeros_like(layer.bias, dtype=torch.float64),
+                    layer.stride, layer.padding)
+    if isinstance(layer, Dense):
+        return Dense(layer.weight.double().square(), torch.zeros_like(layer.bias, dtype=torch.float64))
+    if isinstance(layer, Norm):
+        return Norm(layer.scale.double().square(), torch.zeros_like(layer.shift, dtype=torch.float64))
+    return Act() if isinstance(layer, Act) else layer
 
 
 @torch.no_grad()
@@ -59,7 +128,7 @@ def margin(net: Net, x: Tensor, y: Tensor, *, chunk_size: int | None = None) -> 
     """True-class logit minus the largest other logit per point ([N] or [M, N]); negative
     where the point is misclassified. y: int labels [N] (or [M, N] per model)."""
     b = batch(net, x)
-    mlp = b.mlp
+    mlp = b.net
     if y.device != mlp.device or y.dtype not in (torch.int64, torch.int32):
         raise ValueError(f"y must be int64 labels on {mlp.device}, got {y.dtype} on {y.device}")
     n = b.num_points
@@ -69,9 +138,8 @@ def margin(net: Net, x: Tensor, y: Tensor, *, chunk_size: int | None = None) -> 
         raise ValueError(f"labels must lie in [0, {mlp.num_classes}), got {int(y.min())}..{int(y.max())}")
     labels = y.long().expand(mlp.num_models, n)
     out = x.new_empty(mlp.num_models, n)
-    per_point = mlp.num_models * (max(mlp.hidden_sizes) + mlp.num_classes)
-    for start, stop in chunks(n, chunk_size, per_point, mlp.device):
-        logits = preactivations(mlp, b.rows(start, stop))[1]
+    for start, stop in chunks(n, chunk_size, logit_floats(mlp), mlp.device):
+        logits = logits_of(mlp, b.rows(start, stop))
         label = labels[:, start:stop].unsqueeze(-1)
         true = logits.gather(-1, label).squeeze(-1)
         other = logits.scatter(-1, label, float("-inf")).amax(-1)

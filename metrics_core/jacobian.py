@@ -6,15 +6,21 @@ layer; the per-point logit Gram matrix K = J Jᵀ is G (W₁W₁ᵀ) Gᵀ when t
 the first hidden layer (never forming the C×d Jacobian), else J Jᵀ with J = G W₁. Both norms
 follow from K: ‖J‖² = tr K and ‖A J‖² = Σ_i p_i² r_iᵀ K r_i for the softmax Jacobian
 A = diag(p) − ppᵀ, whose row i is p_i·r_i with r_i = e_i − p.
+
+Convolutional networks (`ConvNet`) take the generic exact route: the C rows of J from C
+vector-Jacobian products, batched over classes, points and models in one backward pass (each
+copy of a point carries one class's logit), then the same K and the same softmax factor.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 import torch
 from torch import Tensor
 
+from .convnets import ConvNet, run
 from .nets import MLP, Net, batch, chunks, preactivations
 
 Output = Literal["softmax", "logits", "both"]
@@ -107,19 +113,30 @@ def jacobian_norms(
     "both" returns (softmax, logits) from one pass.
 
     x: [N, d] for an nn.Sequential (results [N]); [N, d] shared or [M, N, d] for an MLP
-    (results [M, N]). `chunk_size` bounds the points processed at once (memory ~
-    2·chunk_size·M·C·h floats).
+    (results [M, N]); images as `conv_batch` takes them for a convolutional network.
+    `chunk_size` bounds the points processed at once (memory ~ 2·chunk_size·M·C·h floats for
+    an MLP, ~ 3·chunk_size·M·C·(all activations) for a ConvNet).
     """
     if output not in _OUTPUTS:
         raise ValueError(f"output must be one of {_OUTPUTS}, got {output!r}")
     b = batch(net, x)
-    mlp = b.mlp
-    first_gram = first_layer_gram(mlp)
-    shape = (mlp.num_models, b.num_points)
+    net = b.net
+    if isinstance(net, ConvNet):
+        # Autograd keeps every layer's activations of the C copies of each point.
+        per_point = 3 * net.num_models * net.num_classes * (net.input_dim + sum(map(math.prod, net.shapes())))
+
+        def gram_and_logits(rows: Tensor) -> tuple[Tensor, Tensor]:
+            return conv_logit_gram(net, rows)
+    else:
+        first_gram, per_point = first_layer_gram(net), jacobian_floats(net)
+
+        def gram_and_logits(rows: Tensor) -> tuple[Tensor, Tensor]:
+            hidden, logits = preactivations(net, rows)
+            return logit_gram(net, hidden, first_gram), logits
+    shape = (net.num_models, b.num_points)
     soft, logit = x.new_empty(shape), x.new_empty(shape)
-    for start, stop in chunks(b.num_points, chunk_size, jacobian_floats(mlp), mlp.device):
-        hidden, logits = preactivations(mlp, b.rows(start, stop))
-        soft_part, logit_part = norms_from_gram(logit_gram(mlp, hidden, first_gram), logits, output)
+    for start, stop in chunks(b.num_points, chunk_size, per_point, net.device):
+        soft_part, logit_part = norms_from_gram(*gram_and_logits(b.rows(start, stop)), output)
         if logit_part is not None:
             logit[:, start:stop] = logit_part
         if soft_part is not None:
@@ -127,3 +144,23 @@ def jacobian_norms(
     if output == "both":
         return b.output(soft), b.output(logit)
     return b.output(soft if output == "softmax" else logit)
+
+
+def conv_logit_gram(net: ConvNet, x: Tensor) -> tuple[Tensor, Tensor]:
+    """(K = J Jᵀ [M, n, C, C], logits [M, n, C]) of flat points x [n, d] or [M, n, d].
+
+    Each point is copied once per class; the sum over copies of copy i's logit i has, as its
+    gradient at copy i, row i of J, because no layer mixes points (normalisation runs in
+    inference mode). One backward pass thus gives all C·n rows for every model.
+    """
+    m, c = net.num_models, net.num_classes
+    n, d = x.shape[-2:]
+    copies = x.expand(m, n, d).unsqueeze(1).expand(m, c, n, d).reshape(m, c * n, *net.input_shape)
+    copies = copies.detach().requires_grad_()
+    with torch.enable_grad():
+        logits, _ = run(net, copies)
+        per_copy = logits.view(m, c, n, c).diagonal(dim1=1, dim2=3)  # [M, n, C]: copy i's logit i
+        (rows,) = torch.autograd.grad(per_copy.sum(), copies)
+    jac = rows.view(m, c, n, d).transpose(1, 2)  # [M, n, C, d]
+    return jac @ jac.transpose(-1, -2), logits.detach().view(m, c, n, c)[:, 0]
+

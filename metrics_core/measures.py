@@ -17,26 +17,24 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from .baselines import _per_model, margin
-from .nets import CHUNK_BUDGET_FLOATS, MLP, Net, as_mlp, batch, chunks, preactivations
+from .baselines import _per_model, margin, operator_norms
+from .nets import CHUNK_BUDGET_FLOATS, Net, Population, as_population, batch, chunks, logit_floats, logits_of
 
 MARGIN_QUANTILE = 0.1  # Jiang et al.: the 10th percentile of the training margins
 SIGMA_RANGE = (1e-6, 10.0)  # where σ′ is searched (log-bisection)
 MAGNITUDE_EPS = 1e-3  # the magnitude-aware noise's floor: N(0, σ′²w² + ε²)
 
 
-def _parameters(mlp: MLP) -> list[Tensor]:
-    return [t for pair in zip(mlp.weights, mlp.biases) for t in pair]
-
-
 @torch.no_grad()
 def distance_from_init(net: Net, init: Net) -> Tensor:
-    """‖θ − θ₀‖₂ over every weight and bias, θ₀ the same networks at initialisation."""
-    mlp, start = as_mlp(net), as_mlp(init).to(device=as_mlp(net).device, dtype=as_mlp(net).dtype)
-    if [t.shape for t in _parameters(mlp)] != [t.shape for t in _parameters(start)]:
+    """‖θ − θ₀‖₂ over every trained parameter, θ₀ the same networks at initialisation."""
+    now = as_population(net)
+    start = as_population(init).to(device=now.device, dtype=now.dtype)
+    if [t.shape for t in now.parameters()] != [t.shape for t in start.parameters()]:
         raise ValueError("init must hold the same networks (shapes) as net")
-    total = sum((p.double() - q.double()).square().flatten(1).sum(1) for p, q in zip(_parameters(mlp), _parameters(start)))
-    return _per_model(net, total.sqrt().to(mlp.dtype))
+    total = sum((p.double() - q.double()).square().flatten(1).sum(1)
+                for p, q in zip(now.parameters(), start.parameters()))
+    return _per_model(net, total.sqrt().to(now.dtype))
 
 
 @torch.no_grad()
@@ -57,29 +55,27 @@ def _log_margin_normalized(norms: Tensor, gamma: Tensor) -> Tensor:
 def spectral_margin(net: Net, x: Tensor, y: Tensor, *, chunk_size: int | None = None) -> Tensor:
     """log(Π_l ‖W_l‖₂² / γ²), γ the 10th percentile of the training margins (Jiang's
     margin-normalized spectral product)."""
-    mlp = as_mlp(net)
-    gamma = margin_quantile(mlp, x, y, chunk_size=chunk_size)
-    norms = torch.stack([torch.linalg.matrix_norm(torch.nan_to_num(w), ord=2) for w in mlp.weights])
-    return _per_model(net, _log_margin_normalized(norms, gamma).to(mlp.dtype))
+    population = as_population(net)
+    gamma = margin_quantile(population, x, y, chunk_size=chunk_size)
+    norms = operator_norms(population.map(torch.nan_to_num))
+    return _per_model(net, _log_margin_normalized(norms, gamma).to(population.dtype))
 
 
 @torch.no_grad()
 def frobenius_margin(net: Net, x: Tensor, y: Tensor, *, chunk_size: int | None = None) -> Tensor:
     """log(Π_l ‖W_l‖_F² / γ²), γ as in `spectral_margin`."""
-    mlp = as_mlp(net)
-    gamma = margin_quantile(mlp, x, y, chunk_size=chunk_size)
-    norms = torch.stack([w.flatten(1).norm(dim=1) for w in mlp.weights])
-    return _per_model(net, _log_margin_normalized(norms, gamma).to(mlp.dtype))
+    population = as_population(net)
+    gamma = margin_quantile(population, x, y, chunk_size=chunk_size)
+    norms = torch.stack([w.flatten(1).norm(dim=1) for w in population.weights])
+    return _per_model(net, _log_margin_normalized(norms, gamma).to(population.dtype))
 
 
-def _accuracy(mlp: MLP, x: Tensor, y: Tensor, chunk_size: int | None) -> Tensor:
+def _accuracy(net: Population, x: Tensor, y: Tensor, chunk_size: int | None) -> Tensor:
     """[M] accuracy on x with labels y [N] (shared) or [M, N] (each model's own)."""
-    correct = torch.zeros(mlp.num_models, dtype=torch.float64, device=mlp.device)
-    b = batch(mlp, x)
-    per_point = mlp.num_models * (max(mlp.hidden_sizes) + mlp.num_classes)
-    for start, stop in chunks(b.num_points, chunk_size, per_point, mlp.device):
-        logits = preactivations(mlp, b.rows(start, stop))[1]
-        correct += (logits.argmax(-1) == y[..., start:stop]).sum(-1)
+    correct = torch.zeros(net.num_models, dtype=torch.float64, device=net.device)
+    b = batch(net, x)
+    for start, stop in chunks(b.num_points, chunk_size, logit_floats(net), net.device):
+        correct += (logits_of(net, b.rows(start, stop)).argmax(-1) == y[..., start:stop]).sum(-1)
     return correct / b.num_points
 
 
@@ -99,19 +95,19 @@ def pacbayes_sigma(net: Net, x: Tensor, y: Tensor, *, generator: torch.Generator
     `generator` is a list of M of them (then a model's σ′ does not depend on which other models
     share the call).
     """
-    mlp = as_mlp(net)
+    population = as_population(net)
     if not 0 < target < 1 or samples < 1 or depth < 1:
         raise ValueError(f"need 0 < target < 1, samples >= 1 and depth >= 1; got {target}, {samples}, {depth}")
     y = y.long()
-    base = _accuracy(mlp, x, y, chunk_size)
+    base = _accuracy(population, x, y, chunk_size)
     low = torch.full_like(base, math.log(SIGMA_RANGE[0]))
     high = torch.full_like(base, math.log(SIGMA_RANGE[1]))
-    params = _parameters(mlp)
+    params = population.parameters()
     sizes = [p[0].numel() for p in params]
-    m = mlp.num_models
+    m = population.num_models
     # Samples evaluated together as one population of (samples × models), as many as the chunk
     # budget holds; drawn one sample after another, so the draws do not depend on the grouping.
-    together = max(1, min(samples, CHUNK_BUDGET_FLOATS.get(mlp.device.type, CHUNK_BUDGET_FLOATS["cpu"])
+    together = max(1, min(samples, CHUNK_BUDGET_FLOATS.get(population.device.type, CHUNK_BUDGET_FLOATS["cpu"])
                           // max(1, m * sum(sizes))))
     labels = y.expand(m, -1).repeat(together, 1) if y.dim() == 2 else y
     for _ in range(depth):
@@ -119,29 +115,29 @@ def pacbayes_sigma(net: Net, x: Tensor, y: Tensor, *, generator: torch.Generator
         drop = torch.zeros_like(base)
         for first in range(0, samples, together):
             count = min(together, samples - first)
-            noise = torch.cat([_noise(mlp, sum(sizes), generator) for _ in range(count)])  # [count·M, P]
+            noise = torch.cat([_noise(population, sum(sizes), generator) for _ in range(count)])  # [count·M, P]
             noisy = []
             for p, part in zip(params, noise.split(sizes, dim=1)):
                 scale = sigma.to(p.dtype).view((-1,) + (1,) * (p.dim() - 1))
                 scale = scale * p.abs() + MAGNITUDE_EPS if magnitude_aware else scale
                 noisy.append((p + scale * part.view(count, *p.shape)).flatten(0, 1))
-            perturbed = MLP(tuple(noisy[0::2]), tuple(noisy[1::2]), mlp.activation)
+            perturbed = population.with_parameters(noisy)
             accuracy = _accuracy(perturbed, x, labels[: count * m] if y.dim() == 2 else y, chunk_size)
             drop += (base - accuracy.view(count, m)).sum(0)
         ok = drop / samples <= target
         low, high = torch.where(ok, (low + high) / 2, low), torch.where(ok, high, (low + high) / 2)
-    return _per_model(net, low.exp().to(mlp.dtype))
+    return _per_model(net, low.exp().to(population.dtype))
 
 
-def _noise(mlp: MLP, size: int, generator: torch.Generator | Sequence[torch.Generator]) -> Tensor:
+def _noise(population: Population, size: int, generator: torch.Generator | Sequence[torch.Generator]) -> Tensor:
     """[M, size] standard-normal noise from one generator, or each row from its model's own."""
     if isinstance(generator, torch.Generator):
-        noise = torch.randn((mlp.num_models, size), generator=generator, device=generator.device, dtype=mlp.dtype)
-        return noise.to(mlp.device)
-    if len(generator) != mlp.num_models:
-        raise ValueError(f"need one generator per model ({mlp.num_models}), got {len(generator)}")
-    return torch.stack([torch.randn(size, generator=g, device=g.device, dtype=mlp.dtype) for g in generator]
-                       ).to(mlp.device)
+        noise = torch.randn((population.num_models, size), generator=generator, device=generator.device, dtype=population.dtype)
+        return noise.to(population.device)
+    if len(generator) != population.num_models:
+        raise ValueError(f"need one generator per model ({population.num_models}), got {len(generator)}")
+    return torch.stack([torch.randn(size, generator=g, device=g.device, dtype=population.dtype) for g in generator]
+                       ).to(population.device)
 
 
 def pacbayes_sharpness(net: Net, x: Tensor, y: Tensor, **kwargs) -> Tensor:

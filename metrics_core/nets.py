@@ -10,6 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from .activations import Activation
+from .convnets import ConvNet, as_convnet, images, run
 
 # Floats one chunk of work may hold in its largest intermediate: 128 MiB of float32 on a
 # CPU; 512 MiB on a GPU, where fewer, larger chunks keep kernel launches from dominating.
@@ -88,6 +89,18 @@ class MLP:
     def dtype(self) -> torch.dtype:
         return self.weights[0].dtype
 
+    def parameters(self) -> list[Tensor]:
+        """Every weight and bias, layer by layer (weight, then bias)."""
+        return [t for pair in zip(self.weights, self.biases) for t in pair]
+
+    def with_parameters(self, tensors: Sequence[Tensor]) -> MLP:
+        """The same layout holding `tensors` (in `parameters` order; any model count)."""
+        return MLP(tuple(tensors[0::2]), tuple(tensors[1::2]), self.activation)
+
+    def map(self, fn) -> MLP:
+        """The same layout with `fn` applied to every parameter tensor."""
+        return self.with_parameters([fn(t) for t in self.parameters()])
+
     def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> MLP:
         return MLP(
             tuple(w.to(device=device, dtype=dtype) for w in self.weights),
@@ -96,7 +109,13 @@ class MLP:
         )
 
 
-Net = nn.Sequential | MLP
+Net = nn.Sequential | MLP | ConvNet
+
+
+def is_conv(net: Net) -> bool:
+    """A ConvNet, or an nn.Sequential holding a Conv2d."""
+    return isinstance(net, ConvNet) or (
+        isinstance(net, nn.Sequential) and any(isinstance(m, nn.Conv2d) for m in net))
 
 
 def _parse_sequential(net: nn.Sequential) -> tuple[MLP, bool]:
@@ -132,6 +151,33 @@ def _parse_sequential(net: nn.Sequential) -> tuple[MLP, bool]:
         for layer in linears
     )
     return MLP(weights, biases, kinds.pop()), flatten
+
+
+Population = MLP | ConvNet
+
+
+def as_population(net: Net) -> Population:
+    """An MLP or ConvNet as is; an nn.Sequential of linear layers as an MLP (M = 1)."""
+    if isinstance(net, MLP | ConvNet):
+        return net
+    if is_conv(net):
+        raise ValueError("a convolutional nn.Sequential does not say its input shape: convert it with "
+                         "metrics_core.as_convnet(net, input_shape=(C, H, W))")
+    return as_mlp(net)
+
+
+def logits_of(net: Population, x: Tensor) -> Tensor:
+    """Logits [M, n, C] at flat points x [n, d] or [M, n, d] (no chunking)."""
+    if isinstance(net, ConvNet):
+        return run(net, images(net, x))[0]
+    return preactivations(net, x)[1]
+
+
+def logit_floats(net: Population) -> int:
+    """Floats held per point while `logits_of` runs (for chunk sizing)."""
+    if isinstance(net, ConvNet):
+        return 2 * net.num_models * net.widest()
+    return net.num_models * (max(net.hidden_sizes) + net.num_classes)
 
 
 def as_mlp(net: Net) -> MLP:
@@ -183,10 +229,10 @@ def unstack(mlp: MLP) -> list[nn.Sequential]:
 
 @dataclass(frozen=True)
 class Batch:
-    """Validated inputs: `x` is [N, d] (the same points for every model) or [M, N, d];
-    `single` means the caller passed an nn.Sequential, so results drop the model axis."""
+    """Validated inputs: `x` is [N, d] (the same points for every model) or [M, N, d], images
+    flattened; `single` means the caller passed an nn.Sequential, so results drop the model axis."""
 
-    mlp: MLP
+    net: MLP | ConvNet
     x: Tensor
     single: bool
 
@@ -221,7 +267,9 @@ def check_tensor(mlp: MLP, t: Tensor, name: str) -> None:
 
 def batch(net: Net, x: Tensor, name: str = "x") -> Batch:
     """Validate points for `net`: [N, d] for an nn.Sequential (any [N, ...] when it starts with
-    Flatten); [N, d] or [M, N, d] for an MLP."""
+    Flatten); [N, d] or [M, N, d] for an MLP; for convolutional networks see `conv_batch`."""
+    if is_conv(net):
+        return conv_batch(net, x, name)
     if isinstance(net, MLP):
         mlp, single, flatten = net, False, False
     elif isinstance(net, nn.Sequential):
@@ -241,6 +289,29 @@ def batch(net: Net, x: Tensor, name: str = "x") -> Batch:
     if not ok:
         raise ValueError(f"{name} must be {expected} for this network, got {tuple(x.shape)}")
     return Batch(mlp, x, single)
+
+
+def conv_batch(net: nn.Sequential | ConvNet, x: Tensor, name: str = "x") -> Batch:
+    """Validate images for a convolutional network: [N, C, H, W] for an nn.Sequential (its
+    input shape is taken from x); [N, C, H, W] or [N, C·H·W] shared, or [M, N, C, H, W] or
+    [M, N, C·H·W] per model, for a ConvNet. The batch holds them flattened."""
+    single = not isinstance(net, ConvNet)
+    if single:
+        if not isinstance(x, Tensor) or x.dim() != 4:
+            shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
+            raise ValueError(f"{name} must be [N, C, H, W] images for a convolutional nn.Sequential, got {shape}")
+        net = as_convnet(net, tuple(x.shape[1:]))
+    check_tensor(net, x, name)
+    m, d = net.num_models, net.input_dim
+    if x.dim() >= 4 and tuple(x.shape[-3:]) == net.input_shape:
+        lead = tuple(x.shape[:-3])
+    else:
+        lead = tuple(x.shape[:-1]) if x.dim() in (2, 3) and x.shape[-1] == d else ()
+    if not (len(lead) == 1 or (len(lead) == 2 and lead[0] == m and not single)):
+        c, h, w = net.input_shape
+        raise ValueError(f"{name} must be [N, {c}, {h}, {w}] or [N, {d}] (or with a leading axis of "
+                         f"{m} models) for this network, got {tuple(x.shape)}")
+    return Batch(net, x.reshape(*lead, d), single)
 
 
 def default_chunk_size(per_point_floats: int, device: torch.device | None = None) -> int:
@@ -331,11 +402,10 @@ def planar_points(vectors: Tensor, coefficients: Tensor) -> Tensor:
 
 @torch.no_grad()
 def forward(net: Net, x: Tensor, *, chunk_size: int | None = None) -> Tensor:
-    """Logits: [N, C] for an nn.Sequential, [M, N, C] for an MLP."""
+    """Logits: [N, C] for an nn.Sequential, [M, N, C] for an MLP or ConvNet."""
     b = batch(net, x)
-    mlp = b.mlp
-    out = x.new_empty(mlp.num_models, b.num_points, mlp.num_classes)
-    per_point = mlp.num_models * (max(mlp.hidden_sizes) + mlp.num_classes)
-    for start, stop in chunks(b.num_points, chunk_size, per_point, mlp.device):
-        out[:, start:stop] = preactivations(mlp, b.rows(start, stop))[1]
+    net = b.net
+    out = x.new_empty(net.num_models, b.num_points, net.num_classes)
+    for start, stop in chunks(b.num_points, chunk_size, logit_floats(net), net.device):
+        out[:, start:stop] = logits_of(net, b.rows(start, stop))
     return b.output(out)

@@ -3,12 +3,15 @@ closed trajectories (the paper's manifold experiment)."""
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
-from .jacobian import first_layer_gram, jacobian_floats, logit_gram, norms_from_gram
-from .nets import MLP, Net, as_mlp, check_tensor, chunks, preactivations
-from .regions import changes_along
+from .convnets import ConvNet, images, run
+from .jacobian import conv_logit_gram, first_layer_gram, jacobian_floats, logit_gram, norms_from_gram
+from .nets import MLP, Net, as_population, check_tensor, chunks, preactivations
+from .regions import changes_along, code_changes
 
 
 def region_gram(mlp: MLP, hidden: list[Tensor], first_gram: Tensor | None, starts: Tensor) -> Tensor:
@@ -43,8 +46,8 @@ def trajectory_profile(
     """
     if output not in ("softmax", "logits"):
         raise ValueError(f"output must be 'softmax' or 'logits', got {output!r}")
-    mlp = as_mlp(net)
-    single = not isinstance(net, MLP)
+    mlp = as_population(net)
+    single = not isinstance(net, MLP | ConvNet)
     check_tensor(mlp, z, "z")
     d = mlp.input_dim
     if single:
@@ -57,15 +60,28 @@ def trajectory_profile(
             raise ValueError(f"z must be [E, k, {d}] or [{m}, E, k, {d}], got {tuple(z.shape)}")
         flat = z
     e, k = flat.shape[-3], flat.shape[-2]
-    first_gram = first_layer_gram(mlp)
     piecewise = mlp.activation.piecewise_linear
     norms = z.new_empty((mlp.num_models, e, k))
     density = z.new_full((mlp.num_models, e, k), float("nan"))
-    per_trajectory = k * (d + mlp.num_models * sum(mlp.hidden_sizes) + jacobian_floats(mlp))
+    if isinstance(mlp, ConvNet):
+        # Autograd keeps every activation of the C copies of each point (`conv_logit_gram`).
+        layers = d + sum(map(math.prod, mlp.shapes()))
+        per_trajectory = k * (d + mlp.num_models * (mlp.code_width() + 3 * mlp.num_classes * layers))
+    else:
+        first_gram = first_layer_gram(mlp)
+        per_trajectory = k * (d + mlp.num_models * sum(mlp.hidden_sizes) + jacobian_floats(mlp))
     for start, stop in chunks(e, chunk_size, per_trajectory, mlp.device):
         part = flat[start:stop] if flat.dim() == 3 else flat[:, start:stop]
         n = stop - start
-        hidden, logits = preactivations(mlp, part.reshape(*part.shape[:-3], n * k, d))
+        points = part.reshape(*part.shape[:-3], n * k, d)
+        if isinstance(mlp, ConvNet):
+            gram, logits = conv_logit_gram(mlp, points)
+            if piecewise:
+                density[:, start:stop] = code_changes(run(mlp, images(mlp, points), codes=True)[1], n, k).to(z.dtype)
+            soft, logit = norms_from_gram(gram, logits, output)
+            norms[:, start:stop] = (soft if output == "softmax" else logit).view(-1, n, k)
+            continue
+        hidden, logits = preactivations(mlp, points)
         if piecewise:
             changes = changes_along(mlp, hidden, n, k, z.dtype)
             density[:, start:stop] = changes

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .activations import Activation
+from .convnets import ConvNet, images, run
 from .nets import MLP, Batch, Net, batch, check_tensor, chunks, planar_points, planar_vectors, preactivations, propagate
 from .trajectories import anchored_axes, angles, random_planes
 
@@ -39,16 +40,31 @@ def codes(net: Net, x: Tensor, *, layers: Layers = "all", chunk_size: int | None
     [M, N, H] for an MLP; H counts the units of all hidden layers (or the last one).
     Raises for smooth activations, whose codes are undefined."""
     b = batch(net, x)
-    mlp = b.mlp
+    mlp = b.net
     mlp.activation.require_piecewise_linear("linear-region codes")
-    width = sum(mlp.hidden_sizes) if layers == "all" else mlp.hidden_sizes[-1]
+    if layers not in ("all", "last"):
+        raise ValueError(f"layers must be 'all' or 'last', got {layers!r}")
+    if isinstance(mlp, ConvNet):
+        width = mlp.code_width() if layers == "all" else mlp.code_widths()[-1]
+        per_point = mlp.num_models * (mlp.code_width() + 2 * mlp.widest())
+    else:
+        width = sum(mlp.hidden_sizes) if layers == "all" else mlp.hidden_sizes[-1]
+        per_point = mlp.num_models * sum(mlp.hidden_sizes)
     out = torch.empty(mlp.num_models, b.num_points, width, dtype=torch.int8, device=x.device)
-    for start, stop in chunks(
-        b.num_points, chunk_size, mlp.num_models * sum(mlp.hidden_sizes), mlp.device
-    ):
-        hidden, _ = preactivations(mlp, b.rows(start, stop), logits=False)
-        out[:, start:stop] = hidden_pieces(mlp, hidden, layers)
+    for start, stop in chunks(b.num_points, chunk_size, per_point, mlp.device):
+        out[:, start:stop] = pieces_at(mlp, b.rows(start, stop), layers)
     return b.output(out)
+
+
+def pieces_at(net: MLP | ConvNet, x: Tensor, layers: Layers) -> Tensor:
+    """The activation code at flat points x [n, d] (or [M, n, d]) -> int8 [M, n, H]: every
+    hidden unit's piece, and for a ConvNet every max-pool window's choice, of all layers or
+    the last code part alone."""
+    if isinstance(net, ConvNet):
+        _, parts = run(net, images(net, x), codes=True)
+        return torch.cat(parts, -1) if layers == "all" else parts[-1]
+    hidden, _ = preactivations(net, x, logits=False)
+    return hidden_pieces(net, hidden, layers)
 
 
 _BYTES_ONES = 0x0101010101010101  # a 1 in every byte of an int64 word
@@ -86,6 +102,33 @@ def changes_along(mlp: MLP, hidden: list[Tensor], n: int, k: int, dtype: torch.d
     finite = torch.isfinite(hidden[-1].sum(-1)).view(m, n, k)
     finite &= finite.roll(-1, dims=2)
     return changes.to(dtype).masked_fill_(~finite, float("nan"))
+
+
+def sampled_changes(net: ConvNet, centre: Tensor, axes: Tensor, coefficients: Tensor) -> Tensor:
+    """Units changing piece between samples i and (i+1) mod k of closed trajectories
+    centre + coefficients[i]·axes: centre [n, d] (shared) or [M, n, d], axes [..., n, 2, d],
+    coefficients [k, 2] -> float64 [M, n, k]; NaN where either end has a non-finite unit.
+    Every unit is compared at the samples: a convolutional network's activation code holds
+    max-pool choices, which the planar first layer's crossings alone would not give."""
+    (n, d), k = centre.shape[-2:], coefficients.shape[0]
+    points = centre.unsqueeze(-2) + coefficients.to(centre.dtype) @ axes  # [..., n, k, d]
+    _, parts = run(net, images(net, points.reshape(*points.shape[:-3], n * k, d)), codes=True)
+    return code_changes(parts, n, k)
+
+
+def code_changes(parts: list[Tensor], n: int, k: int) -> Tensor:
+    """Units changing between positions i and (i+1) mod k of n closed trajectories, from the
+    code parts [M, n·k, units] of their points -> float64 [M, n, k]; NaN where either end
+    has a non-finite unit (piece −1)."""
+    m = parts[0].shape[0]
+    changes = torch.zeros(m, n, k, dtype=torch.float64, device=parts[0].device)
+    finite = torch.ones(m, n, k, dtype=torch.bool, device=parts[0].device)
+    for part in parts:
+        pieces = part.view(m, n, k, -1)
+        changes += neighbour_changes(pieces)
+        finite &= (pieces >= 0).all(-1)
+    finite &= finite.roll(-1, dims=2)
+    return changes.masked_fill_(~finite, float("nan"))
 
 
 def planar_changes(activation: Activation, vectors: Tensor, k: int) -> Tensor:
@@ -126,15 +169,15 @@ def _interval(angle: Tensor, k: int) -> Tensor:
 
 def _flat_points(b: Batch, t: Tensor, name: str, extra: tuple[int, ...]) -> Tensor:
     """`t` shaped [*x's leading dims, *extra, ...features] as [*lead, *extra, d]."""
-    check_tensor(b.mlp, t, name)
+    check_tensor(b.net, t, name)
     expected_lead = tuple(b.x.shape[:-1]) + extra
     features = t.shape[len(expected_lead):].numel()
-    if tuple(t.shape[: len(expected_lead)]) != expected_lead or features != b.mlp.input_dim:
+    if tuple(t.shape[: len(expected_lead)]) != expected_lead or features != b.net.input_dim:
         raise ValueError(
-            f"{name} must be [{', '.join(map(str, expected_lead))}, {b.mlp.input_dim}] to match "
+            f"{name} must be [{', '.join(map(str, expected_lead))}, {b.net.input_dim}] to match "
             f"x {tuple(b.x.shape)}, got {tuple(t.shape)}"
         )
-    return t.reshape(*expected_lead, b.mlp.input_dim)
+    return t.reshape(*expected_lead, b.net.input_dim)
 
 
 def draw_partners(x: Tensor, pool: Tensor, generator: torch.Generator) -> Tensor:
@@ -189,7 +232,7 @@ def transition_counts(
     and for points where the network is not finite.
     """
     b = batch(net, x)
-    mlp = b.mlp
+    mlp = b.net
     if trajectory not in ("ellipse", "circle"):
         raise ValueError(f"trajectory must be 'ellipse' or 'circle', got {trajectory!r}")
     if trajectory == "ellipse":
@@ -223,16 +266,22 @@ def transition_counts(
         partners = draw_partners(b.x, pool, generator)
 
     coefficients = torch.stack([theta.cos(), theta.sin()], dim=-1)
-    # The first layer is planar along the trajectory: its changes come from its exact
-    # crossings, and only deeper layers are evaluated at the k points.
-    deeper = mlp.hidden_sizes[1:]
-    per_point = mlp.num_models * (16 * mlp.hidden_sizes[0] + (2 * k * sum(mlp.hidden_sizes) if deeper else 0))
+    if isinstance(mlp, ConvNet):
+        per_point = mlp.num_models * k * (mlp.code_width() + 2 * mlp.widest())
+    else:
+        # The first layer is planar along the trajectory: its changes come from its exact
+        # crossings, and only deeper layers are evaluated at the k points.
+        deeper = mlp.hidden_sizes[1:]
+        per_point = mlp.num_models * (16 * mlp.hidden_sizes[0] + (2 * k * sum(mlp.hidden_sizes) if deeper else 0))
     for start, stop in chunks(b.num_points, chunk_size, per_point + 3 * mlp.input_dim, mlp.device):
         xc = b.rows(start, stop)
         if trajectory == "circle":
             centre, axes = xc, planes[start:stop] if b.shared else planes[:, start:stop]
         else:
             centre, axes = ellipse_axes(xc, partners[start:stop] if b.shared else partners[:, start:stop])
+        if isinstance(mlp, ConvNet):
+            out[:, start:stop] = sampled_changes(mlp, centre, axes, coefficients).to(x.dtype).sum(-1)
+            continue
         vectors = planar_vectors(mlp, centre, axes)
         counts = planar_changes(mlp.activation, vectors, k).to(x.dtype)
         # Finite coefficients whose absolute sum is finite keep every point of the trajectory finite.

@@ -7,8 +7,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .nets import MLP, Net, as_mlp, check_tensor, chunks, planar_first_layer, propagate
-from .regions import Layers, as_words, hidden_pieces
+from .convnets import ConvNet
+from .nets import MLP, Net, as_population, check_tensor, chunks, planar_first_layer, propagate
+from .regions import Layers, as_words, hidden_pieces, pieces_at
 
 @dataclass(frozen=True)
 class SliceMap:
@@ -99,7 +100,7 @@ def slice_codes(
     plus `margin` of it on each end. Codes use the last hidden layer (layers="last") or all
     of them ("all"). Raises for smooth activations, whose codes are undefined.
     """
-    mlp = as_mlp(net)
+    mlp = as_population(net)
     mlp.activation.require_piecewise_linear("slice maps (linear-region codes)")
     if layers not in ("all", "last"):
         raise ValueError(f"layers must be 'all' or 'last', got {layers!r}")
@@ -120,21 +121,29 @@ def slice_codes(
     us = torch.linspace(float(extent[0]), float(extent[1]), grid, dtype=torch.float64, device=origin.device)
     vs = torch.linspace(float(extent[2]), float(extent[3]), grid, dtype=torch.float64, device=origin.device)
 
-    width = sum(mlp.hidden_sizes) if layers == "all" else mlp.hidden_sizes[-1]
+    if isinstance(mlp, ConvNet):
+        width = mlp.code_width() if layers == "all" else mlp.code_widths()[-1]
+        per_pixel = mlp.num_models * (mlp.code_width() + 2 * mlp.widest())
+    else:
+        width = sum(mlp.hidden_sizes) if layers == "all" else mlp.hidden_sizes[-1]
+        per_pixel = 2 * mlp.num_models * sum(mlp.hidden_sizes)
+        # For the last layer's codes alone, the first layer's pre-activations need not be kept.
+        keep = layers == "all" or len(mlp.hidden_sizes) == 1
     words = -(-width // 8)
     packed = torch.empty(mlp.num_models, grid * grid, words, dtype=torch.int64, device=mlp.device)
-    per_pixel = 2 * mlp.num_models * sum(mlp.hidden_sizes)
     base = origin.to(mlp.dtype).unsqueeze(0)
     directions = basis.to(mlp.dtype).unsqueeze(0)
-    # For the last layer's codes alone, the first layer's pre-activations need not be kept.
-    keep = layers == "all" or len(mlp.hidden_sizes) == 1
     for start, stop in chunks(grid * grid, chunk_size, per_pixel, mlp.device):
         pixel = torch.arange(start, stop, device=origin.device)
         uv = torch.stack([us[pixel % grid], vs[pixel // grid]], dim=-1)
-        hidden, _ = propagate(mlp, planar_first_layer(mlp, base, directions, uv), logits=False, keep_first=keep)
-        packed[:, start:stop] = as_words(hidden_pieces(mlp, hidden, layers))
+        if isinstance(mlp, ConvNet):  # its first layer's outputs outnumber the input: no planar shortcut
+            pieces = pieces_at(mlp, (base + uv.to(mlp.dtype) @ directions[0]), layers)
+        else:
+            hidden, _ = propagate(mlp, planar_first_layer(mlp, base, directions, uv), logits=False, keep_first=keep)
+            pieces = hidden_pieces(mlp, hidden, layers)
+        packed[:, start:stop] = as_words(pieces)
     region = torch.stack([first_appearance_ids(p) for p in packed]).view(-1, grid, grid)
-    single = not isinstance(net, MLP)
+    single = not isinstance(net, MLP | ConvNet)
     return SliceMap(
         region=region[0] if single else region,
         boundary=boundaries(region[0] if single else region),

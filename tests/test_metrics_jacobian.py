@@ -36,7 +36,7 @@ def reference_norms(net, x):
     Jacobian diag(p) − ppᵀ with its diagonal formed as p_c·Σ_{j≠c} p_j."""
     net64 = copy.deepcopy(net).double()
     x64 = x.to(torch.float64)
-    jac = torch.func.vmap(torch.func.jacrev(net64))(x64)  # [N, C, d]
+    jac = torch.func.vmap(torch.func.jacrev(net64))(x64).flatten(2)  # [N, C, d]
     logits = net64(x64)
     p = torch.softmax(logits, -1)
     c = p.shape[-1]
@@ -189,8 +189,10 @@ def test_errors_name_the_problem():
         jacobian_norms(net, torch.randn(4, 10, dtype=torch.float64))
     with pytest.raises(ValueError, match="output must be one of"):
         jacobian_norms(net, torch.randn(4, 10), "probabilities")
-    with pytest.raises(ValueError, match="Conv2d"):
+    with pytest.raises(ValueError, match=r"\[N, C, H, W\] images"):
         jacobian_norms(nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.Linear(2, 2)), torch.randn(1, 2))
+    with pytest.raises(ValueError, match="unsupported module Dropout"):
+        jacobian_norms(nn.Sequential(nn.Linear(10, 4), nn.Dropout(), nn.Linear(4, 2)), torch.randn(1, 10))
     pop = stack([net, net])
     with pytest.raises(ValueError, match=r"\[2, N, 10\]"):
         jacobian_norms(pop, torch.randn(3, 4, 10))

@@ -1,0 +1,265 @@
+"""Convolutional populations against independent references: each member run alone as an
+nn.Sequential, float64 jacrev for Jacobian norms, a module-by-module walk for codes and
+transitions, and the dense matrix of each convolution for its spectral norm."""
+
+import copy
+import math
+
+import pytest
+import torch
+from torch import nn
+from test_metrics_jacobian import assert_relative, reference_norms
+from test_metrics_regions import brute_ellipse
+
+from metrics_core import (distance_from_init, jacobian_norms, margin, pacbayes_sigma, param_count, path_norm,
+                          slice_codes, spectral_product, trajectory_profile, transition_counts, weight_norm_sq)
+from metrics_core.baselines import operator_norms
+from metrics_core.convnets import ConvNet, as_convnet, run, stack_convnets, unstack_convnet
+
+SHAPE = (3, 8, 8)
+
+
+def vgg(activation=nn.ReLU, norm=False, seed=0, classes=5):
+    """conv–act–maxpool blocks, then flatten and a linear head."""
+    torch.manual_seed(seed)
+    extra = (lambda c: [nn.BatchNorm2d(c)]) if norm else (lambda c: [])
+    net = nn.Sequential(
+        nn.Conv2d(3, 4, 3, padding=1), *extra(4), activation(), nn.MaxPool2d(2),
+        nn.Conv2d(4, 6, 3, padding=1), *extra(6), activation(), nn.MaxPool2d(2),
+        nn.Flatten(), nn.Linear(6 * 2 * 2, 7), activation(), nn.Linear(7, classes))
+    if norm:
+        for module in net:
+            if isinstance(module, nn.BatchNorm2d):
+                module.running_mean.uniform_(-0.5, 0.5)
+                module.running_var.uniform_(0.5, 2.0)
+                module.weight.data.uniform_(0.5, 1.5)
+                module.bias.data.uniform_(-0.2, 0.2)
+    return net.eval()
+
+
+def nin(activation=nn.ReLU, seed=0, classes=5):
+    """conv + 1×1 conv blocks, a strided conv and an average pool between stages, a 1×1 conv
+    to the classes and a global average pool."""
+    torch.manual_seed(seed)
+    return nn.Sequential(
+        nn.Conv2d(3, 5, 3, padding=1), activation(), nn.Conv2d(5, 5, 1), activation(),
+        nn.Conv2d(5, 5, 3, stride=2, padding=1), activation(), nn.AvgPool2d(2),
+        nn.Conv2d(5, 6, 3, padding=1), activation(), nn.Conv2d(6, classes, 1),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten()).eval()
+
+
+class OnePoint(nn.Module):
+    """A network that also takes one image [C, H, W] (as vmap hands it over)."""
+
+    def __init__(self, net):
+        super().__init__()
+        self.net = net
+
+    def forward(self, z):
+        return self.net(z) if z.dim() == 4 else self.net(z.unsqueeze(0)).squeeze(0)
+
+
+FAMILIES = {"vgg": vgg, "vgg-bn": lambda **kw: vgg(norm=True, **kw), "nin": nin}
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_population_forward_equals_each_network_alone(family):
+    nets = [FAMILIES[family](seed=s).double() for s in range(3)]
+    population = stack_convnets(nets, SHAPE)
+    x = torch.randn(4, *SHAPE, dtype=torch.float64)
+    logits, _ = run(population, x)
+    per_member, _ = run(population, x.expand(3, *x.shape))
+    with torch.no_grad():
+        expected = torch.stack([net(x) for net in nets])
+    torch.testing.assert_close(logits, expected, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(per_member, expected, rtol=1e-12, atol=1e-12)
+    again = stack_convnets(unstack_convnet(population), SHAPE)
+    torch.testing.assert_close(run(again, x)[0], expected, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+@pytest.mark.parametrize("activation", [nn.ReLU, nn.Hardtanh, nn.Tanh])
+def test_jacobian_norms_match_float64_jacrev(family, activation):
+    nets = [FAMILIES[family](activation=activation, seed=s) for s in range(2)]
+    population = stack_convnets(nets, SHAPE)
+    x = torch.randn(6, *SHAPE) * 2
+    soft, logit = jacobian_norms(population, x, "both", chunk_size=4)
+    for member, net in enumerate(nets):
+        soft_ref, logit_ref = reference_norms(OnePoint(net), x)
+        assert_relative(soft[member], soft_ref, 1e-4)
+        assert_relative(logit[member], logit_ref, 1e-4)
+    alone = jacobian_norms(nets[1], x, "logits")
+    torch.testing.assert_close(alone, logit[1], rtol=1e-5, atol=0)
+
+
+def test_jacobian_norms_stay_exact_where_the_softmax_saturates():
+    net = vgg(seed=3)
+    with torch.no_grad():  # class 0 leads by ~40 logits: 1 − p₀ ≈ 1e-17, 0 in float32
+        net[-1].bias[0] += 40.0
+    x = torch.randn(5, *SHAPE)
+    soft_ref, logit_ref = reference_norms(OnePoint(net), x)
+    assert soft_ref.max() < 1e-12, "the test must reach the saturated regime"
+    soft, logit = jacobian_norms(as_convnet(net, SHAPE), x, "both")
+    assert_relative(soft[0], soft_ref, 1e-4)
+    assert_relative(logit[0], logit_ref, 1e-4)
+
+
+def brute_code(net, point):
+    """Every activated unit's piece and every max-pool window's first argmax, module by module
+    (a ReLU's output is > 0 exactly where its input is; a hard-tanh's is at a bound exactly
+    where its input is at or past it)."""
+    code, a = [], point.unsqueeze(0)
+    for module in net:
+        if isinstance(module, nn.MaxPool2d):
+            k = module.kernel_size
+            _, c, h, w = a.shape
+            for channel in range(c):
+                for row in range(0, h - h % k, k):
+                    for col in range(0, w - w % k, k):
+                        window = a[0, channel, row:row + k, col:col + k].reshape(-1).tolist()
+                        code.append(window.index(max(window)))
+        a = module(a)
+        if isinstance(module, nn.Hardtanh):
+            code += [0 if v <= module.min_val else 2 if v >= module.max_val else 1 for v in a.flatten().tolist()]
+        elif isinstance(module, nn.ReLU):
+            code += [1 if v > 0 else 0 for v in a.flatten().tolist()]
+    return code
+
+
+def test_codes_hold_every_unit_and_max_pool_choice():
+    net = vgg(seed=1).double()
+    population = as_convnet(net, SHAPE)
+    x = torch.randn(3, *SHAPE, dtype=torch.float64)
+    _, parts = run(population, x, codes=True)
+    code = torch.cat(parts, -1)[0]
+    assert code.shape[-1] == population.code_width()
+    with torch.no_grad():
+        expected = [brute_code(net, p) for p in x]
+    assert code.tolist() == expected
+
+
+@pytest.mark.parametrize("family", ["vgg", "nin"])
+def test_ellipse_transitions_match_brute_force(family):
+    nets = [FAMILIES[family](seed=s).double() for s in range(2)]
+    population = stack_convnets(nets, SHAPE)
+    x = torch.randn(3, *SHAPE, dtype=torch.float64)
+    partners = torch.randn(3, 2, *SHAPE, dtype=torch.float64)
+    k = 24
+    got = transition_counts(population, x, partners=partners, k=k, chunk_size=2)
+    for member, net in enumerate(nets):
+        with torch.no_grad():
+            expected = []
+            for i in range(3):
+                points = brute_ellipse(x[i], partners[i, 0], partners[i, 1], k)
+                codes = [brute_code(net, z) for z in points]
+                expected.append(sum(sum(p != q for p, q in zip(codes[j], codes[(j + 1) % k])) for j in range(k)))
+        assert got[member].tolist() == expected
+        assert min(expected) > 0
+
+
+def test_layer_list_errors_name_the_problem():
+    net = as_convnet(vgg(), SHAPE)
+    with pytest.raises(ValueError, match="input_shape"):
+        as_convnet(vgg())
+    with pytest.raises(ValueError, match="eval mode"):
+        as_convnet(vgg(norm=True).train(), SHAPE)
+    with pytest.raises(ValueError, match="empty feature map"):
+        ConvNet(net.layers, net.activation, (3, 2, 2))
+    with pytest.raises(ValueError, match=r"must be \[N, 3, 8, 8\]"):
+        jacobian_norms(net, torch.randn(4, 3, 7, 7))
+    with pytest.raises(ValueError, match="same-shape"):
+        stack_convnets([vgg(), copy.deepcopy(nin())], SHAPE)
+
+
+def dense_operator(conv, input_shape):
+    """The matrix of a convolution (no bias) on inputs of `input_shape`, column by column."""
+    basis = torch.eye(math.prod(input_shape), dtype=torch.float64).view(-1, *input_shape)
+    with torch.no_grad():
+        return torch.nn.functional.conv2d(basis, conv.weight.double(), None, conv.stride, conv.padding).flatten(1).T
+
+
+@pytest.mark.parametrize("family", ["vgg", "nin"])
+def test_weight_baselines_match_references(family):
+    nets = [FAMILIES[family](seed=s) for s in range(2)]
+    population = stack_convnets(nets, SHAPE)
+    norms = operator_norms(population)
+    for member, net in enumerate(nets):
+        params = [p for p in net.parameters()]
+        assert param_count(population)[member] == sum(p.numel() for p in params)
+        weights = [m.weight for m in net if isinstance(m, nn.Conv2d | nn.Linear)]
+        torch.testing.assert_close(weight_norm_sq(population)[member], sum(w.square().sum() for w in weights))
+        shape, expected = SHAPE, []
+        for module in net:
+            if isinstance(module, nn.Conv2d):
+                expected.append(torch.linalg.matrix_norm(dense_operator(module, shape), ord=2))
+            elif isinstance(module, nn.Linear):
+                expected.append(torch.linalg.matrix_norm(module.weight.double(), ord=2))
+            with torch.no_grad():
+                shape = module(torch.zeros(1, *shape)).shape[1:] if len(shape) == 3 else shape
+        torch.testing.assert_close(norms[:, member].double(), torch.stack(expected), rtol=1e-5, atol=0)
+        torch.testing.assert_close(spectral_product(population)[member].double(), torch.stack(expected).prod(),
+                                   rtol=1e-4, atol=0)
+
+
+def test_path_norm_sums_every_path():
+    net = nin(seed=2)
+    squared = copy.deepcopy(net).double()
+    with torch.no_grad():
+        for module in squared:
+            if isinstance(module, nn.Conv2d | nn.Linear):
+                module.weight.square_()
+                module.bias.zero_()
+        # A linear network of non-negative weights: its output on ones sums Π w² over all paths.
+        expected = squared(torch.ones(1, *SHAPE, dtype=torch.float64)).sum().sqrt()
+    torch.testing.assert_close(path_norm(as_convnet(net, SHAPE))[0].double(), expected, rtol=1e-6, atol=0)
+
+
+def test_output_measures_equal_each_member_alone():
+    nets = [FAMILIES["vgg-bn"](seed=s) for s in range(3)]
+    inits = [FAMILIES["vgg-bn"](seed=10 + s) for s in range(3)]
+    population, start = stack_convnets(nets, SHAPE), stack_convnets(inits, SHAPE)
+    x, y = torch.randn(40, *SHAPE), torch.randint(0, 5, (40,))
+    got = margin(population, x, y)
+    for member, net in enumerate(nets):
+        with torch.no_grad():
+            logits = net(x)
+        true = logits.gather(1, y[:, None]).squeeze(1)
+        other = logits.scatter(1, y[:, None], float("-inf")).amax(1)
+        torch.testing.assert_close(got[member], true - other, rtol=1e-5, atol=1e-5)
+        distance = sum((p - q).square().sum() for p, q in zip(population.select([member]).parameters(),
+                                                               start.select([member]).parameters()))
+        torch.testing.assert_close(distance_from_init(population, start)[member], distance.sqrt())
+    generators = lambda: [torch.Generator().manual_seed(s) for s in range(3)]  # noqa: E731
+    together = pacbayes_sigma(population, x, y, generator=generators(), samples=2, depth=4)
+    for member in range(3):
+        alone = pacbayes_sigma(population.select([member]), x, y, generator=generators()[member:member + 1],
+                               samples=2, depth=4)
+        torch.testing.assert_close(together[member:member + 1], alone)
+
+
+def test_profiles_and_slices_follow_the_codes_and_norms_at_each_point():
+    nets = [vgg(seed=s) for s in range(2)]
+    population = stack_convnets(nets, SHAPE)
+    a, b, c = (torch.randn(*SHAPE) for _ in range(3))
+    z = torch.stack([torch.stack(brute_ellipse(a.flatten(), b.flatten(), c.flatten(), 12))])  # [1, 12, d]
+    norms, density = trajectory_profile(population, z)
+    expected_norms = jacobian_norms(population, z[0])
+    torch.testing.assert_close(norms[:, 0], expected_norms, rtol=1e-5, atol=0)
+    for member, net in enumerate(nets):
+        with torch.no_grad():
+            codes = [brute_code(net, p.view(SHAPE)) for p in z[0]]
+        expected = [sum(p != q for p, q in zip(codes[i], codes[(i + 1) % 12])) for i in range(12)]
+        assert density[member, 0].tolist() == expected
+    grid = 9
+    sliced = slice_codes(population, a, b, c, grid=grid, layers="all")
+    origin, basis = sliced.origin.float(), sliced.basis.float()
+    u = torch.linspace(float(sliced.extent[0]), float(sliced.extent[1]), grid)
+    v = torch.linspace(float(sliced.extent[2]), float(sliced.extent[3]), grid)
+    pixels = torch.stack([origin + uu * basis[0] + vv * basis[1] for vv in v for uu in u])
+    for member, net in enumerate(nets):
+        with torch.no_grad():
+            codes = [tuple(brute_code(net, p.view(SHAPE))) for p in pixels]
+        ids = {}
+        expected = [ids.setdefault(code, len(ids)) for code in codes]
+        assert sliced.region[member].flatten().tolist() == expected
+        assert len(ids) > 1
