@@ -26,6 +26,13 @@ HYPERPARAMS: tuple[str, ...] = (
     "full_batch",
     "seed",
     "init",
+    "architecture",
+    "family",
+    "stages",
+    "kernel_size",
+    "pooling",
+    "head",
+    "batch_norm",
 )
 
 # Networks that never produced a trained model; excluded from statistics and counted.

@@ -146,10 +146,13 @@ def trajectory_figure(profile: pd.DataFrame, dataset: str, path: Path) -> Path:
 
 
 def parallel_coordinates(wide: pd.DataFrame, hyperparams: Sequence[str], path: Path,
-                         metric: str = "jacobian_softmax") -> Path:
+                         metric: str = "jacobian_softmax") -> Path | None:
     """One line per network across its hyperparameters (those that vary), then `metric` (log10)
-    and the gap, coloured by gap: which settings lead where (as W&B or Optuna show a sweep)."""
+    and the gap, coloured by gap: which settings lead where (as W&B or Optuna show a sweep);
+    None when no network is left to draw (none reached the protocol's stopping point)."""
     trained = _trained(wide)
+    if trained.empty:
+        return None
     columns = [*hyperparams, *(c for c in (metric, "gap") if c in trained.columns)]
     scaled, ticks = [], []
     for column in columns:

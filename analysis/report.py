@@ -90,7 +90,8 @@ def build_report(sweep_path: str | os.PathLike, out_dir: str | os.PathLike | Non
 
     clock = time.perf_counter()
     drawn = _draw_figures(tables, wide, corr, profile, figure_dir)
-    drawn["sweep"] = [figures.parallel_coordinates(wide, varying_hyperparams(wide), figure_dir / "parallel_coordinates.png")]
+    sweep_figure = figures.parallel_coordinates(wide, varying_hyperparams(wide), figure_dir / "parallel_coordinates.png")
+    drawn["sweep"] = [sweep_figure] if sweep_figure is not None else []
     psi = figures.psi_figure(granulated, figure_dir / "granulated_kendall.png", PSI)
     drawn["granulated"] = [psi] if psi is not None else []
     timings["figures"] = time.perf_counter() - clock

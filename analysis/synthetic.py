@@ -84,6 +84,11 @@ def synthetic_networks(spec: SyntheticSweep, rng: np.random.Generator) -> pd.Dat
     df["batch_size"] = np.where(df["full_batch"], df["train_size"], 128)
     df["init"] = "he_normal"
     df["precision"] = "fp32"
+    df["architecture"] = "fc"
+    df[["stages", "kernel_size"]] = 0  # cnn only
+    df["batch_norm"] = False
+    for column in ("family", "pooling", "head"):
+        df[column] = pd.Categorical([None] * len(df), categories=["-"])  # a string dictionary, all null
     d = df["dataset"].map(INPUT_SIZE)
     w, depth = df["width"], df["depth"]
     df["param_count"] = d * w + w + (depth - 1) * (w * w + w) + w * 10 + 10

@@ -1,4 +1,4 @@
-"""Calibrate the cost model (sweep.plan.costs) on this device: prints an entry for sweep/calibration.json.
+"""Calibrate the cost model (sweep.plan.costs) on this device: prints an entry for sweep/plan/calibration.json.
 
     python bench/calibrate.py --device cuda                 # a card: fp32, tf32, bf16
     python bench/calibrate.py --device cpu --threads 1      # one CPU thread, as a CPU trial runs

@@ -10,7 +10,7 @@ from .convnets import ConvNet, as_convnet, stack_convnets, unstack_convnet
 from .jacobian import jacobian_norms, softmax_jacobian_norm
 from .measures import (distance_from_init, frobenius_margin, margin_quantile, pacbayes_mag_flatness,
                        pacbayes_sharpness, pacbayes_sigma, spectral_margin)
-from .nets import MLP, as_mlp, forward, stack, unstack
+from .nets import MLP, Population, as_mlp, forward, stack, unstack
 from .profiles import trajectory_profile
 from .regions import codes, transition_counts
 from .slices import SliceMap, slice_codes
@@ -22,6 +22,7 @@ __all__ = [
     "ConvNet",
     "MLP",
     "PIECEWISE_LINEAR_NAMES",
+    "Population",
     "SliceMap",
     "anchor_positions",
     "as_convnet",

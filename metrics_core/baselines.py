@@ -66,7 +66,7 @@ def conv_operator_norm(layer: Conv, input_shape: tuple[int, int, int]) -> Tensor
     of A's output."""
     m = layer.weight.shape[0]
     weight = layer.weight.double()
-    operator = Conv(weight, layer.bias.double(), layer.stride, layer.padding)
+    operator = Conv(weight, None, layer.stride, layer.padding)
     c, h, w = input_shape
     generator = torch.Generator(device=weight.device).manual_seed(0)
     v = torch.randn(1, m * c, h, w, dtype=torch.float64, device=weight.device, generator=generator)
@@ -114,8 +114,7 @@ def path_norm(net: Net) -> Tensor:
 
 def _squared(layer):
     if isinstance(layer, Conv):
-        return Conv(layer.weight.double().square(), torch.zeros_like(layer.bias, dtype=torch.float64),
-                    layer.stride, layer.padding)
+        return Conv(layer.weight.double().square(), None, layer.stride, layer.padding)
     if isinstance(layer, Dense):
         return Dense(layer.weight.double().square(), torch.zeros_like(layer.bias, dtype=torch.float64))
     if isinstance(layer, Norm):

@@ -32,11 +32,12 @@ PoolKind = Literal["max", "avg"]
 
 @dataclass(frozen=True, eq=False)  # tensors have no truth value: compare by identity
 class Conv:
-    """A 2-D convolution per member: weight [M, out, in, k, k], bias [M, out]; square kernel,
-    the same stride and zero padding on both axes."""
+    """A 2-D convolution per member: weight [M, out, in, k, k], bias [M, out] or None (as before
+    a batch normalisation, which would cancel it); square kernel, the same stride and zero
+    padding on both axes."""
 
     weight: Tensor
-    bias: Tensor
+    bias: Tensor | None
     stride: int = 1
     padding: int = 0
 
@@ -44,7 +45,8 @@ class Conv:
 @dataclass(frozen=True, eq=False)
 class Norm:
     """Batch normalisation in inference mode, y = x·scale + shift per channel: scale and shift
-    [M, C], from the running statistics (`scale = γ/√(var + eps)`, `shift = β − mean·scale`)."""
+    [M, C], from the running statistics (`scale = γ/√(var + eps)`, `shift = β − mean·scale`).
+    In training (`run(..., batch_stats=...)`) the same two tensors are γ and β."""
 
     scale: Tensor
     shift: Tensor
@@ -145,11 +147,11 @@ class ConvNet:
             if isinstance(layer, Conv | Pool | Norm) and flat:
                 raise ValueError(f"layer {position} ({type(layer).__name__}) needs a feature map, "
                                  "but the input was already flattened")
-            if isinstance(layer, Conv) and (layer.weight.dim() != 5 or layer.weight.shape[2] != shape[0]
-                                            or tuple(layer.bias.shape) != (m, layer.weight.shape[1])):
+            if isinstance(layer, Conv) and (layer.weight.dim() != 5 or layer.weight.shape[2] != shape[0] or (
+                    layer.bias is not None and tuple(layer.bias.shape) != (m, layer.weight.shape[1]))):
                 raise ValueError(f"layer {position}: Conv weight must be [{m}, out, {shape[0]}, k, k] "
-                                 f"and bias [{m}, out], got {tuple(layer.weight.shape)} and "
-                                 f"{tuple(layer.bias.shape)}")
+                                 f"and bias [{m}, out] or None, got {tuple(layer.weight.shape)} and "
+                                 f"{None if layer.bias is None else tuple(layer.bias.shape)}")
             if isinstance(layer, Norm) and tuple(layer.scale.shape) != (m, shape[0]):
                 raise ValueError(f"layer {position}: Norm scale must be [{m}, {shape[0]}], got "
                                  f"{tuple(layer.scale.shape)}")
@@ -253,7 +255,7 @@ def _numel(shape: Shape) -> int:
 
 def _tensors(layer: Layer) -> tuple[Tensor, ...]:
     if isinstance(layer, Conv | Dense):
-        return layer.weight, layer.bias
+        return (layer.weight,) if layer.bias is None else (layer.weight, layer.bias)
     if isinstance(layer, Norm):
         return layer.scale, layer.shift
     return ()
@@ -261,7 +263,7 @@ def _tensors(layer: Layer) -> tuple[Tensor, ...]:
 
 def _map_layer(layer: Layer, fn) -> Layer:
     if isinstance(layer, Conv):
-        return Conv(fn(layer.weight), fn(layer.bias), layer.stride, layer.padding)
+        return Conv(fn(layer.weight), None if layer.bias is None else fn(layer.bias), layer.stride, layer.padding)
     if isinstance(layer, Dense):
         return Dense(fn(layer.weight), fn(layer.bias))
     if isinstance(layer, Norm):
@@ -289,7 +291,8 @@ def conv(layer: Conv, x: Tensor, *, shared: bool = False, bias: bool = True) -> 
     members when `shared` (one ungrouped convolution with M·out filters) -> [n, M·out, H', W']."""
     m, out, fan_in, k, _ = layer.weight.shape
     weight = layer.weight.reshape(m * out, fan_in, k, k)
-    return F.conv2d(x, weight, layer.bias.reshape(-1) if bias else None, layer.stride, layer.padding,
+    with_bias = bias and layer.bias is not None
+    return F.conv2d(x, weight, layer.bias.reshape(-1) if with_bias else None, layer.stride, layer.padding,
                     groups=1 if shared else m)
 
 
@@ -320,16 +323,32 @@ def images(net: ConvNet, x: Tensor) -> Tensor:
     return x.reshape(*x.shape[:-1], *net.input_shape)
 
 
-def run(net: ConvNet, x: Tensor, *, codes: bool = False) -> tuple[Tensor, list[Tensor]]:
+BN_MOMENTUM = 0.1  # nn.BatchNorm2d's defaults
+BN_EPS = 1e-5
+
+
+def run(net: ConvNet, x: Tensor, *, codes: bool = False,
+        batch_stats: Sequence[tuple[Tensor, Tensor]] | None = None) -> tuple[Tensor, list[Tensor]]:
     """Logits [M, n, classes] of x ([n, C, H, W] shared by every member, or [M, n, C, H, W]),
     and, when `codes`, the code parts [M, n, units] int8 in layer order: the piece of every
     activated unit (−1 where its pre-activation is not finite) and every max-pool window's
-    choice."""
+    choice.
+
+    `batch_stats` (training): the running (mean, var) [M·C] of each Norm layer, in order; the
+    Norm layers then hold γ and β and normalise by each member's batch statistics, updating its
+    running statistics in place, as `nn.BatchNorm2d` does in training mode.
+    """
     m = net.num_models
     shared = x.dim() == 4
     h = x if shared else fold(x)
     parts: list[Tensor] = []
+    stats = iter(batch_stats or ())
     for layer in net.layers:
+        if batch_stats is not None and isinstance(layer, Norm):
+            mean, var = next(stats)
+            h = F.batch_norm(h, mean, var, layer.scale.reshape(-1), layer.shift.reshape(-1), training=True,
+                             momentum=BN_MOMENTUM, eps=BN_EPS)
+            continue
         if h.dim() == 4:  # folded feature maps
             if codes and isinstance(layer, Act):
                 parts.append(_pieces(net.activation, unfold(h, m).flatten(2)))
@@ -380,8 +399,8 @@ def _layer_of(module: nn.Module, activations: set[Activation], position: int) ->
         if module.groups != 1 or _pair(module.dilation) != 1 or module.padding_mode != "zeros":
             raise ValueError(f"Conv2d at {position}: only groups=1, dilation=1, zero padding are supported")
         _pair(module.kernel_size)
-        bias = module.bias if module.bias is not None else module.weight.new_zeros(module.out_channels)
-        return Conv(one(module.weight), one(bias), _pair(module.stride), _pair(module.padding))
+        bias = None if module.bias is None else one(module.bias)
+        return Conv(one(module.weight), bias, _pair(module.stride), _pair(module.padding))
     if isinstance(module, nn.BatchNorm2d):
         if module.training or not module.track_running_stats:
             raise ValueError(f"BatchNorm2d at {position} must be in eval mode with running statistics "
@@ -476,10 +495,12 @@ def _modules_of(layer: Layer, net: ConvNet, member: int, shape: Shape) -> list[n
     kw = {"device": net.device, "dtype": net.dtype}
     if isinstance(layer, Conv):
         _, out, fan_in, k, _ = layer.weight.shape
-        module = nn.Conv2d(fan_in, out, k, stride=layer.stride, padding=layer.padding, **kw)
+        module = nn.Conv2d(fan_in, out, k, stride=layer.stride, padding=layer.padding, bias=layer.bias is not None,
+                           **kw)
         with torch.no_grad():
             module.weight.copy_(layer.weight[member])
-            module.bias.copy_(layer.bias[member])
+            if layer.bias is not None:
+                module.bias.copy_(layer.bias[member])
         return [module]
     if isinstance(layer, Dense):
         module = nn.Linear(layer.weight.shape[2], layer.weight.shape[1], **kw)

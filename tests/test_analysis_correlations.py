@@ -176,3 +176,14 @@ def test_one_data_set_has_no_pooled_rows_repeating_it():
     two = pd.concat([df, df.assign(dataset="mnist")])
     assert list(correlations(two, metrics=["m"], targets=["gap"], bootstrap=False)["dataset"]) == ["digits", "mnist",
                                                                                                      "pooled"]
+
+
+def test_correlations_split_or_pool_by_architecture():
+    df = table(60, seed=3).assign(architecture=pd.Categorical(np.where(np.arange(60) < 25, "fc", "cnn")))
+    result = correlations(df, by="architecture", bootstrap=False)
+    assert set(result["architecture"]) == {"fc", "cnn", "pooled"}
+    for group, part in [("fc", df.iloc[:25]), ("cnn", df.iloc[25:]), ("pooled", df)]:
+        got = result[(result["architecture"] == group) & (result["metric"] == "jacobian_softmax")
+                     & (result["target"] == "gap")].iloc[0]
+        assert got["rho"] == pytest.approx(stats.spearmanr(part["jacobian_softmax"], part["gap"]).statistic, abs=1e-12)
+        assert got["n"] == len(part)

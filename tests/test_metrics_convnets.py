@@ -24,8 +24,8 @@ def vgg(activation=nn.ReLU, norm=False, seed=0, classes=5):
     torch.manual_seed(seed)
     extra = (lambda c: [nn.BatchNorm2d(c)]) if norm else (lambda c: [])
     net = nn.Sequential(
-        nn.Conv2d(3, 4, 3, padding=1), *extra(4), activation(), nn.MaxPool2d(2),
-        nn.Conv2d(4, 6, 3, padding=1), *extra(6), activation(), nn.MaxPool2d(2),
+        nn.Conv2d(3, 4, 3, padding=1, bias=not norm), *extra(4), activation(), nn.MaxPool2d(2),
+        nn.Conv2d(4, 6, 3, padding=1, bias=not norm), *extra(6), activation(), nn.MaxPool2d(2),
         nn.Flatten(), nn.Linear(6 * 2 * 2, 7), activation(), nn.Linear(7, classes))
     if norm:
         for module in net:

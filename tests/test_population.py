@@ -8,6 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import metrics_core as mc
+from sweep.plan.datasets import DATASETS
 from sweep.plan.networks import BundleConfig, NetworkConfig
 from sweep.plan.spec import Budget, DataSpec
 from sweep.scoring.table_writer import SCHEMAS
@@ -50,7 +52,7 @@ def net(optimizer="momentum", lr=0.03, seed=0, width=32, depth=2, batch=64, nois
 def train_alone(config: NetworkConfig, data, epochs: int) -> torch.nn.Sequential:
     """The reference: nn.Sequential + torch.optim, fed the member's batches one by one, in the
     member's precision as torch's AMP recipe has it (autocast around the forward pass and loss)."""
-    model = build_network(config, data.input_dim, data.num_classes).to(data.x_train.device)
+    model = build_network(config, data).to(data.x_train.device)
     opt = TORCH_OPTIMIZERS[config.optimizer](model.parameters(), config.learning_rate)
     labels = member_labels(config, data)
     n = len(labels)
@@ -77,6 +79,8 @@ def train_epochs(model, opt, config: NetworkConfig, data, labels, epochs: int, b
                 raw = augment(x * data.std + data.mean, data.image_shape,
                               shifts[start:start + batch], flips[start:start + batch], pad)
                 x = (raw - data.mean) / data.std
+            if config.architecture == "cnn":
+                x = x.view(len(x), *data.image_shape)
             with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=config.precision == "bf16"):
                 loss = F.cross_entropy(model(x), labels[idx])
             opt.zero_grad()
@@ -85,11 +89,7 @@ def train_epochs(model, opt, config: NetworkConfig, data, labels, epochs: int, b
 
 
 def member_params(trainer: PopulationTrainer, member: int) -> list[torch.Tensor]:
-    pop = trainer.population()
-    out = []
-    for w, b in zip(pop.weights, pop.biases):
-        out += [w[member], b[member]]
-    return out
+    return [t[member] for t in trainer.parameters()]
 
 
 def deviation(actual: list[torch.Tensor], expected: list[torch.Tensor]) -> float:
@@ -199,7 +199,7 @@ def test_member_follows_the_network_trained_alone_variants(digits, variant):
         alone = train_alone(config, digits, epochs=epochs)
         assert_close_params(member_params(trainer, i), list(alone.parameters()), 2e-5)
     # The initial parameters alone differ from the trained ones (training did happen).
-    init = build_network(members[0], digits.input_dim, digits.num_classes)
+    init = build_network(members[0], digits)
     assert not torch.allclose(member_params(trainer, 0)[0], next(init.parameters()))
 
 
@@ -305,9 +305,9 @@ def test_rows_match_the_networks_table(digits):
     row = trainer.network_rows("a-sweep")[0]
     assert sorted(row) == sorted(SCHEMAS["networks"].names) and row["sweep"] == "a-sweep"
     assert row["batch_size"] == row["train_size"] == 1297 and row["full_batch"] is True
-    assert row["param_count"] == sum(p.numel() for p in build_network(config, 64, 10).parameters())
+    assert row["param_count"] == sum(p.numel() for p in build_network(config, DATASETS["digits"]).parameters())
     # Train metrics use the member's own (noisy) labels: recompute them independently.
-    model = build_network(config, 64, 10)
+    model = build_network(config, DATASETS["digits"])
     pop = trainer.population()
     with torch.no_grad():
         for layer, linear in enumerate(model[0::2]):
@@ -339,3 +339,40 @@ def test_trainer_on_cuda_follows_the_cpu(digits):
     assert gpu.device.type == "cuda"
     for i in range(len(members.members)):
         assert_close_params([p.cpu() for p in member_params(gpu, i)], member_params(cpu, i), 1e-4)
+
+
+def conv_net(family: str, optimizer: str, lr: float, seed: int, *, noise: float = 0.0, aug: bool = False,
+             pooling: str = "max", head: str = "flatten", norm: bool = False) -> NetworkConfig:
+    return dataclasses.replace(net(optimizer, lr, seed=seed, width=4, depth=1, batch=128, noise=noise, aug=aug),
+                               architecture="cnn", family=family, stages=2, kernel_size=3, pooling=pooling, head=head,
+                               batch_norm=norm)
+
+
+@pytest.mark.parametrize("family,optimizer,pooling,head,aug,norm", [
+    ("vgg", "sgd", "max", "flatten", False, False), ("vgg", "momentum", "avg", "gap", True, True),
+    ("nin", "adam", "conv", "gap", False, True), ("nin", "rmsprop", "max", "flatten", True, False)])
+def test_a_convolutional_member_follows_the_network_trained_alone(digits, family, optimizer, pooling, head, aug,
+                                                                  norm):
+    lrs = LEARNING_RATES[optimizer]
+    members = (conv_net(family, optimizer, lrs[1], 1, noise=0.2, aug=aug, pooling=pooling, head=head, norm=norm),
+               conv_net(family, optimizer, lrs[0], 2, aug=aug, pooling=pooling, head=head, norm=norm))
+    trainer = PopulationTrainer(BundleConfig(members), digits, Budget(max_epochs=2, stop_at_full_train_acc=False))
+    while not trainer.done:
+        trainer.train_epoch()
+    for i, config in enumerate(members):
+        alone = train_alone(config, digits, epochs=2)
+        assert_close_params(member_params(trainer, i), list(alone.parameters()), 2e-5)
+        # batch normalisation's running statistics too, and its inference mode in the metrics
+        buffers = [b for name, b in alone.named_buffers() if name.endswith(("running_mean", "running_var"))]
+        # (mean, var) × 2 stages × (the block's norms + the strided pooling convolution's)
+        assert len(buffers) == 2 * 2 * ((2 if family == "nin" else 1) + (pooling == "conv")) * norm
+        if norm:
+            assert_close_params([t[i] for pair in trainer.norm_stats() for t in pair], buffers, 2e-5)
+        x = digits.x_test[:50]
+        with torch.no_grad():
+            expected = alone.eval()(x.view(-1, *digits.image_shape))
+        got = mc.forward(trainer.population(), x)[i]
+        torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+    rows = trainer.network_rows()
+    assert [r["architecture"] for r in rows] == ["cnn", "cnn"]
+    assert rows[0]["param_count"] == sum(p.numel() for p in alone.parameters())

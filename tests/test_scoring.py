@@ -21,6 +21,7 @@ import torch.nn.functional as F
 
 import metrics_core as mc
 import sweep.scoring.measure
+from sweep.plan.datasets import DATASETS
 from sweep.plan.networks import BundleConfig, NetworkConfig
 from sweep.plan.schema import SpecError
 from sweep.plan.spec import DataSpec
@@ -59,7 +60,7 @@ def make_bundle(activation="relu", members=3, width=16, depth=2, seed0=0) -> Bun
 
 def make_nets(bundle: BundleConfig, sharpen: float = 4.0):
     """The members as built alone; the last layer scaled so softmax outputs are far from uniform."""
-    nets = [build_network(member, 64, 10) for member in bundle.members]
+    nets = [build_network(member, DATASETS["digits"]) for member in bundle.members]
     with torch.no_grad():
         for net in nets:
             net[-1].weight.mul_(sharpen)
@@ -668,7 +669,7 @@ def test_train_point_measures_use_the_labels_each_network_was_trained_on(data):
     clean = make_bundle(members=1).members[0]
     noisy = dataclasses.replace(clean, random_label_fraction=0.5)
     bundle = BundleConfig((clean, noisy))
-    nets = [build_network(clean, 64, 10) for _ in range(2)]
+    nets = [build_network(clean, DATASETS["digits"]) for _ in range(2)]
     settings = SETTINGS.replace(sharpness_samples=2, sharpness_search_depth=4)
     scores = scored(mc.stack(nets), meta_of(bundle), data, settings)["scores"].set_index(["network_id", "metric"])
     probe = scoring_inputs(data, settings).probes[1]

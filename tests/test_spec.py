@@ -81,7 +81,8 @@ def test_malformed_spec_names_the_key(tmp_path, raw, message):
 
 
 def test_unknown_preset_and_missing_file():
-    with pytest.raises(SpecError, match=r"unknown preset 'digitz'; available presets: digits"):
+    with pytest.raises(SpecError, match=r"unknown preset 'digitz'; available presets: cnn-capacity, cnn-factors, "
+                                        r"digits, digits-cnn, paper-capacity"):
         load_spec("digitz")
     with pytest.raises(SpecError, match="not found"):
         load_spec("no/such/spec.yaml")
@@ -200,10 +201,11 @@ def test_bundle_refuses_mixed_shapes():
 def test_presets_load_and_match_their_descriptions():
     presets = dict(list_presets())
     assert set(presets) == {"digits", "paper-trajectories", "paper-capacity", "paper-factors",
-                            "paper-datasets"}
+                            "paper-datasets", "digits-cnn", "cnn-capacity", "cnn-factors"}
     counts = {name: len(networks(load_spec(name))) for name in presets}
     assert counts["digits"] >= 48
-    assert counts["paper-capacity"] == 2160
+    assert counts["paper-capacity"] == counts["cnn-capacity"] == 2160
+    assert {load_spec(name).architecture for name in ("digits-cnn", "cnn-capacity", "cnn-factors")} == {"cnn"}
     for name, description in presets.items():
         assert f"{counts[name]} networks" in description, name
         assert load_spec(name).name == name
@@ -224,7 +226,8 @@ def test_row_has_the_hyperparameter_columns():
     row = networks(parse_spec(VALID))[0].row()
     assert set(row) == {"network_id", "dataset", "train_size", "random_label_fraction",
                         "augmentation", "width", "depth", "activation", "optimizer",
-                        "learning_rate", "batch_size", "full_batch", "seed", "init", "precision"}
+                        "learning_rate", "batch_size", "full_batch", "seed", "init", "precision",
+                        "architecture", "family", "stages", "kernel_size", "pooling", "head", "batch_norm"}
     assert row["dataset"] == "digits" and row["full_batch"] is False
 
 
@@ -285,3 +288,25 @@ def test_every_problem_is_named_up_to_a_few():
         "budget.max_epochs: expected a positive integer, got 0",
         "budget.max_step: unknown key; allowed keys: max_epochs, max_steps, stop_at_full_train_acc",
     ]
+
+
+def test_convolutional_keys_need_the_cnn_architecture_and_images_that_hold_the_stages():
+    cnn = {**VALID, "architecture": "cnn",
+           "grid": {**VALID["grid"], "families": ["vgg", "nin"], "heads": ["flatten", "gap"], "stages": [2, 3]}}
+    nets = networks(parse_spec(cnn))
+    assert len(nets) == 8 * parse_spec(VALID).grid.size()
+    assert {(n.architecture, n.family, n.head, n.stages) for n in nets} == {
+        ("cnn", f, h, s) for f in ("vgg", "nin") for h in ("flatten", "gap") for s in (2, 3)}
+    # fc networks keep their ids: the new keys enter an id only when set
+    assert networks(parse_spec(VALID))[0].row()["architecture"] == "fc"
+    assert not {n.network_id for n in nets} & {n.network_id for n in networks(parse_spec(VALID))}
+    bundles = expand(parse_spec(cnn))
+    assert all(len({(m.family, m.head, m.stages) for m in b.members}) == 1 for b in bundles)
+    with pytest.raises(SpecError, match=r"grid.families: a cnn-only key; set architecture: cnn"):
+        parse_spec({**VALID, "grid": {**VALID["grid"], "families": ["nin"]}})
+    with pytest.raises(SpecError, match=r"grid.stages: 4 stages of 2×2 pools leave no pixels of digits's 8×8 images; "
+                                        r"use at most 3"):
+        parse_spec({**cnn, "grid": {**cnn["grid"], "stages": [4]}})
+    assert parse_spec({**cnn, "grid": {**cnn["grid"], "stages": [4], "poolings": ["conv"]}}).grid.stages == (4,)
+    with pytest.raises(SpecError, match=r"architecture: unknown value 'rnn'; choose one of fc, cnn"):
+        parse_spec({**VALID, "architecture": "rnn"})

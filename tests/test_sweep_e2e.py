@@ -17,7 +17,9 @@ from sweep.command.cli import main
 from sweep.plan.networks import BundleConfig
 from sweep.scoring.inputs import fixed_points
 from sweep.scoring.settings import ScoringSettings
+from sweep.training.checkpoints import stacked_parameters
 from sweep.training.data import load_dataset
+from sweep.training.models import build_network
 
 pytestmark = pytest.mark.ray
 
@@ -229,3 +231,80 @@ def test_a_checkpoint_from_another_sweep_is_left_out_of_scoring_with_a_message(s
     assert code == 1 and f"{folder}: its bundle is not in this sweep's plan (sweep.json)" in err, err
     after = pd.read_parquet(copy / "tables" / "scores")
     assert len(after) == len(before) and not set(after["network_id"]) & set(stranger.network_ids)
+
+
+CNN_SPEC = """
+name: tiny-cnn
+datasets:
+  - {name: digits, train_size: 300}
+architecture: cnn
+grid:
+  families: [vgg, nin]
+  widths: [8]
+  depths: [1]
+  stages: [2]
+  poolings: [max]
+  heads: [flatten]
+  batch_norm: [false, true]
+  activations: [relu]
+  optimizers: [momentum]
+  learning_rates: [0.03]
+  batch_sizes: [50]
+  seeds: [0, 1]
+budget:
+  max_epochs: 40
+scoring:
+  points: 40
+  train_points: 20
+  transitions_k: 16
+  profile_points: 15
+  trajectories: true
+  ellipses_per_kind: 1
+  slices: true
+  slice_count: 1
+  slice_grid: 8
+  sharpness_samples: 2
+  sharpness_search_depth: 4
+resources:
+  bundle_size: 2
+  cpus_per_trial: 1
+  scoring_actors: 1
+"""
+
+
+def test_a_convolutional_sweep_trains_scores_and_reports(ray_session, tmp_path):
+    spec = tmp_path / "tiny-cnn.yaml"
+    spec.write_text(CNN_SPEC)
+    assert main(["run", str(spec), "--storage", str(tmp_path / "store"), "--name", "tiny-cnn"]) == 0
+    sweep_dir = tmp_path / "store" / "tiny-cnn"
+    nets = pd.read_parquet(sweep_dir / "tables" / "networks")
+    assert len(nets) == 8 and set(nets["architecture"]) == {"cnn"} and set(nets["family"]) == {"vgg", "nin"}
+    assert nets["batch_norm"].sum() == 4
+    scores = pd.read_parquet(sweep_dir / "tables" / "scores")
+    assert (scores["status"] == "ok").all(), scores.loc[scores["status"] != "ok", "message"].tolist()
+    assert {"jacobian_softmax", "transitions", "spectral_product", "path_norm"} <= set(scores["metric"])
+    # The initial networks, rebuilt from their configs for the measure, are the `init` checkpoint's.
+    at_init = scores[(scores.metric == "distance_from_init") & (scores.checkpoint == "init")]
+    assert len(at_init) == 8 and (at_init["mean"] == 0).all()
+    # Each end checkpoint's Jacobian means, recomputed on each member's lone nn.Sequential twin.
+    for directory in _end_checkpoints(sweep_dir).values():
+        meta = json.loads((directory / "meta.json").read_text())
+        state = torch.load(directory / "population.pt", weights_only=True)
+        members = BundleConfig.from_dict(meta["bundle"]).members
+        data = load_dataset(members[0].dataset)
+        x = data.x_test[fixed_points(len(data.x_test), 40, ScoringSettings().seed)].view(-1, *data.image_shape)
+        tensors = stacked_parameters(state)
+        for i, (config, network_id) in enumerate(zip(members, meta["network_ids"])):
+            twin = build_network(config, data).eval()
+            statistics = [t for pair in state["norm_stats"] for t in pair]
+            running = [b for name, b in twin.named_buffers() if name.endswith(("running_mean", "running_var"))]
+            with torch.no_grad():
+                for target, stacked in [*zip(twin.parameters(), tensors, strict=True),
+                                        *zip(running, statistics, strict=True)]:
+                    target.copy_(stacked[i])
+            row = scores[(scores.network_id == network_id) & (scores.checkpoint == "end")
+                         & (scores.split == "test") & (scores.metric == "jacobian_softmax")]
+            assert row["mean"].iloc[0] == pytest.approx(mc.jacobian_norms(twin, x).mean().item(), rel=1e-4)
+    # The report ranks the networks that reached 100% train accuracy by their gap.
+    report = (sweep_dir / "report" / "report.md").read_text()
+    assert "jacobian_softmax" in report and (nets["status"] == "converged").sum() >= 4

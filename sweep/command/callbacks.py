@@ -102,7 +102,7 @@ class FailedTrialCallback(tune.Callback):
 def failed_row(member, bundle_id: str, sweep: str, message: str) -> dict:
     """The `networks` row of a network whose trial failed: its settings, no results."""
     info = dataset_info(member.dataset)
-    params = None if info.input_dim is None else param_count(member, info.input_dim, info.num_classes)
+    params = None if info.image_shape is None else param_count(member, info)
     return network_row(member, bundle_id, sweep=sweep, status="failed", param_count=params, message=message)
 
 

@@ -1,6 +1,6 @@
 """What a sweep costs before it runs: training and scoring time from calibrated rates.
 
-A device's calibration (`sweep/calibration.json`, measured by `bench/calibrate.py`) holds, per
+A device's calibration (`sweep/plan/calibration.json`, measured by `bench/calibrate.py`) holds, per
 training precision, the fixed cost of one population step (`step_overhead_ms`: kernel launches
 and the autograd graph, paid whatever the bundle's size), a cost per member and step beyond its
 arithmetic (`member_ms`: small kernels whose size follows M; 0 where not measured) and the rate
@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from importlib import resources
 
 from sweep.plan.datasets import dataset_info
-from sweep.plan.networks import BundleConfig, NetworkConfig, layer_sizes, param_count
+from sweep.plan.networks import BundleConfig, NetworkConfig, forward_flops, layer_sizes, param_count
 from sweep.plan.spec import Budget
 from sweep.scoring.settings import PROFILE_TAGS, ScoringSettings
 
@@ -108,7 +108,7 @@ def step_seconds(cal: Calibration, precision: str, *, members: int, flops_per_me
 
 def _sizes(bundle: BundleConfig) -> list[int] | None:
     info = dataset_info(bundle.dataset)
-    if info.input_dim is None:
+    if info.image_shape is None:
         return None
     return layer_sizes(bundle.members[0], info.input_dim, info.num_classes)
 
@@ -123,12 +123,15 @@ def _batch(bundle: BundleConfig) -> int:
 
 
 def step_flops(bundle: BundleConfig) -> float | None:
-    """FLOPs of one member's training step: 6 · batch · parameters."""
+    """FLOPs of one member's training step: 6 · batch · parameters (fc); forward, and backward
+    at twice its cost, of the batch (cnn, whose weights are reused at every pixel)."""
     info, n = dataset_info(bundle.dataset), train_size(bundle)
-    if info.input_dim is None or n is None:
+    if info.image_shape is None or n is None:
         return None
     batch = min(bundle.batch_size or n, n)
-    return 6.0 * batch * param_count(bundle.members[0], info.input_dim, info.num_classes)
+    if bundle.architecture == "cnn":
+        return 3.0 * batch * forward_flops(bundle.members[0], info)
+    return 6.0 * batch * param_count(bundle.members[0], info)
 
 
 def point_flops(sizes: list[int], transitions_k: int | None) -> float:
@@ -156,6 +159,8 @@ def checkpoint_flops(bundle: BundleConfig, scoring: ScoringSettings, tag: str) -
         return None
     metrics = set(scoring.metrics)
     k = scoring.transitions_k if "transitions" in metrics else None
+    if bundle.architecture == "cnn":
+        return len(bundle.members) * _conv_checkpoint_flops(bundle, scoring, tag, k)
     per_member = (scoring.points + scoring.train_points) * point_flops(sizes, k)
     if tag in PROFILE_TAGS:
         if scoring.trajectories:
@@ -164,6 +169,22 @@ def checkpoint_flops(bundle: BundleConfig, scoring: ScoringSettings, tag: str) -
             per_member += scoring.slice_count * scoring.slice_grid**2 * 2.0 * sum(
                 a * b for a, b in zip(sizes[1:-1], sizes[2:-1]))
     return len(bundle.members) * per_member
+
+
+def _conv_checkpoint_flops(bundle: BundleConfig, scoring: ScoringSettings, tag: str, k: int | None) -> float:
+    """One member's scoring FLOPs for a convolutional network: C vector-Jacobian products per point
+    (a forward and a backward pass each, three forwards' cost), k forward passes along each
+    point's trajectory, and one forward pass per profile point and slice pixel."""
+    info = dataset_info(bundle.dataset)
+    forward = forward_flops(bundle.members[0], info)
+    jacobian = 3.0 * info.num_classes * forward
+    total = (scoring.points + scoring.train_points) * (jacobian + (k or 0) * forward)
+    if tag in PROFILE_TAGS:
+        if scoring.trajectories:
+            total += 3 * scoring.ellipses_per_kind * scoring.profile_points * (jacobian + forward)
+        if scoring.slices:
+            total += scoring.slice_count * scoring.slice_grid**2 * forward
+    return total
 
 
 # ---- how long networks train ---------------------------------------------------------------

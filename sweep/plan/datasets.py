@@ -19,17 +19,21 @@ class DatasetInfo:
 
     train_size: int | None
     test_size: int | None
-    input_dim: int | None
+    image_shape: tuple[int, int, int] | None  # (C, H, W)
     num_classes: int | None
     hflip: bool  # horizontal flips preserve labels (natural images, not digits)
 
+    @property
+    def input_dim(self) -> int | None:
+        return None if self.image_shape is None else self.image_shape[0] * self.image_shape[1] * self.image_shape[2]
+
 
 DATASETS: dict[str, DatasetInfo] = {
-    "digits": DatasetInfo(1297, 500, 64, 10, hflip=False),
-    "mnist": DatasetInfo(60000, 10000, 784, 10, hflip=False),
-    "fashion_mnist": DatasetInfo(60000, 10000, 784, 10, hflip=False),
-    "cifar10": DatasetInfo(50000, 10000, 3072, 10, hflip=True),
-    "cifar100": DatasetInfo(50000, 10000, 3072, 100, hflip=True),
+    "digits": DatasetInfo(1297, 500, (1, 8, 8), 10, hflip=False),
+    "mnist": DatasetInfo(60000, 10000, (1, 28, 28), 10, hflip=False),
+    "fashion_mnist": DatasetInfo(60000, 10000, (1, 28, 28), 10, hflip=False),
+    "cifar10": DatasetInfo(50000, 10000, (3, 32, 32), 10, hflip=True),
+    "cifar100": DatasetInfo(50000, 10000, (3, 32, 32), 100, hflip=True),
     "image_folder": DatasetInfo(None, None, None, None, hflip=True),
 }
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp")
@@ -66,5 +70,5 @@ def _image_folder_info(path: str) -> DatasetInfo:
             width, height = first.size
     except (OSError, IndexError, ValueError):
         return DATASETS["image_folder"]
-    return DatasetInfo(len(train), len(test), channels * width * height, len(classes), hflip=True)
+    return DatasetInfo(len(train), len(test), (channels, height, width), len(classes), hflip=True)
 

@@ -6,9 +6,11 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import math
 import zlib
+import dataclasses
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -29,12 +31,23 @@ class NetworkConfig:
     seed: int
     init: str
     precision: str = "fp32"  # training arithmetic (`training.precision`); scoring is always exact
+    # Convolutional networks (architecture "cnn"): `width` is the first stage's channels (doubled
+    # at each later stage) and `depth` the blocks per stage; see `conv_layers`.
+    architecture: str = "fc"
+    family: str | None = None
+    stages: int | None = None
+    kernel_size: int | None = None
+    pooling: str | None = None
+    head: str | None = None
+    batch_norm: bool = False
 
     @property
     def network_id(self) -> str:
         identity = {**self.to_dict(), "dataset": self.dataset.identity()}
-        if self.precision == "fp32":  # ids of sweeps from before the option stay what they were
-            del identity["precision"]
+        # ids of sweeps from before an option stay what they were while it has its old value
+        for key, old in _ID_DEFAULTS.items():
+            if identity[key] == old:
+                del identity[key]
         return _digest(identity)
 
     def to_dict(self) -> dict:
@@ -79,7 +92,19 @@ class NetworkConfig:
             "seed": self.seed,
             "init": self.init,
             "precision": self.precision,
+            "architecture": self.architecture,
+            "family": self.family,
+            # 0 for fc networks: an int64 column with nulls would read as float64 in pandas
+            "stages": self.stages or 0,
+            "kernel_size": self.kernel_size or 0,
+            "pooling": self.pooling,
+            "head": self.head,
+            "batch_norm": self.batch_norm,
         }
+
+
+_ID_DEFAULTS = {"precision": "fp32", "architecture": "fc", "family": None, "stages": None, "kernel_size": None,
+                "pooling": None, "head": None, "batch_norm": False}
 
 
 
@@ -104,7 +129,8 @@ def network_row(config: NetworkConfig, bundle_id: str, *, status: str, param_cou
     }
 
 SHARED_IN_BUNDLE = ("dataset", "width", "depth", "activation", "optimizer", "batch_size",
-                    "augmentation", "precision")
+                    "augmentation", "precision", "architecture", "family", "stages", "kernel_size", "pooling",
+                    "head", "batch_norm")
 
 
 @dataclass(frozen=True)
@@ -134,38 +160,11 @@ class BundleConfig:
     def network_ids(self) -> list[str]:
         return [m.network_id for m in self.members]
 
-    # What every member shares (checked above), read from the first member.
-    @property
-    def dataset(self) -> DataSpec:
-        return self.members[0].dataset
-
-    @property
-    def width(self) -> int:
-        return self.members[0].width
-
-    @property
-    def depth(self) -> int:
-        return self.members[0].depth
-
-    @property
-    def activation(self) -> str:
-        return self.members[0].activation
-
-    @property
-    def optimizer(self) -> str:
-        return self.members[0].optimizer
-
-    @property
-    def batch_size(self) -> int | None:
-        return self.members[0].batch_size
-
-    @property
-    def augmentation(self) -> bool:
-        return self.members[0].augmentation
-
-    @property
-    def precision(self) -> str:
-        return self.members[0].precision
+    def __getattr__(self, key: str):
+        """What every member shares (`SHARED_IN_BUNDLE`, checked above), read from the first member."""
+        if key in SHARED_IN_BUNDLE:
+            return getattr(self.members[0], key)
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {key!r}")
 
     def to_dict(self) -> dict:
         # bundle_id is derived, carried along for trial names and readers of meta.json
@@ -188,13 +187,24 @@ def networks(spec: SweepSpec) -> list[NetworkConfig]:
     """Every network of the grid, in a fixed order (data set outermost, seed innermost)."""
     g = spec.grid
     out = []
-    for data, width, depth, act, (opt, lrs), batch, rlf, aug, init in itertools.product(
-            spec.datasets, g.widths, g.depths, g.activations, g.rates, g.batch_sizes,
+    for data, width, depth, shape, act, (opt, lrs), batch, rlf, aug, init in itertools.product(
+            spec.datasets, g.widths, g.depths, _conv_shapes(spec), g.activations, g.rates, g.batch_sizes,
             g.random_label_fractions, g.augmentation, g.inits):
         for lr, seed in itertools.product(lrs, g.seeds):
             out.append(NetworkConfig(data, width, depth, act, opt, lr, batch, rlf, aug, seed,
-                                     init, spec.training.precision))
+                                     init, spec.training.precision, **shape))
     return out
+
+
+def _conv_shapes(spec: SweepSpec) -> list[dict]:
+    """The convolutional keys of each shape in the grid; one empty shape for fc networks."""
+    if spec.architecture == "fc":
+        return [{}]
+    g = spec.grid
+    return [{"architecture": "cnn", "family": family, "stages": stages, "kernel_size": k, "pooling": pooling,
+             "head": head, "batch_norm": norm}
+            for family, stages, k, pooling, head, norm in itertools.product(
+                g.families, g.stages, g.kernel_sizes, g.poolings, g.heads, g.batch_norm)]
 
 
 def limit_networks(bundles: list[BundleConfig], count: int) -> list[BundleConfig]:
@@ -209,9 +219,124 @@ def limit_networks(bundles: list[BundleConfig], count: int) -> list[BundleConfig
 
 
 def layer_sizes(net: NetworkConfig, input_dim: int, num_classes: int) -> list[int]:
+    """A fully-connected network's layer widths, input to logits."""
     return [input_dim] + [net.width] * net.depth + [num_classes]
 
 
-def param_count(net: NetworkConfig, input_dim: int, num_classes: int) -> int:
-    sizes = layer_sizes(net, input_dim, num_classes)
-    return sum((a + 1) * b for a, b in zip(sizes[:-1], sizes[1:]))
+class DataShape(Protocol):
+    """What the layout of a network needs of its data set (a DatasetInfo or a loaded Dataset)."""
+
+    image_shape: tuple[int, int, int]
+    input_dim: int
+    num_classes: int
+
+
+@dataclass(frozen=True)
+class ConvLayer:
+    """One layer of a convolutional network, as `conv_layers` lays it out: `kind` is conv, norm
+    (batch normalisation), act, pool, gap (global average pool), flatten or dense; `shape` the
+    per-example output shape."""
+
+    kind: str
+    shape: tuple[int, ...]
+    fan_in: int = 0  # conv: input channels; dense: input features
+    fan_out: int = 0
+    kernel: int = 0
+    stride: int = 1
+    padding: int = 0
+    pool: str = ""  # max or avg
+    bias: bool = True  # conv: False before a batch normalisation
+
+
+def conv_layers(net: NetworkConfig, image_shape: tuple[int, int, int], num_classes: int) -> list[ConvLayer]:
+    """The layers of a convolutional network on images of `image_shape`.
+
+    `stages` stages of `depth` blocks; a block is a k×k convolution (zero padding k//2) and the
+    activation, and for the NiN family also a 1×1 convolution and the activation (with
+    `batch_norm`, every convolution followed by the activation is normalised before it); stage s has
+    width·2^s channels. After each stage the feature map halves: a 2×2 max or average pool, or a
+    k×k convolution of stride 2 and the activation (pooling "conv"). Head "flatten": Flatten and
+    a linear layer to the classes; "gap": a global average pool and a linear layer (VGG family),
+    or a 1×1 convolution to the classes and a global average pool (NiN family).
+    """
+    channels, height, width = image_shape
+    layers: list[ConvLayer] = []
+
+    def conv(out: int, k: int, stride: int = 1) -> None:
+        nonlocal channels, height, width
+        pad = k // 2
+        height, width = (height + 2 * pad - k) // stride + 1, (width + 2 * pad - k) // stride + 1
+        layers.append(ConvLayer("conv", (out, height, width), channels, out, k, stride, pad))
+        channels = out
+
+    def act() -> None:
+        if net.batch_norm:
+            layers[-1] = dataclasses.replace(layers[-1], bias=False)
+            layers.append(ConvLayer("norm", layers[-1].shape, fan_out=channels))
+        layers.append(ConvLayer("act", layers[-1].shape))
+
+    for stage in range(net.stages):
+        for _ in range(net.depth):
+            conv(net.width << stage, net.kernel_size)
+            act()
+            if net.family == "nin":
+                conv(channels, 1)
+                act()
+        if net.pooling == "conv":
+            conv(channels, net.kernel_size, stride=2)
+            act()
+        else:
+            height, width = height // 2, width // 2
+            layers.append(ConvLayer("pool", (channels, height, width), pool=net.pooling))
+        if min(height, width) < 1:
+            raise ValueError(f"{net.stages} stages leave no pixels of {image_shape[1]}×{image_shape[2]} images; "
+                             "use fewer stages")
+    if net.head == "gap" and net.family == "nin":
+        conv(num_classes, 1)
+        layers.append(ConvLayer("gap", (num_classes,)))
+        return layers
+    features = channels if net.head == "gap" else channels * height * width
+    layers.append(ConvLayer("gap" if net.head == "gap" else "flatten", (features,)))
+    layers.append(ConvLayer("dense", (num_classes,), features, num_classes))
+    return layers
+
+
+def parameter_shapes(net: NetworkConfig, data: DataShape) -> list[tuple[tuple[int, ...], ...]]:
+    """The shapes of each layer's parameters, layer by layer: (weight [out, in] or [out, in, k, k],
+    bias [out]) — a convolution before a batch normalisation has no bias, which the
+    normalisation would cancel — or a batch normalisation's (γ [C], β [C])."""
+    if net.architecture == "fc":
+        sizes = layer_sizes(net, data.input_dim, data.num_classes)
+        return [((b, a), (b,)) for a, b in zip(sizes[:-1], sizes[1:])]
+    out = []
+    for layer in conv_layers(net, data.image_shape, data.num_classes):
+        if layer.kind == "conv":
+            weight = (layer.fan_out, layer.fan_in, layer.kernel, layer.kernel)
+            out.append((weight, (layer.fan_out,)) if layer.bias else (weight,))
+        elif layer.kind == "dense":
+            out.append(((layer.fan_out, layer.fan_in), (layer.fan_out,)))
+        elif layer.kind == "norm":
+            out.append(((layer.fan_out,), (layer.fan_out,)))
+    return out
+
+
+def activation_sizes(net: NetworkConfig, data: DataShape) -> list[int]:
+    """Values per example of the input and of every layer's output (for memory estimates)."""
+    if net.architecture == "fc":
+        return layer_sizes(net, data.input_dim, data.num_classes)
+    return [data.input_dim] + [math.prod(layer.shape) for layer in conv_layers(net, data.image_shape, data.num_classes)]
+
+
+def forward_flops(net: NetworkConfig, data: DataShape) -> float:
+    """Multiply-add FLOPs (2 per multiply-add) of one example's forward pass through the weights."""
+    if net.architecture == "fc":
+        sizes = layer_sizes(net, data.input_dim, data.num_classes)
+        return 2.0 * sum(a * b for a, b in zip(sizes[:-1], sizes[1:]))
+    return 2.0 * sum(layer.fan_in * layer.fan_out * layer.kernel ** 2 * math.prod(layer.shape[1:])
+                     if layer.kind == "conv" else layer.fan_in * layer.fan_out
+                     for layer in conv_layers(net, data.image_shape, data.num_classes) if layer.kind in ("conv", "dense"))
+
+
+def param_count(net: NetworkConfig, data: DataShape) -> int:
+    """Weights and biases of one network."""
+    return sum(math.prod(shape) for layer in parameter_shapes(net, data) for shape in layer)

@@ -27,7 +27,7 @@ import numpy as np
 
 from sweep.plan import costs
 from sweep.plan.datasets import dataset_info
-from sweep.plan.networks import SHARED_IN_BUNDLE, BundleConfig, NetworkConfig, layer_sizes, networks, param_count
+from sweep.plan.networks import SHARED_IN_BUNDLE, BundleConfig, NetworkConfig, activation_sizes, networks, param_count
 from sweep.plan.spec import AUTO, Budget, SpecError, SweepSpec
 
 CPU_BUNDLE_SIZE = 16  # `bundle_size: auto` on CPUs: what every CPU sweep used before auto
@@ -90,12 +90,13 @@ def card_for(spec: SweepSpec, gpu_memory_gib: float | None = None, *, assume: bo
 # ---- memory ---------------------------------------------------------------------------------
 
 
-def _shape(net: NetworkConfig) -> tuple[list[int], int, int] | None:
-    """Layer sizes, training-set size and test-set size; None for an image folder (unknown)."""
+def _shape(net: NetworkConfig) -> tuple[int, list[int], int, int] | None:
+    """Parameters, values per example of the input and each layer's output, training-set size and
+    test-set size; None for an image folder (unknown)."""
     info = dataset_info(net.dataset)
-    if info.input_dim is None:
+    if info.image_shape is None:
         return None
-    return layer_sizes(net, info.input_dim, info.num_classes), info.train_size, info.test_size
+    return param_count(net, info), activation_sizes(net, info), info.train_size, info.test_size
 
 
 def member_bytes(net: NetworkConfig) -> int | None:
@@ -109,8 +110,7 @@ def member_bytes(net: NetworkConfig) -> int | None:
     shape = _shape(net)
     if shape is None:
         return None
-    sizes, n, _ = shape
-    params = sum((a + 1) * b for a, b in zip(sizes[:-1], sizes[1:]))
+    params, sizes, n, _ = shape
     batch = min(net.batch_size or n, n)
     per_example = 16 + (24 if net.augmentation else 0)
     return 4 * (params * (6 + _OPTIMIZER_SLOTS[net.optimizer]) + 3 * batch * sum(sizes)) + per_example * n
@@ -121,7 +121,7 @@ def shared_bytes(net: NetworkConfig) -> int | None:
     shape = _shape(net)
     if shape is None:
         return None
-    sizes, n, n_test = shape
+    _, sizes, n, n_test = shape
     return 4 * (n + n_test + 2) * sizes[0] + 8 * (n + n_test) + EVAL_BYTES
 
 
@@ -138,14 +138,8 @@ def scoring_bytes(bundles: list[BundleConfig], card: Card) -> int:
     """Device memory of a scoring actor: its context, chunks, the largest checkpoint's weights and
     every data set it may hold (it keeps each one it has scored)."""
     data = {b.dataset: shared_bytes(b.members[0]) or 0 for b in bundles}
-    weights = max((4 * len(b.members) * param_count(b.members[0], *_io(b)) for b in bundles if _shape(b.members[0])),
-                  default=0)
+    weights = max((4 * len(b.members) * shape[0] for b in bundles if (shape := _shape(b.members[0]))), default=0)
     return CONTEXT_BYTES + SCORING_CHUNK_BYTES + weights + sum(data.values())
-
-
-def _io(bundle: BundleConfig) -> tuple[int, int]:
-    info = dataset_info(bundle.dataset)
-    return info.input_dim, info.num_classes
 
 
 # ---- bundles --------------------------------------------------------------------------------
@@ -196,8 +190,16 @@ def expand(spec: SweepSpec, card: Card | None = None) -> list[BundleConfig]:
 
 
 def _shape_name(bundle: BundleConfig) -> str:
-    dim = dataset_info(bundle.dataset).input_dim
-    return f"{bundle.dataset.name} {dim or '?'}→{bundle.width}×{bundle.depth}"
+    return f"{bundle.dataset.name} {_layers_name(bundle)}"
+
+
+def _layers_name(net: NetworkConfig | BundleConfig) -> str:
+    """784→256×3 for fc networks; vgg 16c×2b×2s k3 max flatten (channels, blocks per stage, stages,
+    kernel, pooling, head; bn with batch normalisation) for cnn ones."""
+    if net.architecture == "fc":
+        return f"{dataset_info(net.dataset).input_dim or '?'}→{net.width}×{net.depth}"
+    return (f"{net.family} {net.width}c×{net.depth}b×{net.stages}s k{net.kernel_size} {net.pooling} {net.head}"
+            + (" bn" if net.batch_norm else ""))
 
 
 def check_fits(spec: SweepSpec, bundles: list[BundleConfig], card: Card) -> None:
@@ -288,7 +290,8 @@ def estimate_bundle_work(bundle: BundleConfig, budget: Budget) -> float:
     examples = budget.max_epochs * n
     if budget.max_steps:
         examples = min(examples, budget.max_steps * min(bundle.batch_size or n, n))
-    return len(bundle.members) * param_count(net, info.input_dim or net.width, info.num_classes or 1) * examples
+    size = param_count(net, info) if info.image_shape else net.width
+    return len(bundle.members) * size * examples
 
 
 # ---- the dry run's text ---------------------------------------------------------------------
@@ -311,6 +314,7 @@ def plan_summary(spec: SweepSpec, bundles: list[BundleConfig], card: Card | None
     per_card = trials_per_card(shares)
     total = sum(len(b.members) for b in bundles)
     size = spec.resources.bundle_size
+    shape_width = max(16, *(len(_layers_name(b)) + 2 for b in bundles))
     lines = [
         f"sweep {spec.name}: {total} networks in {len(bundles)} bundles "
         + (f"(at most {size} per bundle)" if size != AUTO else "(bundle_size auto: sized per shape)"),
@@ -325,7 +329,7 @@ def plan_summary(spec: SweepSpec, bundles: list[BundleConfig], card: Card | None
         + (f" at {scoring_share(spec, bundles, card):g} of a card each" if card and spec.resources.scoring_actors
            else ""),
         "",
-        f"{'data set':<14}{'shape':<16}{'activation':<11}{'optimizer':<10}{'batch':>6}{'aug':>5}"
+        f"{'data set':<14}{'shape':<{shape_width}}{'activation':<11}{'optimizer':<10}{'batch':>6}{'aug':>5}"
         f"{'bundles':>8}{'members':>9}{'per card':>9}{'GPU share':>10}{'memory/bundle':>15}",
     ]
     by_shape: dict[tuple, list[BundleConfig]] = {}
@@ -334,13 +338,12 @@ def plan_summary(spec: SweepSpec, bundles: list[BundleConfig], card: Card | None
     peak = 0
     for group in by_shape.values():
         b = group[0]
-        dim = dataset_info(b.dataset).input_dim
         members = "/".join(str(s) for s in sorted({len(x.members) for x in group}))
         memory = max((estimate_bundle_bytes(x, card) or 0) for x in group) or None
         peak = max(peak, memory or 0)
         share = max(shares[x.bundle_id] for x in group)
         trials = min(per_card[x.bundle_id] for x in group)
-        lines.append(f"{b.dataset.name:<14}{f'{dim or chr(63)}→{b.width}×{b.depth}':<16}{b.activation:<11}"
+        lines.append(f"{b.dataset.name:<14}{_layers_name(b):<{shape_width}}{b.activation:<11}"
                      f"{b.optimizer:<10}{b.batch_size or 'full':>6}{'yes' if b.augmentation else 'no':>5}"
                      f"{len(group):>8}{members:>9}{(trials if card else '-'):>9}{(f'{share:g}' if card else '-'):>10}"
                      f"{_mib(memory):>15}")
@@ -361,7 +364,7 @@ def projection_lines(spec: SweepSpec, bundles: list[BundleConfig], card: Card | 
     """The projected time on the spec's resources and on one reference card, and how."""
     reference = costs.reference_gpu()
     gpu = reference_projection(spec, bundles, card)
-    lines = ["projected time (sweep.plan.costs; calibration in sweep/calibration.json):"]
+    lines = ["projected time (sweep.plan.costs; calibration in sweep/plan/calibration.json):"]
     if not card:
         cpu = costs.reference_cpu()
         cores = max(1, cpus or 1)
@@ -378,8 +381,8 @@ def projection_lines(spec: SweepSpec, bundles: list[BundleConfig], card: Card | 
         f"{costs.hours(gpu.training_s)}, scoring {costs.hours(gpu.scoring_s)}; N cards take 1/N of it")
     measured = sum(1 for b in bundles for m in b.members if costs.expected_epochs(m, spec.budget)[1] == "measured")
     lines += [
-        "  how: a step of M members takes overhead + M·(member + 6·batch·params / rate), fitted to measured steps, "
-        "and each epoch a forward pass over the training set (the stopping check);",
+        "  how: a step of M members takes overhead + M·(member + F / rate), F = 6·batch·params (fc) or 3·batch·forward "
+        "FLOPs (cnn), fitted to measured steps, and each epoch a forward pass over the training set (the stopping check);",
         f"  trials sharing a card overlap their overheads; a bundle steps until its last member stops; "
         f"{measured} of {sum(len(b.members) for b in bundles)} networks",
         "  at the mean measured epochs to 100% train accuracy for their data, label noise and augmentation "
@@ -389,6 +392,9 @@ def projection_lines(spec: SweepSpec, bundles: list[BundleConfig], card: Card | 
     ]
     if not card:
         lines.append(f"  CPU: {costs.reference_cpu().measured}")
+    if spec.architecture == "cnn":
+        lines.append("  note: the rates were fitted to fully-connected steps; a convolutional step's rate is not yet "
+                     "calibrated (docs/performance.md)")
     lines += [f"  note: {note}" for note in gpu.notes]
     if gpu.unknown_bundles:
         lines.append(f"  {gpu.unknown_bundles} bundle(s) on an image folder are not counted (sizes unknown until loaded)")

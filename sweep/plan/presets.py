@@ -19,7 +19,7 @@ def preset_path(name: str):
 def list_presets() -> list[tuple[str, str]]:
     """(name, one-line description with size and expected cost) for every shipped preset."""
     out = []
-    for entry in sorted(_presets_dir().iterdir(), key=lambda e: e.name):
+    for entry in sorted(_presets_dir().iterdir(), key=lambda e: e.name.removesuffix(".yaml")):
         if entry.name.endswith(".yaml"):
             doc = yaml.safe_load(entry.read_text())
             out.append((entry.name.removesuffix(".yaml"), " ".join(doc["description"].split())))

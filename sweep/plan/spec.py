@@ -17,7 +17,7 @@ import tomllib
 import yaml
 from pydantic import AfterValidator, field_validator, model_validator
 
-from sweep.plan.datasets import DATASETS
+from sweep.plan.datasets import DATASETS, dataset_info
 from sweep.plan.presets import list_presets, preset_path
 from sweep.plan.schema import (AUTO, Count, Flag, Fraction, PositiveInt, PositiveNumber, Share, SpecError, Text,
                                grid_list, invalid, json_schema, one_of, or_auto, section, shown, validate)
@@ -30,6 +30,11 @@ ACTIVATIONS = ("relu", "leaky_relu", "hard_tanh", "relu6", "tanh", "sigmoid")
 OPTIMIZERS = ("sgd", "momentum", "adam", "rmsprop")
 INITS = ("torch_default", "he_normal", "lecun_normal", "glorot_uniform")
 PRECISIONS = ("fp32", "tf32", "bf16")
+ARCHITECTURES = ("fc", "cnn")
+FAMILIES = ("vgg", "nin")
+POOLINGS = ("max", "avg", "conv")
+HEADS = ("flatten", "gap")
+CNN_KEYS = ("families", "stages", "kernel_sizes", "poolings", "heads", "batch_norm")
 
 SWEEP_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]*")
 SWEEP_NAME_MAX = 100
@@ -134,6 +139,19 @@ class GridSpec:
     augmentation: grid_list(Flag) = (False,)
     seeds: grid_list(Count) = (0,)
     inits: grid_list(Literal[INITS]) = ("torch_default",)
+    families: grid_list(Literal[FAMILIES]) = ("vgg",)
+    """cnn only: vgg (blocks of a k×k convolution) or nin (blocks of a k×k and a 1×1 convolution)"""
+    stages: grid_list(PositiveInt) = (2,)
+    """cnn only: stages of `depths` blocks; stage s has widths·2^s channels, and the map halves after it"""
+    kernel_sizes: grid_list(PositiveInt) = (3,)
+    """cnn only"""
+    poolings: grid_list(Literal[POOLINGS]) = ("max",)
+    """cnn only: how the map halves after each stage: a 2×2 max or average pool, or a strided convolution"""
+    heads: grid_list(Literal[HEADS]) = ("flatten",)
+    """cnn only: flatten and a linear layer, or a global average pool (nin: after a 1×1 convolution to
+    the classes; vgg: before a linear layer)"""
+    batch_norm: grid_list(Flag) = (False,)
+    """cnn only: batch normalisation after each convolution (the metrics use its inference mode)"""
 
     @model_validator(mode="after")
     def _rates_per_optimizer(self) -> GridSpec:
@@ -158,6 +176,11 @@ class GridSpec:
         return (len(self.widths) * len(self.depths) * len(self.activations) * per_optimizer
                 * len(self.batch_sizes) * len(self.random_label_fractions)
                 * len(self.augmentation) * len(self.seeds) * len(self.inits))
+
+    def conv_shapes(self) -> int:
+        """Combinations of the cnn-only keys."""
+        return (len(self.families) * len(self.stages) * len(self.kernel_sizes) * len(self.poolings)
+                * len(self.heads) * len(self.batch_norm))
 
 
 @section
@@ -221,6 +244,9 @@ class SweepSpec:
     datasets: grid_list(DataSpec)
     grid: GridSpec
     budget: Budget
+    architecture: Literal[ARCHITECTURES] = "fc"
+    """fc: fully-connected networks (widths × depths hidden layers); cnn: convolutional ones (the grid's
+    cnn-only keys; widths are the first stage's channels, depths the blocks per stage)"""
     checkpoints: CheckpointSpec = CheckpointSpec()
     scoring: ScoringSettings = ScoringSettings()
     training: TrainingSpec = TrainingSpec()
@@ -242,11 +268,30 @@ class SweepSpec:
         if self.resources.gpus_per_scoring_actor == AUTO and not self.resources.uses_gpus:
             raise invalid("auto sizes the actor to the trials' cards; give resources.gpus_per_trial too (auto "
                           "or a share), or a number here", "resources.gpus_per_scoring_actor")
+        given = [key for key in CNN_KEYS if getattr(self.grid, key) != GridSpec.__dataclass_fields__[key].default]
+        if self.architecture == "fc" and given:
+            raise invalid("a cnn-only key; set architecture: cnn for convolutional networks, or remove it",
+                          f"grid.{given[0]}")
         total = self.grid.size() * len(self.datasets)
+        if self.architecture == "cnn":
+            total *= self.grid.conv_shapes()
+            self._check_stages()
         if total > MAX_NETWORKS:
             raise invalid(f"{total:,} networks exceeds the limit of {MAX_NETWORKS:,} per sweep; split the grid "
                           "into several sweeps (each with its own name)", "grid")
         return self
+
+
+    def _check_stages(self) -> None:
+        """A 2×2 pool after each stage halves the map (a strided convolution never empties it)."""
+        if set(self.grid.poolings) == {"conv"}:
+            return
+        for data in self.datasets:
+            shape = dataset_info(data).image_shape
+            most = min(shape[1:]).bit_length() - 1 if shape else None
+            if most is not None and max(self.grid.stages) > most:
+                raise invalid(f"{max(self.grid.stages)} stages of 2×2 pools leave no pixels of {data.name}'s "
+                              f"{shape[1]}×{shape[2]} images; use at most {most}", "grid.stages")
 
 
 def spec_schema() -> dict:

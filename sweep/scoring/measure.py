@@ -14,20 +14,22 @@ import torch.nn.functional as F
 from torch import Tensor
 
 import metrics_core as mc
+
 from sweep.plan.networks import BundleConfig
 from sweep.scoring.inputs import Probe, ScoringInputs, scoring_inputs
 from sweep.scoring.rows import checkpoint_rows, is_trained
 from sweep.scoring.settings import (INIT_METRICS, PROFILE_TAGS, TRAIN_METRICS, WEIGHT_METRICS,
                                     ScoringSettings)
 from sweep.training.checkpoints import CheckpointError
-from sweep.training.models import init_parameters
+from sweep.training.data import Dataset
+from sweep.training.models import initial_population
 from sweep.training.population import member_labels
 
 log = logging.getLogger(__name__)
 
 
 def score_checkpoint(
-    population: mc.MLP,
+    population: mc.Population,
     meta: Mapping,
     data,
     settings: ScoringSettings,
@@ -40,7 +42,7 @@ def score_checkpoint(
 
 
 def score_checkpoints(
-    checkpoints: Sequence[tuple[mc.MLP, Mapping]],
+    checkpoints: Sequence[tuple[mc.Population, Mapping]],
     data,
     settings: ScoringSettings,
     inputs: ScoringInputs | None = None,
@@ -72,18 +74,18 @@ def score_checkpoints(
             )
         population = population.to(device=device, dtype=dtype)
         populations.append(population)
-        inits.append(_initial_population(meta, population) if set(INIT_METRICS) & set(settings.metrics) else None)
+        inits.append(_initial_population(meta, population, data) if set(INIT_METRICS) & set(settings.metrics) else None)
         labels.append(_training_labels(meta, data, train) if wants_labels else None)
         finite.append(_finite_members(population))
         copies.append(_identical_members(population, [i for i in range(len(ids)) if finite[c][i]], labels[c]))
-        key = (tuple(w.shape[1:] for w in population.weights), population.activation, meta["tag"] in PROFILE_TAGS,
-               is_trained(meta))
+        key = (type(population), tuple(t.shape[1:] for t in population.parameters()), population.activation,
+               meta["tag"] in PROFILE_TAGS, is_trained(meta))
         groups.setdefault(key, []).extend((c, i) for i in copies[c])
     measured: list[dict[int, dict[str, Tensor]]] = [{} for _ in checkpoints]
     errors: list[dict[int, str]] = [{} for _ in checkpoints]
     batch = _Batch(populations, inits, labels, [list(meta["network_ids"]) for _, meta in checkpoints],
                    [f"{meta.get('bundle_id')}/{meta.get('tag')}" for _, meta in checkpoints])
-    for (_, _, profiles, trained), members in groups.items():
+    for (_, _, _, profiles, trained), members in groups.items():
         _measure_members(batch, members, inputs, settings, profiles, trained, measured, errors)
     out = []
     for c, (population, meta) in enumerate(checkpoints):
@@ -110,8 +112,8 @@ class _Members:
     """Networks measured in one call: their population, their initial weights and the labels
     they were trained on at the train points (None where not known), and their ids."""
 
-    net: mc.MLP
-    init: mc.MLP | None
+    net: mc.Population
+    init: mc.Population | None
     train_labels: Tensor | None  # [M, n train points]
     ids: list[str]
 
@@ -121,8 +123,8 @@ class _Batch:
     """The checkpoints scored together: populations, their initial weights and training labels
     (or None), ids, and labels for messages."""
 
-    populations: list[mc.MLP]
-    inits: list[mc.MLP | None]
+    populations: list[mc.Population]
+    inits: list[mc.Population | None]
     train_labels: list[Tensor | None]
     ids: list[list[str]]
     labels: list[str]
@@ -132,10 +134,10 @@ class _Batch:
         by_checkpoint: dict[int, list[int]] = {}
         for c, i in members:
             by_checkpoint.setdefault(c, []).append(i)
-        net = mc.stack([_select(self.populations[c], picked) for c, picked in by_checkpoint.items()])
+        net = _stack([_select(self.populations[c], picked) for c, picked in by_checkpoint.items()])
         init = train_labels = None
         if all(self.inits[c] is not None for c in by_checkpoint):
-            init = mc.stack([_select(self.inits[c], picked) for c, picked in by_checkpoint.items()])
+            init = _stack([_select(self.inits[c], picked) for c, picked in by_checkpoint.items()])
         if all(self.train_labels[c] is not None for c in by_checkpoint):
             train_labels = torch.cat([self.train_labels[c][picked] for c, picked in by_checkpoint.items()])
         return _Members(net, init, train_labels, [self.ids[c][i] for c, picked in by_checkpoint.items() for i in picked])
@@ -162,16 +164,13 @@ def _measure_members(batch: _Batch, members, inputs, settings, profiles, trained
                 errors[c][i] = f"scoring raised {type(error).__name__}: {error}"
 
 
-def _initial_population(meta: Mapping, population: mc.MLP) -> mc.MLP | None:
+def _initial_population(meta: Mapping, population: mc.Population, data: Dataset) -> mc.Population | None:
     """The checkpoint's networks at initialisation, rebuilt from their configs and seeds (exactly
     what the trainer started from); None when meta.json names no bundle."""
     if "bundle" not in meta:
         return None
     members = BundleConfig.from_dict(meta["bundle"]).members
-    layers = [init_parameters(m, population.input_dim, population.num_classes) for m in members]
-    weights = tuple(torch.stack([net[l][0] for net in layers]) for l in range(len(layers[0])))
-    biases = tuple(torch.stack([net[l][1] for net in layers]) for l in range(len(layers[0])))
-    return mc.MLP(weights, biases, population.activation).to(device=population.device, dtype=population.dtype)
+    return initial_population(members, data).to(device=population.device, dtype=population.dtype)
 
 
 def _training_labels(meta: Mapping, data, train: Probe) -> Tensor | None:
@@ -189,14 +188,14 @@ def _generators(ids: Sequence[str], seed: int, device: torch.device) -> list[tor
     return [torch.Generator(device=device).manual_seed(seed << 32 | zlib.crc32(i.encode())) for i in ids]
 
 
-def _finite_members(population: mc.MLP) -> list[bool]:
+def _finite_members(population: mc.Population) -> list[bool]:
     ok = torch.ones(population.num_models, dtype=torch.bool, device=population.device)
-    for t in (*population.weights, *population.biases):
+    for t in population.parameters():
         ok &= torch.isfinite(t).flatten(1).all(dim=1)
     return ok.tolist()
 
 
-def _identical_members(population: mc.MLP, members: Sequence[int], labels: Tensor | None = None
+def _identical_members(population: mc.Population, members: Sequence[int], labels: Tensor | None = None
                        ) -> dict[int, list[int]]:
     """Each distinct set of weights (and training labels, where the measures use them) among
     `members`: its first member -> the later ones."""
@@ -211,19 +210,19 @@ def _identical_members(population: mc.MLP, members: Sequence[int], labels: Tenso
     return copies
 
 
-def _same_weights(population: mc.MLP, i: int, j: int) -> bool:
-    return all(torch.equal(t[i], t[j]) for t in (*population.weights, *population.biases))
+def _same_weights(population: mc.Population, i: int, j: int) -> bool:
+    return all(torch.equal(t[i], t[j]) for t in population.parameters())
 
 
-def _select(population: mc.MLP, members: Sequence[int]) -> mc.MLP:
+def _select(population: mc.Population, members: Sequence[int]) -> mc.Population:
     if len(members) == population.num_models:
         return population
     index = torch.as_tensor(members, device=population.device)
-    return mc.MLP(
-        tuple(w.index_select(0, index) for w in population.weights),
-        tuple(b.index_select(0, index) for b in population.biases),
-        population.activation,
-    )
+    return population.map(lambda t: t.index_select(0, index))
+
+
+def _stack(populations: Sequence[mc.Population]) -> mc.Population:
+    return mc.stack_convnets(populations) if isinstance(populations[0], mc.ConvNet) else mc.stack(populations)
 
 
 def _split(measures: dict[str, Tensor], members: Sequence[int]) -> dict[int, dict[str, Tensor]]:
@@ -301,7 +300,7 @@ def _train_measures(members: _Members, inputs: ScoringInputs, settings: ScoringS
     return out
 
 
-def _transitions(net: mc.MLP, probe: Probe, settings: ScoringSettings) -> Tensor:
+def _transitions(net: mc.Population, probe: Probe, settings: ScoringSettings) -> Tensor:
     common = {"k": settings.transitions_k, "chunk_size": settings.chunk_size}
     if settings.trajectory == "ellipse":
         return mc.transition_counts(net, probe.x, partners=probe.partners, **common)

@@ -18,6 +18,7 @@ import torch
 
 import metrics_core as mc
 from sweep.plan import storage
+from sweep.plan.datasets import dataset_info
 from sweep.plan.networks import BundleConfig
 from sweep.scoring.inputs import ScoringInputs, scoring_inputs
 from sweep.scoring.measure import score_checkpoints
@@ -25,18 +26,22 @@ from sweep.scoring.rows import failure_rows
 from sweep.scoring.settings import ScoringSettings
 from sweep.scoring.table_writer import TableWriter, checkpoint_key
 from sweep.training.checkpoints import (POPULATION_FILE, CheckpointError, StorageUnavailable, label, locate, read_meta,
+                                        stacked_parameters,
                                         unavailable)
 from sweep.training.data import load_dataset
+from sweep.training.models import population_of
 
 
-def load_checkpoint(source) -> tuple[mc.MLP, dict]:
+def load_checkpoint(source) -> tuple[mc.MLP | mc.ConvNet, dict]:
     """The stacked population and the metadata of a checkpoint; CheckpointError names the file
     when either cannot be read."""
     meta = read_meta(source)
-    return _load_population(source), meta
+    return _load_population(source, meta), meta
 
 
-def _load_population(source) -> mc.MLP:
+def _load_population(source, meta: dict) -> mc.MLP | mc.ConvNet:
+    """The checkpoint's population: an MLP, or for convolutional networks (their layout follows
+    from the bundle's config in `meta`) a ConvNet."""
     fs, path = locate(source)
     where = f"{path}/{POPULATION_FILE}"
     try:
@@ -49,6 +54,12 @@ def _load_population(source) -> mc.MLP:
     try:
         state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
         activation = mc.Activation(state["activation"], state.get("activation_params") or {})
+        members = meta.get("bundle", {}).get("members") or [{}]
+        if members[0].get("architecture", "fc") == "cnn":
+            config = BundleConfig.from_dict(meta["bundle"]).members[0]
+            parameters = stacked_parameters(state)
+            stats = [tuple(pair) for pair in state.get("norm_stats") or []]
+            return population_of(config, dataset_info(config.dataset), parameters, stats or None)
         return mc.MLP(tuple(state["weights"]), tuple(state["biases"]), activation)
     except Exception as error:  # noqa: BLE001 - whatever the cause, the file cannot be used
         raise CheckpointError(
@@ -108,7 +119,7 @@ class Scorer:
             torch.set_num_threads(self.threads)
         started = time.perf_counter()
         summaries: list[dict] = []
-        loaded: dict[object, list[tuple[int, mc.MLP, dict]]] = {}
+        loaded: dict[object, list[tuple[int, mc.MLP | mc.ConvNet, dict]]] = {}
         for source in sources:
             summary = {"source": label(source), "key": None, "members": 0, "failed_members": 0, "points": 0, "message": ""}
             summaries.append(summary)
@@ -119,7 +130,7 @@ class Scorer:
                 continue
             summary.update(key=checkpoint_key(meta["bundle_id"], meta["tag"]), members=len(meta["network_ids"]))
             try:
-                population = _load_population(source)
+                population = _load_population(source, meta)
                 data_spec = checkpoint_dataset(meta)
             except StorageUnavailable as error:  # no rows: the checkpoint stays unscored, to be scored later
                 summary["message"] = str(error)

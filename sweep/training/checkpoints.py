@@ -23,6 +23,23 @@ class StorageUnavailable(CheckpointError):
     it is left unscored (not recorded as failed), and `sweep score` or `resume` scores it later."""
 
 
+def parameters_entry(parameters: list, architecture: str) -> dict:
+    """How `population.pt` (and the trainer's state) hold the stacked parameters: fully-connected
+    networks as `weights` and `biases` (the format every sweep has used), convolutional ones
+    (whose convolutions before a batch normalisation have no bias) as one `parameters` list in
+    layer order."""
+    if architecture == "fc":
+        return {"weights": parameters[0::2], "biases": parameters[1::2]}
+    return {"parameters": parameters}
+
+
+def stacked_parameters(state: dict) -> list:
+    """The stacked parameters of a `population.pt` or trainer state, layer by layer."""
+    if "parameters" in state:
+        return list(state["parameters"])
+    return [t for pair in zip(state["weights"], state["biases"]) for t in pair]
+
+
 def unavailable(where: str, error: OSError) -> StorageUnavailable:
     return StorageUnavailable(f"cannot read {where}: {error}; the storage did not answer, so the checkpoint is left "
                               "unscored: `sweep score PATH` (or `sweep resume PATH`) scores it once the storage answers")

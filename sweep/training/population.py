@@ -6,7 +6,9 @@ optimizer state; it stops on its own (100% train accuracy at an epoch end, the b
 non-finite loss or parameter) and then leaves the batched computation.
 
 Layout: the live members' parameters are one flat buffer holding, layer by layer, W_l as
-[m, out, in] and b_l as [m, out] (m = live members). The optimizers work on the whole buffer
+[m, out, in] (or a convolution's [m, out, in, k, k]) and b_l as [m, out] (m = live members).
+A convolutional bundle's members run as one grouped convolution per layer, members side by
+side in the channel axis (`metrics_core.convnets`), as HFTA arrays them. The optimizers work on the whole buffer
 at once with a per-element learning rate, so an update is a few kernels whatever the depth.
 They follow torch.optim's default formulas (SGD; SGD with momentum 0.9, dampening 0; Adam with
 betas (0.9, 0.999), eps 1e-8; RMSprop with alpha 0.99, eps 1e-8), so a member follows the same
@@ -38,11 +40,14 @@ import time
 import torch
 import torch.nn.functional as F
 
-from metrics_core.nets import MLP, default_chunk_size, preactivations
+import metrics_core as mc
+from metrics_core.convnets import images, run
+from metrics_core.nets import default_chunk_size, logit_floats, logits_of
 from sweep.plan.networks import BundleConfig, NetworkConfig, network_row, param_count
 from sweep.plan.spec import Budget
+from sweep.training.checkpoints import parameters_entry, stacked_parameters
 from sweep.training.data import Dataset, augment, augmentation_pad, draw_augmentation, random_labels
-from sweep.training.models import activation_of, init_parameters
+from sweep.training.models import initial_norm_stats, initial_parameters, population_of
 
 MOMENTUM = 0.9
 ADAM_BETAS = (0.9, 0.999)
@@ -56,14 +61,15 @@ GRAPH_WARMUP = 3  # eager steps on a side stream before a capture (cuBLAS worksp
 
 @contextlib.contextmanager
 def matmul_precision(precision: str):
-    """TF32 matmuls (CUDA) for a `tf32` step, true float32 for the others."""
-    matmul = torch.backends.cuda.matmul
-    before = matmul.allow_tf32
-    matmul.allow_tf32 = precision == "tf32"
+    """TF32 matmuls and convolutions (CUDA) for a `tf32` step, true float32 for the others
+    (cuDNN's convolutions would otherwise use TF32 by default)."""
+    matmul, cudnn = torch.backends.cuda.matmul, torch.backends.cudnn
+    before = matmul.allow_tf32, cudnn.allow_tf32
+    matmul.allow_tf32 = cudnn.allow_tf32 = precision == "tf32"
     try:
         yield
     finally:
-        matmul.allow_tf32 = before
+        matmul.allow_tf32, cudnn.allow_tf32 = before
 
 
 def autocast(precision: str, device: torch.device):
@@ -113,11 +119,9 @@ class PopulationTrainer:
                              f"{wanted}; load it with load_dataset(spec, device)")
         self.members = bundle.members
         self.cuda_graphs = cuda_graphs and self.device.type == "cuda"
-        self.activation = activation_of(self.members[0])
         self.n = len(data.y_train)
         self.batch = min(bundle.batch_size or self.n, self.n)
         self.steps_per_epoch = math.ceil(self.n / self.batch)
-        self.sizes = [data.input_dim] + [bundle.width] * bundle.depth + [data.num_classes]
         self.epoch = 0
         self.steps = 0
         self.elapsed = 0.0
@@ -126,22 +130,20 @@ class PopulationTrainer:
         self.stopped_at = [(0, 0.0, 0.0)] * count  # (steps, epochs, wall time) at the stop
         self.messages = [""] * count
         self.labels = torch.stack([member_labels(c, data) for c in self.members])  # [M, N]
-        params = [init_parameters(c, data.input_dim, data.num_classes) for c in self.members]
-        # Population of all members (finished ones frozen); live rows are refreshed on demand.
-        self._weights = [torch.stack([p[l][0] for p in params]).to(self.device)
-                         for l in range(len(self.sizes) - 1)]
-        self._biases = [torch.stack([p[l][1] for p in params]).to(self.device)
-                        for l in range(len(self.sizes) - 1)]
+        # Population of all members (finished ones frozen), as parameter stacks [M, ...] layer by
+        # layer (weight, bias; batch normalisation's γ, β) and batch normalisation's running
+        # (mean, var) [M, C]; live rows are refreshed on demand.
+        self._stacks = [t.to(self.device) for t in initial_parameters(self.members, data)]
+        self._norm_stats = [(mean.to(self.device), var.to(self.device))
+                            for mean, var in initial_norm_stats(self.members, data)]
+        self._layout = population_of(self.members[0], data, self._stacks)  # the training view
         self._set_live(list(range(count)), None, 0)
 
     # ---- layout --------------------------------------------------------------------------
 
     def _shapes(self) -> list[tuple[int, ...]]:
         m = len(self.live)
-        out = []
-        for fan_in, fan_out in zip(self.sizes[:-1], self.sizes[1:]):
-            out += [(m, fan_out, fan_in), (m, fan_out)]
-        return out
+        return [(m, *t.shape[1:]) for t in self._stacks]
 
     def _views(self, flat: torch.Tensor) -> list[torch.Tensor]:
         shapes = self._shapes()
@@ -157,10 +159,10 @@ class PopulationTrainer:
         population stacks and optimizer slots from `slots` (already in live order)."""
         self.live = live
         index = torch.tensor(live, dtype=torch.int64, device=self.device)
-        tensors = []
-        for w, b in zip(self._weights, self._biases):
-            tensors += [w.index_select(0, index), b.index_select(0, index)]
-        self._params = self._flatten(tensors).requires_grad_()
+        self._params = self._flatten([t.index_select(0, index) for t in self._stacks]).requires_grad_()
+        # Running statistics [m·C], updated in place by each step's batch normalisation.
+        self._live_stats = [(mean.index_select(0, index).reshape(-1), var.index_select(0, index).reshape(-1))
+                            for mean, var in self._norm_stats]
         lrs = torch.tensor([self.members[i].learning_rate for i in live],
                            dtype=torch.float32, device=self.device)
         self._lr = self._flatten([lrs.view(-1, *[1] * (len(s) - 1)).expand(s)
@@ -181,27 +183,36 @@ class PopulationTrainer:
         if not self.live:
             return
         index = torch.tensor(self.live, dtype=torch.int64, device=self.device)
-        views = self._views(self._params.detach())
-        for layer in range(len(self._weights)):
-            self._weights[layer].index_copy_(0, index, views[2 * layer])
-            self._biases[layer].index_copy_(0, index, views[2 * layer + 1])
+        for stack, view in zip(self._stacks, self._views(self._params.detach())):
+            stack.index_copy_(0, index, view)
+        for (mean, var), (live_mean, live_var) in zip(self._norm_stats, self._live_stats):
+            mean.index_copy_(0, index, live_mean.view(len(self.live), -1))
+            var.index_copy_(0, index, live_var.view(len(self.live), -1))
 
     # ---- training ------------------------------------------------------------------------
+
+    @property
+    def activation(self) -> mc.Activation:
+        return self._layout.activation
 
     @property
     def done(self) -> bool:
         return not self.live
 
     def _forward(self, views: list[torch.Tensor], x: torch.Tensor) -> torch.Tensor:
-        """Logits [m, B, C] of inputs x [m, B, d]: each layer as nn.Linear computes it (x·Wᵀ + b),
-        so a member's rounding is its lone twin's on a CPU."""
+        """Logits [m, B, C] of inputs x [m, B, d]. A linear layer is computed as nn.Linear computes
+        it (x·Wᵀ + b), so a member's rounding is its lone twin's on a CPU; a convolutional network's
+        members run as one grouped convolution per layer (`metrics_core.convnets.run`)."""
+        if isinstance(self._layout, mc.ConvNet):
+            live = self._layout.with_parameters(views)
+            return run(live, images(live, x), batch_stats=self._live_stats)[0]
         h = x
         last = len(views) // 2 - 1
         for layer in range(last + 1):
             h = torch.baddbmm(views[2 * layer + 1].unsqueeze(1), h,
                               views[2 * layer].transpose(1, 2))
             if layer < last:
-                h = self.activation.forward(h)
+                h = self._layout.activation.forward(h)
         return h
 
     @torch.no_grad()
@@ -332,7 +343,9 @@ class PopulationTrainer:
         for v in views:
             finite &= torch.isfinite(v).flatten(1).all(1)
         if self.budget.stop_at_full_train_acc:
-            live = MLP(tuple(views[0::2]), tuple(views[1::2]), self.activation)
+            m = len(self.live)
+            stats = [(mean.view(m, -1), var.view(m, -1)) for mean, var in self._live_stats]
+            live = population_of(self.members[0], self.data, views, stats if stats else None)
             _, acc = evaluate(live, self.data.x_train, self._live_labels)
             full = acc == 1.0
         else:
@@ -367,11 +380,22 @@ class PopulationTrainer:
 
     # ---- results -------------------------------------------------------------------------
 
-    def population(self) -> MLP:
-        """All members in bundle order; finished members frozen at their final weights."""
+    def population(self) -> mc.MLP | mc.ConvNet:
+        """All members in bundle order, in inference mode; finished members frozen at their final
+        weights."""
         self._sync_population()
-        return MLP(tuple(w.clone() for w in self._weights),
-                   tuple(b.clone() for b in self._biases), self.activation)
+        stats = self.norm_stats()
+        return population_of(self.members[0], self.data, self.parameters(), stats if stats else None)
+
+    def parameters(self) -> list[torch.Tensor]:
+        """Every member's trained parameters [M, ...], layer by layer (copies)."""
+        self._sync_population()
+        return [t.clone() for t in self._stacks]
+
+    def norm_stats(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Batch normalisation's running (mean, var) [M, C] per norm layer (copies); [] without."""
+        self._sync_population()
+        return [(mean.clone(), var.clone()) for mean, var in self._norm_stats]
 
     def network_rows(self, sweep: str | None = None) -> list[dict]:
         """One `networks` row per member (docs/tables.md), of the sweep named `sweep`."""
@@ -379,7 +403,7 @@ class PopulationTrainer:
         train_loss, train_acc = evaluate(mlp, self.data.x_train, self.labels)
         labels_test = self.data.y_test.expand(len(self.members), -1)
         test_loss, test_acc = evaluate(mlp, self.data.x_test, labels_test)
-        params = param_count(self.members[0], self.data.input_dim, self.data.num_classes)
+        params = param_count(self.members[0], self.data)
         rows = []
         for i, config in enumerate(self.members):
             running = self.status[i] == "running"
@@ -401,15 +425,15 @@ class PopulationTrainer:
         """Everything needed to continue exactly: population weights, live set, optimizer
         state and counters. Data order, labels and augmentation are functions of (seed, epoch)
         and need no generator state. Plain tensors (CPU), lists, dicts, str, int, float."""
-        pop = self.population()
+        parameters = self.parameters()
         return {
             "format": STATE_FORMAT,
             "network_ids": self.bundle.network_ids,
             "epoch": self.epoch,
             "steps": self.steps,
             "elapsed": self.elapsed,
-            "weights": [w.cpu() for w in pop.weights],
-            "biases": [b.cpu() for b in pop.biases],
+            **parameters_entry([t.cpu() for t in parameters], self.bundle.architecture),
+            "norm_stats": [[mean.cpu(), var.cpu()] for mean, var in self.norm_stats()],
             "live": list(self.live),
             "optimizer_step": self._opt_step,
             "optimizer_slots": {k: v.cpu() for k, v in self._slots.items()},
@@ -427,8 +451,8 @@ class PopulationTrainer:
                              f"from bundle {self.bundle.bundle_id}); resume with the bundle "
                              "config stored next to it")
         self.epoch, self.steps, self.elapsed = state["epoch"], state["steps"], state["elapsed"]
-        self._weights = [w.to(self.device) for w in state["weights"]]
-        self._biases = [b.to(self.device) for b in state["biases"]]
+        self._stacks = [t.to(self.device) for t in stacked_parameters(state)]
+        self._norm_stats = [(mean.to(self.device), var.to(self.device)) for mean, var in state.get("norm_stats", [])]
         self.status = list(state["status"])
         self.stopped_at = [tuple(s) for s in state["stopped_at"]]
         self.messages = list(state["messages"])
@@ -437,14 +461,14 @@ class PopulationTrainer:
 
 
 @torch.no_grad()
-def evaluate(mlp: MLP, x: torch.Tensor, labels: torch.Tensor):
+def evaluate(net: mc.MLP | mc.ConvNet, x: torch.Tensor, labels: torch.Tensor):
     """Mean cross-entropy and accuracy [M] of each member on x [N, d] with labels [M, N]."""
-    m, n = mlp.num_models, x.shape[0]
+    m, n = net.num_models, x.shape[0]
     loss = torch.zeros(m, dtype=torch.float64, device=x.device)
     correct = torch.zeros(m, dtype=torch.int64, device=x.device)
-    chunk = default_chunk_size(m * (max(mlp.hidden_sizes) + mlp.num_classes))
+    chunk = default_chunk_size(logit_floats(net))
     for start in range(0, n, chunk):
-        h = preactivations(mlp, x[start:start + chunk])[1]  # logits [M, chunk, C]
+        h = logits_of(net, x[start:start + chunk])  # [M, chunk, C]
         y = labels[:, start:start + chunk]
         loss += F.cross_entropy(h.flatten(0, 1), y.reshape(-1), reduction="none").view(
             m, -1).sum(1, dtype=torch.float64)

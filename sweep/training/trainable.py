@@ -22,7 +22,7 @@ from sweep.plan import storage
 from sweep.plan.networks import BundleConfig
 from sweep.plan.spec import Budget
 from sweep.scoring.table_writer import TableWriter
-from sweep.training.checkpoints import META_FILE, POPULATION_FILE
+from sweep.training.checkpoints import META_FILE, POPULATION_FILE, parameters_entry
 from sweep.training.data import load_dataset
 from sweep.training.population import PopulationTrainer
 
@@ -31,12 +31,13 @@ REPORT_EVERY_S = 2.0
 
 def checkpoint_payload(trainer: PopulationTrainer, bundle: BundleConfig, tag: str) -> tuple[dict, dict]:
     """The two files of a checkpoint: tensors (weights_only-loadable) and JSON metadata."""
-    mlp = trainer.population()
-    population = {
-        "weights": [w.detach().cpu() for w in mlp.weights],
-        "biases": [b.detach().cpu() for b in mlp.biases],
-        "activation": mlp.activation.name,
-        "activation_params": dict(mlp.activation.params),
+    parameters = [t.cpu() for t in trainer.parameters()]
+    activation = trainer.activation
+    population = {  # a convolutional network's layout follows from its config in meta.json
+        **parameters_entry(parameters, bundle.architecture),
+        "norm_stats": [[mean.cpu(), var.cpu()] for mean, var in trainer.norm_stats()],
+        "activation": activation.name,
+        "activation_params": dict(activation.params),
         "trainer": trainer.state_dict(),
     }
     meta = {
