@@ -376,3 +376,40 @@ def test_a_convolutional_member_follows_the_network_trained_alone(digits, family
     rows = trainer.network_rows()
     assert [r["architecture"] for r in rows] == ["cnn", "cnn"]
     assert rows[0]["param_count"] == sum(p.numel() for p in alone.parameters())
+
+
+def test_a_convolutional_bundle_with_batch_norm_resumes_exactly(digits, tmp_path):
+    members = BundleConfig((conv_net("vgg", "momentum", 0.05, 0, norm=True),
+                            conv_net("vgg", "momentum", 0.02, 1, noise=0.3, norm=True),
+                            conv_net("vgg", "momentum", 1e30, 2, norm=True)))  # diverges
+    budget = Budget(max_epochs=6)
+    straight = run(PopulationTrainer(members, digits, budget))
+    first = PopulationTrainer(members, digits, budget)
+    for _ in range(3):
+        first.train_epoch()
+    assert 0 < len(first.live) < 3
+    torch.save(first.state_dict(), tmp_path / "state.pt")
+    resumed = PopulationTrainer(members, digits, budget)
+    resumed.load_state_dict(torch.load(tmp_path / "state.pt", weights_only=True))
+    run(resumed)
+    assert resumed.status == straight.status and resumed.steps == straight.steps
+    for a, b in zip([*resumed.parameters(), *(t for pair in resumed.norm_stats() for t in pair)],
+                    [*straight.parameters(), *(t for pair in straight.norm_stats() for t in pair)]):
+        assert torch.equal(a.nan_to_num(), b.nan_to_num())
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_graph_steps_of_a_convolutional_bundle_equal_eager_steps():
+    # Grouped convolutions, batch normalisation's running statistics updated inside the graph,
+    # augmentation draws copied in, and re-captures as members leave.
+    data = load_dataset(DIGITS, device="cuda")
+    members = BundleConfig((conv_net("nin", "momentum", 0.05, 1, aug=True, norm=True),
+                            conv_net("nin", "momentum", 0.02, 2, aug=True, norm=True),
+                            conv_net("nin", "momentum", 1e4, 3, aug=True, norm=True)))
+    budget = Budget(max_epochs=6)
+    eager = run(PopulationTrainer(members, data, budget, device="cuda", cuda_graphs=False))
+    graphed = run(PopulationTrainer(members, data, budget, device="cuda", cuda_graphs=True))
+    assert graphed.status == eager.status
+    for i in range(3):
+        if eager.status[i] != "diverged":
+            assert_close_params(member_params(graphed, i), member_params(eager, i), 1e-5)
