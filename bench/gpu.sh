@@ -31,13 +31,15 @@ python3 -c "import torch, os; print('torch', torch.__version__, '| CPUs', os.cpu
 has_ray=$(python3 -c "import ray" 2>/dev/null && echo yes)
 # The tests that need CUDA (skipped elsewhere); the GPU sweep needs Ray too.
 step cuda-tests 200 python3 -m pytest -q -p no:cacheprovider -rs -k "cuda or gpu" tests/test_population.py \
-    tests/test_metrics_jacobian.py tests/test_planner.py ${has_ray:+tests/test_scoring.py tests/test_sweep_e2e.py}
+    tests/test_metrics_jacobian.py tests/test_metrics_convnets.py tests/test_planner.py \
+    ${has_ray:+tests/test_scoring.py tests/test_sweep_e2e.py}
 # The cost model's rates for this card (paste the printed entry into sweep/plan/calibration.json).
 step calibrate 150 python3 bench/calibrate.py --device "$device" $quick
-step metrics 180 python3 bench/metrics.py --device "$device" $quick
+step metrics 240 python3 bench/metrics.py --device "$device" $quick
 # Bundles of 64 and of 256 (the planner's size for small shapes on a big card), against 16
-# networks trained one at a time.
-step training 150 python3 bench/training.py --device "$device" $quick $([ "$device" = cpu ] || echo --members 64,256 --alone 16)
+# networks trained one at a time; then 16 convolutional networks per family (population, vmap,
+# one at a time).
+step training 240 python3 bench/training.py --device "$device" $quick $([ "$device" = cpu ] || echo --members 64,256 --alone 16)
 step scoring 180 python3 bench/scoring.py --device "$device" $quick
 if [ -n "$has_ray" ]; then
     step sweep-overhead 180 python3 bench/sweep_overhead.py digits --in-process --repeats 1

@@ -5,8 +5,11 @@
 Needs only torch and numpy (no Ray). Everything is measured in one run on one device:
 our Jacobian norms, torch.func.vmap(jacrev), a per-point autograd.grad loop and our
 transition counts on the reference nets 784→256×3→10 and 3072→512×4→10 (float32); then a
-stacked population of 64 nets 784→256×2→10 against the same nets one at a time. Before
-timing, our norms are checked against a float64 reference.
+stacked population of 64 nets 784→256×2→10 against the same nets one at a time; then, for one
+CIFAR-10-sized convolutional shape per family (VGG-like and NiN-like, `CONV_NETS`), a population's
+exact Jacobian norms (ours: C vector-Jacobian products batched over classes, points and members)
+against `torch.func.vmap(jacrev)` one member at a time. Before timing, our norms are checked
+against a float64 reference.
 """
 
 from __future__ import annotations
@@ -24,12 +27,17 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from metrics_core import as_mlp, jacobian_norms, stack, transition_counts  # noqa: E402
+from metrics_core import as_mlp, jacobian_norms, stack, stack_convnets, transition_counts  # noqa: E402
 from metrics_core.jacobian import uses_gram  # noqa: E402
 
 REFERENCE_NETS = [(784, 256, 3), (3072, 512, 4)]
-POPULATION_NET = (784, 256, 2)
 CLASSES = 10
+IMAGE = (3, 32, 32)
+# Convolutional shapes on CIFAR-10-sized images: (channels, kernel) per layer, "M" a 2×2 max-pool;
+# VGG-like ends in Flatten and a linear layer, NiN-like in a 1×1 convolution and a global average.
+CONV_NETS = {"vgg": [(32, 3), (32, 3), "M", (64, 3), (64, 3), "M", (128, 3), "M"],
+             "nin": [(32, 3), (32, 1), "M", (64, 3), (64, 1), "M", (128, 3), (CLASSES, 1)]}
+POPULATION_NET = (784, 256, 2)
 
 
 def make_net(d: int, width: int, depth: int, device: torch.device, seed: int = 0) -> nn.Sequential:
@@ -40,6 +48,37 @@ def make_net(d: int, width: int, depth: int, device: torch.device, seed: int = 0
         layers += [nn.Linear(fan_in, width), nn.ReLU()]
         fan_in = width
     return nn.Sequential(*layers, nn.Linear(fan_in, CLASSES)).to(device)
+
+
+class OnePoint(nn.Module):
+    """A network that also takes one image [C, H, W], as vmap hands it over (nn.Flatten needs a batch)."""
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net = net
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.net(z) if z.dim() == 4 else self.net(z.unsqueeze(0)).squeeze(0)
+
+
+def make_conv_net(family: str, device: torch.device, seed: int = 0) -> nn.Sequential:
+    torch.manual_seed(seed)
+    layers: list[nn.Module] = []
+    channels, side = IMAGE[0], IMAGE[1]
+    plan = CONV_NETS[family]
+    for position, step in enumerate(plan):
+        if step == "M":
+            layers.append(nn.MaxPool2d(2))
+            side //= 2
+            continue
+        out, k = step
+        layers.append(nn.Conv2d(channels, out, k, padding=k // 2))
+        if position < len(plan) - 1 or family == "vgg":
+            layers.append(nn.ReLU())
+        channels = out
+    head = [nn.Flatten(), nn.Linear(channels * side * side, CLASSES)] if family == "vgg" else \
+        [nn.AdaptiveAvgPool2d(1), nn.Flatten()]
+    return nn.Sequential(*layers, *head).to(device)
 
 
 def sync(device: torch.device) -> None:
@@ -98,7 +137,7 @@ def reference_norms(net: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """float64 jacrev of the logits times the softmax Jacobian with diagonal p_c·Σ_{j≠c} p_j."""
     net64 = copy.deepcopy(net).double()
     x64 = x.double()
-    jac = torch.func.vmap(torch.func.jacrev(net64))(x64)
+    jac = torch.func.vmap(torch.func.jacrev(net64))(x64).flatten(2)  # [N, C, d]
     with torch.no_grad():
         p = torch.softmax(net64(x64), -1)
         eye = torch.eye(p.shape[-1], dtype=torch.bool, device=p.device)
@@ -212,6 +251,30 @@ def bench_population(device, args) -> None:
     print(f"  ratio stacked / jacrev one at a time = {t_jacrev / t_stacked:6.2f}  {verdict(t_jacrev / t_stacked, 15) if gpu else ''}")
 
 
+def bench_conv(family: str, device, args) -> None:
+    nets = [make_conv_net(family, device, seed=s).eval() for s in range(args.conv_models)]
+    pop = stack_convnets(nets, IMAGE)
+    nets = [OnePoint(net) for net in nets]
+    x = torch.randn(args.conv_points, *IMAGE, device=device)
+    ours = jacobian_norms(pop, x)
+    few = x[:8]
+    for m in (0, len(nets) - 1):
+        expected = reference_norms(nets[m], few).to(ours.dtype)
+        torch.testing.assert_close(jacobian_norms(pop, few)[m], expected, rtol=1e-4, atol=0)
+        torch.testing.assert_close(ours[m], jacrev_norms(nets[m], x), rtol=1e-3, atol=1e-7)
+    t = best_times({"ours": lambda: jacobian_norms(pop, x),
+                    "jacrev": lambda: [jacrev_norms(net, x, chunk=args.conv_chunk) for net in nets]},
+                   device, args.repeats)
+    params = sum(p.numel() for p in nets[0].parameters())
+    total = len(nets) * len(x)
+    print(f"\n{family}-like convolutional nets on {IMAGE[0]}×{IMAGE[1]}×{IMAGE[2]} ({params:,} parameters), "
+          f"a population of {len(nets)}, {len(x)} points each; softmax Jacobian norms, checked against float64")
+    print(f"  ours (population)          {total / t['ours']:12.0f} model-points/s")
+    print(f"  vmap(jacrev) one at a time {total / t['jacrev']:12.0f} model-points/s")
+    ratio = t["jacrev"] / t["ours"]
+    print(f"  ratio ours / vmap(jacrev) = {ratio:6.2f}  {verdict(ratio, 2) if device.type == 'cuda' else ''}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
@@ -226,12 +289,17 @@ def main() -> None:
     args.transition_points = 16 if args.quick else (4096 if gpu else 256)
     args.models = 8 if args.quick else 64
     args.population_points = 200 if args.quick else 1000
+    args.conv_models = 2 if args.quick else (16 if gpu else 4)
+    args.conv_points = 16 if args.quick else (1024 if gpu else 64)
+    args.conv_chunk = 256 if gpu else 64
 
     name = torch.cuda.get_device_name(device) if gpu else f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
     print(f"device {device} ({name}); torch {torch.__version__}; float32 matmuls (no TF32)")
     for d, width, depth in REFERENCE_NETS:
         bench_reference_net(d, width, depth, device, args)
     bench_population(device, args)
+    for family in CONV_NETS:
+        bench_conv(family, device, args)
 
 
 if __name__ == "__main__":

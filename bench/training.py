@@ -8,7 +8,11 @@ Both sides run on the same device in the same process, on the same synthetic dat
 not depend on pixel values), batch 128, SGD with momentum 0.9. The population side is
 `PopulationTrainer.train_epoch` exactly as a trial runs it (members that never stop: no
 train-accuracy pass; on CUDA with its captured step, and again eagerly as `eager`); the baseline is `build_network` + `torch.optim.SGD`, the way one net per
-process would train. Prints model-steps/s of each and their ratio. Needs torch and numpy only.
+process would train. Prints model-steps/s of each and their ratio. Then the same for one
+CIFAR-10-sized convolutional shape per family (`CONV_SHAPES`: VGG-like and NiN-like, members as
+grouped convolutions), with a third side: `torch.func.vmap` over `functional_call` of the
+members' stacked parameters, updated with the same momentum SGD (the other way to batch a
+population in PyTorch). Needs torch, numpy and pydantic (the spec's types).
 """
 
 from __future__ import annotations
@@ -23,13 +27,16 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from sweep.plan.networks import BundleConfig, NetworkConfig  # noqa: E402
+from sweep.plan.networks import BundleConfig, NetworkConfig, param_count  # noqa: E402
 from sweep.plan.spec import Budget, DataSpec  # noqa: E402
 from sweep.training.data import Dataset  # noqa: E402
 from sweep.training.models import build_network  # noqa: E402
 from sweep.training.population import PopulationTrainer  # noqa: E402
 
 SHAPES = (("mnist", (1, 28, 28), 256, 3), ("cifar10", (3, 32, 32), 512, 4))
+# (family, first-stage channels, blocks per stage, head) on CIFAR-10-sized images, 3 stages of
+# 3×3 convolutions and 2×2 max-pools: about 290k and 100k parameters.
+CONV_SHAPES = (("vgg", 32, 2, "flatten"), ("nin", 32, 1, "gap"))
 BATCH = 128
 
 
@@ -62,14 +69,14 @@ def population_rate(configs, data, epochs: int, device, cuda_graphs: bool = True
 def one_at_a_time_rate(configs, data, steps: int, device) -> float:
     total = 0.0
     for config in configs:
-        model = build_network(config, data.input_dim, data.num_classes).to(device)
+        model = build_network(config, data).to(device)
         opt = torch.optim.SGD(model.parameters(), lr=config.learning_rate, momentum=0.9)
         order = torch.randperm(len(data.y_train), generator=config.generator("order", 0))
         order = order.to(device)
 
         def step(i: int) -> None:
             idx = order[(i % steps) * BATCH:(i % steps + 1) * BATCH]
-            loss = F.cross_entropy(model(data.x_train[idx]), data.y_train[idx])
+            loss = F.cross_entropy(model(inputs(config, data, idx)), data.y_train[idx])
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -84,6 +91,68 @@ def one_at_a_time_rate(configs, data, steps: int, device) -> float:
     return len(configs) * steps / total
 
 
+def inputs(config: NetworkConfig, data: Dataset, idx: torch.Tensor) -> torch.Tensor:
+    x = data.x_train[idx]
+    return x.view(*x.shape[:-1], *data.image_shape) if config.architecture == "cnn" else x
+
+
+def vmap_rate(configs, data, steps: int, device) -> float:
+    """torch.func.vmap over functional_call of one template network, with the members' stacked
+    parameters and each member's own batches, and momentum SGD on the stacked tensors."""
+    models = [build_network(config, data).to(device) for config in configs]
+    params, buffers = torch.func.stack_module_state(models)
+    template = build_network(configs[0], data).to("meta")
+    names = list(params)
+    weights = [params[name].detach().requires_grad_() for name in names]
+    velocity = [torch.zeros_like(w) for w in weights]
+    lr = torch.tensor([c.learning_rate for c in configs], device=device)
+    lrs = [lr.view(-1, *[1] * (w.dim() - 1)) for w in weights]
+    orders = torch.stack([torch.randperm(len(data.y_train), generator=c.generator("order", 0)) for c in configs])
+    orders = orders.to(device)
+
+    def loss(member_params, member_buffers, x, y):
+        return F.cross_entropy(torch.func.functional_call(template, (member_params, member_buffers), (x,)), y)
+
+    per_member = torch.vmap(loss)
+
+    def step(i: int) -> None:
+        idx = orders[:, (i % steps) * BATCH:(i % steps + 1) * BATCH]
+        x = inputs(configs[0], data, idx)
+        total = per_member(dict(zip(names, weights)), buffers, x, data.y_train[idx]).sum()
+        grads = torch.autograd.grad(total, weights)
+        with torch.no_grad():
+            torch._foreach_mul_(velocity, 0.9)
+            torch._foreach_add_(velocity, grads)
+            torch._foreach_sub_(weights, torch._foreach_mul(velocity, lrs))
+
+    step(0)
+    sync(device)
+    start = time.perf_counter()
+    for i in range(steps):
+        step(i)
+    sync(device)
+    return len(configs) * steps / (time.perf_counter() - start)
+
+
+def bench_conv(sizes: list[int], alone_count: int, steps: int, epochs: int, device) -> None:
+    print(f"\n{'convolutional shape':<34}{'M':>5}{'population':>14}{'vmap':>10}{'one at a time':>16}"
+          f"{'pop/vmap':>10}{'pop/one':>9}   (model-steps/s)")
+    data = synthetic("cifar10", (3, 32, 32), steps, device)
+    for family, width, depth, head in CONV_SHAPES:
+        configs = [NetworkConfig(DataSpec("cifar10"), width, depth, "relu", "momentum", 0.01, BATCH, 0.0, False,
+                                 seed, "torch_default", architecture="cnn", family=family, stages=3,
+                                 kernel_size=3, pooling="max", head=head)
+                   for seed in range(max(sizes + [alone_count]))]
+        alone = one_at_a_time_rate(configs[:alone_count], data, steps * epochs, device)
+        params = param_count(configs[0], data)
+        shape = f"{family} {width}c×{depth}b×3s {head} ({params / 1e3:.0f}k)"
+        for members in sizes:
+            pop = population_rate(configs[:members], data, epochs, device)
+            batched = vmap_rate(configs[:members], data, steps * epochs, device)
+            print(f"{shape:<34}{members:>5}{pop:>14,.0f}{batched:>10,.0f}{alone:>16,.0f}{pop / batched:>9.2f}×"
+                  f"{pop / alone:>8.1f}×", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -92,6 +161,8 @@ def main() -> None:
                                                   "(default: all of the smallest bundle)")
     parser.add_argument("--quick", action="store_true",
                         help="a smoke run: 16 members, 3 timed steps")
+    parser.add_argument("--conv-members", help="bundle sizes of the convolutional shapes (default 16 on CUDA, "
+                                               "4 on a CPU or with --quick)")
     parser.add_argument("--tf32", action="store_true",
                         help="allow TF32 matmuls on CUDA (both sides); default: full float32")
     args = parser.parse_args()
@@ -119,6 +190,9 @@ def main() -> None:
             eager = (f"{(e := population_rate(configs[:members], data, epochs, device, False)):>10,.0f}"
                      f"{pop / e:>13.2f}×") if graphs else ""
             print(f"{shape:<20}{members:>5}{pop:>14,.0f}{eager}{alone:>16,.0f}{pop / alone:>7.1f}×", flush=True)
+    conv_sizes = [int(m) for m in args.conv_members.split(",")] if args.conv_members else (
+        [4] if args.quick else [16 if device.type == "cuda" else 4])
+    bench_conv(conv_sizes, args.alone or min(conv_sizes), steps, epochs, device)
 
 
 if __name__ == "__main__":

@@ -8,8 +8,8 @@ follow from K: ‖J‖² = tr K and ‖A J‖² = Σ_i p_i² r_iᵀ K r_i for th
 A = diag(p) − ppᵀ, whose row i is p_i·r_i with r_i = e_i − p.
 
 Convolutional networks (`ConvNet`) take the generic exact route: the C rows of J from C
-vector-Jacobian products, batched over classes, points and models in one backward pass (each
-copy of a point carries one class's logit), then the same K and the same softmax factor.
+vector-Jacobian products, batched over classes, points and models in one backward pass after
+one forward pass, then the same K and the same softmax factor.
 """
 
 from __future__ import annotations
@@ -122,7 +122,7 @@ def jacobian_norms(
     b = batch(net, x)
     net = b.net
     if isinstance(net, ConvNet):
-        # Autograd keeps every layer's activations of the C copies of each point.
+        # Autograd keeps every layer's activations, and the batched backward C cotangents of each.
         per_point = 3 * net.num_models * net.num_classes * (net.input_dim + sum(map(math.prod, net.shapes())))
 
         def gram_and_logits(rows: Tensor) -> tuple[Tensor, Tensor]:
@@ -149,18 +149,16 @@ def jacobian_norms(
 def conv_logit_gram(net: ConvNet, x: Tensor) -> tuple[Tensor, Tensor]:
     """(K = J Jᵀ [M, n, C, C], logits [M, n, C]) of flat points x [n, d] or [M, n, d].
 
-    Each point is copied once per class; the sum over copies of copy i's logit i has, as its
-    gradient at copy i, row i of J, because no layer mixes points (normalisation runs in
-    inference mode). One backward pass thus gives all C·n rows for every model.
+    One forward pass, then C vector-Jacobian products, one per class's one-hot cotangent, as one
+    batched backward pass (`is_grads_batched`): row i of every member's Jacobian at every point.
+    No layer mixes points (normalisation runs in inference mode), so each point's rows are its own.
     """
     m, c = net.num_models, net.num_classes
     n, d = x.shape[-2:]
-    copies = x.expand(m, n, d).unsqueeze(1).expand(m, c, n, d).reshape(m, c * n, *net.input_shape)
-    copies = copies.detach().requires_grad_()
+    points = x.expand(m, n, d).reshape(m, n, *net.input_shape).detach().requires_grad_()
     with torch.enable_grad():
-        logits, _ = run(net, copies)
-        per_copy = logits.view(m, c, n, c).diagonal(dim1=1, dim2=3)  # [M, n, C]: copy i's logit i
-        (rows,) = torch.autograd.grad(per_copy.sum(), copies)
-    jac = rows.view(m, c, n, d).transpose(1, 2)  # [M, n, C, d]
-    return jac @ jac.transpose(-1, -2), logits.detach().view(m, c, n, c)[:, 0]
-
+        logits, _ = run(net, points)
+        cotangents = torch.eye(c, dtype=logits.dtype, device=logits.device).view(c, 1, 1, c).expand(c, m, n, c)
+        (rows,) = torch.autograd.grad(logits, points, cotangents, is_grads_batched=True)
+    jac = rows.reshape(c, m, n, d).permute(1, 2, 0, 3)  # [M, n, C, d]
+    return jac @ jac.transpose(-1, -2), logits.detach()

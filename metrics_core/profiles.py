@@ -64,7 +64,7 @@ def trajectory_profile(
     norms = z.new_empty((mlp.num_models, e, k))
     density = z.new_full((mlp.num_models, e, k), float("nan"))
     if isinstance(mlp, ConvNet):
-        # Autograd keeps every activation of the C copies of each point (`conv_logit_gram`).
+        # Autograd keeps every activation, and the batched backward C cotangents of each (`conv_logit_gram`).
         layers = d + sum(map(math.prod, mlp.shapes()))
         per_trajectory = k * (d + mlp.num_models * (mlp.code_width() + 3 * mlp.num_classes * layers))
     else:

@@ -263,3 +263,17 @@ def test_profiles_and_slices_follow_the_codes_and_norms_at_each_point():
         expected = [ids.setdefault(code, len(ids)) for code in codes]
         assert sliced.region[member].flatten().tolist() == expected
         assert len(ids) > 1
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_matches_cpu():
+    nets = [FAMILIES["vgg-bn"](seed=s) for s in range(3)]
+    population = stack_convnets(nets, SHAPE)
+    x, partners = torch.randn(20, *SHAPE), torch.randn(20, 2, *SHAPE)
+    on_card = population.to("cuda")
+    torch.testing.assert_close(jacobian_norms(on_card, x.cuda(), "both")[0].cpu(),
+                               jacobian_norms(population, x, "both")[0], rtol=1e-4, atol=0)
+    counts = transition_counts(on_card, x.cuda(), partners=partners.cuda(), k=32).cpu()
+    # Rounding may move a unit across a threshold between two samples: at most a few changes.
+    assert (counts - transition_counts(population, x, partners=partners, k=32)).abs().max() <= 4
+    torch.testing.assert_close(spectral_product(on_card).cpu(), spectral_product(population), rtol=1e-5, atol=0)
