@@ -41,21 +41,20 @@ def operator_norms(net: Population) -> Tensor:
     """‖W_l‖₂ [L, M] of every weight layer: the largest singular value of a weight matrix, or
     of the linear operator a convolution applies to its input; NaN for non-finite weights."""
     if isinstance(net, MLP):
-        layers = [(w, None) for w in net.weights]
-    else:
-        shapes = [net.input_shape, *net.shapes()]
-        layers = [(layer.weight, (layer, shapes[i])) for i, layer in enumerate(net.layers)
-                  if isinstance(layer, Conv | Dense)]
+        layers: list[tuple[Tensor, Conv | None, tuple]] = [(w, None, ()) for w in net.weights]
+    else:  # each weight layer with its input's shape (a convolution's operator depends on it)
+        inputs = [net.input_shape, *net.shapes()]
+        layers = [(layer.weight, layer if isinstance(layer, Conv) else None, inputs[i])
+                  for i, layer in enumerate(net.layers) if isinstance(layer, Conv | Dense)]
     norms = []
-    for w, conv_at in layers:
+    for w, conv_layer, input_shape in layers:
         ok = torch.isfinite(w).flatten(1).all(1)
         # LAPACK's SVD fails on non-finite input; those networks get NaN instead.
         safe = torch.where(ok.view(-1, *[1] * (w.dim() - 1)), w, 0)
-        if conv_at is None or isinstance(conv_at[0], Dense):
+        if conv_layer is None:
             norm = torch.linalg.matrix_norm(safe, ord=2)
         else:
-            layer, shape = conv_at
-            norm = conv_operator_norm(Conv(safe, layer.bias, layer.stride, layer.padding), shape)
+            norm = conv_operator_norm(Conv(safe, None, conv_layer.stride, conv_layer.padding), input_shape)
         norms.append(norm.masked_fill(~ok, float("nan")))
     return torch.stack(norms)
 

@@ -16,7 +16,7 @@ from torch import nn
 
 import metrics_core as mc
 from metrics_core import convnets
-from sweep.plan.networks import DataShape, NetworkConfig, conv_layers, parameter_shapes
+from sweep.plan.networks import ConvLayer, DataShape, NetworkConfig, conv_layers, parameter_shapes
 
 
 def activation_of(config: NetworkConfig) -> mc.Activation:
@@ -127,7 +127,7 @@ def build_network(config: NetworkConfig, data: DataShape) -> nn.Sequential:
     return net
 
 
-def _modules(layer, activation: mc.Activation) -> list[nn.Module]:
+def _modules(layer: ConvLayer, activation: mc.Activation) -> list[nn.Module]:
     if layer.kind == "conv":
         return [nn.Conv2d(layer.fan_in, layer.fan_out, layer.kernel, layer.stride, layer.padding, bias=layer.bias)]
     if layer.kind == "norm":
