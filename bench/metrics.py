@@ -1,15 +1,19 @@
 """Throughput of metrics_core's Jacobian norms and transitions against the usual alternatives.
 
     python bench/metrics.py [--device cuda] [--quick]
+    python bench/metrics.py --arch cnn [--conv-members 4] [--conv-points 64]   # only the convolutional part
 
-Needs only torch and numpy (no Ray). Everything is measured in one run on one device:
-our Jacobian norms, torch.func.vmap(jacrev), a per-point autograd.grad loop and our
-transition counts on the reference nets 784→256×3→10 and 3072→512×4→10 (float32); then a
-stacked population of 64 nets 784→256×2→10 against the same nets one at a time; then, for one
-CIFAR-10-sized convolutional shape per family (VGG-like and NiN-like, `CONV_NETS`), a population's
-exact Jacobian norms (ours: C vector-Jacobian products batched over classes, points and members)
-against `torch.func.vmap(jacrev)` one member at a time. Before timing, our norms are checked
-against a float64 reference.
+Needs torch, numpy and pydantic (the convolutional shapes are sweep's network configs; no Ray).
+Everything is measured in one run on one device: our Jacobian norms, torch.func.vmap(jacrev), a
+per-point autograd.grad loop and our transition counts on the reference nets 784→256×3→10 and
+3072→512×4→10 (float32); then a stacked population of 64 nets 784→256×2→10 against the same nets
+one at a time (`--arch fc`). Then, for the CIFAR-10-sized convolutional shapes of
+bench/training.py (`CONV_SHAPES`: VGG-like and NiN-like), a population's exact softmax and logit
+Jacobian norms (ours, `jacobian_norms(population, x, "both")`: C vector-Jacobian products
+batched over classes, points and members) against `torch.func.vmap(jacrev)` of the logits one
+member at a time, with the softmax Jacobian diag(p) − p pᵀ multiplied in; there the median and
+range over the rounds are printed (`--arch cnn`; both parts by default). Before timing, our norms
+are checked against a float64 reference (and, for the convolutional nets, against vmap(jacrev)).
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import argparse
 import copy
 import math
 import platform
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -27,16 +32,14 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.training import CONV_IMAGE, CONV_SHAPES, conv_configs  # noqa: E402
 from metrics_core import as_mlp, jacobian_norms, stack, stack_convnets, transition_counts  # noqa: E402
 from metrics_core.jacobian import uses_gram  # noqa: E402
+from sweep.plan.datasets import DATASETS  # noqa: E402
+from sweep.training.models import build_network  # noqa: E402
 
 REFERENCE_NETS = [(784, 256, 3), (3072, 512, 4)]
 CLASSES = 10
-IMAGE = (3, 32, 32)
-# Convolutional shapes on CIFAR-10-sized images: (channels, kernel) per layer, "M" a 2×2 max-pool;
-# VGG-like ends in Flatten and a linear layer, NiN-like in a 1×1 convolution and a global average.
-CONV_NETS = {"vgg": [(32, 3), (32, 3), "M", (64, 3), (64, 3), "M", (128, 3), "M"],
-             "nin": [(32, 3), (32, 1), "M", (64, 3), (64, 1), "M", (128, 3), (CLASSES, 1)]}
 POPULATION_NET = (784, 256, 2)
 
 
@@ -61,26 +64,6 @@ class OnePoint(nn.Module):
         return self.net(z) if z.dim() == 4 else self.net(z.unsqueeze(0)).squeeze(0)
 
 
-def make_conv_net(family: str, device: torch.device, seed: int = 0) -> nn.Sequential:
-    torch.manual_seed(seed)
-    layers: list[nn.Module] = []
-    channels, side = IMAGE[0], IMAGE[1]
-    plan = CONV_NETS[family]
-    for position, step in enumerate(plan):
-        if step == "M":
-            layers.append(nn.MaxPool2d(2))
-            side //= 2
-            continue
-        out, k = step
-        layers.append(nn.Conv2d(channels, out, k, padding=k // 2))
-        if position < len(plan) - 1 or family == "vgg":
-            layers.append(nn.ReLU())
-        channels = out
-    head = [nn.Flatten(), nn.Linear(channels * side * side, CLASSES)] if family == "vgg" else \
-        [nn.AdaptiveAvgPool2d(1), nn.Flatten()]
-    return nn.Sequential(*layers, *head).to(device)
-
-
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -98,8 +81,8 @@ def per_call(fn, calls: int, device: torch.device) -> float:
     return (time.perf_counter() - start) / calls
 
 
-def best_times(fns: dict, device: torch.device, repeats: int) -> dict[str, float]:
-    """Best time per call of each function over `repeats` rounds. A round calls a function
+def round_times(fns: dict, device: torch.device, repeats: int) -> dict[str, list[float]]:
+    """Time per call of each function in each of `repeats` rounds. A round calls a function
     back to back for MIN_ROUND_S and syncs once, so every method is timed at its throughput
     alike; rounds interleave the functions, so load from other processes hits all alike."""
     calls = {}
@@ -110,13 +93,38 @@ def best_times(fns: dict, device: torch.device, repeats: int) -> dict[str, float
     for _ in range(repeats):
         for name, fn in fns.items():
             times[name].append(per_call(fn, calls[name], device))
-    return {name: min(t) for name, t in times.items()}
+    return times
+
+
+def best_times(fns: dict, device: torch.device, repeats: int) -> dict[str, float]:
+    """The best of `round_times`."""
+    return {name: min(t) for name, t in round_times(fns, device, repeats).items()}
 
 
 def jacrev_norms(net: nn.Module, x: torch.Tensor, chunk: int = 1024) -> torch.Tensor:
     jac = torch.func.vmap(torch.func.jacrev(lambda z: torch.softmax(net(z), -1)))
     with torch.no_grad():
         return torch.cat([jac(x[i : i + chunk]).flatten(1).norm(dim=1) for i in range(0, len(x), chunk)])
+
+
+def jacrev_both_norms(net: nn.Module, x: torch.Tensor, chunk: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(softmax, logit) Jacobian norms the straightforward way: J = vmap(jacrev) of the logits
+    [n, C, d], then ‖(diag(p) − p pᵀ) J‖_F and ‖J‖_F."""
+    def logits(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        out = net(z)
+        return out, out  # the logits also as aux: p without a second forward pass
+
+    jac = torch.func.vmap(torch.func.jacrev(logits, has_aux=True))
+    soft, logit = [], []
+    with torch.no_grad():
+        for i in range(0, len(x), chunk):
+            j, out = jac(x[i : i + chunk])
+            j = j.flatten(2)
+            p = torch.softmax(out, -1)
+            a = torch.diag_embed(p) - p.unsqueeze(-1) * p.unsqueeze(-2)
+            soft.append((a @ j).flatten(1).norm(dim=1))
+            logit.append(j.flatten(1).norm(dim=1))
+    return torch.cat(soft), torch.cat(logit)
 
 
 def autograd_loop_norms(net: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -251,34 +259,61 @@ def bench_population(device, args) -> None:
     print(f"  ratio stacked / jacrev one at a time = {t_jacrev / t_stacked:6.2f}  {verdict(t_jacrev / t_stacked, 15) if gpu else ''}")
 
 
-def bench_conv(family: str, device, args) -> None:
-    nets = [make_conv_net(family, device, seed=s).eval() for s in range(args.conv_models)]
-    pop = stack_convnets(nets, IMAGE)
+def relative_error(ours: torch.Tensor, reference: torch.Tensor) -> float:
+    return ((ours.double() - reference.double()) / reference.double()).abs().max().item()
+
+
+def spread(values: list[float], digits: int = 0) -> str:
+    return f"{statistics.median(values):12,.{digits}f}  (range {min(values):,.{digits}f}–{max(values):,.{digits}f})"
+
+
+def bench_conv(family: str, width: int, depth: int, head: str, device, args) -> None:
+    configs = conv_configs(family, width, depth, head, args.conv_models)
+    nets = [build_network(config, DATASETS["cifar10"]).to(device).eval() for config in configs]
+    pop = stack_convnets(nets, CONV_IMAGE)
     nets = [OnePoint(net) for net in nets]
-    x = torch.randn(args.conv_points, *IMAGE, device=device)
-    ours = jacobian_norms(pop, x)
+    x = torch.randn(args.conv_points, *CONV_IMAGE, device=device)
+    label = f"{family} {width}c×{depth}b×3s {head}"
+
+    ours = jacobian_norms(pop, x, "both")
+    theirs = [torch.stack(t) for t in zip(*(jacrev_both_norms(net, x, args.conv_chunk) for net in nets))]
+    vs_jacrev = [relative_error(a, b) for a, b in zip(ours, theirs)]
     few = x[:8]
+    ours_few = jacobian_norms(pop, few, "both")
+    vs_float64 = [0.0, 0.0]
     for m in (0, len(nets) - 1):
-        expected = reference_norms(nets[m], few).to(ours.dtype)
-        torch.testing.assert_close(jacobian_norms(pop, few)[m], expected, rtol=1e-4, atol=0)
-        torch.testing.assert_close(ours[m], jacrev_norms(nets[m], x), rtol=1e-3, atol=1e-7)
-    t = best_times({"ours": lambda: jacobian_norms(pop, x),
-                    "jacrev": lambda: [jacrev_norms(net, x, chunk=args.conv_chunk) for net in nets]},
-                   device, args.repeats)
+        reference = jacrev_both_norms(copy.deepcopy(nets[m]).double(), few.double(), len(few))
+        vs_float64 = [max(e, relative_error(o[m], r)) for e, o, r in zip(vs_float64, ours_few, reference)]
+    if max(vs_jacrev + vs_float64) > 1e-4:
+        raise SystemExit(f"{label}: our norms differ from vmap(jacrev) by {vs_jacrev} (softmax, logits) and from "
+                         f"the float64 reference by {vs_float64}")
+
+    t = round_times({"ours": lambda: jacobian_norms(pop, x, "both"),
+                     "jacrev": lambda: [jacrev_both_norms(net, x, args.conv_chunk) for net in nets]},
+                    device, args.conv_repeats)
     params = sum(p.numel() for p in nets[0].parameters())
     total = len(nets) * len(x)
-    print(f"\n{family}-like convolutional nets on {IMAGE[0]}×{IMAGE[1]}×{IMAGE[2]} ({params:,} parameters), "
-          f"a population of {len(nets)}, {len(x)} points each; softmax Jacobian norms, checked against float64")
-    print(f"  ours (population)          {total / t['ours']:12.0f} model-points/s")
-    print(f"  vmap(jacrev) one at a time {total / t['jacrev']:12.0f} model-points/s")
-    ratio = t["jacrev"] / t["ours"]
-    print(f"  ratio ours / vmap(jacrev) = {ratio:6.2f}  {verdict(ratio, 2) if device.type == 'cuda' else ''}")
+    print(f"\n{label} on {CONV_IMAGE[0]}×{CONV_IMAGE[1]}×{CONV_IMAGE[2]} ({params:,} parameters), a population of "
+          f"{len(nets)}, {len(x)} points each; softmax and logit Jacobian norms, median of {args.conv_repeats} rounds")
+    print(f"  max relative difference (softmax, logits): vs vmap(jacrev) {vs_jacrev[0]:.1e}, {vs_jacrev[1]:.1e}; "
+          f"vs float64 (members 0 and {len(nets) - 1}, {len(few)} points) {vs_float64[0]:.1e}, {vs_float64[1]:.1e}")
+    print(f"  ours (population)          {spread([total / s for s in t['ours']])} model-points/s")
+    print(f"  vmap(jacrev) one at a time {spread([total / s for s in t['jacrev']])} model-points/s")
+    ratios = [j / o for j, o in zip(t["jacrev"], t["ours"])]  # per round: load hits both alike
+    ratio = statistics.median(ratios)
+    print(f"  ratio ours / vmap(jacrev) {spread(ratios, 2)}  {verdict(ratio, 2) if device.type == 'cuda' else ''}")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     parser.add_argument("--quick", action="store_true", help="a short smoke run (fewer points and repeats)")
+    parser.add_argument("--arch", choices=("fc", "cnn", "all"), default="all",
+                        help="the fully-connected part, the convolutional one, or both (default)")
+    parser.add_argument("--conv-members", type=int,
+                        help="convolutional population size (default 16 on CUDA, 4 on a CPU, 2 with --quick)")
+    parser.add_argument("--conv-points", type=int,
+                        help="points per convolutional member (default 1024 on CUDA, 64 on a CPU, 16 with --quick)")
     args = parser.parse_args()
     device = torch.device(args.device)
     gpu = device.type == "cuda"
@@ -289,17 +324,20 @@ def main() -> None:
     args.transition_points = 16 if args.quick else (4096 if gpu else 256)
     args.models = 8 if args.quick else 64
     args.population_points = 200 if args.quick else 1000
-    args.conv_models = 2 if args.quick else (16 if gpu else 4)
-    args.conv_points = 16 if args.quick else (1024 if gpu else 64)
+    args.conv_models = args.conv_members or (2 if args.quick else (16 if gpu else 4))
+    args.conv_points = args.conv_points or (16 if args.quick else (1024 if gpu else 64))
     args.conv_chunk = 256 if gpu else 64
+    args.conv_repeats = 3 if args.quick else 5  # at least 3 for a median
 
     name = torch.cuda.get_device_name(device) if gpu else f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
     print(f"device {device} ({name}); torch {torch.__version__}; float32 matmuls (no TF32)")
-    for d, width, depth in REFERENCE_NETS:
-        bench_reference_net(d, width, depth, device, args)
-    bench_population(device, args)
-    for family in CONV_NETS:
-        bench_conv(family, device, args)
+    if args.arch != "cnn":
+        for d, width, depth in REFERENCE_NETS:
+            bench_reference_net(d, width, depth, device, args)
+        bench_population(device, args)
+    if args.arch != "fc":
+        for family, width, depth, head in CONV_SHAPES:
+            bench_conv(family, width, depth, head, device, args)
 
 
 if __name__ == "__main__":
