@@ -1,7 +1,7 @@
 """Throughput of metrics_core's Jacobian norms and transitions against the usual alternatives.
 
     python bench/metrics.py [--device cuda] [--quick]
-    python bench/metrics.py --arch cnn [--conv-members 4] [--conv-points 64]   # only the convolutional part
+    python bench/metrics.py --arch cnn [--conv-members 4] [--conv-points 32]   # only the convolutional part
 
 Needs torch, numpy and pydantic (the convolutional shapes are sweep's network configs; no Ray).
 Everything is measured in one run on one device: our Jacobian norms, torch.func.vmap(jacrev), a
@@ -259,8 +259,28 @@ def bench_population(device, args) -> None:
     print(f"  ratio stacked / jacrev one at a time = {t_jacrev / t_stacked:6.2f}  {verdict(t_jacrev / t_stacked, 15) if gpu else ''}")
 
 
-def relative_error(ours: torch.Tensor, reference: torch.Tensor) -> float:
-    return ((ours.double() - reference.double()) / reference.double()).abs().max().item()
+# Near a kink, a unit's activation or a max-pool's choice can differ between two float32 forward
+# passes (or float32 and float64), and the exact Jacobian there with it, by ~1e-4 of its norm: up to
+# 1% of the points (at least one) may be beyond the tolerance.
+TOLERANCE = 1e-4
+
+
+def agreement(ours: torch.Tensor, reference: torch.Tensor) -> tuple[float, int]:
+    """(max relative difference, points beyond TOLERANCE)."""
+    error = ((ours.double() - reference.double()) / reference.double()).abs()
+    return error.max().item(), int((error > TOLERANCE).sum())
+
+
+def agrees(ours: torch.Tensor, reference: torch.Tensor, what: str) -> str:
+    """'softmax …, logits …' for (softmax, logit) pairs; stops the run if they disagree."""
+    parts = []
+    for name, a, b in zip(("softmax", "logits"), ours, reference):
+        error, beyond = agreement(a, b)
+        if beyond > max(1, b.numel() // 100):
+            raise SystemExit(f"{what}, {name} norms: {beyond} of {b.numel()} points differ by more than {TOLERANCE:g} "
+                             f"(max relative difference {error:.1e})")
+        parts.append(f"{name} {error:.1e} ({beyond} of {b.numel()} beyond {TOLERANCE:g})")
+    return ", ".join(parts)
 
 
 def spread(values: list[float], digits: int = 0) -> str:
@@ -272,32 +292,29 @@ def bench_conv(family: str, width: int, depth: int, head: str, device, args) -> 
     nets = [build_network(config, DATASETS["cifar10"]).to(device).eval() for config in configs]
     pop = stack_convnets(nets, CONV_IMAGE)
     nets = [OnePoint(net) for net in nets]
+    torch.manual_seed(0)
     x = torch.randn(args.conv_points, *CONV_IMAGE, device=device)
     label = f"{family} {width}c×{depth}b×3s {head}"
 
-    ours = jacobian_norms(pop, x, "both")
+    ours = jacobian_norms(pop, x, "both", chunk_size=args.ours_chunk)
     theirs = [torch.stack(t) for t in zip(*(jacrev_both_norms(net, x, args.conv_chunk) for net in nets))]
-    vs_jacrev = [relative_error(a, b) for a, b in zip(ours, theirs)]
-    few = x[:8]
-    ours_few = jacobian_norms(pop, few, "both")
-    vs_float64 = [0.0, 0.0]
-    for m in (0, len(nets) - 1):
-        reference = jacrev_both_norms(copy.deepcopy(nets[m]).double(), few.double(), len(few))
-        vs_float64 = [max(e, relative_error(o[m], r)) for e, o, r in zip(vs_float64, ours_few, reference)]
-    if max(vs_jacrev + vs_float64) > 1e-4:
-        raise SystemExit(f"{label}: our norms differ from vmap(jacrev) by {vs_jacrev} (softmax, logits) and from "
-                         f"the float64 reference by {vs_float64}")
+    vs_jacrev = agrees(ours, theirs, f"{label}, ours vs vmap(jacrev)")
+    few, ends = x[:8], (0, len(nets) - 1)
+    ours_few = [norms[list(ends)] for norms in jacobian_norms(pop, few, "both")]
+    float64 = [jacrev_both_norms(copy.deepcopy(nets[m]).double(), few.double(), len(few)) for m in ends]
+    vs_float64 = agrees(ours_few, [torch.stack(t) for t in zip(*float64)], f"{label}, ours vs float64")
 
-    t = round_times({"ours": lambda: jacobian_norms(pop, x, "both"),
+    t = round_times({"ours": lambda: jacobian_norms(pop, x, "both", chunk_size=args.ours_chunk),
                      "jacrev": lambda: [jacrev_both_norms(net, x, args.conv_chunk) for net in nets]},
                     device, args.conv_repeats)
     params = sum(p.numel() for p in nets[0].parameters())
     total = len(nets) * len(x)
     print(f"\n{label} on {CONV_IMAGE[0]}×{CONV_IMAGE[1]}×{CONV_IMAGE[2]} ({params:,} parameters), a population of "
           f"{len(nets)}, {len(x)} points each; softmax and logit Jacobian norms, median of {args.conv_repeats} rounds")
-    print(f"  max relative difference (softmax, logits): vs vmap(jacrev) {vs_jacrev[0]:.1e}, {vs_jacrev[1]:.1e}; "
-          f"vs float64 (members 0 and {len(nets) - 1}, {len(few)} points) {vs_float64[0]:.1e}, {vs_float64[1]:.1e}")
-    print(f"  ours (population)          {spread([total / s for s in t['ours']])} model-points/s")
+    print(f"  max relative difference vs vmap(jacrev): {vs_jacrev}")
+    print(f"  vs float64 (members {ends[0]} and {ends[1]}, {len(few)} points): {vs_float64}")
+    chunk = f"chunks of {args.ours_chunk} points" if args.ours_chunk else "metrics_core's chunks"
+    print(f"  ours (population)          {spread([total / s for s in t['ours']])} model-points/s  ({chunk})")
     print(f"  vmap(jacrev) one at a time {spread([total / s for s in t['jacrev']])} model-points/s")
     ratios = [j / o for j, o in zip(t["jacrev"], t["ours"])]  # per round: load hits both alike
     ratio = statistics.median(ratios)
@@ -313,7 +330,10 @@ def main() -> None:
     parser.add_argument("--conv-members", type=int,
                         help="convolutional population size (default 16 on CUDA, 4 on a CPU, 2 with --quick)")
     parser.add_argument("--conv-points", type=int,
-                        help="points per convolutional member (default 1024 on CUDA, 64 on a CPU, 16 with --quick)")
+                        help="points per convolutional member (default 1024 on CUDA, 32 on a CPU, 16 with --quick)")
+    parser.add_argument("--ours-chunk", type=int,
+                        help="points per chunk of our convolutional norms (default: metrics_core's, sized to its "
+                             "memory budget: 1 point for 16 members of these shapes on CUDA)")
     args = parser.parse_args()
     device = torch.device(args.device)
     gpu = device.type == "cuda"
@@ -325,9 +345,9 @@ def main() -> None:
     args.models = 8 if args.quick else 64
     args.population_points = 200 if args.quick else 1000
     args.conv_models = args.conv_members or (2 if args.quick else (16 if gpu else 4))
-    args.conv_points = args.conv_points or (16 if args.quick else (1024 if gpu else 64))
+    args.conv_points = args.conv_points or (16 if args.quick else (1024 if gpu else 32))
     args.conv_chunk = 256 if gpu else 64
-    args.conv_repeats = 3 if args.quick else 5  # at least 3 for a median
+    args.conv_repeats = 5 if gpu and not args.quick else 3  # at least 3 for a median
 
     name = torch.cuda.get_device_name(device) if gpu else f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
     print(f"device {device} ({name}); torch {torch.__version__}; float32 matmuls (no TF32)")

@@ -164,7 +164,7 @@ def vmap_rates(configs, data, steps: int, rounds: int, device) -> list[float]:
 def spread(rates: list[float]) -> str:
     """The median and the range of per-round rates, to 3 significant digits."""
     def fmt(r: float) -> str:
-        return f"{r:,.0f}" if r >= 100 else f"{r:.3g}"
+        return f"{r:,.0f}" if r >= 100 else f"{r:#.3g}"
 
     return f"{fmt(statistics.median(rates))} ({fmt(min(rates))}–{fmt(max(rates))})"
 

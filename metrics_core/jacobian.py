@@ -14,7 +14,6 @@ one forward pass, then the same K and the same softmax factor.
 
 from __future__ import annotations
 
-import math
 from typing import Literal
 
 import torch
@@ -122,8 +121,9 @@ def jacobian_norms(
     b = batch(net, x)
     net = b.net
     if isinstance(net, ConvNet):
-        # Autograd keeps every layer's activations, and the batched backward C cotangents of each.
-        per_point = 3 * net.num_models * net.num_classes * (net.input_dim + sum(map(math.prod, net.shapes())))
+        # The largest intermediate: the batched backward's C cotangents of the widest layer (the
+        # forward's activations, M per layer, are C times smaller), as `jacobian_floats` counts.
+        per_point = 2 * net.num_models * net.num_classes * net.widest()
 
         def gram_and_logits(rows: Tensor) -> tuple[Tensor, Tensor]:
             return conv_logit_gram(net, rows)

@@ -3,7 +3,6 @@ closed trajectories (the paper's manifold experiment)."""
 
 from __future__ import annotations
 
-import math
 
 import torch
 from torch import Tensor
@@ -64,9 +63,8 @@ def trajectory_profile(
     norms = z.new_empty((mlp.num_models, e, k))
     density = z.new_full((mlp.num_models, e, k), float("nan"))
     if isinstance(mlp, ConvNet):
-        # Autograd keeps every activation, and the batched backward C cotangents of each (`conv_logit_gram`).
-        layers = d + sum(map(math.prod, mlp.shapes()))
-        per_trajectory = k * (d + mlp.num_models * (mlp.code_width() + 3 * mlp.num_classes * layers))
+        # Codes of every point, and the batched backward's C cotangents of the widest layer (`conv_logit_gram`).
+        per_trajectory = k * (d + mlp.num_models * (mlp.code_width() + 2 * mlp.num_classes * mlp.widest()))
     else:
         first_gram = first_layer_gram(mlp)
         per_trajectory = k * (d + mlp.num_models * sum(mlp.hidden_sizes) + jacobian_floats(mlp))
