@@ -333,7 +333,7 @@ def main() -> None:
                         help="points per convolutional member (default 1024 on CUDA, 32 on a CPU, 16 with --quick)")
     parser.add_argument("--ours-chunk", type=int,
                         help="points per chunk of our convolutional norms (default: metrics_core's, sized to its "
-                             "memory budget: 1 point for 16 members of these shapes on CUDA)")
+                             "memory budget)")
     args = parser.parse_args()
     device = torch.device(args.device)
     gpu = device.type == "cuda"
