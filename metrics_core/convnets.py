@@ -17,6 +17,7 @@ Example:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -207,7 +208,7 @@ class ConvNet:
         for layer in self.layers:
             shape = _output_shape(layer, shape)
             if isinstance(layer, Act) or (isinstance(layer, Pool) and layer.kind == "max"):
-                widths.append(_numel(shape))
+                widths.append(math.prod(shape))
         return widths
 
     def code_width(self) -> int:
@@ -216,7 +217,7 @@ class ConvNet:
 
     def widest(self) -> int:
         """The largest per-point, per-member activation (for chunk sizing)."""
-        return max(_numel(self.input_shape), *(_numel(s) for s in self.shapes()))
+        return max(math.prod(self.input_shape), *(math.prod(s) for s in self.shapes()))
 
     @property
     def weights(self) -> tuple[Tensor, ...]:
@@ -244,13 +245,6 @@ class ConvNet:
         """The population of the given members, in that order."""
         index = torch.as_tensor(members, dtype=torch.int64, device=self.device)
         return self.map(lambda t: t.index_select(0, index))
-
-
-def _numel(shape: Shape) -> int:
-    out = 1
-    for s in shape:
-        out *= s
-    return out
 
 
 def _tensors(layer: Layer) -> tuple[Tensor, ...]:

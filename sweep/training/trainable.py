@@ -22,7 +22,7 @@ from sweep.plan import storage
 from sweep.plan.networks import BundleConfig
 from sweep.plan.spec import Budget
 from sweep.scoring.table_writer import TableWriter
-from sweep.training.checkpoints import META_FILE, POPULATION_FILE, parameters_entry
+from sweep.training.checkpoints import META_FILE, POPULATION_FILE, parameters_entry, stacked_parameters
 from sweep.training.data import load_dataset
 from sweep.training.population import PopulationTrainer
 
@@ -31,14 +31,16 @@ REPORT_EVERY_S = 2.0
 
 def checkpoint_payload(trainer: PopulationTrainer, bundle: BundleConfig, tag: str) -> tuple[dict, dict]:
     """The two files of a checkpoint: tensors (weights_only-loadable) and JSON metadata."""
-    parameters = [t.cpu() for t in trainer.parameters()]
+    state = trainer.state_dict()
     activation = trainer.activation
-    population = {  # a convolutional network's layout follows from its config in meta.json
-        **parameters_entry(parameters, bundle.architecture),
-        "norm_stats": [[mean.cpu(), var.cpu()] for mean, var in trainer.norm_stats()],
+    # The trainer state's own tensors: torch.save writes each storage once, so the file holds the
+    # weights once. A convolutional network's layout follows from its config in meta.json.
+    population = {
+        **parameters_entry(stacked_parameters(state), bundle.architecture),
+        "norm_stats": state["norm_stats"],
         "activation": activation.name,
         "activation_params": dict(activation.params),
-        "trainer": trainer.state_dict(),
+        "trainer": state,
     }
     meta = {
         "bundle_id": bundle.bundle_id,
