@@ -15,7 +15,8 @@ from sweep.plan.spec import Budget, DataSpec
 from sweep.scoring.table_writer import SCHEMAS
 from sweep.training.data import augment, augmentation_pad, load_dataset
 from sweep.training.models import build_network
-from sweep.training.population import PopulationTrainer, epoch_augmentation, epoch_order, member_labels
+from sweep.training.population import (PopulationTrainer, _BatchedLinear, epoch_augmentation, epoch_order,
+                                       member_labels)
 
 DIGITS = DataSpec("digits")
 TORCH_OPTIMIZERS = {
@@ -318,6 +319,23 @@ def test_rows_match_the_networks_table(digits):
     assert row["train_loss"] == pytest.approx(F.cross_entropy(logits, labels).item(), rel=1e-5)
     assert row["train_acc"] == pytest.approx((logits.argmax(1) == labels).double().mean().item())
     assert row["gap"] == pytest.approx(row["train_acc"] - row["test_acc"])
+
+
+def test_batched_linear_has_autograd_s_gradients_in_the_weight_s_layout():
+    # gradcheck: against finite differences in float64, for every input.
+    h, w, b = (torch.randn(*s, dtype=torch.float64, requires_grad=True) for s in ((3, 5, 4), (3, 2, 4), (3, 2)))
+    assert torch.autograd.gradcheck(_BatchedLinear.apply, (h, w, b))
+    out = _BatchedLinear.apply(h, w, b)
+    torch.testing.assert_close(out, torch.baddbmm(b.unsqueeze(1), h, w.transpose(1, 2)), rtol=0, atol=0)
+    # The point of it: a weight gradient flattens without a copy (baddbmm's is a transposed view).
+    grad_w, grad_b = torch.autograd.grad(out.square().sum(), (w, b))
+    assert grad_w.is_contiguous() and grad_b.is_contiguous()
+    # Under bfloat16 autocast it computes and rounds as autocast's baddbmm does.
+    with torch.autocast("cpu", dtype=torch.bfloat16, cache_enabled=False):
+        ours = _BatchedLinear.apply(h.float(), w.float(), b.float())
+        theirs = torch.baddbmm(b.float().unsqueeze(1), h.float(), w.float().transpose(1, 2))
+    assert ours.dtype == theirs.dtype == torch.bfloat16
+    torch.testing.assert_close(ours, theirs, rtol=0, atol=0)
 
 
 def test_trainer_uses_the_data_set_in_place(digits):

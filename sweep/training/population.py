@@ -79,6 +79,30 @@ def autocast(precision: str, device: torch.device):
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16", cache_enabled=False)
 
 
+class _BatchedLinear(torch.autograd.Function):
+    """h·Wᵀ + b for every member at once (h [m, B, in], W [m, out, in], b [m, out]), whose weight
+    gradient is gᵀ·h, computed in W's own layout as nn.Linear's is: autograd's `baddbmm` gives it
+    as (hᵀ·g)ᵀ, a transposed view that flattening copies (ten copies of the parameter buffer a
+    step on the H200's profile). Under autocast the inputs are cast as `baddbmm`'s autocast would
+    cast them; autograd casts the gradients back to the inputs' types."""
+
+    @staticmethod
+    def forward(ctx, h, weight, bias):
+        device = h.device.type
+        if torch.is_autocast_enabled(device):
+            dtype = torch.get_autocast_dtype(device)
+            h, weight, bias = h.to(dtype), weight.to(dtype), bias.to(dtype)
+        ctx.save_for_backward(h, weight)
+        with torch.autocast(device, enabled=False):
+            return torch.baddbmm(bias.unsqueeze(1), h, weight.transpose(1, 2))
+
+    @staticmethod
+    def backward(ctx, grad):
+        h, weight = ctx.saved_tensors
+        grad_h = torch.bmm(grad, weight) if ctx.needs_input_grad[0] else None
+        return grad_h, torch.bmm(grad.transpose(1, 2), h), grad.sum(1)
+
+
 class _StepGraph:
     """A captured training step and the static buffers it reads (CUDA only)."""
 
@@ -209,8 +233,7 @@ class PopulationTrainer:
         h = x
         last = len(views) // 2 - 1
         for layer in range(last + 1):
-            h = torch.baddbmm(views[2 * layer + 1].unsqueeze(1), h,
-                              views[2 * layer].transpose(1, 2))
+            h = _BatchedLinear.apply(h, views[2 * layer], views[2 * layer + 1])
             if layer < last:
                 h = self._layout.activation.forward(h)
         return h
