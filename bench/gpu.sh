@@ -34,7 +34,7 @@ step cuda-tests 200 python3 -m pytest -q -p no:cacheprovider -rs -k "cuda or gpu
     tests/test_metrics_jacobian.py tests/test_metrics_convnets.py tests/test_planner.py \
     ${has_ray:+tests/test_scoring.py tests/test_sweep_e2e.py}
 # The cost model's rates for this card (paste the printed entry into sweep/plan/calibration.json).
-step calibrate 150 python3 bench/calibrate.py --device "$device" $quick
+step calibrate 200 python3 bench/calibrate.py --device "$device" $quick
 step metrics 240 python3 bench/metrics.py --device "$device" $quick
 # Bundles of 64 and of 256 (the planner's size for small shapes on a big card), against 16
 # networks trained one at a time; then 16 convolutional networks per family (population, vmap,

@@ -1,6 +1,7 @@
 """The planner (bundles sized to the card, GPU shares that Ray packs without overfilling a card)
 and the cost model behind `--dry-run` and `sweep presets`."""
 
+import dataclasses
 import json
 import math
 import time
@@ -16,7 +17,8 @@ from sweep.command.cli import main
 from sweep.command import runner
 from sweep.plan import sweep_plan
 from sweep.plan import costs, planner
-from sweep.plan.networks import BundleConfig, NetworkConfig
+from sweep.plan.datasets import dataset_info
+from sweep.plan.networks import BundleConfig, NetworkConfig, forward_flops
 from sweep.plan.planner import Card
 from sweep.plan.presets import list_presets
 from sweep.plan.spec import Budget, DataSpec, SpecError, load_spec, parse_spec
@@ -270,6 +272,40 @@ def test_projection_by_hand():
     assert shared.training_s == pytest.approx(max(compute, (compute + steps * 1e-3) / 4))
     points = 1000 + 1000
     assert alone.scoring_s == pytest.approx(2 * 2 * points * costs.point_flops([64, 8, 10], None) / 1e9)
+
+
+def test_convolutional_networks_use_their_own_rates_or_say_they_do_not():
+    fc, conv = costs.Rates(1e-3, 0.0, 1e9), costs.Rates(2e-3, 1e-4, 1e8)
+    device = costs.Calibration("test", "test card", "gpu", 10, 1.0, {"fp32": fc}, 1e9, "-")
+    calibrated = dataclasses.replace(device, conv_training={"fp32": conv}, conv_scoring_flops_per_s=1e7,
+                                     conv_codes_flops_per_s=1e6)
+    assert costs.training_rates(calibrated, "fp32", "cnn") == (conv, "")
+    assert costs.training_rates(calibrated, "fp32", "fc") == (fc, "")
+    assert costs.training_rates(device, "fp32", "cnn") == (
+        fc, "convolutional steps not calibrated on test card: fully-connected rates used")
+    rates, note = costs.training_rates(calibrated, "bf16", "cnn")
+    assert rates == conv and note == "bf16 not calibrated on test card: fp32 rates used"
+
+    nets = tuple(NetworkConfig(DataSpec("digits"), 4, 1, "relu", "sgd", lr, 64, 0.0, False, 0, "torch_default",
+                               architecture="cnn", family="vgg", stages=1, kernel_size=3, pooling="max",
+                               head="flatten") for lr in (0.1, 0.2))
+    bundle, budget = BundleConfig(nets), Budget(max_epochs=3, stop_at_full_train_acc=False)
+    scoring = costs.ScoringSettings(metrics=("jacobian_softmax", "transitions"), transitions_k=16)
+    # By hand: conv 3×3 (1→4 channels, 8×8 pixels, padded), a 2×2 max pool, the 4·4·4 → 10 head.
+    forward = 2 * 8 * 8 * 4 * 9 + 2 * 4 * 4 * 4 * 10
+    assert forward_flops(nets[0], dataset_info(DataSpec("digits"))) == forward
+    flops, steps = 3 * 64 * forward, 3 * math.ceil(1297 / 64)
+    run = costs.project([bundle], budget, scoring, calibrated, {})
+    assert run.training_s == pytest.approx(steps * (2e-3 + 2 * (1e-4 + flops / 1e8)))
+    # 2 checkpoints × 2 members × 2000 points: C = 10 vector-Jacobian products (3 forwards each),
+    # and 16 forward passes whose codes are compared, each at its rate.
+    assert run.scoring_s == pytest.approx(2 * 2 * 2000 * (3 * 10 * forward / 1e7 + 16 * forward / 1e6))
+    assert run.notes == ()
+    assert set(costs.project([bundle], budget, scoring, device, {}).notes) == {
+        "convolutional steps not calibrated on test card: fully-connected rates used",
+        "convolutional scoring not calibrated on test card: fully-connected rate used"}
+    # This CPU's entry has convolutional rates (bench/calibrate.py --arch cnn); the H200's not yet.
+    assert costs.reference_cpu().conv_training and not costs.reference_gpu().conv_training
 
 
 def test_expected_epochs_come_from_the_convergence_table_or_the_budget():

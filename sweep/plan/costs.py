@@ -1,7 +1,7 @@
 """What a sweep costs before it runs: training and scoring time from calibrated rates.
 
 A device's calibration (`sweep/plan/calibration.json`, measured by `bench/calibrate.py`) holds, per
-training precision, the fixed cost of one population step (`step_overhead_ms`: kernel launches
+architecture (fully-connected steps; convolutional ones under its `cnn` key) and training precision, the fixed cost of one population step (`step_overhead_ms`: kernel launches
 and the autograd graph, paid whatever the bundle's size), a cost per member and step beyond its
 arithmetic (`member_ms`: small kernels whose size follows M; 0 where not measured) and the rate
 of the arithmetic (`tflops`), fitted to measured steps, so a step of M members of F FLOPs each
@@ -10,7 +10,9 @@ takes
     t(M) = step_overhead + M · (member + F / rate),      F = 6 · batch · parameters
 
 (forward 2, backward 4 FLOPs per parameter and example). Scoring is FLOPs of the metrics at
-the spec's settings over `scoring_tflops`. Steps come from the budget (an upper bound) or from
+the spec's settings over `scoring_tflops`; a convolutional network's forward passes that compare
+activation codes (transitions, profiles, slices) run at their own rate (`cnn.codes_tflops`), far
+below its Jacobians' (every unit's piece is kept and compared at every trajectory point). Steps come from the budget (an upper bound) or from
 the convergence table (the mean measured epochs to 100% train accuracy for a data set, label
 noise and augmentation; networks with no measurement are counted at their budget).
 
@@ -27,7 +29,7 @@ from __future__ import annotations
 import functools
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 
 from sweep.plan.datasets import dataset_info
@@ -58,9 +60,14 @@ class Calibration:
     kind: str  # "gpu" or "cpu"
     memory_gib: float | None
     matmul_tflops: float  # float32 matmul rate measured in the same run
-    training: dict[str, Rates]  # precision -> rates
+    training: dict[str, Rates]  # precision -> rates of fully-connected steps
     scoring_flops_per_s: float
     measured: str  # card, date, commit and how
+    # Convolutional networks' steps and scoring, where measured (else the fully-connected rates).
+    conv_training: dict[str, Rates] = field(default_factory=dict)
+    conv_scoring_flops_per_s: float | None = None  # Jacobian norms
+    conv_codes_flops_per_s: float | None = None  # forward passes whose activation codes are compared
+    conv_measured: str = ""
 
 
 @functools.lru_cache(maxsize=1)
@@ -68,18 +75,27 @@ def _table() -> dict:
     return json.loads((resources.files("sweep.plan") / CALIBRATION_FILE).read_text())
 
 
+def _rates(training: dict) -> dict[str, Rates]:
+    return {p: Rates(r["step_overhead_ms"] / 1e3, r.get("member_ms", 0.0) / 1e3, r["tflops"] * 1e12)
+            for p, r in training.items()}
+
+
 def calibration(key: str) -> Calibration:
     entry = _table()["devices"][key]
+    conv = entry.get("cnn", {})
     return Calibration(
         key=key,
         name=entry["name"],
         kind=entry["kind"],
         memory_gib=entry.get("memory_gib"),
         matmul_tflops=entry["matmul_tflops"],
-        training={p: Rates(r["step_overhead_ms"] / 1e3, r.get("member_ms", 0.0) / 1e3, r["tflops"] * 1e12)
-                  for p, r in entry["training"].items()},
+        training=_rates(entry["training"]),
         scoring_flops_per_s=entry["scoring_tflops"] * 1e12,
         measured=entry["measured"],
+        conv_training=_rates(conv.get("training", {})),
+        conv_scoring_flops_per_s=conv["scoring_tflops"] * 1e12 if "scoring_tflops" in conv else None,
+        conv_codes_flops_per_s=conv["codes_tflops"] * 1e12 if "codes_tflops" in conv else None,
+        conv_measured=conv.get("measured", ""),
     )
 
 
@@ -91,15 +107,23 @@ def reference_cpu() -> Calibration:
     return calibration(_table()["reference_cpu"])
 
 
-def training_rates(cal: Calibration, precision: str) -> tuple[Rates, str]:
-    """The rates for `precision`, and a note when they are another precision's (not measured)."""
-    if precision in cal.training:
-        return cal.training[precision], ""
-    return cal.training["fp32"], f"{precision} not calibrated on {cal.name}: fp32 rates used"
+def training_rates(cal: Calibration, precision: str, architecture: str = "fc") -> tuple[Rates, str]:
+    """The step rates of `architecture` in `precision`, and a note when they are not what was
+    measured for it (another precision's, or fully-connected steps' for a convolutional network)."""
+    table, note = cal.training, ""
+    if architecture == "cnn":
+        if cal.conv_training:
+            table = cal.conv_training
+        else:
+            note = f"convolutional steps not calibrated on {cal.name}: fully-connected rates used"
+    if precision in table:
+        return table[precision], note
+    return table["fp32"], "; ".join(filter(None, [note, f"{precision} not calibrated on {cal.name}: fp32 rates used"]))
 
 
-def step_seconds(cal: Calibration, precision: str, *, members: int, flops_per_member: float) -> float:
-    rates, _ = training_rates(cal, precision)
+def step_seconds(cal: Calibration, precision: str, *, members: int, flops_per_member: float,
+                 architecture: str = "fc") -> float:
+    rates, _ = training_rates(cal, precision, architecture)
     return rates.step_overhead_s + members * rates.member_step_s(flops_per_member)
 
 
@@ -153,14 +177,12 @@ def point_flops(sizes: list[int], transitions_k: int | None) -> float:
 
 
 def checkpoint_flops(bundle: BundleConfig, scoring: ScoringSettings, tag: str) -> float | None:
-    """FLOPs of scoring one checkpoint of `bundle` (every member) at the spec's settings."""
+    """FLOPs of scoring one checkpoint of a fully-connected `bundle` (every member) at the spec's
+    settings (convolutional ones: `conv_checkpoint_flops`)."""
     sizes = _sizes(bundle)
     if sizes is None:
         return None
-    metrics = set(scoring.metrics)
-    k = scoring.transitions_k if "transitions" in metrics else None
-    if bundle.architecture == "cnn":
-        return len(bundle.members) * _conv_checkpoint_flops(bundle, scoring, tag, k)
+    k = scoring.transitions_k if "transitions" in scoring.metrics else None
     per_member = (scoring.points + scoring.train_points) * point_flops(sizes, k)
     if tag in PROFILE_TAGS:
         if scoring.trajectories:
@@ -171,20 +193,49 @@ def checkpoint_flops(bundle: BundleConfig, scoring: ScoringSettings, tag: str) -
     return len(bundle.members) * per_member
 
 
-def _conv_checkpoint_flops(bundle: BundleConfig, scoring: ScoringSettings, tag: str, k: int | None) -> float:
-    """One member's scoring FLOPs for a convolutional network: C vector-Jacobian products per point
-    (a forward and a backward pass each, three forwards' cost), k forward passes along each
-    point's trajectory, and one forward pass per profile point and slice pixel."""
+def conv_point_flops(forward: float, classes: int) -> float:
+    """FLOPs of a convolutional network's exact Jacobian norms at one point, for a network of
+    `forward` FLOPs a forward pass: C vector-Jacobian products, a forward and a backward pass
+    each (three forwards' cost)."""
+    return 3.0 * classes * forward
+
+
+def conv_checkpoint_flops(bundle: BundleConfig, scoring: ScoringSettings, tag: str) -> tuple[float, float] | None:
+    """(Jacobian FLOPs, code FLOPs) of scoring one checkpoint of a convolutional `bundle` (every
+    member): `conv_point_flops` per point and profile point; k forward passes along each point's
+    trajectory, one per profile point and one per slice pixel, whose activation codes are compared."""
     info = dataset_info(bundle.dataset)
+    if info.image_shape is None:
+        return None
     forward = forward_flops(bundle.members[0], info)
-    jacobian = 3.0 * info.num_classes * forward
-    total = (scoring.points + scoring.train_points) * (jacobian + (k or 0) * forward)
+    k = scoring.transitions_k if "transitions" in scoring.metrics else 0
+    points = scoring.points + scoring.train_points
+    jacobian, codes = points * conv_point_flops(forward, info.num_classes), points * k * forward
     if tag in PROFILE_TAGS:
         if scoring.trajectories:
-            total += 3 * scoring.ellipses_per_kind * scoring.profile_points * (jacobian + forward)
+            profile = 3 * scoring.ellipses_per_kind * scoring.profile_points
+            jacobian += profile * conv_point_flops(forward, info.num_classes)
+            codes += profile * forward
         if scoring.slices:
-            total += scoring.slice_count * scoring.slice_grid**2 * forward
-    return total
+            codes += scoring.slice_count * scoring.slice_grid**2 * forward
+    return len(bundle.members) * jacobian, len(bundle.members) * codes
+
+
+def checkpoint_seconds(bundle: BundleConfig, scoring: ScoringSettings, tag: str,
+                       cal: Calibration) -> tuple[float, str] | None:
+    """Seconds to score one checkpoint of `bundle` on `cal`'s device, and a note when a rate it
+    needs is not measured there (None when the data's size is unknown before loading)."""
+    if bundle.architecture != "cnn":
+        flops = checkpoint_flops(bundle, scoring, tag)
+        return None if flops is None else (flops / cal.scoring_flops_per_s, "")
+    flops = conv_checkpoint_flops(bundle, scoring, tag)
+    if flops is None:
+        return None
+    jacobian, codes = flops
+    if cal.conv_scoring_flops_per_s is None or cal.conv_codes_flops_per_s is None:
+        return ((jacobian + codes) / cal.scoring_flops_per_s,
+                f"convolutional scoring not calibrated on {cal.name}: fully-connected rate used")
+    return jacobian / cal.conv_scoring_flops_per_s + codes / cal.conv_codes_flops_per_s, ""
 
 
 # ---- how long networks train ---------------------------------------------------------------
@@ -260,7 +311,7 @@ def project(bundles: list[BundleConfig], budget: Budget, scoring: ScoringSetting
         if flops is None:
             unknown += 1
             continue
-        rates, note = training_rates(device, bundle.precision)
+        rates, note = training_rates(device, bundle.precision, bundle.architecture)
         if note:
             notes.add(note)
         shared = max(1, trials_per_device.get(bundle.bundle_id, 1)) if device.kind == "gpu" else 1
@@ -282,7 +333,11 @@ def project(bundles: list[BundleConfig], budget: Budget, scoring: ScoringSetting
         tags = ["init", "end"]
         if checkpoint_every_epochs:
             tags += ["epoch"] * int(max(expected) // checkpoint_every_epochs)
-        scoring_s += sum(checkpoint_flops(bundle, scoring, tag) for tag in tags) / device.scoring_flops_per_s
+        for tag in tags:
+            seconds, note = checkpoint_seconds(bundle, scoring, tag, device)
+            scoring_s += seconds
+            if note:
+                notes.add(note)
     return Projection(device, training, training_budget, scoring_s, unknown, tuple(sorted(notes)))
 
 

@@ -170,7 +170,7 @@ def members_per_bundle(group: list[NetworkConfig], spec: SweepSpec, card: Card |
         return CPU_BUNDLE_SIZE
     fit = math.floor((card.usable_bytes - CONTEXT_BYTES - shared) / member)
     bundle = BundleConfig((first,))
-    rates, _ = costs.training_rates(costs.reference_gpu(), first.precision)
+    rates, _ = costs.training_rates(costs.reference_gpu(), first.precision, first.architecture)
     busy = math.ceil(BUSY * rates.step_overhead_s / rates.member_step_s(costs.step_flops(bundle)))
     return max(1, min(len(group), fit, busy))
 
@@ -248,7 +248,7 @@ def trials_to_keep_busy(bundle: BundleConfig) -> int:
     flops = costs.step_flops(bundle)
     if flops is None:
         return 1
-    rates, _ = costs.training_rates(costs.reference_gpu(), bundle.precision)
+    rates, _ = costs.training_rates(costs.reference_gpu(), bundle.precision, bundle.architecture)
     compute = len(bundle.members) * rates.member_step_s(flops)
     return min(MAX_TRIALS_PER_CARD, math.ceil((rates.step_overhead_s + compute) / compute))
 
@@ -390,12 +390,13 @@ def projection_lines(spec: SweepSpec, bundles: list[BundleConfig], card: Card | 
         "  scoring: FLOPs of the spec's metrics at every checkpoint, at the measured scoring rate",
         f"  {reference.name}: {reference.measured}",
     ]
+    devices = [reference] if card else [reference, costs.reference_cpu()]
     if not card:
-        lines.append(f"  CPU: {costs.reference_cpu().measured}")
+        lines.append(f"  CPU: {devices[1].measured}")
     if spec.architecture == "cnn":
-        lines.append("  note: the rates were fitted to fully-connected steps; a convolutional step's rate is not yet "
-                     "calibrated (docs/performance.md)")
-    lines += [f"  note: {note}" for note in gpu.notes]
+        lines += [f"  {cal.name}, convolutional networks: {cal.conv_measured}" for cal in devices if cal.conv_measured]
+    notes = set(gpu.notes) | (set() if card else set(run.notes))
+    lines += [f"  note: {note}" for note in sorted(notes)]
     if gpu.unknown_bundles:
         lines.append(f"  {gpu.unknown_bundles} bundle(s) on an image folder are not counted (sizes unknown until loaded)")
     return lines
