@@ -255,6 +255,25 @@ def test_point_flops_are_the_documented_counts():
         256 * above_first
 
 
+def test_train_measures_are_counted_at_trained_checkpoints_only():
+    # A PAC-Bayes search: the base accuracy and depth × samples perturbed copies; a margin measure
+    # one pass; each a forward pass over the train points. (On this CPU, 8 nets 784→256×3→10 at
+    # the default settings: the model's 1.63 TFLOP of searches took 27.4 s, 0.059 TFLOP/s, as the
+    # calibrated scoring rate says.)
+    scoring = costs.ScoringSettings(metrics=("pacbayes_sharpness", "spectral_margin", "loss"), train_points=100,
+                                    sharpness_samples=3, sharpness_search_depth=4)
+    assert costs.train_measure_flops(1e6, scoring, "end") == (1 + 4 * 3 + 1) * 100 * 1e6
+    assert costs.train_measure_flops(1e6, scoring, "epoch-000002") == (1 + 4 * 3 + 1) * 100 * 1e6
+    assert costs.train_measure_flops(1e6, scoring, "init") == 0
+    both = dataclasses.replace(scoring, metrics=("pacbayes_sharpness", "pacbayes_mag_flatness"))
+    assert costs.train_measure_flops(1e6, both, "end") == 2 * 13 * 100 * 1e6
+    net = NetworkConfig(DataSpec("digits"), 8, 1, "relu", "sgd", 0.1, 64, 0.0, False, 0, "torch_default")
+    bundle = BundleConfig((net,))
+    forward = 2 * (64 * 8 + 8 * 10)
+    assert costs.checkpoint_flops(bundle, scoring, "end") - costs.checkpoint_flops(bundle, scoring, "init") == \
+        pytest.approx(14 * 100 * forward)
+
+
 def test_projection_by_hand():
     device = costs.Calibration("test", "test card", "gpu", 10, 1.0, {"fp32": costs.Rates(1e-3, 0.0, 1e9)}, 1e9, "-")
     nets = tuple(NetworkConfig(DataSpec("digits"), 8, 1, "relu", "sgd", lr, 64, 0.0, False, 0, "torch_default")

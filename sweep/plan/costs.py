@@ -35,7 +35,7 @@ from importlib import resources
 from sweep.plan.datasets import dataset_info
 from sweep.plan.networks import BundleConfig, NetworkConfig, forward_flops, layer_sizes, param_count
 from sweep.plan.spec import Budget
-from sweep.scoring.settings import PROFILE_TAGS, ScoringSettings
+from sweep.scoring.settings import PROFILE_TAGS, UNTRAINED_TAGS, ScoringSettings
 
 CALIBRATION_FILE = "calibration.json"
 
@@ -176,6 +176,20 @@ def point_flops(sizes: list[int], transitions_k: int | None) -> float:
     return flops
 
 
+def train_measure_flops(forward: float, scoring: ScoringSettings, tag: str) -> float:
+    """One member's FLOPs of Jiang et al.'s train-point measures at a checkpoint (trained ones
+    only), for a network of `forward` FLOPs a forward pass: each PAC-Bayes search is the base
+    accuracy and `sharpness_search_depth` bisections of `sharpness_samples` perturbed copies, a
+    forward pass over the train points each (often most of a checkpoint's scoring); each margin
+    measure one forward pass over them."""
+    if tag in UNTRAINED_TAGS:
+        return 0.0
+    searches = sum(m in scoring.metrics for m in ("pacbayes_sharpness", "pacbayes_mag_flatness"))
+    margins = sum(m in scoring.metrics for m in ("spectral_margin", "frobenius_margin"))
+    passes = searches * (1 + scoring.sharpness_search_depth * scoring.sharpness_samples) + margins
+    return passes * scoring.train_points * forward
+
+
 def checkpoint_flops(bundle: BundleConfig, scoring: ScoringSettings, tag: str) -> float | None:
     """FLOPs of scoring one checkpoint of a fully-connected `bundle` (every member) at the spec's
     settings (convolutional ones: `conv_checkpoint_flops`)."""
@@ -184,6 +198,7 @@ def checkpoint_flops(bundle: BundleConfig, scoring: ScoringSettings, tag: str) -
         return None
     k = scoring.transitions_k if "transitions" in scoring.metrics else None
     per_member = (scoring.points + scoring.train_points) * point_flops(sizes, k)
+    per_member += train_measure_flops(2.0 * sum(a * b for a, b in zip(sizes[:-1], sizes[1:])), scoring, tag)
     if tag in PROFILE_TAGS:
         if scoring.trajectories:
             per_member += 3 * scoring.ellipses_per_kind * scoring.profile_points * point_flops(sizes, None)
@@ -202,7 +217,8 @@ def conv_point_flops(forward: float, classes: int) -> float:
 
 def conv_checkpoint_flops(bundle: BundleConfig, scoring: ScoringSettings, tag: str) -> tuple[float, float] | None:
     """(Jacobian FLOPs, code FLOPs) of scoring one checkpoint of a convolutional `bundle` (every
-    member): `conv_point_flops` per point and profile point; k forward passes along each point's
+    member): `conv_point_flops` per point and profile point and `train_measure_flops` (counted
+    with the Jacobians: convolutions without codes); k forward passes along each point's
     trajectory, one per profile point and one per slice pixel, whose activation codes are compared."""
     info = dataset_info(bundle.dataset)
     if info.image_shape is None:
@@ -211,6 +227,7 @@ def conv_checkpoint_flops(bundle: BundleConfig, scoring: ScoringSettings, tag: s
     k = scoring.transitions_k if "transitions" in scoring.metrics else 0
     points = scoring.points + scoring.train_points
     jacobian, codes = points * conv_point_flops(forward, info.num_classes), points * k * forward
+    jacobian += train_measure_flops(forward, scoring, tag)  # forward passes without codes
     if tag in PROFILE_TAGS:
         if scoring.trajectories:
             profile = 3 * scoring.ellipses_per_kind * scoring.profile_points

@@ -13,15 +13,15 @@ import torch
 from torch import Tensor
 
 import metrics_core as mc
-from sweep.scoring.settings import (INIT_METRICS, POINT_METRICS, TRAIN_METRICS, WEIGHT_METRICS,
+from sweep.scoring.settings import (INIT_METRICS, POINT_METRICS, TRAIN_METRICS, UNTRAINED_TAGS, WEIGHT_METRICS,
                                     ScoringSettings)
 from sweep.scoring.table_writer import SCHEMAS, build
 
 
 def is_trained(meta: Mapping) -> bool:
     """Whether a checkpoint holds trained networks: Jiang et al.'s train-point measures are for
-    those (at `init` the accuracy is near chance, so the noise search and the margins say nothing)."""
-    return meta["tag"] != "init"
+    those (`UNTRAINED_TAGS`)."""
+    return meta["tag"] not in UNTRAINED_TAGS
 
 
 def _score_keys(settings: ScoringSettings, trained: bool = True) -> list[tuple[str, str]]:

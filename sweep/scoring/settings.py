@@ -21,6 +21,9 @@ TRAIN_METRICS = ("spectral_margin", "frobenius_margin", "pacbayes_sharpness", "p
 METRICS = POINT_METRICS[:3] + WEIGHT_METRICS + INIT_METRICS + TRAIN_METRICS + POINT_METRICS[3:]
 # Checkpoints that get trajectory profiles and slices (the paper's before/after-training pictures).
 PROFILE_TAGS = ("init", "end")
+# Checkpoints of untrained networks: Jiang et al.'s train-point measures skip them (at `init` the
+# accuracy is near chance, so the noise search and the margins say nothing).
+UNTRAINED_TAGS = ("init",)
 Metric = Literal[METRICS]
 
 
