@@ -403,3 +403,36 @@ def test_scoring_actors_auto_is_one_per_gpu_of_the_cluster(tmp_path, ray_session
                                                                             "learning_rates": [0.1]},
                               "budget": {"max_epochs": 1}, "resources": {"scoring_actors": "auto"}}))
     assert runner.scoring_pool_kwargs(cpu)["num_actors"] == 1
+
+
+def test_progress_counts_each_bundle_by_its_projected_time_and_epochs():
+    from types import SimpleNamespace
+
+    from sweep.command.callbacks import ProgressCallback
+
+    def trial(bundle_id, status, epoch=None):
+        return SimpleNamespace(trial_id=bundle_id, status=status, config={"bundle": {"bundle_id": bundle_id}},
+                               last_result={} if epoch is None else {"epoch": epoch})
+
+    progress = ProgressCallback(2, 8, weights={"big": (3.0, 10.0), "small": (1.0, 20.0)})
+    first = [trial("big", "RUNNING", 2), trial("small", "PENDING")]
+    assert progress.fraction_done(first) == pytest.approx(3 * 0.2 / 4)
+    assert progress.line(first, 10.0).endswith("about ? left")  # no rate yet
+    later = [trial("big", "RUNNING", 6), trial("small", "TERMINATED")]
+    fraction = (3 * 0.6 + 1) / 4
+    assert progress.fraction_done(later) == pytest.approx(fraction)
+    # The share grew from 0.15 to 0.7 in the 20 s since the first line: the rest at that rate.
+    assert progress.line(later, 30.0).endswith(f"about {20 * (1 - fraction) / (fraction - 0.15):.0f}s left")
+    # Past its expected epochs a running bundle is not counted done.
+    assert progress.fraction_done([trial("big", "RUNNING", 50), trial("small", "ERROR")]) == pytest.approx((3 * 0.99 + 1) / 4)
+    # Without weights: finished bundles, equally.
+    plain = ProgressCallback(2, 8)
+    assert plain.fraction_done([trial("big", "RUNNING", 6), trial("small", "TERMINATED")]) == 0.5
+    # The digits preset's weights: every bundle, its projected seconds on this CPU's calibration.
+    spec = load_spec("digits")
+    bundles = planner.expand(spec, None)
+    weights = costs.progress_weights(bundles, spec.budget, costs.reference_cpu())
+    assert set(weights) == {b.bundle_id for b in bundles}
+    for bundle in bundles:
+        assert weights[bundle.bundle_id] == (costs.bundle_seconds(bundle, spec.budget, costs.reference_cpu())[0],
+                                             costs.bundle_epochs(bundle, spec.budget))

@@ -18,16 +18,27 @@ from sweep.scoring.table_writer import TableWriter
 
 
 class ProgressCallback(tune.Callback):
-    """One line of progress: bundles done/running/left, networks converged/diverged, time left."""
+    """One line of progress: bundles done/running/left, networks converged/diverged, time left.
 
-    def __init__(self, total_bundles: int, total_networks: int, every_s: float = 5.0, stream=None):
+    Time left: the share of the sweep's work done, each bundle weighted by its projected training
+    time and counted done in proportion to its epochs against those it is expected to train
+    (`weights`: bundle_id -> (seconds, epochs), from `sweep.plan.costs.progress_weights`), and the
+    rate at which that share has grown since this run's first progress line. Without weights, bundles count
+    equally and only when finished."""
+
+    def __init__(self, total_bundles: int, total_networks: int, every_s: float = 5.0, stream=None,
+                 weights: dict[str, tuple[float, float]] | None = None):
         self.total_bundles = total_bundles
         self.total_networks = total_networks
         self.every_s = every_s
+        self.weights = weights or {}
         self._stream = stream
         self._last: dict[str, dict] = {}
         self._started = time.monotonic()
         self._printed = 0.0
+        # (share done, seconds elapsed) at this run's first line: the rate is measured from there,
+        # after Ray's start, and on a resumed sweep without the work done before
+        self._baseline: tuple[float, float] | None = None
 
     def __getstate__(self):
         state = self.__dict__.copy()
@@ -70,15 +81,32 @@ class ProgressCallback(tune.Callback):
             result = self._last.get(trial.trial_id) or trial.last_result or {}
             for key in totals:
                 totals[key] += int(result.get(key, 0) or 0)
-        eta = "?"
-        if done:
-            eta = f"{elapsed / done * (self.total_bundles - done):.0f}s"
+        fraction = self.fraction_done(trials)
+        if self._baseline is None:
+            self._baseline = (fraction, elapsed)
+        gained, since = fraction - self._baseline[0], elapsed - self._baseline[1]
+        eta = f"{since * (1 - fraction) / gained:.0f}s" if gained > 0 else "?"
         return (
             f"[sweep] bundles {done}/{self.total_bundles} done, {running} running, {left} waiting | "
             f"networks {totals['converged']} converged, {totals['diverged']} diverged, "
             f"{totals['budget']} at budget of {self.total_networks} | "
             f"elapsed {elapsed:.0f}s, about {eta} left"
         )
+
+
+    def fraction_done(self, trials) -> float:
+        """The share of the sweep's work done (class docstring)."""
+        total = sum(seconds for seconds, _ in self.weights.values()) or self.total_bundles
+        done = 0.0
+        for trial in trials:
+            seconds, epochs = self.weights.get(trial.config["bundle"]["bundle_id"], (1.0, 0.0))
+            if trial.status in ("TERMINATED", "ERROR"):
+                done += seconds
+            elif epochs:
+                result = self._last.get(trial.trial_id) or trial.last_result or {}
+                # A bundle past its expected epochs is not done until it says so.
+                done += seconds * min(0.99, float(result.get("epoch", 0) or 0) / epochs)
+        return min(1.0, done / total)
 
 
 class FailedTrialCallback(tune.Callback):

@@ -6,7 +6,9 @@ import ray
 from ray import tune
 
 from sweep.command.callbacks import FailedTrialCallback, ProgressCallback, ScoringCallback, drain_printer
-from sweep.plan.spec import AUTO
+from sweep.plan import costs
+from sweep.plan.networks import BundleConfig
+from sweep.plan.spec import AUTO, Budget
 from sweep.plan.sweep_plan import SWEEP_FILE, SweepPlan, checkpoints, save_plan
 from sweep.scoring.actors import ScoringPool
 from sweep.scoring.settings import ScoringSettings
@@ -61,9 +63,16 @@ def _trainable(plan: SweepPlan):
     return tune.with_resources(train_bundle, trial_resources(plan))
 
 
+def progress_weights(plan: SweepPlan) -> dict[str, tuple[float, float]]:
+    """The progress line's weights (`costs.progress_weights`) on the kind of device the trials use."""
+    gpus = any(plan.gpu_shares.values()) or bool(plan.resources["gpus_per_trial"])
+    device = costs.reference_gpu() if gpus else costs.reference_cpu()
+    return costs.progress_weights([BundleConfig.from_dict(b) for b in plan.bundles], Budget(**plan.budget), device)
+
+
 def _run_config(plan: SweepPlan, *, score: bool, max_failures: int, progress_stream=None):
     callbacks = [
-        ProgressCallback(len(plan.bundles), plan.networks, stream=progress_stream),
+        ProgressCallback(len(plan.bundles), plan.networks, stream=progress_stream, weights=progress_weights(plan)),
         FailedTrialCallback(plan.table_root, plan.name),
     ]
     if score and plan.resources["scoring_actors"] != 0:

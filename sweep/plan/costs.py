@@ -324,38 +324,63 @@ def project(bundles: list[BundleConfig], budget: Budget, scoring: ScoringSetting
     unknown = 0
     notes: set[str] = set()
     for bundle in bundles:
-        flops = step_flops(bundle)
-        if flops is None:
+        shared = max(1, trials_per_device.get(bundle.bundle_id, 1)) if device.kind == "gpu" else 1
+        seconds = bundle_seconds(bundle, budget, device, shared)
+        if seconds is None:
             unknown += 1
             continue
-        rates, note = training_rates(device, bundle.precision, bundle.architecture)
+        training += seconds[0]
+        training_budget += seconds[1]
+        note = training_rates(device, bundle.precision, bundle.architecture)[1]
         if note:
             notes.add(note)
-        shared = max(1, trials_per_device.get(bundle.bundle_id, 1)) if device.kind == "gpu" else 1
-        steps = steps_per_epoch(bundle.members[0])
-        member = rates.member_step_s(flops)
-        expected = [expected_epochs(m, budget)[0] for m in bundle.members]
-        full = [_budget_epochs(m, budget) for m in bundle.members]
-        # Each epoch ends with a forward pass over the training set (the stopping check).
-        check = 2.0 * flops / 6.0 * (train_size(bundle) or 0) / _batch(bundle) if budget.stop_at_full_train_acc else 0.0
-        for epochs, total in ((expected, "expected"), (full, "budget")):
-            # The bundle steps until its last member stops; each member computes until it does.
-            compute = sum(epochs) * (steps * member + check / rates.flops_per_s)
-            fixed = steps * max(epochs) * rates.step_overhead_s
-            seconds = max(compute, (compute + fixed) / shared)
-            if total == "expected":
-                training += seconds
-            else:
-                training_budget += seconds
         tags = ["init", "end"]
         if checkpoint_every_epochs:
-            tags += ["epoch"] * int(max(expected) // checkpoint_every_epochs)
+            tags += ["epoch"] * int(bundle_epochs(bundle, budget) // checkpoint_every_epochs)
         for tag in tags:
             seconds, note = checkpoint_seconds(bundle, scoring, tag, device)
             scoring_s += seconds
             if note:
                 notes.add(note)
     return Projection(device, training, training_budget, scoring_s, unknown, tuple(sorted(notes)))
+
+
+def bundle_epochs(bundle: BundleConfig, budget: Budget) -> float:
+    """Epochs a bundle is expected to train: until its last member stops (`expected_epochs`)."""
+    return max(expected_epochs(m, budget)[0] for m in bundle.members)
+
+
+def bundle_seconds(bundle: BundleConfig, budget: Budget, device: Calibration,
+                   shared: int = 1) -> tuple[float, float] | None:
+    """(expected, every member at its budget) training seconds of one bundle on `device`, with
+    `shared` trials on its card (`project`); None when the data's size is unknown before loading."""
+    flops = step_flops(bundle)
+    if flops is None:
+        return None
+    rates, _ = training_rates(device, bundle.precision, bundle.architecture)
+    steps = steps_per_epoch(bundle.members[0])
+    member = rates.member_step_s(flops)
+    # Each epoch ends with a forward pass over the training set (the stopping check).
+    check = 2.0 * flops / 6.0 * (train_size(bundle) or 0) / _batch(bundle) if budget.stop_at_full_train_acc else 0.0
+    out = []
+    for epochs in ([expected_epochs(m, budget)[0] for m in bundle.members],
+                   [_budget_epochs(m, budget) for m in bundle.members]):
+        # The bundle steps until its last member stops; each member computes until it does.
+        compute = sum(epochs) * (steps * member + check / rates.flops_per_s)
+        fixed = steps * max(epochs) * rates.step_overhead_s
+        out.append(max(compute, (compute + fixed) / shared))
+    return out[0], out[1]
+
+
+def progress_weights(bundles: list[BundleConfig], budget: Budget, device: Calibration) -> dict[str, tuple[float, float]]:
+    """bundle_id -> (projected training seconds, expected epochs): how a sweep's progress weighs
+    each bundle (`sweep.command.callbacks.ProgressCallback`). Bundles whose size is unknown before
+    loading (image folders) weigh the mean of the others."""
+    seconds = {b.bundle_id: bundle_seconds(b, budget, device) for b in bundles}
+    known = [s[0] for s in seconds.values() if s is not None]
+    default = sum(known) / len(known) if known else 1.0
+    return {b.bundle_id: (seconds[b.bundle_id][0] if seconds[b.bundle_id] else default, bundle_epochs(b, budget))
+            for b in bundles}
 
 
 def hours(seconds: float) -> str:
