@@ -12,6 +12,7 @@ evaluations of every point metric), and the ratios, all measured in this run on 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -26,7 +27,7 @@ import torch
 import metrics_core as mc
 from sweep.plan.networks import BundleConfig, NetworkConfig
 from sweep.plan.spec import DataSpec
-from sweep.scoring.settings import ScoringSettings
+from sweep.scoring.settings import TRAIN_METRICS, ScoringSettings
 from sweep.scoring.inputs import scoring_inputs
 from sweep.scoring.measure import score_checkpoint, score_checkpoints
 from sweep.scoring.scorer import Scorer, checkpoint_dataset, load_checkpoint
@@ -129,6 +130,18 @@ def pure_path(args, settings: ScoringSettings) -> None:
         print(f"  {name:24s} {args.members / t:9.2f} networks/s {points / t:12.0f} points/s")
     print(f"  ratio batched / one at a time: {t_loop / t_batched:.2f}x; 4 checkpoints in one call / one network at a "
           f"time: {t_loop / t_together:.2f}x, / one call each: {t_each / t_together:.2f}x")
+
+    # Jiang et al.'s train-point measures (PAC-Bayes searches, margins) are most of a trained
+    # checkpoint's work, and a network alone already searches its noise samples as one population:
+    # the same two sides without them, to see what the rest gains.
+    rest = dataclasses.replace(settings, metrics=tuple(m for m in settings.metrics if m not in TRAIN_METRICS))
+    rest_inputs = scoring_inputs(data, rest)
+    t_rest = timed(lambda: score_checkpoint(pop, meta, data, rest, rest_inputs), args.repeats)
+    t_rest_loop = timed(lambda: [score_checkpoint(net, {**meta, "network_ids": [ids[i]], "statuses": ["budget"]}, data,
+                                                  rest, rest_inputs) for i, net in enumerate(one)], args.repeats)
+    print(f"  without the train-point measures ({', '.join(TRAIN_METRICS)}): batched {args.members / t_rest:.2f} "
+          f"networks/s, one at a time {args.members / t_rest_loop:.2f}, ratio {t_rest_loop / t_rest:.2f}x; "
+          f"the measures took {1 - t_rest / t_batched:.0%} of the batched time")
 
 
 def write_checkpoints(root: Path, count: int, members: int, width: int, depth: int) -> list[str]:
