@@ -87,6 +87,8 @@ def synthetic_networks(spec: SyntheticSweep, rng: np.random.Generator) -> pd.Dat
     df["architecture"] = "fc"
     df[["stages", "kernel_size"]] = 0  # cnn only
     df["batch_norm"] = False
+    df["augmentation_shift"] = np.where(df["augmentation"], 4, 0)  # a 32×32 image's usual shift
+    df["augmentation_flips"] = df["augmentation"]
     for column in ("family", "pooling", "head"):
         df[column] = pd.Categorical([None] * len(df), categories=["-"])  # a string dictionary, all null
     d = df["dataset"].map(INPUT_SIZE)

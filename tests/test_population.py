@@ -13,7 +13,8 @@ from sweep.plan.datasets import DATASETS
 from sweep.plan.networks import BundleConfig, NetworkConfig
 from sweep.plan.spec import Budget, DataSpec
 from sweep.scoring.table_writer import SCHEMAS
-from sweep.training.data import augment, augmentation_pad, load_dataset
+from sweep.plan.networks import augmentation_of
+from sweep.training.data import Dataset, augment, load_dataset
 from sweep.training.models import build_network
 from sweep.training.population import (PopulationTrainer, _BatchedLinear, epoch_augmentation, epoch_order,
                                        member_labels)
@@ -45,9 +46,9 @@ def digits():
 
 
 def net(optimizer="momentum", lr=0.03, seed=0, width=32, depth=2, batch=64, noise=0.0,
-        aug=False, activation="relu", init="torch_default", data=DIGITS, precision="fp32"):
+        aug=False, activation="relu", init="torch_default", data=DIGITS, precision="fp32", shift=None):
     return NetworkConfig(data, width, depth, activation, optimizer, lr, batch, noise, aug, seed,
-                         init, precision)
+                         init, precision, augmentation_shift=shift)
 
 
 def train_alone(config: NetworkConfig, data, epochs: int) -> torch.nn.Sequential:
@@ -58,7 +59,7 @@ def train_alone(config: NetworkConfig, data, epochs: int) -> torch.nn.Sequential
     labels = member_labels(config, data)
     n = len(labels)
     batch = config.batch_size or n
-    pad = augmentation_pad(data.image_shape)
+    pad, _ = augmentation_of(config, data.image_shape, data.hflip)
     tf32 = torch.backends.cuda.matmul.allow_tf32
     torch.backends.cuda.matmul.allow_tf32 = config.precision == "tf32"
     try:
@@ -185,10 +186,11 @@ def test_cuda_member_follows_the_network_trained_alone_in_every_precision(precis
             assert member <= bound, (optimizer, precision, found)
 
 
-@pytest.mark.parametrize("variant", ["full_batch", "augmentation", "tanh_he_normal"])
+@pytest.mark.parametrize("variant", ["full_batch", "augmentation", "augmentation_shift", "tanh_he_normal"])
 def test_member_follows_the_network_trained_alone_variants(digits, variant):
     kwargs = {"full_batch": dict(optimizer="sgd", lr=0.5, batch=None),
               "augmentation": dict(aug=True),
+              "augmentation_shift": dict(aug=True, shift=3),
               "tanh_he_normal": dict(activation="tanh", init="he_normal", depth=3)}[variant]
     members = (net(seed=4, **kwargs), net(seed=5, **kwargs))
     epochs = 20 if variant == "full_batch" else 2
@@ -199,9 +201,36 @@ def test_member_follows_the_network_trained_alone_variants(digits, variant):
     for i, config in enumerate(members):
         alone = train_alone(config, digits, epochs=epochs)
         assert_close_params(member_params(trainer, i), list(alone.parameters()), 2e-5)
+    if variant.startswith("augmentation"):  # the rows say what augmentation the members had
+        expected = (3 if variant == "augmentation_shift" else 1, False)  # digits: never flipped
+        assert {(r["augmentation_shift"], r["augmentation_flips"]) for r in trainer.network_rows()} == {expected}
     # The initial parameters alone differ from the trained ones (training did happen).
     init = build_network(members[0], digits)
     assert not torch.allclose(member_params(trainer, 0)[0], next(init.parameters()))
+
+
+def test_augmentation_draws_follow_the_networks_shift_and_flips():
+    # Natural 3×32×32 images (flips allowed): the usual 4-pixel shift and flips, a given shift, none.
+    g = torch.Generator().manual_seed(0)
+    n, d = 512, 3 * 32 * 32
+    x, y = torch.randn(n, d, generator=g), torch.randint(0, 10, (n,), generator=g)
+    cifar = Dataset("cifar10", x, y, x[:8], y[:8], 10, (3, 32, 32), torch.zeros(d), torch.ones(d), True)
+    spec = DataSpec("cifar10")
+
+    def draws(**kwargs):
+        config = NetworkConfig(spec, 8, 1, "relu", "sgd", 0.1, 64, 0.0, True, 0, "torch_default", **kwargs)
+        return epoch_augmentation(config, 0, cifar)
+
+    shifts, flips = draws()
+    assert set(shifts.unique().tolist()) == set(range(9)) and 0.4 < flips.float().mean() < 0.6
+    shifts, flips = draws(augmentation_shift=1, augmentation_flips=False)
+    assert set(shifts.unique().tolist()) == {0, 1, 2} and not flips.any()
+    shifts, flips = draws(augmentation_shift=0)
+    assert not shifts.any() and flips.any()
+    # Flipping with no shift is a mirror image, pixel for pixel.
+    image = x[:1]
+    mirrored = augment(image, (3, 32, 32), torch.zeros(1, 2, dtype=torch.int64), torch.ones(1, dtype=torch.bool), 0)
+    torch.testing.assert_close(mirrored.view(3, 32, 32), image.view(3, 32, 32).flip(-1), rtol=0, atol=0)
 
 
 def run(trainer: PopulationTrainer) -> PopulationTrainer:

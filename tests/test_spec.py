@@ -227,7 +227,8 @@ def test_row_has_the_hyperparameter_columns():
     assert set(row) == {"network_id", "dataset", "train_size", "random_label_fraction",
                         "augmentation", "width", "depth", "activation", "optimizer",
                         "learning_rate", "batch_size", "full_batch", "seed", "init", "precision",
-                        "architecture", "family", "stages", "kernel_size", "pooling", "head", "batch_norm"}
+                        "architecture", "family", "stages", "kernel_size", "pooling", "head", "batch_norm",
+                        "augmentation_shift", "augmentation_flips"}
     assert row["dataset"] == "digits" and row["full_batch"] is False
 
 
@@ -310,3 +311,35 @@ def test_convolutional_keys_need_the_cnn_architecture_and_images_that_hold_the_s
     assert parse_spec({**cnn, "grid": {**cnn["grid"], "stages": [4], "poolings": ["conv"]}}).grid.stages == (4,)
     with pytest.raises(SpecError, match=r"architecture: unknown value 'rnn'; choose one of fc, cnn"):
         parse_spec({**VALID, "architecture": "rnn"})
+
+
+def test_augmentation_strength_is_a_training_setting_of_augmented_networks_only():
+    aug = {**VALID, "grid": {**VALID["grid"], "augmentation": [False, True]}}
+    plain = networks(parse_spec(aug))
+    milder = networks(parse_spec({**aug, "training": {"augmentation_shift": 2, "augmentation_flips": False}}))
+    # Networks without augmentation are the same networks (same ids) whatever the setting says.
+    assert [n.network_id for n in plain if not n.augmentation] == [n.network_id for n in milder if not n.augmentation]
+    assert not {n.network_id for n in plain if n.augmentation} & {n.network_id for n in milder if n.augmentation}
+    # Without the setting, ids are those of sweeps written before it (the option enters when set).
+    assert all(n.augmentation_shift is None and n.augmentation_flips for n in plain)
+    rows = {(r["augmentation"], r["augmentation_shift"], r["augmentation_flips"]) for r in (n.row() for n in plain)}
+    assert rows == {(False, 0, False), (True, 1, False)}  # digits: an 8×8 image's usual shift, never flipped
+    shifted = networks(parse_spec({**aug, "training": {"augmentation_shift": 3}}))
+    assert {n.row()["augmentation_shift"] for n in shifted if n.augmentation} == {3}
+    bundles = expand(parse_spec({**aug, "training": {"augmentation_shift": 2}}))
+    assert all(len({(m.augmentation, m.augmentation_shift) for m in b.members}) == 1 for b in bundles)
+    with pytest.raises(SpecError, match=r"training.augmentation_shift: 0 leaves augmented networks unaugmented "
+                                        r"\(digits's images are never flipped\); give a shift of 1 or more"):
+        parse_spec({**aug, "training": {"augmentation_shift": 0}})
+    cifar = {**aug, "datasets": ["cifar10"]}
+    assert parse_spec({**cifar, "training": {"augmentation_shift": 0}}).training.augmentation_shift == 0
+    with pytest.raises(SpecError, match=r"training.augmentation_shift: 0 leaves augmented networks unaugmented "
+                                        r"\(augmentation_flips is false\)"):
+        parse_spec({**cifar, "training": {"augmentation_shift": 0, "augmentation_flips": False}})
+    with pytest.raises(SpecError, match=r"training.augmentation_shift: 8 pixels moves digits's 8-pixel images out "
+                                        r"of view; use at most 7"):
+        parse_spec({**aug, "training": {"augmentation_shift": 8}})
+    with pytest.raises(SpecError, match=r"training.augmentation_shift: expected an integer ≥ 0 or null, got -1"):
+        parse_spec({**aug, "training": {"augmentation_shift": -1}})
+    # Nothing to check where no network is augmented.
+    assert parse_spec({**VALID, "training": {"augmentation_shift": 0}}).training.augmentation_shift == 0

@@ -39,6 +39,12 @@ DATASETS: dict[str, DatasetInfo] = {
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp")
 
 
+def augmentation_pad(image_shape: tuple[int, int, int]) -> int:
+    """The usual largest translation in pixels: 1 for 8×8 digits, 3 for 28×28, 4 for 32×32 (as
+    in the usual pad-4-and-crop CIFAR augmentation); `training.augmentation_shift` overrides it."""
+    return max(1, image_shape[1] // 8)
+
+
 def dataset_info(data: DataSpec) -> DatasetInfo:
     """What is known of a data set before it is loaded, with its train/test sizes as used. An
     image folder's are counted from its files, one image opened for its shape; where the folder

@@ -14,6 +14,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from sweep.plan.datasets import augmentation_pad, dataset_info
 from sweep.plan.spec import DataSpec, SweepSpec
 
 
@@ -40,6 +41,10 @@ class NetworkConfig:
     pooling: str | None = None
     head: str | None = None
     batch_norm: bool = False
+    # Networks with augmentation: the largest shift in pixels (None: the data set's usual one) and
+    # whether natural images are flipped; without augmentation always None and True.
+    augmentation_shift: int | None = None
+    augmentation_flips: bool = True
 
     @property
     def network_id(self) -> str:
@@ -76,6 +81,8 @@ class NetworkConfig:
         `train_size` and `batch_size` are None here when they mean "all of the split"; the
         trainer's rows fill in the resolved numbers.
         """
+        info = dataset_info(self.dataset)
+        shift, flips = augmentation_of(self, info.image_shape, info.hflip)
         return {
             "network_id": self.network_id,
             "dataset": self.dataset.name,
@@ -100,15 +107,30 @@ class NetworkConfig:
             "pooling": self.pooling,
             "head": self.head,
             "batch_norm": self.batch_norm,
+            "augmentation_shift": shift,
+            "augmentation_flips": flips,
         }
 
 
 _ID_DEFAULTS = {"precision": "fp32", "architecture": "fc", "family": None, "stages": None, "kernel_size": None,
-                "pooling": None, "head": None, "batch_norm": False}
+                "pooling": None, "head": None, "batch_norm": False, "augmentation_shift": None,
+                "augmentation_flips": True}
 
 
 
 NAN = float("nan")
+
+
+def augmentation_of(net: NetworkConfig, image_shape: tuple[int, int, int] | None, hflip: bool) -> tuple[int, bool]:
+    """(largest shift in pixels, whether images are flipped) of a network's augmentation on images
+    of `image_shape` (data that `hflip`s or not); (0, False) without augmentation, and a shift of 0
+    where an image folder's shape is not known yet."""
+    if not net.augmentation:
+        return 0, False
+    shift = net.augmentation_shift
+    if shift is None:
+        shift = augmentation_pad(image_shape) if image_shape else 0
+    return shift, net.augmentation_flips and hflip
 
 
 def network_row(config: NetworkConfig, bundle_id: str, *, status: str, param_count: int | None,
@@ -130,7 +152,7 @@ def network_row(config: NetworkConfig, bundle_id: str, *, status: str, param_cou
 
 SHARED_IN_BUNDLE = ("dataset", "width", "depth", "activation", "optimizer", "batch_size",
                     "augmentation", "precision", "architecture", "family", "stages", "kernel_size", "pooling",
-                    "head", "batch_norm")
+                    "head", "batch_norm", "augmentation_shift", "augmentation_flips")
 
 
 @dataclass(frozen=True)
@@ -190,9 +212,11 @@ def networks(spec: SweepSpec) -> list[NetworkConfig]:
     for data, width, depth, shape, act, (opt, lrs), batch, rlf, aug, init in itertools.product(
             spec.datasets, g.widths, g.depths, _conv_shapes(spec), g.activations, g.rates, g.batch_sizes,
             g.random_label_fractions, g.augmentation, g.inits):
+        augmentation = ({"augmentation_shift": spec.training.augmentation_shift,
+                         "augmentation_flips": spec.training.augmentation_flips} if aug else {})
         for lr, seed in itertools.product(lrs, g.seeds):
             out.append(NetworkConfig(data, width, depth, act, opt, lr, batch, rlf, aug, seed,
-                                     init, spec.training.precision, **shape))
+                                     init, spec.training.precision, **shape, **augmentation))
     return out
 
 

@@ -195,6 +195,12 @@ class TrainingSpec:
     precision: Literal[PRECISIONS] = "fp32"
     """fp32: true float32 matmuls; tf32: TF32 tensor-core matmuls on GPUs that have them (float32
     elsewhere); bf16: bfloat16 autocast for the matmuls, float32 weights and optimizer state"""
+    augmentation_shift: Count | None = None
+    """networks with augmentation: the largest translation in pixels (zero padding, then a crop);
+    null: the data set's usual one (1 for 8×8 digits, 3 for 28×28 images, 4 for 32×32); 0: flips only"""
+    augmentation_flips: Flag = True
+    """networks with augmentation: random horizontal flips of natural images (never of digits,
+    MNIST or Fashion-MNIST, whose labels a mirror would change)"""
 
 
 @section
@@ -279,7 +285,23 @@ class SweepSpec:
         if total > MAX_NETWORKS:
             raise invalid(f"{total:,} networks exceeds the limit of {MAX_NETWORKS:,} per sweep; split the grid "
                           "into several sweeps (each with its own name)", "grid")
+        if True in self.grid.augmentation:
+            self._check_augmentation()
         return self
+
+    def _check_augmentation(self) -> None:
+        """Augmented networks must see their images change: a shift, or flips where they apply."""
+        shift = self.training.augmentation_shift
+        for data in self.datasets:
+            info = dataset_info(data)
+            if shift == 0 and not (self.training.augmentation_flips and info.hflip):
+                why = "augmentation_flips is false" if info.hflip else f"{data.name}'s images are never flipped"
+                raise invalid(f"0 leaves augmented networks unaugmented ({why}); give a shift of 1 or more, or "
+                              "remove true from grid.augmentation", "training.augmentation_shift")
+            side = min(info.image_shape[1:]) if info.image_shape else None
+            if shift is not None and side is not None and shift >= side:
+                raise invalid(f"{shift} pixels moves {data.name}'s {side}-pixel images out of view; use at most "
+                              f"{side - 1}", "training.augmentation_shift")
 
 
     def _check_stages(self) -> None:

@@ -35,6 +35,8 @@ SCHEMAS: dict[str, pa.Schema] = {
             ("pooling", CATEGORY),
             ("head", CATEGORY),
             ("batch_norm", pa.bool_()),
+            ("augmentation_shift", pa.int64()),
+            ("augmentation_flips", pa.bool_()),
             ("param_count", pa.int64()),
             pa.field("status", CATEGORY, nullable=False),
             ("steps", pa.int64()),

@@ -12,10 +12,10 @@ Splits:
   all images must have one size.
 `train_size` / `test_size` take the first examples of a fixed seeded permutation of a split.
 
-Augmentation (per example, on the device): translations by up to `augmentation_pad` pixels
-(zero padding, then a crop) and, for natural images only (cifar10, cifar100, image_folder),
-horizontal flips. Digits, MNIST and Fashion-MNIST get no flips: a mirrored 2, 5 or 7 is not a
-digit, and the paper flips natural images only.
+Augmentation (per example, on the device): translations by up to a few pixels (zero padding,
+then a crop; `sweep.plan.networks.augmentation_of`) and, for natural images only (cifar10,
+cifar100, image_folder), horizontal flips. Digits, MNIST and Fashion-MNIST get no flips: a
+mirrored 2, 5 or 7 is not a digit, and the paper flips natural images only.
 """
 
 from __future__ import annotations
@@ -239,12 +239,6 @@ def random_labels(y: torch.Tensor, fraction: float, num_classes: int,
     shift = torch.randint(1, num_classes, (count,), generator=generator).to(y.device)
     labels[where] = (y[where] + shift) % num_classes
     return labels
-
-
-def augmentation_pad(image_shape: tuple[int, int, int]) -> int:
-    """Largest translation in pixels: 1 for 8×8 digits, 3 for 28×28, 4 for 32×32 (as in the
-    usual pad-4-and-crop CIFAR augmentation)."""
-    return max(1, image_shape[1] // 8)
 
 
 def draw_augmentation(n: int, pad: int, hflip: bool, generator: torch.Generator):

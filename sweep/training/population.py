@@ -43,10 +43,10 @@ import torch.nn.functional as F
 import metrics_core as mc
 from metrics_core.convnets import images, run
 from metrics_core.nets import default_chunk_size, logit_floats, logits_of
-from sweep.plan.networks import BundleConfig, NetworkConfig, network_row, param_count
+from sweep.plan.networks import BundleConfig, NetworkConfig, augmentation_of, network_row, param_count
 from sweep.plan.spec import Budget
 from sweep.training.checkpoints import parameters_entry, stacked_parameters
-from sweep.training.data import Dataset, augment, augmentation_pad, draw_augmentation, random_labels
+from sweep.training.data import Dataset, augment, draw_augmentation, random_labels
 from sweep.training.models import initial_norm_stats, initial_parameters, population_of
 
 MOMENTUM = 0.9
@@ -126,8 +126,8 @@ def member_labels(config: NetworkConfig, data: Dataset) -> torch.Tensor:
 
 def epoch_augmentation(config: NetworkConfig, epoch: int, data: Dataset):
     """(shifts [N, 2], flips [N]) for the examples in epoch order, from the ``augment`` stream."""
-    return draw_augmentation(len(data.y_train), augmentation_pad(data.image_shape), data.hflip,
-                             config.generator("augment", epoch))
+    shift, flips = augmentation_of(config, data.image_shape, data.hflip)
+    return draw_augmentation(len(data.y_train), shift, flips, config.generator("augment", epoch))
 
 
 class PopulationTrainer:
@@ -280,7 +280,8 @@ class PopulationTrainer:
         if aug is None:
             return x
         d = self.data
-        raw = augment(x * d.std + d.mean, d.image_shape, aug[0], aug[1], augmentation_pad(d.image_shape))
+        shift, _ = augmentation_of(self.members[0], d.image_shape, d.hflip)
+        raw = augment(x * d.std + d.mean, d.image_shape, aug[0], aug[1], shift)
         return (raw - d.mean) / d.std
 
     def _step(self, idx: torch.Tensor, aug) -> None:
@@ -427,6 +428,9 @@ class PopulationTrainer:
         labels_test = self.data.y_test.expand(len(self.members), -1)
         test_loss, test_acc = evaluate(mlp, self.data.x_test, labels_test)
         params = param_count(self.members[0], self.data)
+        shift, flips = augmentation_of(self.members[0], self.data.image_shape, self.data.hflip)
+        resolved = {"train_size": self.n, "batch_size": self.batch, "augmentation_shift": shift,
+                    "augmentation_flips": flips}
         rows = []
         for i, config in enumerate(self.members):
             running = self.status[i] == "running"
@@ -439,7 +443,7 @@ class PopulationTrainer:
             rows.append(network_row(
                 config, self.bundle.bundle_id, sweep=sweep, status=self.status[i], param_count=params,
                 steps=steps, epochs=epochs, wall_time_s=wall, message=self.messages[i],
-                resolved={"train_size": self.n, "batch_size": self.batch}, **measured))
+                resolved=resolved, **measured))
         return rows
 
     # ---- exact resume --------------------------------------------------------------------
