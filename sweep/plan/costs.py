@@ -33,7 +33,8 @@ from dataclasses import dataclass, field
 from importlib import resources
 
 from sweep.plan.datasets import dataset_info
-from sweep.plan.networks import BundleConfig, NetworkConfig, forward_flops, layer_sizes, param_count
+from sweep.plan.networks import (BundleConfig, NetworkConfig, augmentation_of, forward_flops, layer_sizes,
+                                 param_count)
 from sweep.plan.spec import Budget
 from sweep.scoring.settings import PROFILE_TAGS, UNTRAINED_TAGS, ScoringSettings
 
@@ -262,16 +263,19 @@ def expected_epochs(net: NetworkConfig, budget: Budget) -> tuple[float, str]:
     """Epochs a network is expected to train, and where that number comes from.
 
     The mean measured epochs to 100% train accuracy of networks on the same data (name and
-    training-set size) with the same random-label fraction and augmentation (the convergence
-    table), when the budget stops there; else the budget.
+    training-set size) with the same random-label fraction and augmentation (on or off, its
+    largest shift and flips: the convergence table), when the budget stops there; else the budget.
     """
     limit = _budget_epochs(net, budget)
     data = net.dataset
     if budget.stop_at_full_train_acc:
+        info = dataset_info(data)
+        shift, flips = augmentation_of(net, info.image_shape, info.hflip)
         for entry in _table()["convergence"]:
             if (entry["dataset"], entry.get("train_size"), entry.get("random_label_fraction", 0.0),
-                    entry.get("augmentation", False)) == (data.name, data.train_size, net.random_label_fraction,
-                                                          net.augmentation):
+                    entry.get("augmentation", False), entry.get("augmentation_shift", 0),
+                    entry.get("augmentation_flips", False)) == (data.name, data.train_size, net.random_label_fraction,
+                                                                net.augmentation, shift, flips):
                 return min(limit, entry["epochs"]), "measured"
     return limit, "budget"
 
