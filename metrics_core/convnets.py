@@ -8,10 +8,12 @@ change; linear layers run as batched matmuls [M, n, F] like the fully-connected 
 
 Example:
 
+    >>> import copy
     >>> net = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
     ...                     nn.Flatten(), nn.Linear(4 * 4 * 4, 10))
     >>> population = stack_convnets([net, copy.deepcopy(net)], input_shape=(1, 8, 8))
-    >>> conv_forward(population, torch.randn(5, 1, 8, 8)).shape
+    >>> logits, _ = run(population, images(population, torch.randn(5, 64)))
+    >>> logits.shape
     torch.Size([2, 5, 10])
 """
 

@@ -1,27 +1,30 @@
 """What a sweep costs before it runs: training and scoring time from calibrated rates.
 
 A device's calibration (`sweep/plan/calibration.json`, measured by `bench/calibrate.py`) holds, per
-architecture (fully-connected steps; convolutional ones under its `cnn` key) and training precision, the fixed cost of one population step (`step_overhead_ms`: kernel launches
-and the autograd graph, paid whatever the bundle's size), a cost per member and step beyond its
+architecture (fully-connected steps; convolutional ones under its `cnn` key) and training
+precision, the fixed cost of one population step (`step_overhead_ms`: kernel launches and the
+autograd graph, paid whatever the bundle's size), a cost per member and step beyond its
 arithmetic (`member_ms`: small kernels whose size follows M; 0 where not measured) and the rate
 of the arithmetic (`tflops`), fitted to measured steps, so a step of M members of F FLOPs each
 takes
 
     t(M) = step_overhead + M · (member + F / rate),      F = 6 · batch · parameters
 
-(forward 2, backward 4 FLOPs per parameter and example). Scoring is FLOPs of the metrics at
-the spec's settings over `scoring_tflops`; a convolutional network's forward passes that compare
-activation codes (transitions, profiles, slices) run at their own rate (`cnn.codes_tflops`), far
-below its Jacobians' (every unit's piece is kept and compared at every trajectory point). Steps come from the budget (an upper bound) or from
-the convergence table (the mean measured epochs to 100% train accuracy for a data set, label
-noise and augmentation; networks with no measurement are counted at their budget).
+(forward 2, backward 4 FLOPs per parameter and example; a convolutional network's F is three
+forward passes of the batch). Scoring is FLOPs of the metrics at the spec's settings over
+`scoring_tflops`; a convolutional network's forward passes that compare activation codes
+(transitions, profiles, slices) run at their own rate (`cnn.codes_tflops`), far below its
+Jacobians' (every unit's piece is kept and compared at every trajectory point). Steps come from
+the budget (an upper bound) or from the convergence table (the mean measured epochs to 100% train
+accuracy for a data set, label noise and augmentation; networks with no measurement are counted
+at their budget).
 
 No torch and no Ray: `sweep run --dry-run` and `sweep presets` use it on any machine.
 
     >>> from sweep.plan.costs import calibration, step_seconds
     >>> h200 = calibration("h200")
     >>> round(step_seconds(h200, "fp32", members=64, flops_per_member=257e6) * 1e3, 2)  # ms
-    1.78
+    1.05
 """
 
 from __future__ import annotations
