@@ -4,10 +4,11 @@ learning rates: what a preset's budget, learning rates and augmentation need.
     python bench/convergence.py                                # paper-factors' smallest shape, 400 epochs
     python bench/convergence.py --widths 200,500 --depths 2,4 --activations relu,tanh --epochs 2000
     python bench/convergence.py --threads 1 --augmentations none,flips,shift2+flips --lrs 0.003,0.01
+    python bench/convergence.py --batch full --random-labels 0,0.5 --augmentations none,flips --epochs 2000
 
 Each (shape, activation, augmentation) is one population (`PopulationTrainer`, as a trial trains
-it) whose members are the learning rates × seeds; a member stops at 100% accuracy on the clean
-training set (as in a sweep) or at the epoch budget. Augmentations: `none`, `flips` (no shift),
+it) whose members are the random-label shares × learning rates × seeds; a member stops at 100%
+accuracy on its unaugmented training set and labels (as in a sweep) or at the epoch budget. Augmentations: `none`, `flips` (no shift),
 `shiftN` (up to N pixels, no flips), `shiftN+flips`. Data: CIFAR-10 JPEGs from ../shared/data as an
 image folder, the first `--train-size` training images as a sweep takes them (paper-factors uses
 10 000). Prints each member's train accuracy every `--every` epochs, then each member's epochs to
@@ -66,6 +67,7 @@ def main() -> None:
     parser.add_argument("--lrs", default="0.003,0.01,0.03")
     parser.add_argument("--seeds", default="0")
     parser.add_argument("--batch", default="128", help="examples per step, or `full`")
+    parser.add_argument("--random-labels", default="0", help="fractions of training labels replaced at random")
     parser.add_argument("--augmentations", default="none,flips,shift2+flips,shift4+flips")
     parser.add_argument("--epochs", type=int, default=400, help="the budget")
     parser.add_argument("--every", type=int, default=10, help="epochs between progress lines")
@@ -83,9 +85,10 @@ def main() -> None:
         for width, depth, activation, aug in itertools.product(numbers(args.widths, int), numbers(args.depths, int),
                                                                args.activations.split(","),
                                                                args.augmentations.split(",")):
-            members = tuple(NetworkConfig(spec, width, depth, activation, args.optimizer, lr, batch, 0.0, seed=seed,
+            members = tuple(NetworkConfig(spec, width, depth, activation, args.optimizer, lr, batch, random, seed=seed,
                                           init="torch_default", **augmentation(aug))
-                            for lr, seed in itertools.product(numbers(args.lrs), numbers(args.seeds, int)))
+                            for random, lr, seed in itertools.product(numbers(args.random_labels), numbers(args.lrs),
+                                                                      numbers(args.seeds, int)))
             budget = Budget(max_epochs=args.epochs, stop_at_full_train_acc=True)
             runs[f"{width}x{depth} {activation} {aug}"] = PopulationTrainer(BundleConfig(members), data, budget)
         started = time.perf_counter()
@@ -107,14 +110,20 @@ def main() -> None:
                 status, epochs = trainer.status[i], trainer.stopped_at[i][1]
                 outcome = (f"converged in {epochs:.0f} epochs" if status == "converged" else
                            f"{status} at epoch {epochs:.0f}, train accuracy {acc[i]:.3f}")
-                print(f"  {name:28s} lr {config.learning_rate:<7g} seed {config.seed}: {outcome}", flush=True)
+                print(f"  {name:28s} {member(config):20s} seed {config.seed}: {outcome}", flush=True)
 
 
 def accuracies(trainer: PopulationTrainer) -> str:
-    """Each member's clean train accuracy now (its learning rate: accuracy, * once converged)."""
+    """Each member's train accuracy on its labels now (lr [random-label share]: accuracy, * once
+    converged)."""
     _, acc = evaluate(trainer.population(), trainer.data.x_train, trainer.labels)
-    return "  ".join(f"{c.learning_rate:g}: {a:.3f}{'*' if s == 'converged' else ''}"
+    return "  ".join(f"{member(c)}: {a:.3f}{'*' if s == 'converged' else ''}"
                      for c, a, s in zip(trainer.members, acc.tolist(), trainer.status))
+
+
+def member(config: NetworkConfig) -> str:
+    noise = f" random {config.random_label_fraction:g}" if config.random_label_fraction else ""
+    return f"lr {config.learning_rate:g}{noise}"
 
 
 if __name__ == "__main__":

@@ -41,11 +41,15 @@ step metrics 240 python3 bench/metrics.py --device "$device" $quick
 # one at a time).
 step training 240 python3 bench/training.py --device "$device" $quick $([ "$device" = cpu ] || echo --members 64,256 --alone 16)
 step scoring 180 python3 bench/scoring.py --device "$device" $quick
-# paper-factors' convergence (issue 16, part 6): its two widths without augmentation, with flips
-# only and with the usual shift and flips, at its learning rate and the next, on the 10 000 images.
-step convergence 150 python3 bench/convergence.py --device "$device" --widths 200,500 --lrs 0.003,0.01 --seeds 0,1 \
-    --augmentations none,flips,shift4+flips ${DATA:+--data "$DATA"} \
-    $([ -n "$quick" ] && echo --train-size 1000 --epochs 3 || echo --epochs 300 --every 25)
+# paper-factors' convergence (issue 16, part 6), on its 10 000 images at its learning rate: every
+# shape and nonlinearity with and without flips and random labels at batch 128 within its step
+# budget (506 epochs), then the full-batch networks of its smallest shape within its epoch budget.
+step convergence 200 python3 bench/convergence.py --device "$device" --widths 200,500 --depths 2,4 \
+    --activations relu,tanh,hard_tanh --lrs 0.003 --random-labels 0,0.5 --augmentations none,flips \
+    ${DATA:+--data "$DATA"} $([ -n "$quick" ] && echo --train-size 1000 --epochs 3 || echo --epochs 506 --every 50)
+step convergence-full 240 python3 bench/convergence.py --device "$device" --batch full --lrs 0.003 \
+    --random-labels 0,0.5 --augmentations none,flips ${DATA:+--data "$DATA"} \
+    $([ -n "$quick" ] && echo --train-size 1000 --epochs 3 || echo --epochs 20000 --every 1000)
 if [ -n "$has_ray" ]; then
     step sweep-overhead 180 python3 bench/sweep_overhead.py digits --in-process --repeats 1
     # The whole path: a time-boxed slice of each paper preset through `sweep run` (MINUTES, default 6).

@@ -330,12 +330,18 @@ def test_convolutional_networks_use_their_own_rates_or_say_they_do_not():
 def test_expected_epochs_come_from_the_convergence_table_or_the_budget():
     budget = Budget(max_epochs=150)
 
-    def net(noise=0.0, aug=False):
-        return NetworkConfig(DataSpec("digits"), 8, 1, "relu", "sgd", 0.1, 64, noise, aug, 0, "torch_default")
+    def net(noise=0.0, aug=False, batch=64, **fields):
+        return NetworkConfig(DataSpec("digits"), 8, 1, "relu", "sgd", 0.1, batch, noise, aug, 0, "torch_default",
+                             **fields)
 
     assert costs.expected_epochs(net(), budget) == (12.6, "measured")
     assert costs.expected_epochs(net(0.2), budget) == (86.5, "measured")
     assert costs.expected_epochs(net(aug=True), budget) == (150, "budget")
+    # Entries are measured with mini-batches on fully-connected networks: full batch and
+    # convolutional networks are not counted at those epochs.
+    assert costs.expected_epochs(net(batch=None), budget) == (150, "budget")
+    assert costs.expected_epochs(net(architecture="cnn", family="vgg", stages=1, kernel_size=3, pooling="max",
+                                     head="flatten"), budget) == (150, "budget")
     assert costs.expected_epochs(net(), Budget(max_epochs=5)) == (5, "measured")
     assert costs.expected_epochs(net(), Budget(max_epochs=150, stop_at_full_train_acc=False)) == (150, "budget")
 

@@ -16,8 +16,8 @@ forward passes of the batch). Scoring is FLOPs of the metrics at the spec's sett
 (transitions, profiles, slices) run at their own rate (`cnn.codes_tflops`), far below its
 Jacobians' (every unit's piece is kept and compared at every trajectory point). Steps come from
 the budget (an upper bound) or from the convergence table (the mean measured epochs to 100% train
-accuracy for a data set, label noise and augmentation; networks with no measurement are counted
-at their budget).
+accuracy for an architecture, data set, label noise, augmentation and batching; networks with no
+measurement are counted at their budget).
 
 No torch and no Ray: `sweep run --dry-run` and `sweep presets` use it on any machine.
 
@@ -265,22 +265,29 @@ def checkpoint_seconds(bundle: BundleConfig, scoring: ScoringSettings, tag: str,
 def expected_epochs(net: NetworkConfig, budget: Budget) -> tuple[float, str]:
     """Epochs a network is expected to train, and where that number comes from.
 
-    The mean measured epochs to 100% train accuracy of networks on the same data (name and
-    training-set size) with the same random-label fraction and augmentation (on or off, its
-    largest shift and flips: the convergence table), when the budget stops there; else the budget.
+    The mean measured epochs to 100% train accuracy of networks of the same architecture on the
+    same data (name and training-set size), with the same random-label fraction, augmentation (on
+    or off, its largest shift and flips) and batching (mini-batches or full batch: the convergence
+    table), when the budget stops there; else the budget.
     """
     limit = _budget_epochs(net, budget)
-    data = net.dataset
     if budget.stop_at_full_train_acc:
-        info = dataset_info(data)
-        shift, flips = augmentation_of(net, info.image_shape, info.hflip)
+        key = _convergence_key(net)
         for entry in _table()["convergence"]:
-            if (entry["dataset"], entry.get("train_size"), entry.get("random_label_fraction", 0.0),
-                    entry.get("augmentation", False), entry.get("augmentation_shift", 0),
-                    entry.get("augmentation_flips", False)) == (data.name, data.train_size, net.random_label_fraction,
-                                                                net.augmentation, shift, flips):
+            if all(entry.get(name, default) == value for name, (value, default) in key.items()):
                 return min(limit, entry["epochs"]), "measured"
     return limit, "budget"
+
+
+def _convergence_key(net: NetworkConfig) -> dict[str, tuple]:
+    """What a convergence-table entry must match: its field's value for this network, and the
+    field's meaning where an entry leaves it out."""
+    info = dataset_info(net.dataset)
+    shift, flips = augmentation_of(net, info.image_shape, info.hflip)
+    return {"dataset": (net.dataset.name, None), "train_size": (net.dataset.train_size, None),
+            "architecture": (net.architecture, "fc"), "random_label_fraction": (net.random_label_fraction, 0.0),
+            "augmentation": (net.augmentation, False), "augmentation_shift": (shift, 0),
+            "augmentation_flips": (flips, False), "full_batch": (net.batch_size is None, False)}
 
 
 def _budget_epochs(net: NetworkConfig, budget: Budget) -> float:

@@ -385,8 +385,8 @@ def projection_lines(spec: SweepSpec, bundles: list[BundleConfig], card: Card | 
         "FLOPs (cnn), fitted to measured steps, and each epoch a forward pass over the training set (the stopping check);",
         f"  trials sharing a card overlap their overheads; a bundle steps until its last member stops; "
         f"{measured} of {sum(len(b.members) for b in bundles)} networks",
-        "  at the mean measured epochs to 100% train accuracy for their data, label noise and augmentation "
-        "(the convergence table), the others at their budget;",
+        "  at the mean measured epochs to 100% train accuracy for their architecture, data, label noise, "
+        "augmentation and batching (the convergence table), the others at their budget;",
         "  scoring: FLOPs of the spec's metrics at every checkpoint, at the measured scoring rate",
         f"  {reference.name}: {reference.measured}",
     ]
