@@ -5,6 +5,7 @@ learning rates: what a preset's budget, learning rates and augmentation need.
     python bench/convergence.py --widths 200,500 --depths 2,4 --activations relu,tanh --epochs 2000
     python bench/convergence.py --threads 1 --augmentations none,flips,shift2+flips --lrs 0.003,0.01
     python bench/convergence.py --batch full --random-labels 0,0.5 --augmentations none,flips --epochs 2000
+    python bench/convergence.py --preset cnn-factors --only seed=0 --only batch_size=128 --epochs 100
 
 Each (shape, activation, augmentation) is one population (`PopulationTrainer`, as a trial trains
 it) whose members are the random-label shares × learning rates × seeds; a member stops at 100%
@@ -12,7 +13,9 @@ accuracy on its unaugmented training set and labels (as in a sweep) or at the ep
 `shiftN` (up to N pixels, no flips), `shiftN+flips`. Data: CIFAR-10 JPEGs from ../shared/data as an
 image folder, the first `--train-size` training images as a sweep takes them (paper-factors uses
 10 000). Prints each member's train accuracy every `--every` epochs, then each member's epochs to
-100% (or its accuracy at the budget). Needs torch, pydantic and Pillow (no Ray).
+100% (or its accuracy at the budget), and the share that converged. `--preset` trains a preset's own
+networks instead, bundled as the planner would (CIFAR-10 again from the JPEGs). Needs torch,
+pydantic and Pillow (no Ray).
 """
 
 from __future__ import annotations
@@ -22,9 +25,11 @@ import itertools
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
+import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -32,8 +37,9 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from sweep_gpu import SHARED_DATA, image_folder  # noqa: E402
 
-from sweep.plan.networks import BundleConfig, NetworkConfig  # noqa: E402
-from sweep.plan.spec import Budget, DataSpec  # noqa: E402
+from sweep.plan.networks import BundleConfig, NetworkConfig, networks  # noqa: E402
+from sweep.plan.planner import layers_name  # noqa: E402
+from sweep.plan.spec import Budget, DataSpec, SpecError, load_spec  # noqa: E402
 from sweep.training.data import load_dataset  # noqa: E402
 from sweep.training.population import PopulationTrainer, evaluate  # noqa: E402
 
@@ -59,7 +65,13 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--threads", type=int, help="torch threads on a CPU")
     parser.add_argument("--data", type=Path, default=SHARED_DATA, help="the shared data folder (CIFAR-10 JPEGs)")
-    parser.add_argument("--train-size", type=int, default=10000)
+    parser.add_argument("--preset", help="train this preset's own networks (its grid, augmentation and budget) "
+                                         "instead of the options below; --only narrows them")
+    parser.add_argument("--only", action="append", default=[], metavar="KEY=V1,V2",
+                        help="with --preset: keep the networks whose KEY (a NetworkConfig field: seed, "
+                             "batch_size, family, depth, augmentation, ...) is one of the values (YAML "
+                             "scalars; batch_size=full for full batch); repeatable")
+    parser.add_argument("--train-size", type=int, help="training images (default 10000; with --preset, the preset's)")
     parser.add_argument("--widths", default="200")
     parser.add_argument("--depths", default="2")
     parser.add_argument("--activations", default="relu")
@@ -69,30 +81,24 @@ def main() -> None:
     parser.add_argument("--batch", default="128", help="examples per step, or `full`")
     parser.add_argument("--random-labels", default="0", help="fractions of training labels replaced at random")
     parser.add_argument("--augmentations", default="none,flips,shift2+flips,shift4+flips")
-    parser.add_argument("--epochs", type=int, default=400, help="the budget")
+    parser.add_argument("--epochs", type=int, help="the epoch budget (default 400; with --preset, the preset's)")
     parser.add_argument("--every", type=int, default=10, help="epochs between progress lines")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    batch = None if args.batch == "full" else int(args.batch)
     with tempfile.TemporaryDirectory() as work:
         folder, what = image_folder("cifar10", Path(work), args.data, cpu=True)
-        spec = DataSpec(name="image_folder", path=str(folder), train_size=args.train_size)
-        data = load_dataset(spec, device=args.device)
-        print(f"{what}: {len(data.y_train)} training images on {args.device}, {torch.get_num_threads()} thread(s); "
-              f"{args.optimizer}, batch {args.batch}, budget {args.epochs} epochs", flush=True)
-        runs = {}
-        for width, depth, activation, aug in itertools.product(numbers(args.widths, int), numbers(args.depths, int),
-                                                               args.activations.split(","),
-                                                               args.augmentations.split(",")):
-            members = tuple(NetworkConfig(spec, width, depth, activation, args.optimizer, lr, batch, random, seed=seed,
-                                          init="torch_default", **augmentation(aug))
-                            for random, lr, seed in itertools.product(numbers(args.random_labels), numbers(args.lrs),
-                                                                      numbers(args.seeds, int)))
-            budget = Budget(max_epochs=args.epochs, stop_at_full_train_acc=True)
-            runs[f"{width}x{depth} {activation} {aug}"] = PopulationTrainer(BundleConfig(members), data, budget)
+        cifar10 = DataSpec(name="image_folder", path=str(folder), train_size=args.train_size or 10000)
+        populations, budget = preset_populations(args, cifar10) if args.preset else grid_populations(args, cifar10)
+        runs = {name: PopulationTrainer(BundleConfig(members), load_dataset(members[0].dataset, args.device), budget)
+                for name, members in populations.items()}
+        sources = {what if t.bundle.dataset.name == "image_folder" else t.bundle.dataset.name for t in runs.values()}
+        print(f"{'; '.join(sorted(sources))}; on {args.device}, {torch.get_num_threads()} thread(s); "
+              f"{sum(len(t.members) for t in runs.values())} networks in {len(runs)} populations; budget "
+              f"{budget.max_epochs} epochs" + (f" or {budget.max_steps} steps" if budget.max_steps else ""),
+              flush=True)
         started = time.perf_counter()
-        for epoch in range(1, args.epochs + 1):
+        for epoch in range(1, budget.max_epochs + 1):
             for trainer in runs.values():
                 if not trainer.done:
                     trainer.train_epoch()
@@ -104,13 +110,65 @@ def main() -> None:
             if finished:
                 break
         print("members: epochs to 100% train accuracy, or where they stood at the budget", flush=True)
+        converged = 0
         for name, trainer in runs.items():
-            _, acc = evaluate(trainer.population(), data.x_train, trainer.labels)
+            _, acc = evaluate(trainer.population(), trainer.data.x_train, trainer.labels)
             for i, config in enumerate(trainer.members):
                 status, epochs = trainer.status[i], trainer.stopped_at[i][1]
+                converged += status == "converged"
                 outcome = (f"converged in {epochs:.0f} epochs" if status == "converged" else
                            f"{status} at epoch {epochs:.0f}, train accuracy {acc[i]:.3f}")
                 print(f"  {name:28s} {member(config):20s} seed {config.seed}: {outcome}", flush=True)
+        total = sum(len(t.members) for t in runs.values())
+        print(f"{converged} of {total} networks ({converged / total:.0%}) reached 100% train accuracy", flush=True)
+
+
+def grid_populations(args, cifar10: DataSpec) -> tuple[dict[str, list[NetworkConfig]], Budget]:
+    """One population per (shape, nonlinearity, augmentation) of the fully-connected options; its
+    members are the random-label shares × learning rates × seeds."""
+    batch = None if args.batch == "full" else int(args.batch)
+    populations = {}
+    for width, depth, activation, aug in itertools.product(numbers(args.widths, int), numbers(args.depths, int),
+                                                           args.activations.split(","),
+                                                           args.augmentations.split(",")):
+        populations[f"{width}x{depth} {activation} {aug}"] = [
+            NetworkConfig(cifar10, width, depth, activation, args.optimizer, lr, batch, random, seed=seed,
+                          init="torch_default", **augmentation(aug))
+            for random, lr, seed in itertools.product(numbers(args.random_labels), numbers(args.lrs),
+                                                      numbers(args.seeds, int))]
+    return populations, Budget(max_epochs=args.epochs or 400, stop_at_full_train_acc=True)
+
+
+def preset_populations(args, cifar10: DataSpec) -> tuple[dict[str, list[NetworkConfig]], Budget]:
+    """The preset's networks that pass every --only, CIFAR-10 read from the shared JPEGs (at the
+    preset's training-set size unless --train-size), one population per shape, optimizer, batch and augmentation as
+    the planner bundles them; the preset's budget unless --epochs."""
+    try:
+        spec = load_spec(args.preset)
+    except SpecError as exc:
+        raise SystemExit(str(exc)) from None
+    filters = {}
+    for item in args.only:
+        key, _, values = item.partition("=")
+        if key not in NetworkConfig.__dataclass_fields__ or not values:
+            raise SystemExit(f"--only {item!r}: use KEY=V1,V2 with KEY one of "
+                             f"{', '.join(NetworkConfig.__dataclass_fields__)}")
+        filters[key] = [None if key == "batch_size" and v == "full" else yaml.safe_load(v) for v in values.split(",")]
+    populations: dict[str, list[NetworkConfig]] = {}
+    for net in networks(spec):
+        if any(getattr(net, key) not in values for key, values in filters.items()):
+            continue
+        if net.dataset.name == "cifar10":
+            net = replace(net, dataset=replace(cifar10, train_size=args.train_size or net.dataset.train_size))
+        aug = ("none" if not net.augmentation else
+               f"shift{'' if net.augmentation_shift is None else net.augmentation_shift}"
+               + ("+flips" if net.augmentation_flips else ""))
+        name = (f"{layers_name(net)} {net.activation} {net.optimizer} batch {net.batch_size or 'full'} {aug}")
+        populations.setdefault(name, []).append(net)
+    if not populations:
+        raise SystemExit(f"no network of preset {args.preset} passes {' '.join(args.only)}")
+    budget = spec.budget if args.epochs is None else replace(spec.budget, max_epochs=args.epochs)
+    return populations, budget
 
 
 def accuracies(trainer: PopulationTrainer) -> str:

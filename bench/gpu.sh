@@ -50,6 +50,10 @@ step convergence 200 python3 bench/convergence.py --device "$device" --widths 20
 step convergence-full 240 python3 bench/convergence.py --device "$device" --batch full --lrs 0.003 \
     --random-labels 0,0.5 --augmentations none,flips ${DATA:+--data "$DATA"} \
     $([ -n "$quick" ] && echo --train-size 1000 --epochs 3 || echo --epochs 20000 --every 1000)
+# cnn-factors' networks of seed 0 at batch 128 as its bundles train (a cut-off run still prints
+# each member's accuracy every 10 epochs, * once it reached 100%).
+step convergence-cnn 150 python3 bench/convergence.py --device "$device" --preset cnn-factors --only seed=0 \
+    --only batch_size=128 ${DATA:+--data "$DATA"} $([ -n "$quick" ] && echo --train-size 1000 --epochs 2 --every 1)
 if [ -n "$has_ray" ]; then
     step sweep-overhead 180 python3 bench/sweep_overhead.py digits --in-process --repeats 1
     # The whole path: a time-boxed slice of each paper preset through `sweep run` (MINUTES, default 6).

@@ -190,10 +190,10 @@ def expand(spec: SweepSpec, card: Card | None = None) -> list[BundleConfig]:
 
 
 def _shape_name(bundle: BundleConfig) -> str:
-    return f"{bundle.dataset.name} {_layers_name(bundle)}"
+    return f"{bundle.dataset.name} {layers_name(bundle)}"
 
 
-def _layers_name(net: NetworkConfig | BundleConfig) -> str:
+def layers_name(net: NetworkConfig | BundleConfig) -> str:
     """784→256×3 for fc networks; vgg 16c×2b×2s k3 max flatten (channels, blocks per stage, stages,
     kernel, pooling, head; bn with batch normalisation) for cnn ones."""
     if net.architecture == "fc":
@@ -314,7 +314,7 @@ def plan_summary(spec: SweepSpec, bundles: list[BundleConfig], card: Card | None
     per_card = trials_per_card(shares)
     total = sum(len(b.members) for b in bundles)
     size = spec.resources.bundle_size
-    shape_width = max(16, *(len(_layers_name(b)) + 2 for b in bundles))
+    shape_width = max(16, *(len(layers_name(b)) + 2 for b in bundles))
     lines = [
         f"sweep {spec.name}: {total} networks in {len(bundles)} bundles "
         + (f"(at most {size} per bundle)" if size != AUTO else "(bundle_size auto: sized per shape)"),
@@ -343,7 +343,7 @@ def plan_summary(spec: SweepSpec, bundles: list[BundleConfig], card: Card | None
         peak = max(peak, memory or 0)
         share = max(shares[x.bundle_id] for x in group)
         trials = min(per_card[x.bundle_id] for x in group)
-        lines.append(f"{b.dataset.name:<14}{_layers_name(b):<{shape_width}}{b.activation:<11}"
+        lines.append(f"{b.dataset.name:<14}{layers_name(b):<{shape_width}}{b.activation:<11}"
                      f"{b.optimizer:<10}{b.batch_size or 'full':>6}{'yes' if b.augmentation else 'no':>5}"
                      f"{len(group):>8}{members:>9}{(trials if card else '-'):>9}{(f'{share:g}' if card else '-'):>10}"
                      f"{_mib(memory):>15}")
