@@ -14,14 +14,17 @@ accuracy on its unaugmented training set and labels (as in a sweep) or at the ep
 image folder, the first `--train-size` training images as a sweep takes them (paper-factors uses
 10 000). Prints each member's train accuracy every `--every` epochs, then each member's epochs to
 100% (or its accuracy at the budget), and the share that converged. `--preset` trains a preset's own
-networks instead, bundled as the planner would (CIFAR-10 again from the JPEGs). Needs torch,
+networks instead, one population per group the planner bundles (it may split a group in several
+bundles; members train alike either way), CIFAR-10 again from the JPEGs. Needs torch,
 pydantic and Pillow (no Ray).
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import itertools
+import signal
 import sys
 import tempfile
 import time
@@ -87,34 +90,46 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as work:
-        folder, what = image_folder("cifar10", Path(work), args.data, cpu=True)
-        cifar10 = DataSpec(name="image_folder", path=str(folder), train_size=args.train_size or 10000)
+        images = functools.cache(lambda: image_folder("cifar10", Path(work), args.data, cpu=True))
+
+        def cifar10(train_size: int | None) -> DataSpec:
+            """CIFAR-10 from the shared JPEGs, unpacked the first time a network needs it."""
+            return DataSpec(name="image_folder", path=str(images()[0]), train_size=train_size)
+
         populations, budget = preset_populations(args, cifar10) if args.preset else grid_populations(args, cifar10)
         runs = {name: PopulationTrainer(BundleConfig(members), load_dataset(members[0].dataset, args.device), budget)
                 for name, members in populations.items()}
-        sources = {what if t.bundle.dataset.name == "image_folder" else t.bundle.dataset.name for t in runs.values()}
+        sources = {images()[1] if t.bundle.dataset.name == "image_folder" else t.bundle.dataset.name
+                   for t in runs.values()}
         print(f"{'; '.join(sorted(sources))}; on {args.device}, {torch.get_num_threads()} thread(s); "
               f"{sum(len(t.members) for t in runs.values())} networks in {len(runs)} populations; budget "
               f"{budget.max_epochs} epochs" + (f" or {budget.max_steps} steps" if budget.max_steps else ""),
               flush=True)
         started = time.perf_counter()
-        for epoch in range(1, budget.max_epochs + 1):
-            for trainer in runs.values():
-                if not trainer.done:
-                    trainer.train_epoch()
-            finished = all(t.done for t in runs.values())
-            if epoch % args.every == 0 or finished:
-                print(f"epoch {epoch} ({time.perf_counter() - started:.0f} s):", flush=True)
-                for name, trainer in runs.items():
-                    print(f"  {name:28s} {accuracies(trainer)}", flush=True)
-            if finished:
-                break
-        print("members: epochs to 100% train accuracy, or where they stood at the budget", flush=True)
+        # A run cut off (gpu.sh's time limit sends SIGTERM, or Ctrl-C) still prints its summary.
+        signal.signal(signal.SIGTERM, signal.default_int_handler)
+        try:
+            for epoch in range(1, budget.max_epochs + 1):
+                for trainer in runs.values():
+                    if not trainer.done:
+                        trainer.train_epoch()
+                finished = all(t.done for t in runs.values())
+                if epoch % args.every == 0 or finished:
+                    print(f"epoch {epoch} ({time.perf_counter() - started:.0f} s):", flush=True)
+                    for name, trainer in runs.items():
+                        print(f"  {name:28s} {accuracies(trainer)}", flush=True)
+                if finished:
+                    break
+        except KeyboardInterrupt:
+            print(f"cut off after {time.perf_counter() - started:.0f} s", flush=True)
+        print("members: epochs to 100% train accuracy, or where they stood at the budget (or the cut-off)",
+              flush=True)
         converged = 0
         for name, trainer in runs.items():
             _, acc = evaluate(trainer.population(), trainer.data.x_train, trainer.labels)
             for i, config in enumerate(trainer.members):
-                status, epochs = trainer.status[i], trainer.stopped_at[i][1]
+                status = trainer.status[i]
+                epochs = trainer.epoch if status == "running" else trainer.stopped_at[i][1]
                 converged += status == "converged"
                 outcome = (f"converged in {epochs:.0f} epochs" if status == "converged" else
                            f"{status} at epoch {epochs:.0f}, train accuracy {acc[i]:.3f}")
@@ -123,26 +138,26 @@ def main() -> None:
         print(f"{converged} of {total} networks ({converged / total:.0%}) reached 100% train accuracy", flush=True)
 
 
-def grid_populations(args, cifar10: DataSpec) -> tuple[dict[str, list[NetworkConfig]], Budget]:
+def grid_populations(args, cifar10) -> tuple[dict[str, list[NetworkConfig]], Budget]:
     """One population per (shape, nonlinearity, augmentation) of the fully-connected options; its
     members are the random-label shares × learning rates × seeds."""
     batch = None if args.batch == "full" else int(args.batch)
-    populations = {}
+    populations, data = {}, cifar10(args.train_size or 10000)
     for width, depth, activation, aug in itertools.product(numbers(args.widths, int), numbers(args.depths, int),
                                                            args.activations.split(","),
                                                            args.augmentations.split(",")):
         populations[f"{width}x{depth} {activation} {aug}"] = [
-            NetworkConfig(cifar10, width, depth, activation, args.optimizer, lr, batch, random, seed=seed,
+            NetworkConfig(data, width, depth, activation, args.optimizer, lr, batch, random, seed=seed,
                           init="torch_default", **augmentation(aug))
             for random, lr, seed in itertools.product(numbers(args.random_labels), numbers(args.lrs),
                                                       numbers(args.seeds, int))]
     return populations, Budget(max_epochs=args.epochs or 400, stop_at_full_train_acc=True)
 
 
-def preset_populations(args, cifar10: DataSpec) -> tuple[dict[str, list[NetworkConfig]], Budget]:
+def preset_populations(args, cifar10) -> tuple[dict[str, list[NetworkConfig]], Budget]:
     """The preset's networks that pass every --only, CIFAR-10 read from the shared JPEGs (at the
-    preset's training-set size unless --train-size), one population per shape, optimizer, batch and augmentation as
-    the planner bundles them; the preset's budget unless --epochs."""
+    preset's training-set size unless --train-size), one population per shape, optimizer, batch and
+    augmentation (the planner's groups, whole); the preset's budget unless --epochs."""
     try:
         spec = load_spec(args.preset)
     except SpecError as exc:
@@ -159,7 +174,7 @@ def preset_populations(args, cifar10: DataSpec) -> tuple[dict[str, list[NetworkC
         if any(getattr(net, key) not in values for key, values in filters.items()):
             continue
         if net.dataset.name == "cifar10":
-            net = replace(net, dataset=replace(cifar10, train_size=args.train_size or net.dataset.train_size))
+            net = replace(net, dataset=cifar10(args.train_size or net.dataset.train_size))
         aug = ("none" if not net.augmentation else
                f"shift{'' if net.augmentation_shift is None else net.augmentation_shift}"
                + ("+flips" if net.augmentation_flips else ""))

@@ -50,10 +50,17 @@ step convergence 200 python3 bench/convergence.py --device "$device" --widths 20
 step convergence-full 240 python3 bench/convergence.py --device "$device" --batch full --lrs 0.003 \
     --random-labels 0,0.5 --augmentations none,flips ${DATA:+--data "$DATA"} \
     $([ -n "$quick" ] && echo --train-size 1000 --epochs 3 || echo --epochs 20000 --every 1000)
-# cnn-factors' networks of seed 0 at batch 128 as its bundles train (a cut-off run still prints
-# each member's accuracy every 10 epochs, * once it reached 100%).
+# cnn-factors' networks of seed 0 at batch 128 as its bundles train (cut off at the limit, the
+# bench still prints each member's epochs to 100% or where it stands, and the share converged).
 step convergence-cnn 150 python3 bench/convergence.py --device "$device" --preset cnn-factors --only seed=0 \
-    --only batch_size=128 ${DATA:+--data "$DATA"} $([ -n "$quick" ] && echo --train-size 1000 --epochs 2 --every 1)
+    --only batch_size=128 ${DATA:+--data "$DATA"} \
+    $([ -n "$quick" ] && echo --only family=vgg --only depth=1 --train-size 500 --epochs 1 --every 1)
+# paper-capacity's seed-0 relu networks 3072→{100,500,2000}×2 on all 50 000 images, at its six
+# learning rates and 300-epoch budget (likewise cut off at the limit).
+step convergence-capacity 200 python3 bench/convergence.py --device "$device" --preset paper-capacity \
+    --only seed=0 --only activation=relu --only depth=2 --only width=100,500,2000 --every 10 \
+    ${DATA:+--data "$DATA"} \
+    $([ -n "$quick" ] && echo --train-size 1000 --epochs 2 --every 1)
 if [ -n "$has_ray" ]; then
     step sweep-overhead 180 python3 bench/sweep_overhead.py digits --in-process --repeats 1
     # The whole path: a time-boxed slice of each paper preset through `sweep run` (MINUTES, default 6).
