@@ -178,7 +178,7 @@ def preset_populations(args, cifar10) -> tuple[dict[str, list[NetworkConfig]], B
         aug = ("none" if not net.augmentation else
                f"shift{'' if net.augmentation_shift is None else net.augmentation_shift}"
                + ("+flips" if net.augmentation_flips else ""))
-        name = (f"{layers_name(net)} {net.activation} {net.optimizer} batch {net.batch_size or 'full'} {aug}")
+        name = f"{layers_name(net)} {net.activation} {net.optimizer} batch {net.batch_size or 'full'} {aug}"
         populations.setdefault(name, []).append(net)
     if not populations:
         raise SystemExit(f"no network of preset {args.preset} passes {' '.join(args.only)}")
