@@ -2,6 +2,7 @@
 and the cost model behind `--dry-run` and `sweep presets`."""
 
 import dataclasses
+import functools
 import json
 import math
 import time
@@ -344,6 +345,46 @@ def test_expected_epochs_come_from_the_convergence_table_or_the_budget():
                                      head="flatten"), budget) == (150, "budget")
     assert costs.expected_epochs(net(), Budget(max_epochs=5)) == (5, "measured")
     assert costs.expected_epochs(net(), Budget(max_epochs=150, stop_at_full_train_acc=False)) == (150, "budget")
+    # paper-capacity's entries: width 50 was measured not to fit CIFAR10, 100x2 at momentum 0.001
+    # took 415 epochs, and widths without their own entry take 500x2's epochs at their rate.
+    cifar = functools.partial(NetworkConfig, DataSpec("cifar10"), depth=3, activation="relu6", batch_size=128,
+                              random_label_fraction=0.0, augmentation=False, seed=0, init="torch_default")
+    budget = Budget(max_epochs=500)
+    assert costs.expected_epochs(cifar(50, optimizer="sgd", learning_rate=0.05), budget) == (500, "not converging")
+    assert costs.expected_epochs(cifar(100, optimizer="momentum", learning_rate=0.001), budget) == (415, "measured")
+    assert costs.expected_epochs(cifar(2000, optimizer="sgd", learning_rate=0.01), budget) == (132, "measured")
+    assert costs.expected_epochs(cifar(2000, optimizer="momentum", learning_rate=0.01), budget) == (
+        500, "not converging")
+
+
+def test_the_most_specific_convergence_entry_counts_and_null_epochs_mean_the_budget(monkeypatch):
+    table = {"convergence": [
+        {"dataset": "digits", "train_size": None, "epochs": 20},
+        {"dataset": "digits", "train_size": None, "optimizer": "sgd", "learning_rate": 0.1, "epochs": 25},
+        {"dataset": "digits", "train_size": None, "optimizer": "momentum", "learning_rate": 0.3, "epochs": 35},
+        {"dataset": "digits", "train_size": None, "width": 8, "optimizer": "sgd", "epochs": 40},
+        {"dataset": "digits", "train_size": None, "width": 8, "epochs": 30},
+        {"dataset": "digits", "train_size": None, "width": 8, "optimizer": "sgd", "learning_rate": 0.01,
+         "epochs": None},
+        {"dataset": "digits", "train_size": None, "depth": 3, "epochs": 999},
+        {"dataset": "mnist", "train_size": None, "width": 16, "epochs": 5},
+    ]}
+    monkeypatch.setattr(costs, "_table", lambda: table)
+    budget = Budget(max_epochs=150)
+
+    def net(width=8, optimizer="sgd", lr=0.1):
+        return NetworkConfig(DataSpec("digits"), width, 1, "relu", optimizer, lr, 64, 0.0, False, 0, "torch_default")
+
+    assert costs.expected_epochs(net(), budget) == (40, "measured")  # width and optimizer beat width alone
+    assert costs.expected_epochs(net(optimizer="momentum"), budget) == (30, "measured")
+    # A width beats an optimizer and learning rate; without one, the rate's entry beats none.
+    assert costs.expected_epochs(net(optimizer="momentum", lr=0.3), budget) == (30, "measured")
+    assert costs.expected_epochs(net(width=16), budget) == (25, "measured")
+    assert costs.expected_epochs(net(width=16, lr=0.3), budget) == (20, "measured")
+    assert costs.expected_epochs(net(lr=0.01), budget) == (150, "not converging")
+    assert costs.expected_epochs(net(lr=0.01), Budget(max_epochs=10)) == (10, "not converging")
+    # Entries whose narrowing fields do not match (depth 3, not 1) or whose data differ never count.
+    assert costs.expected_epochs(net(width=16, lr=0.01), budget) == (20, "measured")
 
 
 @pytest.mark.parametrize("preset", [name for name, _ in list_presets()])

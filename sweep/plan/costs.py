@@ -16,8 +16,9 @@ forward passes of the batch). Scoring is FLOPs of the metrics at the spec's sett
 (transitions, profiles, slices) run at their own rate (`cnn.codes_tflops`), far below its
 Jacobians' (every unit's piece is kept and compared at every trajectory point). Steps come from
 the budget (an upper bound) or from the convergence table (the mean measured epochs to 100% train
-accuracy for an architecture, data set, label noise, augmentation and batching; networks with no
-measurement are counted at their budget).
+accuracy for an architecture, data set, label noise, augmentation and batching, narrowed where
+measured to widths, depths, activations, optimizers or learning rates; networks with no
+measurement, or measured not to converge, are counted at their budget).
 
 No torch and no Ray: `sweep run --dry-run` and `sweep presets` use it on any machine.
 
@@ -263,24 +264,44 @@ def checkpoint_seconds(bundle: BundleConfig, scoring: ScoringSettings, tag: str,
 
 
 def expected_epochs(net: NetworkConfig, budget: Budget) -> tuple[float, str]:
-    """Epochs a network is expected to train, and where that number comes from.
+    """Epochs a network is expected to train, and where that number comes from: `measured`,
+    `not converging` or `budget`.
 
-    The mean measured epochs to 100% train accuracy of networks of the same architecture on the
-    same data (name and training-set size), with the same random-label fraction, augmentation (on
-    or off, its largest shift and flips) and batching (mini-batches or full batch: the convergence
-    table), when the budget stops there; else the budget.
+    The convergence table's entries are measured epochs to 100% train accuracy (a mean) of
+    networks of one architecture on one data set (name and training-set size), label noise,
+    augmentation (on or off, its largest shift and flips) and batching (mini-batches or full
+    batch); an entry may also name a width, depth, activation, optimizer or learning rate, and then
+    holds only for those. The most specific matching entry counts, within the budget: one that
+    names the width beats any that does not, then the depth, the activation, the optimizer and the
+    learning rate, in that order (width decides most whether a network can fit its data). An entry
+    whose epochs are null was measured not to reach 100% in its budget: its networks are counted
+    at theirs (`not converging`); networks no entry matches, at theirs too (`budget`).
     """
     limit = _budget_epochs(net, budget)
     if budget.stop_at_full_train_acc:
-        key = _convergence_key(net)
-        for entry in _table()["convergence"]:
-            if all(entry.get(name, default) == value for name, (value, default) in key.items()):
-                return min(limit, entry["epochs"]), "measured"
+        entry = _convergence_entry(net)
+        if entry is not None:
+            if entry["epochs"] is None:
+                return limit, "not converging"
+            return min(limit, entry["epochs"]), "measured"
     return limit, "budget"
 
 
+# Fields an entry may add to narrow it to part of a grid (absent, it holds for any value), in the
+# order that ranks entries.
+_NARROWING = ("width", "depth", "activation", "optimizer", "learning_rate")
+
+
+def _convergence_entry(net: NetworkConfig) -> dict | None:
+    key = _convergence_key(net)
+    matches = [entry for entry in _table()["convergence"]
+               if all(entry.get(name, default) == value for name, (value, default) in key.items())
+               and all(entry[name] == getattr(net, name) for name in _NARROWING if name in entry)]
+    return max(matches, key=lambda entry: tuple(name in entry for name in _NARROWING), default=None)
+
+
 def _convergence_key(net: NetworkConfig) -> dict[str, tuple]:
-    """What a convergence-table entry must match: its field's value for this network, and the
+    """What every convergence-table entry must match: its field's value for this network, and the
     field's meaning where an entry leaves it out."""
     info = dataset_info(net.dataset)
     shift, flips = augmentation_of(net, info.image_shape, info.hflip)

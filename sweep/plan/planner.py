@@ -18,6 +18,7 @@ Nothing here imports torch or Ray: `sweep run --dry-run` shows the plan on any m
 
 from __future__ import annotations
 
+import collections
 import math
 import shutil
 import subprocess
@@ -379,14 +380,17 @@ def projection_lines(spec: SweepSpec, bundles: list[BundleConfig], card: Card | 
         f"  on one {reference.name}: {costs.hours(gpu.total_s)} of the card "
         f"({costs.hours(gpu.total_budget_s)} if every network runs its budget): training "
         f"{costs.hours(gpu.training_s)}, scoring {costs.hours(gpu.scoring_s)}; N cards take 1/N of it")
-    measured = sum(1 for b in bundles for m in b.members if costs.expected_epochs(m, spec.budget)[1] == "measured")
+    sources = collections.Counter(costs.expected_epochs(m, spec.budget)[1] for b in bundles for m in b.members)
     lines += [
         "  how: a step of M members takes overhead + M·(member + F / rate), F = 6·batch·params (fc) or 3·batch·forward "
         "FLOPs (cnn), fitted to measured steps, and each epoch a forward pass over the training set (the stopping check);",
         f"  trials sharing a card overlap their overheads; a bundle steps until its last member stops; "
-        f"{measured} of {sum(len(b.members) for b in bundles)} networks",
+        f"{sources['measured']} of {sources.total()} networks",
         "  at the mean measured epochs to 100% train accuracy for their architecture, data, label noise, "
-        "augmentation and batching (the convergence table), the others at their budget;",
+        "augmentation and batching (the convergence table; where measured, for their width, depth, activation, "
+        "optimizer or learning rate),",
+        f"  {sources['not converging']} measured not to reach it (at their budget), "
+        f"{sources['budget']} not measured (at their budget);",
         "  scoring: FLOPs of the spec's metrics at every checkpoint, at the measured scoring rate",
         f"  {reference.name}: {reference.measured}",
     ]
