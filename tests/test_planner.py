@@ -355,6 +355,14 @@ def test_expected_epochs_come_from_the_convergence_table_or_the_budget():
     assert costs.expected_epochs(cifar(2000, optimizer="sgd", learning_rate=0.01), budget) == (132, "measured")
     assert costs.expected_epochs(cifar(2000, optimizer="momentum", learning_rate=0.01), budget) == (
         500, "not converging")
+    # Depth 5 has its own entries at widths 100 and 200 (100x5 at SGD 0.05 stalled short of 100%);
+    # depths 3 and 4 take depth 2's.
+    assert costs.expected_epochs(cifar(200, depth=5, optimizer="momentum", learning_rate=0.005), budget) == (
+        109, "measured")
+    assert costs.expected_epochs(cifar(100, depth=5, optimizer="sgd", learning_rate=0.05), budget) == (
+        500, "not converging")
+    assert costs.expected_epochs(cifar(100, depth=4, optimizer="sgd", learning_rate=0.05), budget) == (
+        238, "measured")
 
 
 def test_the_most_specific_convergence_entry_counts_and_null_epochs_mean_the_budget(monkeypatch):
