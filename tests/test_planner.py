@@ -363,7 +363,7 @@ def test_expected_epochs_come_from_the_convergence_table_or_the_budget():
         500, "not converging")
     assert costs.expected_epochs(cifar(100, depth=4, optimizer="sgd", learning_rate=0.05), budget) == (
         238, "measured")
-    # hard_tanh has its own entries at width 200, depth 2; at depth 5 the depth's entry wins.
+    # hard_tanh has its own entries at widths 100 and 200 for depths 2-4; at depth 5 the depth's entry wins.
     assert costs.expected_epochs(cifar(200, activation="hard_tanh", optimizer="sgd", learning_rate=0.05),
                                  budget) == (97, "measured")
     assert costs.expected_epochs(cifar(200, depth=5, activation="hard_tanh", optimizer="sgd", learning_rate=0.05),
