@@ -56,8 +56,8 @@ step convergence-cnn 150 python3 bench/convergence.py --device "$device" --prese
     --only batch_size=128 ${DATA:+--data "$DATA"} \
     $([ -n "$quick" ] && echo --only family=vgg --only depth=1 --train-size 500 --epochs 1 --every 1)
 # paper-capacity's seed-0 relu networks 3072→2000×{2,5}, the widest and deepest (widths 50-500 at
-# depth 2 were measured on a CPU), on all 50 000 images at its six learning rates and 500-epoch
-# budget (likewise cut off at the limit).
+# depth 2, width 100 at depths 2-5 and 200 at depth 5 were measured on a CPU), on all 50 000 images at
+# its six learning rates and 500-epoch budget (likewise cut off at the limit).
 step convergence-capacity 200 python3 bench/convergence.py --device "$device" --preset paper-capacity \
     --only seed=0 --only activation=relu --only width=2000 --only depth=2,5 --every 10 \
     ${DATA:+--data "$DATA"} \

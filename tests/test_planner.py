@@ -347,7 +347,7 @@ def test_expected_epochs_come_from_the_convergence_table_or_the_budget():
     assert costs.expected_epochs(net(), Budget(max_epochs=150, stop_at_full_train_acc=False)) == (150, "budget")
     # paper-capacity's entries: width 50 was measured not to fit CIFAR10, 100x2 at momentum 0.001
     # took 415 epochs, and widths without their own entry take 500x2's epochs at their rate.
-    cifar = functools.partial(NetworkConfig, DataSpec("cifar10"), depth=3, activation="relu6", batch_size=128,
+    cifar = functools.partial(NetworkConfig, DataSpec("cifar10"), depth=2, activation="relu", batch_size=128,
                               random_label_fraction=0.0, augmentation=False, seed=0, init="torch_default")
     budget = Budget(max_epochs=500)
     assert costs.expected_epochs(cifar(50, optimizer="sgd", learning_rate=0.05), budget) == (500, "not converging")
@@ -355,19 +355,29 @@ def test_expected_epochs_come_from_the_convergence_table_or_the_budget():
     assert costs.expected_epochs(cifar(2000, optimizer="sgd", learning_rate=0.01), budget) == (132, "measured")
     assert costs.expected_epochs(cifar(2000, optimizer="momentum", learning_rate=0.01), budget) == (
         500, "not converging")
-    # Depth 5 has its own entries at widths 100 and 200 (100x5 at SGD 0.05 stalled short of 100%);
-    # depths 3 and 4 take depth 2's.
+    # Depths 3-5 have their own entries at width 100 (at momentum 0.005 each stalled short of
+    # 100%; at SGD 0.05 depths 4 and 5 did), depth 5 at width 200 too; other depths take depth 2's.
+    assert costs.expected_epochs(cifar(100, depth=3, optimizer="momentum", learning_rate=0.001), budget) == (
+        331, "measured")
+    assert costs.expected_epochs(cifar(100, depth=3, optimizer="momentum", learning_rate=0.005), budget) == (
+        500, "not converging")
+    assert costs.expected_epochs(cifar(100, depth=4, optimizer="sgd", learning_rate=0.05), budget) == (
+        500, "not converging")
     assert costs.expected_epochs(cifar(200, depth=5, optimizer="momentum", learning_rate=0.005), budget) == (
         109, "measured")
     assert costs.expected_epochs(cifar(100, depth=5, optimizer="sgd", learning_rate=0.05), budget) == (
         500, "not converging")
-    assert costs.expected_epochs(cifar(100, depth=4, optimizer="sgd", learning_rate=0.05), budget) == (
-        238, "measured")
-    # hard_tanh has its own entries at widths 100 and 200 for depths 2-4; at depth 5 the depth's entry wins.
+    assert costs.expected_epochs(cifar(200, depth=3, optimizer="sgd", learning_rate=0.05), budget) == (77, "measured")
+    # hard_tanh and relu6 have their own entries (hard_tanh at widths 100 and 200, relu6 at 100) at
+    # depths without their own; where a depth has its entry, the depth's entry wins.
     assert costs.expected_epochs(cifar(200, activation="hard_tanh", optimizer="sgd", learning_rate=0.05),
                                  budget) == (97, "measured")
     assert costs.expected_epochs(cifar(200, depth=5, activation="hard_tanh", optimizer="sgd", learning_rate=0.05),
                                  budget) == (129, "measured")
+    assert costs.expected_epochs(cifar(100, activation="relu6", optimizer="sgd", learning_rate=0.01),
+                                 budget) == (459, "measured")
+    assert costs.expected_epochs(cifar(100, depth=3, activation="relu6", optimizer="sgd", learning_rate=0.01),
+                                 budget) == (397, "measured")
 
 
 def test_the_most_specific_convergence_entry_counts_and_null_epochs_mean_the_budget(monkeypatch):
