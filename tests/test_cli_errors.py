@@ -49,11 +49,24 @@ CASES = {
     "missing data set offline": (GOOD.replace("datasets: [digits]",
                                               "datasets: [{name: mnist, data_root: /nonexistent/data}]"),
                                  "download"),
+    "one data set listed twice": (GOOD.replace("datasets: [digits]",
+                                               "datasets: [digits, {name: digits, data_root: /elsewhere}]"),
+                                  "datasets[1]: lists the same data twice"),
+    "a split too small to score": (GOOD.replace("datasets: [digits]", "datasets: [{name: digits, test_size: 2}]"),
+                                   "test_size: at least 3"),
+    "storage pyarrow cannot open": (GOOD + "storage: s3a://bucket/sweeps\n", "pyarrow cannot open s3a://"),
+    "--gpu-memory not a card's": (["run", "paper-capacity", "--dry-run", "--gpu-memory", "inf"],
+                                  "--gpu-memory must be a card's memory"),
+    "a trial asking more cores than the machine has": (GOOD + "resources:\n  cpus_per_trial: 4096\n",
+                                                       "resources.cpus_per_trial: 4096"),
+    "a bundle beyond the machine's memory": (GOOD.replace("widths: [8]", "widths: [1000000000]"),
+                                             "more than this machine's"),
 }
 
 
 # What the machine lacks stops a real run (before Ray starts) but not a dry run, which plans anyway.
-MACHINE_CASES = ("GPUs on a machine without them", "missing data set offline")
+MACHINE_CASES = ("GPUs on a machine without them", "missing data set offline",
+                 "a trial asking more cores than the machine has", "a bundle beyond the machine's memory")
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
@@ -109,6 +122,13 @@ def test_commands_on_a_folder_that_is_not_a_sweep(command, tmp_path, capsys):
     assert code == 2, text
     assert str(tmp_path) in text and "Traceback" not in text
     assert [p.name for p in tmp_path.iterdir()] == ["notes.txt"]  # nothing written into it
+
+
+@pytest.mark.parametrize("command", ["status", "resume", "score", "report"])
+def test_commands_on_a_uri_that_no_file_system_opens(command, capsys):
+    code, text = run_cli(capsys, command, "s3a://bucket/sweeps/digits-20261206-120000")
+    assert code == 2 and "pyarrow cannot open s3a://" in text and "s3://" in text, text
+    assert "Traceback" not in text
 
 
 @pytest.mark.parametrize("name", ["../escape", "a/b", "/abs", ".hidden", "", "x" * 101, "two words", "naïve",

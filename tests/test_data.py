@@ -117,6 +117,27 @@ def test_image_folder_needs_train_and_test(tmp_path):
         check_available(DataSpec("image_folder", path=str(tmp_path)))
 
 
+def test_image_folder_refuses_a_class_without_images_before_training(tmp_path):
+    from torchvision.datasets import ImageFolder
+
+    for split in ("train", "test"):
+        for name in ("cat", "dog"):
+            (tmp_path / split / name).mkdir(parents=True)
+            if name == "cat":
+                (tmp_path / split / name / "nested").mkdir()
+                (tmp_path / split / name / "nested" / "0.PNG").write_bytes(b"")  # ImageFolder searches deep
+    (tmp_path / "train" / "dog" / "notes.txt").write_text("not an image")
+    (tmp_path / "test" / "dog" / "0.jpg").write_bytes(b"")
+    spec = DataSpec("image_folder", path=str(tmp_path))
+    with pytest.raises(DataError, match=r"1 class folder\(s\) of .*train hold no images \(dog\)"):
+        check_available(spec)
+    with pytest.raises(FileNotFoundError, match="dog"):  # what a trial would have met
+        ImageFolder(str(tmp_path / "train"))
+    (tmp_path / "train" / "dog" / "1.jpeg").write_bytes(b"")
+    check_available(spec)
+    assert len(ImageFolder(str(tmp_path / "train"))) == 2
+
+
 @pytest.fixture(scope="module")
 def cifar_folder(tmp_path_factory):
     if not CIFAR.is_dir():

@@ -100,6 +100,28 @@ def test_a_network_too_large_for_the_card_is_refused_before_anything_starts(tmp_
     assert code == 2 and "needs about" in err and "Traceback" not in err
 
 
+def test_a_local_run_is_refused_what_the_machine_cannot_give_one_trial_or_bundle():
+    gib = 2**30
+    spec = cifar_spec(widths=(500,), depths=(2,), gpus_per_trial=2, gpus_per_scoring_actor=0.5, cpus_per_trial=4)
+    bundles = planner.expand(spec, Card(80, "test"))
+    problems = planner.local_problems(spec, bundles, cpus=8, gpus=1, memory_bytes=64 * gib)
+    assert problems == [
+        "resources.gpus_per_trial: 2, but this machine has 1 GPU(s) and Ray would never start one that asks more; "
+        "use at most 1, or pass --address of a cluster whose nodes have that many"]
+    assert planner.local_problems(spec, bundles, cpus=8, gpus=2, memory_bytes=gib) == []  # cards hold GPU bundles
+    assert "cpus_per_trial: 4, but this machine has 2 CPU core(s)" in planner.local_problems(spec, bundles, 2, 2, None)[0]
+    # On CPUs, the largest bundle against the memory: one network that does not fit, or too many together.
+    cpu = cifar_spec(widths=(500,), depths=(2,), gpus_per_trial=0, gpus_per_scoring_actor=0, bundle_size=20)
+    bundles = planner.expand(cpu)
+    one, whole = (planner.estimate_bundle_bytes(b) for b in (BundleConfig(bundles[0].members[:1]), bundles[0]))
+    assert planner.local_problems(cpu, bundles, 2, 0, whole) == []
+    [problem] = planner.local_problems(cpu, bundles, 2, 0, (one + whole) // 2)
+    assert f"a bundle of 20 network(s) cifar10 3072→500×2 needs about {whole / gib:.1f} GiB" in problem
+    assert "set resources.bundle_size to fewer networks" in problem
+    [problem] = planner.local_problems(cpu, bundles, 2, 0, one - 1)
+    assert "use smaller widths or batch sizes" in problem
+
+
 def test_auto_shares_cover_each_bundles_memory_and_the_trials_that_keep_a_card_busy():
     spec = cifar_spec(widths=(50, 500, 2000), depths=(2, 4), gpus_per_scoring_actor="auto")
     card = Card(24, "test")

@@ -5,6 +5,7 @@ import json
 import re
 import subprocess
 import sys
+import tomllib
 
 import pytest
 import yaml
@@ -13,7 +14,7 @@ from sweep.plan.networks import BundleConfig, NetworkConfig, limit_networks, net
 from sweep.plan.planner import expand, plan_summary
 from sweep.command.cli import main
 from sweep.plan.presets import list_presets, preset_path
-from sweep.plan.spec import SpecError, load_spec, parse_spec
+from sweep.plan.spec import SpecError, _load_yaml, load_spec, parse_spec
 
 VALID = {
     "name": "small",
@@ -93,6 +94,40 @@ def test_invalid_yaml_is_a_spec_error(tmp_path):
     path.write_text("grid: [unclosed\n")
     with pytest.raises(SpecError, match="not valid YAML"):
         load_spec(path)
+
+
+def test_yaml_errors_name_the_file(tmp_path):
+    path = tmp_path / "broken.yaml"
+    path.write_text("name: ok\ngrid: [unclosed\n")
+    with pytest.raises(SpecError, match=rf'in "{re.escape(str(path))}", line 3') as info:
+        load_spec(path)
+    assert "<unicode string>" not in str(info.value)
+
+
+def test_numbers_in_exponent_notation_are_numbers_as_in_toml(tmp_path):
+    """PyYAML's YAML 1.1 rules read 1e-3 as the text '1e-3'; YAML 1.2 and TOML read a number."""
+    numbers = "[3e-2, 1.0e-1, 2E+0, -1e-2, 1e3]"
+    assert _load_yaml(numbers, "t") == tomllib.loads(f"v = {numbers}")["v"] == [0.03, 0.1, 2.0, -0.01, 1000.0]
+    assert _load_yaml("[.5e-1, 1_0e-1, 1e-3x, 10, 0x10, 0.1]", "t") == [0.05, 1.0, "1e-3x", 10, 16, 0.1]
+    spec = tmp_path / "rates.yaml"
+    spec.write_text(yaml.safe_dump(VALID).replace("0.03", "3e-2").replace("0.001", "1e-3"))
+    assert "3e-2" in spec.read_text() and load_spec(spec) == parse_spec(VALID)
+
+
+def test_a_folder_named_like_a_preset_does_not_hide_it(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "digits").mkdir()  # say, where someone keeps the digits sweep's output
+    assert load_spec("digits") == load_spec(preset_path("digits"))
+    (tmp_path / "mine").mkdir()
+    with pytest.raises(SpecError, match="'mine' is not a regular file"):
+        load_spec("mine")
+
+
+def test_a_spec_suffix_in_capitals_is_read_by_its_format(tmp_path):
+    toml = tmp_path / "SMALL.TOML"
+    toml.write_text('name = "small"\ndatasets = ["digits"]\n[grid]\nwidths = [8]\ndepths = [1]\n'
+                    'learning_rates = [0.1]\n[budget]\nmax_epochs = 5\n')
+    assert load_spec(toml).grid.widths == (8,)
 
 
 def test_cli_style_exit_before_anything_starts(tmp_path):

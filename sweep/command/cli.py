@@ -138,6 +138,9 @@ def _spec_text(source: str) -> tuple[str, str]:
     return preset_path(source).read_text(), ".yaml"
 
 
+MAX_GPU_MEMORY_GIB = 4096  # far above any card's: beyond it a typo, or inf
+
+
 def plan_run(args):
     """Validate everything the user gave before any Ray process starts. A dry run plans on a
     machine without the data or the GPUs too, and says what a real run would refuse."""
@@ -148,17 +151,19 @@ def plan_run(args):
             check_sweep_name(args.name)
         except SpecError as exc:
             raise UsageError(str(exc)) from None
-    if args.gpu_memory is not None and not args.gpu_memory > 0:
-        raise UsageError(f"--gpu-memory must be a positive number of GiB, got {args.gpu_memory}")
+    if args.gpu_memory is not None and not 0 < args.gpu_memory <= MAX_GPU_MEMORY_GIB:
+        raise UsageError(f"--gpu-memory must be a card's memory in GiB (more than 0, at most {MAX_GPU_MEMORY_GIB:,}), "
+                         f"got {args.gpu_memory}")
     if args.max_networks is not None and args.max_networks < 1:
         raise UsageError(f"--max-networks must be at least 1, got {args.max_networks}")
     problems = []
     try:
         spec = load_spec(args.source)
         if spec.resources.uses_gpus and not args.address and planner.local_card() is None:
+            also = " (and resources.gpus_per_scoring_actor)" if spec.resources.gpus_per_scoring_actor != 0 else ""
             problems.append(
                 f"the spec asks for GPUs (resources.gpus_per_trial: {spec.resources.gpus_per_trial}) but this "
-                "machine has none; set it to 0 or pass --address of a cluster with GPUs")
+                f"machine has none; set it to 0{also} or pass --address of a cluster with GPUs")
             if not args.dry_run:
                 raise UsageError(problems[0])
         card = planner.card_for(spec, args.gpu_memory, assume=args.dry_run)
@@ -179,9 +184,16 @@ def plan_run(args):
             check_available(data_spec)
         except DataError as exc:
             problems.append(str(exc))
+    if not args.address:
+        problems += planner.local_problems(spec, bundles, os.cpu_count() or 1, len(planner.local_cards()),
+                                           planner.local_memory_bytes())
     if problems and not args.dry_run:
         raise UsageError("\n".join(problems))
     where = sweep_plan.resolve_storage(args.storage or spec.storage)
+    try:
+        storage.check_uri(where)
+    except ValueError as exc:
+        raise UsageError(f"{exc} (from {'--storage' if args.storage else 'the spec'})") from None
     name = args.name or f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     text, suffix = _spec_text(args.source)
     plan = sweep_plan.make_plan(spec, bundles, name=name, storage=where, spec_source=args.source, spec_text=text,
@@ -306,6 +318,8 @@ def cmd_run(args) -> int:
         for problem in problems:
             print(f"sweep: warning: a real run would stop here: {problem}", file=sys.stderr)
         return 0
+    if args.address:
+        check_reachable(args.address)  # before the sweep's folder is made: a mistyped address leaves none
     try:
         sweep_plan.ensure_writable(plan.storage)
     except PermissionError as exc:

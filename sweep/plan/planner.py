@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import collections
 import math
+import os
 import shutil
 import subprocess
 from dataclasses import dataclass
@@ -54,20 +55,60 @@ class Card:
         return self.memory_gib * 2**30 * USABLE
 
 
-def local_card() -> Card | None:
-    """The smallest card this machine has (nvidia-smi, so the driver never imports torch)."""
+def local_cards() -> list[Card]:
+    """This machine's cards (nvidia-smi, so the driver never imports torch)."""
     if shutil.which("nvidia-smi") is None:
-        return None
+        return []
     try:
         out = subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total", "--format=csv,noheader,nounits"],
                              capture_output=True, text=True, timeout=20, check=True).stdout
     except (OSError, subprocess.SubprocessError):
-        return None
+        return []
     cards = [line.rsplit(",", 1) for line in out.strip().splitlines() if "," in line]
-    if not cards:
+    return [Card(float(mib) / 1024, f"this machine's {name.strip()}") for name, mib in cards]
+
+
+def local_card() -> Card | None:
+    """The smallest card this machine has."""
+    return min(local_cards(), key=lambda card: card.memory_gib, default=None)
+
+
+def local_memory_bytes() -> int | None:
+    """This machine's physical memory; None where the OS does not say."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
         return None
-    name, mib = min(cards, key=lambda card: float(card[1]))
-    return Card(float(mib) / 1024, f"this machine's {name.strip()}")
+
+
+def local_problems(spec: SweepSpec, bundles: list[BundleConfig], cpus: int, gpus: int,
+                   memory_bytes: int | None) -> list[str]:
+    """Why a run on this machine alone (`cpus` cores, `gpus` cards, `memory_bytes` of memory) could
+    not finish: Ray leaves a trial or an actor that asks more of a node than it has pending for
+    ever, and a CPU bundle larger than the memory fails as it trains."""
+    res, problems = spec.resources, []
+    asks = [("cpus_per_trial", res.cpus_per_trial, cpus, "CPU core(s)"),
+            ("cpus_per_scoring_actor", res.cpus_per_scoring_actor, cpus, "CPU core(s)")]
+    if gpus:  # no card at all is refused on its own, for the spec as a whole
+        asks += [("gpus_per_trial", res.gpus_per_trial, gpus, "GPU(s)"),
+                 ("gpus_per_scoring_actor", res.gpus_per_scoring_actor, gpus, "GPU(s)")]
+    for key, asked, have, unit in asks:
+        if asked != AUTO and asked > have:
+            problems.append(f"resources.{key}: {asked:g}, but this machine has {have} {unit} and Ray would never "
+                            f"start one that asks more; use at most {have}, or pass --address of a cluster whose "
+                            "nodes have that many")
+    sized = [(need, bundle) for bundle in bundles if (need := estimate_bundle_bytes(bundle)) is not None]
+    if res.uses_gpus or not memory_bytes or not sized:
+        return problems
+    need, bundle = max(sized, key=lambda pair: pair[0])
+    if need > memory_bytes:
+        gib, alone = 2**30, estimate_bundle_bytes(BundleConfig(bundle.members[:1]))
+        fix = ("use smaller widths or batch sizes" if alone > memory_bytes else
+               f"one network needs {alone / gib:.1f} GiB: set resources.bundle_size to fewer networks")
+        problems.append(f"a bundle of {len(bundle.members)} network(s) {_shape_name(bundle)} needs about "
+                        f"{need / gib:.1f} GiB to train, more than this machine's {memory_bytes / gib:.1f} GiB "
+                        f"of memory holds; {fix}, or pass --address of a cluster with bigger nodes")
+    return problems
 
 
 def card_for(spec: SweepSpec, gpu_memory_gib: float | None = None, *, assume: bool = False) -> Card | None:

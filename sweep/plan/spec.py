@@ -15,13 +15,15 @@ from typing import Annotated, Any, Literal
 
 import tomllib
 import yaml
-from pydantic import AfterValidator, field_validator, model_validator
+from pydantic import AfterValidator, Field, field_validator, model_validator
 
 from sweep.plan.datasets import DATASETS, dataset_info
 from sweep.plan.presets import list_presets, preset_path
 from sweep.plan.schema import (AUTO, Count, Flag, Fraction, PositiveInt, PositiveNumber, Share, SpecError, Text,
                                grid_list, invalid, json_schema, one_of, or_auto, section, shown, validate)
 from sweep.scoring.settings import ScoringSettings
+
+MIN_SPLIT = 3  # examples a split needs for scoring's ellipses
 
 # Beyond this a sweep's plan, trial table and driver state become unwieldy; split it instead.
 MAX_NETWORKS = 50_000
@@ -104,6 +106,9 @@ class DataSpec:
         info = DATASETS[self.name]
         for split in ("train_size", "test_size"):
             limit, given = getattr(info, split), getattr(self, split)
+            if given is not None and given < MIN_SPLIT:
+                raise invalid(f"at least {MIN_SPLIT}, got {given}: scoring draws each transition ellipse through a "
+                              f"point and two others of its split", split)
             if given is not None and limit is not None and given > limit:
                 raise invalid(f"{self.name} has {limit} examples in that split, got {given}", split)
         return self
@@ -247,7 +252,8 @@ class SweepSpec:
 
     name: Text
     """the sweep's folder under the storage (the date is added unless --name is given)"""
-    datasets: grid_list(DataSpec)
+    datasets: Annotated[tuple[DataSpec, ...], Field(min_length=1)]
+    """distinct data sets (not two entries of one data set that differ only in data_root or download)"""
     grid: GridSpec
     budget: Budget
     architecture: Literal[ARCHITECTURES] = "fc"
@@ -274,6 +280,7 @@ class SweepSpec:
         if self.resources.gpus_per_scoring_actor == AUTO and not self.resources.uses_gpus:
             raise invalid("auto sizes the actor to the trials' cards; give resources.gpus_per_trial too (auto "
                           "or a share), or a number here", "resources.gpus_per_scoring_actor")
+        self._check_distinct_datasets()
         given = [key for key in CNN_KEYS if getattr(self.grid, key) != GridSpec.__dataclass_fields__[key].default]
         if self.architecture == "fc" and given:
             raise invalid("a cnn-only key; set architecture: cnn for convolutional networks, or remove it",
@@ -288,6 +295,17 @@ class SweepSpec:
         if True in self.grid.augmentation:
             self._check_augmentation()
         return self
+
+    def _check_distinct_datasets(self) -> None:
+        """Two entries of one data set would give their networks the same ids, folders and rows."""
+        seen = set()
+        for i, data in enumerate(self.datasets):
+            key = tuple(data.identity().items())
+            if key in seen:
+                what = ", ".join(f"{k}: {v}" for k, v in data.identity().items() if v is not None)
+                raise invalid(f"lists the same data twice ({what}); entries that differ only in data_root or "
+                              "download train the same networks: keep one", f"datasets[{i}]")
+            seen.add(key)
 
     def _check_augmentation(self) -> None:
         """Augmented networks must see their images change: a shift, or flips where they apply."""
@@ -330,7 +348,9 @@ MAX_SPEC_BYTES = 1 << 20  # a spec is a few kilobytes of text
 
 
 class _SpecLoader(yaml.SafeLoader):
-    """YAML's safe subset, refusing a key given twice (YAML would keep the last silently)."""
+    """YAML's safe subset, refusing a key given twice (YAML would keep the last silently), and
+    reading 1e-3 and 1.0e3 as numbers (YAML 1.2 and TOML do; PyYAML's 1.1 rules read them as text,
+    a learning rate the grid would refuse)."""
 
     def construct_mapping(self, node, deep=False):
         seen = set()
@@ -343,8 +363,15 @@ class _SpecLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep)
 
 
-def _load_yaml(text: str) -> Any:
+_SpecLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."))
+
+
+def _load_yaml(text: str, origin: str) -> Any:
     loader = _SpecLoader(text)
+    loader.name = origin  # error marks name the file, not "<unicode string>"
     try:
         return loader.get_single_data()
     finally:
@@ -373,20 +400,23 @@ def _spec_text(path: Path) -> str:
 def load_spec(source: str | os.PathLike) -> SweepSpec:
     """Load a preset by name or a .yaml/.yml/.toml spec file; raises SpecError."""
     path = Path(source)
-    if path.suffix in (".yaml", ".yml", ".toml") or path.exists():
+    suffix = path.suffix.lower()
+    preset = preset_path(path.name) if str(source) == path.name else None
+    is_preset = preset is not None and preset.is_file()
+    # a folder named like a preset (say ./digits) must not hide the preset
+    if suffix in (".yaml", ".yml", ".toml") or path.is_file() or (path.exists() and not is_preset):
         text = _spec_text(path)
         origin = str(path)
     else:
-        preset = preset_path(str(source))
-        if not preset.is_file():
+        if not is_preset:
             names = ", ".join(name for name, _ in list_presets())
             raise SpecError(f"unknown preset {str(source)!r}; available presets: {names} "
                             "(or give a path to a .yaml/.yml/.toml spec file)")
         text = preset.read_text()
         origin = f"preset {source}"
-    kind = "TOML" if path.suffix == ".toml" else "YAML"
+    kind = "TOML" if suffix == ".toml" else "YAML"
     try:
-        raw = tomllib.loads(text) if kind == "TOML" else _load_yaml(text)
+        raw = tomllib.loads(text) if kind == "TOML" else _load_yaml(text, origin)
         if raw is None or raw == {}:
             raise SpecError("the spec is empty; it needs name, datasets, grid and budget (start from "
                             "sweep/presets/digits.yaml)")

@@ -18,12 +18,31 @@ import pyarrow.fs as pafs
 _OBJECT_STORES = frozenset({"s3", "gcs", "abfs"})
 
 
+# The schemes pyarrow's FileSystem.from_uri opens (it reads them case-sensitively), checked
+# without connecting so that a dry run stays offline.
+SCHEMES = ("file", "s3", "gs", "gcs", "abfs", "abfss", "hdfs", "viewfs")
+
+
+def check_uri(uri: str | os.PathLike) -> None:
+    """ValueError naming the schemes that work, for a URI whose scheme pyarrow cannot open."""
+    text = os.fspath(uri)
+    scheme = text.partition("://")[0] if "://" in text else None
+    if scheme is not None and scheme not in SCHEMES:
+        raise ValueError(f"storage {text}: pyarrow cannot open {scheme}:// URIs; use a local or shared folder, "
+                         f"or a URI starting with {', '.join(s + '://' for s in SCHEMES)}")
+
+
 def resolve(uri: str | os.PathLike) -> tuple[pafs.FileSystem, str]:
-    """The file system and the path inside it for a local path (relative allowed) or a URI."""
+    """The file system and the path inside it for a local path (relative allowed) or a URI;
+    ValueError for a URI pyarrow cannot open."""
     text = os.fspath(uri)
     if "://" not in text:
         return pafs.LocalFileSystem(), os.path.abspath(text)
-    return pafs.FileSystem.from_uri(text)
+    check_uri(text)
+    try:
+        return pafs.FileSystem.from_uri(text)
+    except pa.ArrowInvalid as exc:
+        raise ValueError(f"storage {text}: {exc}") from None
 
 
 def join(uri: str | os.PathLike, *parts: str) -> str:

@@ -86,6 +86,8 @@ def load_plan(sweep_dir: str) -> SweepPlan:
             f"cannot read {sweep_dir}/{SWEEP_FILE}: {exc}; check the path, and the network and "
             "credentials for its storage"
         ) from None
+    except ValueError as exc:  # a URI no file system opens
+        raise FileNotFoundError(str(exc)) from None
     parent, _, name = where.rpartition("/")
     return dataclasses.replace(plan, storage=parent, name=name)
 

@@ -39,27 +39,42 @@ def _multiple_of_3(number: int) -> int:
 class ScoringSettings:
     """What to compute for every checkpoint."""
 
-    points: PositiveInt = 1000  # test points scored per network (the same points for a data set)
-    train_points: Count = 1000  # 0: no train split
+    points: PositiveInt = 1000
+    """test points scored per network (the same points for every network of a data set)"""
+    train_points: Count = 1000
+    """training points scored per network the same way; 0: no train split"""
     transitions_k: at_least(3) = 256
+    """points on each closed trajectory whose linear-region codes are compared (k)"""
     trajectory: Literal["ellipse", "circle"] = "ellipse"
+    """ellipse: through the point and two others of its split; circle: of circle_radius in a random plane"""
     circle_radius: PositiveNumber = 1.0
+    """the circle trajectory's radius, in input units"""
     metrics: grid_list(Metric) = METRICS
-    trajectories: Flag = False  # the paper's manifold experiment (profiles along ellipses)
+    """the metrics computed (default: all)"""
+    trajectories: Flag = False
+    """the paper's manifold experiment: profiles of Jacobian norm and transition density along ellipses"""
     ellipses_per_kind: PositiveInt = 16
-    # points per profile ellipse: a multiple of 3, its anchors are samples
+    """profile ellipses of each kind (random, different classes, same class)"""
     profile_points: Annotated[int, Strict(), Field(ge=3), AfterValidator(_multiple_of_3)] = 258
+    """points per profile ellipse: a multiple of 3, so that its three anchors are samples"""
     slices: Flag = False
+    """2-D slices: region boundaries on the plane through three training points"""
     slice_count: PositiveInt = 2
+    """slices per checkpoint"""
     slice_grid: at_least(2) = 256
+    """pixels on each side of a slice's grid (G)"""
     slice_layers: Literal["last", "all"] = "last"
-    # PAC-Bayes sharpness and magnitude-aware flatness (Jiang et al. 2020): noise draws per
-    # bisection step, bisection steps of log σ in [1e-6, 10], and the accuracy drop σ′ may cause.
+    """whose codes draw a slice's boundaries: the last hidden layer's, or all layers'"""
     sharpness_samples: PositiveInt = 10
+    """PAC-Bayes sharpness and magnitude-aware flatness (Jiang et al. 2020): noise draws per bisection step"""
     sharpness_search_depth: PositiveInt = 15
+    """bisection steps of log σ in [1e-6, 10]"""
     sharpness_target: Annotated[float, Strict(), Field(gt=0, lt=1, allow_inf_nan=False)] = 0.1
-    chunk_size: PositiveInt | None = None  # points per chunk, bounds memory; None: sized to the device
-    seed: Count = 0  # chooses the scored points
+    """the train-accuracy drop the noise σ′ may cause"""
+    chunk_size: PositiveInt | None = None
+    """points per chunk, which bounds memory; null: sized to the device"""
+    seed: Count = 0
+    """chooses the scored points"""
 
     @classmethod
     def from_dict(cls, values: Mapping, where: str = "scoring") -> ScoringSettings:
