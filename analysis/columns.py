@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
+import pandas as pd
+
 from sweep.scoring.table_schemas import pandas_dtypes
 
 # Read as pandas dtypes from the schemas the sweep writes (one definition; docs/tables.md).
@@ -34,6 +38,10 @@ HYPERPARAMS: tuple[str, ...] = (
     "head",
     "batch_norm",
 )
+
+# What varies among the networks of one setting: a sample, not a hyperparameter (granulated
+# Kendall groups by it but gives it no ψ; the robustness measures compare settings across it).
+SAMPLE_COLUMN = "seed"
 
 # Networks that never produced a trained model; excluded from statistics and counted.
 EXCLUDED_STATUSES: tuple[str, ...] = ("diverged", "failed")
@@ -110,3 +118,22 @@ def metric_columns(df) -> list[str]:
     )
     baselines = [c for c in BASELINE_COLUMNS if c in numeric]
     return known + other + baselines
+
+
+def require_columns(df: pd.DataFrame, columns: Sequence[str]) -> None:
+    """ValueError naming the columns `df` lacks (a metric or target mistyped, or never scored)."""
+    missing = [c for c in columns if c not in df.columns]
+    if missing:
+        raise ValueError(
+            f"columns {missing} are not in the table; available: {list(df.columns)}. "
+            "Pass metrics/targets that exist (analysis.load(path).wide has one column per metric)."
+        )
+
+
+def require_checkpoint(frame: pd.DataFrame, checkpoint: str) -> None:
+    """ValueError when `frame` has rows but none at `checkpoint`: a mistyped name would give
+    statistics of nothing."""
+    if len(frame) and not (frame["checkpoint"] == checkpoint).any():
+        names = sorted(set(frame["checkpoint"].astype(str)))
+        raise ValueError(f"no rows at checkpoint {checkpoint!r}; this sweep's checkpoints: {', '.join(names)} "
+                         "('end' is each network's last)")

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from analysis.columns import EXCLUDED_STATUSES, TARGETS, metric_columns
+from analysis.columns import EXCLUDED_STATUSES, TARGETS, metric_columns, require_columns
 
 POOLED = "pooled"
 MIN_NETWORKS = 3
@@ -44,7 +44,7 @@ def correlations(
     `note` says why.
     """
     metrics = list(metric_columns(df) if metrics is None else metrics)
-    _require_columns(df, [*metrics, *targets])
+    require_columns(df, [*metrics, *targets])
     group_column = by or "dataset"
     groups: list[tuple[object, pd.DataFrame]] = []
     if by is not None:
@@ -181,12 +181,3 @@ def bootstrap_intervals(x: np.ndarray, y: np.ndarray, n_resamples: int, seed: in
         )
     low, high = result.confidence_interval
     return (float(low[0]), float(low[1])), (float(high[0]), float(high[1]))
-
-
-def _require_columns(df: pd.DataFrame, columns: Sequence[str]) -> None:
-    missing = [c for c in columns if c not in df.columns]
-    if missing:
-        raise ValueError(
-            f"columns {missing} are not in the table; available: {list(df.columns)}. "
-            "Pass metrics/targets that exist (analysis.load(path).wide has one column per metric)."
-        )

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from analysis.columns import EXCLUDED_STATUSES, HYPERPARAMS, metric_columns
+from analysis.columns import EXCLUDED_STATUSES, HYPERPARAMS, metric_columns, require_columns
 
 
 @dataclass(frozen=True)
@@ -88,9 +88,7 @@ def paired_factors(
     Factors whose column is absent or has no hurting level give one row with a note.
     """
     metrics = list(metric_columns(df) if metrics is None else metrics)
-    missing = [c for c in [*metrics, target] if c not in df.columns]
-    if missing:
-        raise ValueError(f"columns {missing} are not in the table; available: {list(df.columns)}")
+    require_columns(df, [*metrics, target])
     rows = []
     for factor in factors:
         base = {"factor": factor.name, "n_pairs": 0, "n_moving": 0}

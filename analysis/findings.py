@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -81,7 +81,7 @@ def findings(wide: pd.DataFrame, scores: pd.DataFrame, trajectories: pd.DataFram
              per_point: pd.DataFrame) -> list[Finding]:
     """Every finding, in the report's order, on the networks in the statistics (`wide`)."""
     ids = set(wide["network_id"].astype(str))
-    return [
+    found = [
         train_below_test(scores, ids),
         dips_at_anchors(trajectories, ids),
         same_class_fewer_transitions(trajectories, ids),
@@ -92,6 +92,10 @@ def findings(wide: pd.DataFrame, scores: pd.DataFrame, trajectories: pd.DataFram
         ranks_gap(correlations, "transitions", "transitions_ranks_gap",
                   "Transitions along ellipses through test points rank-correlate positively with the gap."),
     ]
+    if ids and not scores["network_id"].astype(str).isin(ids).any():  # unscored: whatever the spec asked for
+        found = [replace(f, note="no checkpoint of these networks has scores yet; score them with `sweep score PATH`")
+                 if f.verdict == "not measured" else f for f in found]
+    return found
 
 
 def _final_scores(scores: pd.DataFrame, ids: set[str], metric: str) -> pd.DataFrame:
@@ -232,8 +236,8 @@ def markdown_rows(found: list[Finding]) -> pd.DataFrame:
 
     return pd.DataFrame({
         "finding": [f"`{f.id}`: {f.claim}" for f in found],
-        "effect [95% CI]": [f"{number(f.effect)} [{number(f.ci_low)}, {number(f.ci_high)}]" if f.effect is not None
-                            else "" for f in found],
+        "effect [95% CI]": ["" if f.effect is None else number(f.effect) if f.ci_low is None
+                            else f"{number(f.effect)} [{number(f.ci_low)}, {number(f.ci_high)}]" for f in found],
         "n": [str(f.n) if f.n else "" for f in found],
         "verdict": [f.verdict + (f": {f.note}" if f.note else "") for f in found],
         "effect measures": [f.scale for f in found],

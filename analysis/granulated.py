@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
-from analysis.columns import EXCLUDED_STATUSES, HYPERPARAMS, metric_columns
+from analysis.columns import EXCLUDED_STATUSES, HYPERPARAMS, SAMPLE_COLUMN, metric_columns, require_columns
 
 PSI = "Ψ (mean over hyperparameters)"
 RESULT_COLUMNS: tuple[str, ...] = (
@@ -34,7 +34,9 @@ def granulated_kendall(
 ) -> pd.DataFrame:
     """ψ_h for every metric and hyperparameter, and Ψ per metric (rows with hyperparam == PSI).
 
-    `hyperparams` defaults to the HYPERPARAMS columns that vary among the included networks.
+    `hyperparams` defaults to the HYPERPARAMS columns that vary among the included networks, but
+    the seed: networks of different seeds are kept in different groups, but seeds are samples, not
+    a hyperparameter, so they get no ψ (Jiang et al. average over hyperparameters).
     Diverged/failed networks and networks missing the metric or target are excluded and counted.
     Groups (of networks with values) that have fewer than two networks, or where metric or
     target is constant, have no τ: they are counted in `n_groups_undefined` and left out of the
@@ -43,20 +45,20 @@ def granulated_kendall(
     `n_groups_undefined` the ones left out.
     """
     metrics = list(metric_columns(df) if metrics is None else metrics)
-    missing = [c for c in [*metrics, target, *(hyperparams or ())] if c not in df.columns]
-    if missing:
-        raise ValueError(f"columns {missing} are not in the table; available: {list(df.columns)}")
+    require_columns(df, [*metrics, target, *(hyperparams or ())])
     bad_status = (
         df["status"].astype(str).isin(EXCLUDED_STATUSES).to_numpy()
         if "status" in df.columns else np.zeros(len(df), bool)
     )
     trained = df[~bad_status]
-    hyperparams = list(varying_hyperparams(trained) if hyperparams is None else hyperparams)
-    independent = independent_hyperparams(trained, hyperparams)
+    keys = list(varying_hyperparams(trained) if hyperparams is None else hyperparams)
+    # by default the seed groups networks (only h varies in a group) but is no axis of Ψ
+    hyperparams = [h for h in keys if h != SAMPLE_COLUMN] if hyperparams is None else keys
+    independent = independent_hyperparams(trained, keys)
     values = trained[metrics].to_numpy(float, na_value=np.nan)
     gap = trained[target].to_numpy(float, na_value=np.nan)
     usable = np.isfinite(values) & np.isfinite(gap)[:, None]
-    per_h = {h: _group_taus(trained, h, independent, values, gap, usable) for h in independent}
+    per_h = {h: _group_taus(trained, h, independent, values, gap, usable) for h in independent if h in hyperparams}
     rows = []
     for m, metric in enumerate(metrics):
         common = {"metric": metric, "n_networks": int(usable[:, m].sum()),

@@ -7,6 +7,8 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
+from analysis.columns import require_checkpoint
+
 POINT_METRICS: tuple[str, ...] = ("jacobian_softmax", "jacobian_logits")
 RESULT_COLUMNS: tuple[str, ...] = (
     "network_id", "metric", "n_points", "n_excluded", "n_misclassified", "auroc", "spearman_loss",
@@ -33,6 +35,7 @@ def per_point(
     rank, as in the Mann-Whitney U statistic), not a loop over networks.
     """
     metrics = [m for m in metrics if m in points.columns]
+    require_checkpoint(points, checkpoint)
     selected = points[(points["checkpoint"] == checkpoint) & (points["split"] == split)]
     frames = [_one_metric(selected, metric) for metric in metrics]
     if not frames or selected.empty:

@@ -220,8 +220,9 @@ def _markdown(tables: Tables, report: Report, drawn: dict[str, list[Path]], boot
     lines += _figure_lines(None, drawn["capacity"])
     lines += ["## Granulated Kendall coefficient", "",
               "ψ per hyperparameter: mean Kendall τ (metric vs gap) over groups of networks that "
-              "share every other hyperparameter; Ψ: the mean over hyperparameters "
-              "(Jiang et al., ICLR 2020). Group counts and notes are in `granulated_kendall.csv`.",
+              "share every other hyperparameter and the seed; Ψ: the mean over hyperparameters (seeds are "
+              "samples, not one of them; Jiang et al., ICLR 2020). Group counts and notes are in "
+              "`granulated_kendall.csv`.",
               ""]
     lines += [_markdown_table(_granulated_rows(report.granulated)), ""]
     lines += ["### Conditional mutual information and robust sign-error", "",

@@ -23,10 +23,9 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
-from analysis.columns import metric_columns
+from analysis.columns import SAMPLE_COLUMN, metric_columns, require_columns
 from analysis.granulated import varying_hyperparams
 
-SAMPLE_COLUMN = "seed"  # what varies inside a setting
 CMI_COLUMNS = ("metric", "cmi", "condition", "n_pairs")
 SIGN_ERROR_COLUMNS = ("metric", "robust_sign_error", "mean_sign_error", "worst_environment", "n_environments")
 
@@ -60,6 +59,7 @@ def conditional_mutual_information(df: pd.DataFrame, metrics: Sequence[str] | No
     """One row per metric: the minimum over S of I(V_μ; V_g | U_S) / H(V_g | U_S), the S that
     attains it, and the number of pairs (module docstring)."""
     metrics = list(metric_columns(df) if metrics is None else metrics)
+    require_columns(df, [*metrics, target, *(hyperparams or ())])
     hyperparams = [h for h in (varying_hyperparams(df) if hyperparams is None else hyperparams) if h != SAMPLE_COLUMN]
     codes = {h: pd.factorize(df[h].astype(str))[0] for h in hyperparams}
     i, j = _pairs(len(df))
@@ -94,8 +94,10 @@ def robust_sign_error(df: pd.DataFrame, metrics: Sequence[str] | None = None, ta
     """One row per metric: the largest and the mean sign-error over single-factor environments,
     the worst environment and their number (module docstring)."""
     metrics = list(metric_columns(df) if metrics is None else metrics)
+    require_columns(df, [*metrics, target, *(hyperparams or ())])
     hyperparams = [h for h in (varying_hyperparams(df) if hyperparams is None else hyperparams) if h != SAMPLE_COLUMN]
-    settings = df.groupby(hyperparams, dropna=False, sort=False).indices
+    # with no hyperparameter varying (only seeds) there is one setting and no environment
+    settings = df.groupby(hyperparams, dropna=False, sort=False).indices if hyperparams else {}
     keys = list(settings)
     environments = []  # (description, networks of setting a, networks of setting b)
     for a, b in itertools.combinations(range(len(keys)), 2):

@@ -10,7 +10,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pyarrow import fs as pafs
 
-from analysis.columns import POINT_COLUMNS, SCORE_COLUMNS, SLICE_COLUMNS, TRAJECTORY_COLUMNS
+from analysis.columns import POINT_COLUMNS, SCORE_COLUMNS, SLICE_COLUMNS, TRAJECTORY_COLUMNS, require_checkpoint
 
 FINAL_CHECKPOINT = "end"
 # Where a metric's network-level value lives, in order of preference.
@@ -122,6 +122,7 @@ def wide_table(networks: pd.DataFrame, scores: pd.DataFrame, checkpoint: str = F
     gets one column per set, named `<metric> <params JSON>`. Metrics that repeat a `networks`
     column (`param_count`) keep the `networks` value.
     """
+    require_checkpoint(scores, checkpoint)
     rows = scores[(scores["checkpoint"] == checkpoint) & scores["split"].isin(SPLIT_PREFERENCE)]
     if rows.empty:
         return networks.copy()

@@ -103,6 +103,15 @@ def test_correlation_findings_use_the_correlations_interval(interval, verdict):
     assert fd.ranks_gap(rows, "transitions", "transitions_ranks_gap", "claim").verdict == "not measured"
 
 
+def test_without_a_bootstrap_a_correlation_shows_no_empty_interval():
+    rows = pd.DataFrame([{"dataset": "digits", "metric": "jacobian_softmax", "target": "gap", "n": 30,
+                          "rho": 0.85, "rho_lo": np.nan, "rho_hi": np.nan, "note": ""}])
+    found = fd.ranks_gap(rows, "jacobian_softmax", "jacobian_ranks_gap", "claim")
+    assert found.verdict == "inconclusive" and "--no-bootstrap" in found.note
+    shown = fd.markdown_rows([found]).iloc[0]
+    assert shown["effect [95% CI]"] == "+0.85" and shown["verdict"].startswith("inconclusive: no interval")
+
+
 @pytest.mark.parametrize("auroc,verdict", [(0.8, "reproduced"), (0.2, "contradicted"), (0.5, "inconclusive")])
 def test_per_point_auroc_against_no_skill(auroc, verdict):
     per_point = pd.DataFrame({"network_id": [f"n{i}" for i in range(N)], "metric": "jacobian_softmax",
@@ -118,3 +127,22 @@ def test_findings_json_has_the_keys_and_nulls_for_what_was_not_measured(tmp_path
     records = json.loads((tmp_path / "findings.json").read_text())
     assert [tuple(r) for r in records] == [fd.JSON_KEYS] * 2
     assert all(r["verdict"] == "not measured" and r["effect"] is None for r in records)
+
+
+def test_unscored_networks_are_not_measured_for_want_of_scoring_not_of_grid_keys():
+    from analysis import correlations, per_point
+    from analysis.columns import SCORE_COLUMNS, TRAJECTORY_COLUMNS
+    from analysis.tables import empty_frame
+
+    wide = pd.DataFrame({"network_id": ["a", "b"], "random_label_fraction": [0.0, 0.5], "status": "converged",
+                         "gap": [0.1, 0.2], "loss_gap": [0.3, 0.4]})
+    scores, trajectories = empty_frame(SCORE_COLUMNS), empty_frame(TRAJECTORY_COLUMNS)
+    found = fd.findings(wide, scores, trajectories, correlations(wide, metrics=[], by=None),
+                        per_point(pd.DataFrame(columns=["checkpoint", "split"])))
+    assert {f.verdict for f in found} == {"not measured"}
+    assert all("score them with `sweep score PATH`" in f.note for f in found), [f.note for f in found]
+    # Once scores exist, each finding's own advice stands (here: the grid has no random labels).
+    scored = pd.DataFrame({"network_id": ["a"], "checkpoint": "end", "split": "test", "metric": "loss", "mean": 1.0})
+    found = fd.findings(wide.assign(random_label_fraction=0.0), scored, trajectories,
+                        correlations(wide, metrics=[], by=None), per_point(pd.DataFrame(columns=["checkpoint", "split"])))
+    assert "add random_label_fractions" in next(f for f in found if f.id == "random_labels_raise_jacobian").note

@@ -51,17 +51,20 @@ def test_hand_built_table_gives_the_known_psi():
 def test_matches_a_brute_force_scipy_loop_over_groups():
     df = synthetic_networks(SyntheticSweep(n_networks=300), np.random.default_rng(1))
     rng = np.random.default_rng(2)
+    df = pd.concat([df, df.assign(seed=1, gap=df["gap"] + rng.normal(0, 0.2, len(df)))], ignore_index=True)
     df["jacobian_softmax"] = df["gap"] + rng.normal(0, 0.05, len(df))
     df["margin"] = np.where(rng.random(len(df)) < 0.2, np.nan, -df["gap"] + rng.normal(0, 0.1,
                                                                                        len(df)))
     result = granulated_kendall(df, metrics=["jacobian_softmax", "margin"])
     trained = df[~df.status.isin(["diverged", "failed"])]
     hyperparams = [h for h in result.hyperparam.unique() if h != PSI]
-    independent = independent_hyperparams(trained, hyperparams)
+    # Seeds are samples: they keep groups apart (only h varies in one) but get no ψ of their own.
+    assert "seed" not in hyperparams and trained["seed"].nunique() > 1
+    independent = independent_hyperparams(trained, [*hyperparams, "seed"])
     assert "full_batch" not in independent and "batch_size" in independent
     for metric in ("jacobian_softmax", "margin"):
         usable = trained[np.isfinite(trained[metric]) & np.isfinite(trained["gap"])]
-        for h in independent:
+        for h in set(independent) - {"seed"}:
             taus, undefined = [], 0
             others = [c for c in independent if c != h]
             for _, group in usable.groupby(others, observed=True, dropna=False):
@@ -108,6 +111,22 @@ def test_constant_metric_and_no_varying_hyperparameter_give_nan_with_reasons():
     result = granulated_kendall(dead, metrics=["jacobian_softmax"])
     assert result.iloc[0]["note"] == "undefined: no trained networks (all diverged or failed)"
     assert result.iloc[0]["n_excluded"] == len(dead)
+
+
+def test_seeds_group_networks_but_are_no_axis_of_psi_unless_asked_for():
+    df = known_table().iloc[:6]
+    df = pd.concat([df.assign(seed=0), df.assign(seed=1, gap=df["gap"][::-1].to_numpy())], ignore_index=True)
+    result = granulated_kendall(df, metrics=["jacobian_softmax"])
+    assert list(result.hyperparam) == ["width", "depth", PSI]
+    # Within seed 1 the gap runs backwards: grouped by seed, ψ_depth is the mean of 1, -1/3 and their negatives.
+    assert psi(result, "jacobian_softmax", "depth")["n_groups"] == 4
+    assert psi(result, "jacobian_softmax", "depth")["tau"] == pytest.approx(0.0)
+    asked = granulated_kendall(df, metrics=["jacobian_softmax"], hyperparams=["width", "depth", "seed"])
+    assert list(asked.hyperparam) == ["width", "depth", "seed", PSI]
+    assert psi(asked, "jacobian_softmax", "depth")["tau"] == pytest.approx(0.0)
+    seeds_only = df[(df.width == 64) & (df.depth == 1)]
+    assert granulated_kendall(seeds_only, metrics=["jacobian_softmax"]).iloc[0]["note"] == (
+        "undefined: no hyperparameter varies")
 
 
 def test_explicit_hyperparams_and_unknown_columns():

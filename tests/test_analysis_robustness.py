@@ -84,3 +84,14 @@ def test_robust_sign_error_against_a_loop_over_environments():
     assert got.loc["tracks_gap", "robust_sign_error"] == 0.0
     flipped = robust_sign_error(df.assign(backwards=-df["gap"]), ["backwards"], hyperparams=["width", "depth"])
     assert flipped.iloc[0]["robust_sign_error"] == 1.0
+
+
+def test_seeds_alone_give_no_environment_and_unknown_metrics_are_named():
+    df = pd.DataFrame({"width": [64] * 3, "seed": [0, 1, 2], "gap": [0.1, 0.3, 0.2],
+                       "jacobian_softmax": [1.0, 3.0, 2.0]})
+    result = robust_sign_error(df, metrics=["jacobian_softmax"])
+    assert result.iloc[0]["n_environments"] == 0 and np.isnan(result.iloc[0]["robust_sign_error"])
+    assert conditional_mutual_information(df, metrics=["jacobian_softmax"]).iloc[0]["n_pairs"] == 3
+    for measure in (robust_sign_error, conditional_mutual_information):
+        with pytest.raises(ValueError, match=r"columns \['nope'\] are not in the table"):
+            measure(df, metrics=["nope"])

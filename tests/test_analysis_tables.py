@@ -83,6 +83,12 @@ def test_wide_takes_end_checkpoint_and_the_split_where_each_metric_lives(sweep):
     assert "transitions" not in wide.columns
 
 
+def test_a_checkpoint_the_sweep_does_not_have_is_named_with_those_it_has(sweep):
+    assert analysis.load(sweep[0], checkpoint="init").wide["jacobian_softmax"].notna().any()
+    with pytest.raises(ValueError, match=r"no rows at checkpoint 'final'; this sweep's checkpoints: .*end"):
+        analysis.load(sweep[0], checkpoint="final")
+
+
 def test_wide_matches_the_documented_pandas_recipe(sweep):
     path, _ = sweep
     tables = analysis.load(path)
