@@ -184,6 +184,7 @@ def _markdown(tables: Tables, report: Report, drawn: dict[str, list[Path]], boot
            else "") + "  ",
         f"Data sets: {', '.join(datasets) or 'none'}  ",
         *_protocol_lines(report, len(networks)),
+        *_unlisted_lines(tables),
         "",
         "## The paper's findings on this sweep",
         "",
@@ -280,6 +281,16 @@ def _protocol_lines(report: Report, total: int) -> list[str]:
              f"Left out: {len(left)}" + (" (" + ", ".join(f"{n} {r}" for r, n in reasons.items()) + ")" if len(left)
                                          else "") + "."]
     return lines
+
+
+def _unlisted_lines(tables) -> list[str]:
+    """Networks with scores but no `networks` row (its bundle's file deleted or lost): they cannot
+    enter the statistics, which need the row's gap, and would otherwise go unmentioned."""
+    unlisted = set(tables.scores["network_id"].astype(str)) - set(tables.networks["network_id"].astype(str))
+    if not unlisted:
+        return []
+    return [f"Not in the statistics either: {len(unlisted)} network(s) with scores but no row in the `networks` "
+            "table (a bundle's `networks/<bundle>.parquet` is missing; training the bundle again writes it)."]
 
 
 def _left_out_lines(report: Report) -> list[str]:

@@ -149,3 +149,33 @@ def test_statistics_use_the_networks_at_full_train_accuracy_and_list_the_others(
                                 & (everyone.correlations.target == "gap") & (everyone.correlations.dataset == "pooled")]
     assert (jac["n"] + jac["n_excluded"] == trained.sum()).all()
     assert set(everyone.left_out["reason"]) <= {"diverged", "failed"}
+
+
+def test_a_sweep_missing_a_networks_file_or_varying_only_seeds_still_gets_its_report(sweep, tmp_path):
+    import shutil
+
+    import pyarrow.parquet as pq
+
+    copy = tmp_path / "copy"
+    shutil.copytree(sweep, copy)
+    lost = sorted((copy / "tables" / "networks").glob("*.parquet"))[0]
+    lost_ids = set(pq.read_table(lost).column("network_id").to_pylist())
+    lost.unlink()
+    text = build_report(copy, tmp_path / "lost", bootstrap=False).path.read_text()
+    assert f"Not in the statistics either: {len(lost_ids)} network(s) with scores but no row" in text
+    # One setting, its seeds only: no hyperparameter varies, so no ψ, Ψ or sign-error environment.
+    from analysis.columns import HYPERPARAMS
+
+    networks = pq.read_table(sweep / "tables" / "networks").to_pandas().iloc[:3]
+    for column in set(HYPERPARAMS) - {"seed"}:
+        if column in networks:
+            networks[column] = networks[column].iloc[0]
+    networks["seed"] = [0, 1, 2]
+    seeds = tmp_path / "seeds"
+    shutil.copytree(sweep, seeds)
+    shutil.rmtree(seeds / "tables" / "networks")
+    (seeds / "tables" / "networks").mkdir()
+    networks.to_parquet(seeds / "tables" / "networks" / "one.parquet", index=False)
+    report = build_report(seeds, tmp_path / "seeds-report", bootstrap=False, include_unconverged=True)
+    assert report.robustness["n_environments"].eq(0).all()
+    assert (report.granulated["note"] == "undefined: no hyperparameter varies").all()
