@@ -391,7 +391,7 @@ def test_expected_epochs_come_from_the_convergence_table_or_the_budget():
         500, "not converging")
     assert costs.expected_epochs(cifar(200, depth=3, optimizer="sgd", learning_rate=0.05), budget) == (77, "measured")
     # hard_tanh and relu6 have their own entries (hard_tanh at widths 100 and 200, relu6 at 100) at
-    # depths without their own; where a depth has its entry, the depth's entry wins.
+    # depths without their own; where a depth has its entry, the depth's entry wins ...
     assert costs.expected_epochs(cifar(200, activation="hard_tanh", optimizer="sgd", learning_rate=0.05),
                                  budget) == (97, "measured")
     assert costs.expected_epochs(cifar(200, depth=5, activation="hard_tanh", optimizer="sgd", learning_rate=0.05),
@@ -400,6 +400,12 @@ def test_expected_epochs_come_from_the_convergence_table_or_the_budget():
                                  budget) == (459, "measured")
     assert costs.expected_epochs(cifar(100, depth=3, activation="relu6", optimizer="sgd", learning_rate=0.01),
                                  budget) == (397, "measured")
+    # ... unless the activation has an entry at that depth: hard_tanh 100x3 converged at momentum
+    # 0.005 (363 epochs), where relu 100x3 stalled.
+    assert costs.expected_epochs(cifar(100, depth=3, activation="hard_tanh", optimizer="momentum",
+                                       learning_rate=0.005), budget) == (363, "measured")
+    assert costs.expected_epochs(cifar(100, depth=4, activation="hard_tanh", optimizer="momentum",
+                                       learning_rate=0.005), budget) == (500, "not converging")
 
 
 def test_the_most_specific_convergence_entry_counts_and_null_epochs_mean_the_budget(monkeypatch):
