@@ -340,6 +340,8 @@ def test_convolutional_keys_need_the_cnn_architecture_and_images_that_hold_the_s
     assert all(len({(m.family, m.head, m.stages) for m in b.members}) == 1 for b in bundles)
     with pytest.raises(SpecError, match=r"grid.families: a cnn-only key; set architecture: cnn"):
         parse_spec({**VALID, "grid": {**VALID["grid"], "families": ["nin"]}})
+    with pytest.raises(SpecError, match=r"grid.stages: a cnn-only key; set architecture: cnn"):  # at its default too
+        parse_spec({**VALID, "grid": {**VALID["grid"], "stages": [2]}})
     with pytest.raises(SpecError, match=r"grid.stages: 4 stages of 2×2 pools leave no pixels of digits's 8×8 images; "
                                         r"use at most 3"):
         parse_spec({**cnn, "grid": {**cnn["grid"], "stages": [4]}})

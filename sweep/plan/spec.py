@@ -275,16 +275,24 @@ class SweepSpec:
             raise invalid(problem)
         return name
 
+    @model_validator(mode="before")
+    @classmethod
+    def _cnn_keys_need_cnn(cls, raw: Any) -> Any:
+        # on the document, not the parsed grid: a cnn-only key given at its default value would
+        # otherwise be ignored without a word
+        if isinstance(raw, dict) and raw.get("architecture", "fc") == "fc" and isinstance(raw.get("grid"), dict):
+            given = [key for key in CNN_KEYS if key in raw["grid"]]
+            if given:
+                raise invalid("a cnn-only key; set architecture: cnn for convolutional networks, or remove it",
+                              f"grid.{given[0]}")
+        return raw
+
     @model_validator(mode="after")
     def _runnable(self) -> SweepSpec:
         if self.resources.gpus_per_scoring_actor == AUTO and not self.resources.uses_gpus:
             raise invalid("auto sizes the actor to the trials' cards; give resources.gpus_per_trial too (auto "
                           "or a share), or a number here", "resources.gpus_per_scoring_actor")
         self._check_distinct_datasets()
-        given = [key for key in CNN_KEYS if getattr(self.grid, key) != GridSpec.__dataclass_fields__[key].default]
-        if self.architecture == "fc" and given:
-            raise invalid("a cnn-only key; set architecture: cnn for convolutional networks, or remove it",
-                          f"grid.{given[0]}")
         total = self.grid.size() * len(self.datasets)
         if self.architecture == "cnn":
             total *= self.grid.conv_shapes()
