@@ -43,6 +43,9 @@ HYPERPARAMS: tuple[str, ...] = (
 # Kendall groups by it but gives it no ψ; the robustness measures compare settings across it).
 SAMPLE_COLUMN = "seed"
 
+# Each network's last checkpoint: the one the statistics read unless told otherwise.
+FINAL_CHECKPOINT = "end"
+
 # Networks that never produced a trained model; excluded from statistics and counted.
 EXCLUDED_STATUSES: tuple[str, ...] = ("diverged", "failed")
 
@@ -131,9 +134,10 @@ def require_columns(df: pd.DataFrame, columns: Sequence[str]) -> None:
 
 
 def require_checkpoint(frame: pd.DataFrame, checkpoint: str) -> None:
-    """ValueError when `frame` has rows but none at `checkpoint`: a mistyped name would give
-    statistics of nothing."""
-    if len(frame) and not (frame["checkpoint"] == checkpoint).any():
+    """ValueError when `frame` has rows but none at a `checkpoint` the caller named: a mistyped
+    name would give statistics of nothing. The final one may just not be scored yet: its
+    statistics then say not measured."""
+    if checkpoint != FINAL_CHECKPOINT and len(frame) and not (frame["checkpoint"] == checkpoint).any():
         names = sorted(set(frame["checkpoint"].astype(str)))
         raise ValueError(f"no rows at checkpoint {checkpoint!r}; this sweep's checkpoints: {', '.join(names)} "
                          "('end' is each network's last)")

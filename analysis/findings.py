@@ -23,10 +23,11 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from analysis.columns import FINAL_CHECKPOINT as FINAL
 from analysis.correlations import POOLED
 from analysis.factors import FACTORS, factor_pairs
 
-FINAL, INITIAL = "end", "init"
+INITIAL = "init"
 JACOBIAN = "jacobian_softmax"
 N_RESAMPLES = 2000
 JSON_KEYS = ("id", "claim", "effect", "ci_low", "ci_high", "n", "verdict")

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
-from analysis.columns import require_checkpoint
+from analysis.columns import FINAL_CHECKPOINT, require_checkpoint
 
 POINT_METRICS: tuple[str, ...] = ("jacobian_softmax", "jacobian_logits")
 RESULT_COLUMNS: tuple[str, ...] = (
@@ -23,7 +23,7 @@ SUMMARY_COLUMNS: tuple[str, ...] = (
 def per_point(
     points: pd.DataFrame,
     metrics: Sequence[str] = POINT_METRICS,
-    checkpoint: str = "end",
+    checkpoint: str = FINAL_CHECKPOINT,
     split: str = "test",
 ) -> pd.DataFrame:
     """Per network and metric: AUROC of the metric for "the point is misclassified", and

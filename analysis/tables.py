@@ -10,9 +10,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pyarrow import fs as pafs
 
-from analysis.columns import POINT_COLUMNS, SCORE_COLUMNS, SLICE_COLUMNS, TRAJECTORY_COLUMNS, require_checkpoint
+from analysis.columns import (FINAL_CHECKPOINT, POINT_COLUMNS, SCORE_COLUMNS, SLICE_COLUMNS, TRAJECTORY_COLUMNS,
+                              require_checkpoint)
 
-FINAL_CHECKPOINT = "end"
 # Where a metric's network-level value lives, in order of preference.
 SPLIT_PREFERENCE: tuple[str, ...] = ("test", "weights", "train")
 

@@ -11,6 +11,7 @@ import pytest
 import analysis
 from analysis.columns import NETWORK_COLUMNS, POINT_COLUMNS, SCORE_COLUMNS, SLICE_COLUMNS, TRAJECTORY_COLUMNS
 from analysis.synthetic import SyntheticSweep, synthetic_networks
+from analysis.tables import wide_table
 
 
 def networks_frame(n: int = 4) -> pd.DataFrame:
@@ -87,6 +88,10 @@ def test_a_checkpoint_the_sweep_does_not_have_is_named_with_those_it_has(sweep):
     assert analysis.load(sweep[0], checkpoint="init").wide["jacobian_softmax"].notna().any()
     with pytest.raises(ValueError, match=r"no rows at checkpoint 'final'; this sweep's checkpoints: .*end"):
         analysis.load(sweep[0], checkpoint="final")
+    # The final checkpoint may not be scored yet (only init is): no metric columns, no error.
+    tables = analysis.load(sweep[0])
+    scores = tables.scores[tables.scores["checkpoint"] == "init"]
+    assert wide_table(tables.networks, scores).columns.tolist() == tables.networks.columns.tolist()
 
 
 def test_wide_matches_the_documented_pandas_recipe(sweep):

@@ -125,6 +125,20 @@ def test_commands_on_a_folder_that_is_not_a_sweep(command, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("command", ["status", "resume", "score", "report"])
+def test_commands_on_a_folder_whose_plan_is_damaged(command, tmp_path, capsys):
+    (tmp_path / "sweep.json").write_text('{"name": ')
+    code, text = run_cli(capsys, command, tmp_path)
+    assert code == 2 and f"{tmp_path}/sweep.json is damaged (JSONDecodeError" in text, text
+    assert "Traceback" not in text
+
+
+def test_storage_schemes_pyarrow_knows_beyond_the_usual_are_taken(tmp_path, capsys):
+    code, text = run_cli(capsys, "run", spec_file(tmp_path, GOOD), "--storage", f"local://{tmp_path}/store",
+                         "--dry-run")
+    assert code == 0, text
+
+
+@pytest.mark.parametrize("command", ["status", "resume", "score", "report"])
 def test_commands_on_a_uri_that_no_file_system_opens(command, capsys):
     code, text = run_cli(capsys, command, "s3a://bucket/sweeps/digits-20261206-120000")
     assert code == 2 and "pyarrow cannot open s3a://" in text and "s3://" in text, text

@@ -112,6 +112,9 @@ def test_numbers_in_exponent_notation_are_numbers_as_in_toml(tmp_path):
     spec = tmp_path / "rates.yaml"
     spec.write_text(yaml.safe_dump(VALID).replace("0.03", "3e-2").replace("0.001", "1e-3"))
     assert "3e-2" in spec.read_text() and load_spec(spec) == parse_spec(VALID)
+    # Text fields keep the text as written.
+    spec.write_text(yaml.safe_dump(VALID).replace("name: small", "name: 1e5\nstorage: 2e3"))
+    assert (load_spec(spec).name, load_spec(spec).storage) == ("1e5", "2e3")
 
 
 def test_a_folder_named_like_a_preset_does_not_hide_it(tmp_path, monkeypatch):

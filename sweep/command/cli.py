@@ -26,7 +26,7 @@ from sweep.plan import costs, planner, storage, sweep_plan
 from sweep.plan.networks import limit_networks
 from sweep.plan.planner import plan_summary
 from sweep.plan.presets import list_presets, preset_path
-from sweep.plan.spec import SpecError, check_sweep_name, load_spec, spec_schema
+from sweep.plan.spec import MAX_GPU_MEMORY_GIB, SpecError, check_sweep_name, load_spec, spec_schema
 from sweep.scoring.settings import ScoringSettings
 from sweep.scoring.table_writer import TableWriter
 from sweep.training import checkpoints
@@ -138,9 +138,6 @@ def _spec_text(source: str) -> tuple[str, str]:
     return preset_path(source).read_text(), ".yaml"
 
 
-MAX_GPU_MEMORY_GIB = 4096  # far above any card's: beyond it a typo, or inf
-
-
 def plan_run(args):
     """Validate everything the user gave before any Ray process starts. A dry run plans on a
     machine without the data or the GPUs too, and says what a real run would refuse."""
@@ -184,9 +181,9 @@ def plan_run(args):
             check_available(data_spec)
         except DataError as exc:
             problems.append(str(exc))
-    if not args.address:
+    if not args.address and not ray_started():  # an embedding program's Ray has the resources it chose
         problems += planner.local_problems(spec, bundles, os.cpu_count() or 1, len(planner.local_cards()),
-                                           planner.local_memory_bytes())
+                                           planner.local_memory_bytes(), scoring=not args.no_score)
     if problems and not args.dry_run:
         raise UsageError("\n".join(problems))
     where = sweep_plan.resolve_storage(args.storage or spec.storage)
@@ -201,6 +198,12 @@ def plan_run(args):
     return plan, spec, bundles, card, problems
 
 
+def ray_started() -> bool:
+    """Whether this process already runs Ray (an embedding program, a test session), without
+    importing it."""
+    return "ray" in sys.modules and sys.modules["ray"].is_initialized()
+
+
 def start_ray(address: str | None, log_file: str | None = None) -> None:
     """Start or join Ray; with `log_file`, Ray's and Tune's own messages (their hints, warnings
     and experiment summaries) go there, so the terminal shows the sweep's progress only."""
@@ -212,8 +215,6 @@ def start_ray(address: str | None, log_file: str | None = None) -> None:
         route_ray_logs(log_file)
     if ray.is_initialized():  # an embedding program (or a test session) already chose its Ray
         return
-    if address:
-        check_reachable(address)
     try:
         if address:
             ray.init(address=address, log_to_driver=False)
@@ -318,8 +319,6 @@ def cmd_run(args) -> int:
         for problem in problems:
             print(f"sweep: warning: a real run would stop here: {problem}", file=sys.stderr)
         return 0
-    if args.address:
-        check_reachable(args.address)  # before the sweep's folder is made: a mistyped address leaves none
     try:
         sweep_plan.ensure_writable(plan.storage)
     except PermissionError as exc:
@@ -358,6 +357,8 @@ def guarded(plan, command: str, args, body):
     """`body()` with the sweep's lock held, Ray started (its own messages to sweep.log unless
     --verbose) and interrupts caught: (its result, None), or (None, the exit status) when a
     signal stopped it, having said what finished and how to continue."""
+    if args.address and not ray_started():
+        check_reachable(args.address)  # before the lock and the log file: a mistyped address leaves no sweep folder
     try:
         with locks.holding(plan.sweep_dir, command):
             start_ray(args.address, ray_log_file(plan, args.verbose))

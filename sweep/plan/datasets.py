@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -59,11 +60,16 @@ def dataset_info(data: DataSpec) -> DatasetInfo:
         test_size=min(n_test, data.test_size) if n_test and data.test_size else (data.test_size or n_test))
 
 
+def class_images(folder: Path) -> list[Path]:
+    """A class folder's images as torchvision's ImageFolder finds them: at any depth, through links."""
+    return [Path(root) / name for root, _, names in sorted(os.walk(folder, followlinks=True))
+            for name in sorted(names) if Path(name).suffix.lower() in IMAGE_SUFFIXES]
+
+
 @functools.lru_cache(maxsize=16)
 def _image_folder_info(path: str) -> DatasetInfo:
     def images(split: Path) -> list[Path]:
-        return [f for c in sorted(split.iterdir()) if c.is_dir() for f in sorted(c.iterdir())
-                if f.suffix.lower() in IMAGE_SUFFIXES]
+        return [f for c in sorted(split.iterdir()) if c.is_dir() for f in class_images(c)]
 
     try:
         root = Path(path)

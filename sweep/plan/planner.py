@@ -19,6 +19,7 @@ Nothing here imports torch or Ray: `sweep run --dry-run` shows the plan on any m
 from __future__ import annotations
 
 import collections
+import functools
 import math
 import os
 import shutil
@@ -55,17 +56,18 @@ class Card:
         return self.memory_gib * 2**30 * USABLE
 
 
-def local_cards() -> list[Card]:
-    """This machine's cards (nvidia-smi, so the driver never imports torch)."""
+@functools.cache
+def local_cards() -> tuple[Card, ...]:
+    """This machine's cards (nvidia-smi, so the driver never imports torch), asked once."""
     if shutil.which("nvidia-smi") is None:
-        return []
+        return ()
     try:
         out = subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total", "--format=csv,noheader,nounits"],
                              capture_output=True, text=True, timeout=20, check=True).stdout
     except (OSError, subprocess.SubprocessError):
-        return []
+        return ()
     cards = [line.rsplit(",", 1) for line in out.strip().splitlines() if "," in line]
-    return [Card(float(mib) / 1024, f"this machine's {name.strip()}") for name, mib in cards]
+    return tuple(Card(float(mib) / 1024, f"this machine's {name.strip()}") for name, mib in cards)
 
 
 def local_card() -> Card | None:
@@ -76,22 +78,25 @@ def local_card() -> Card | None:
 def local_memory_bytes() -> int | None:
     """This machine's physical memory; None where the OS does not say."""
     try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (AttributeError, ValueError, OSError):
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):  # no sysconf (Windows), or no such name
         return None
+    return total if total > 0 else None  # -1: the OS does not know
 
 
 def local_problems(spec: SweepSpec, bundles: list[BundleConfig], cpus: int, gpus: int,
-                   memory_bytes: int | None) -> list[str]:
+                   memory_bytes: int | None, scoring: bool = True) -> list[str]:
     """Why a run on this machine alone (`cpus` cores, `gpus` cards, `memory_bytes` of memory) could
     not finish: Ray leaves a trial or an actor that asks more of a node than it has pending for
-    ever, and a CPU bundle larger than the memory fails as it trains."""
+    ever, and a CPU bundle larger than the memory fails as it trains. Scoring actors count only
+    where `scoring` starts them."""
     res, problems = spec.resources, []
+    actors = scoring and res.scoring_actors != 0
     asks = [("cpus_per_trial", res.cpus_per_trial, cpus, "CPU core(s)"),
-            ("cpus_per_scoring_actor", res.cpus_per_scoring_actor, cpus, "CPU core(s)")]
+            *([("cpus_per_scoring_actor", res.cpus_per_scoring_actor, cpus, "CPU core(s)")] if actors else [])]
     if gpus:  # no card at all is refused on its own, for the spec as a whole
         asks += [("gpus_per_trial", res.gpus_per_trial, gpus, "GPU(s)"),
-                 ("gpus_per_scoring_actor", res.gpus_per_scoring_actor, gpus, "GPU(s)")]
+                 *([("gpus_per_scoring_actor", res.gpus_per_scoring_actor, gpus, "GPU(s)")] if actors else [])]
     for key, asked, have, unit in asks:
         if asked != AUTO and asked > have:
             problems.append(f"resources.{key}: {asked:g}, but this machine has {have} {unit} and Ray would never "

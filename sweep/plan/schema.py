@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal, TypeVar, Union
 
 import pydantic
 import pydantic.dataclasses
-from pydantic import AfterValidator, ConfigDict, Discriminator, Field, Strict, Tag, TypeAdapter
+from pydantic import AfterValidator, BeforeValidator, ConfigDict, Discriminator, Field, Strict, Tag, TypeAdapter
 from pydantic_core import PydanticCustomError
 
 AUTO = "auto"
@@ -30,7 +30,21 @@ section = functools.partial(pydantic.dataclasses.dataclass, frozen=True,
                             config=ConfigDict(extra="forbid", use_attribute_docstrings=True))
 
 Flag = Annotated[bool, Strict()]
-Text = Annotated[str, Strict(), Field(min_length=1)]
+class WrittenNumber(float):
+    """A number a YAML spec wrote in exponent notation (1e-3), which PyYAML's YAML 1.1 rules read as
+    text: a number field takes the float, a text field the text as written (a sweep named 1e5)."""
+
+    def __new__(cls, text: str) -> WrittenNumber:
+        number = super().__new__(cls, text.replace("_", ""))
+        number.text = text
+        return number
+
+
+def _as_written(value: Any) -> Any:
+    return value.text if isinstance(value, WrittenNumber) else value
+
+
+Text = Annotated[str, BeforeValidator(_as_written), Strict(), Field(min_length=1)]
 PositiveInt = Annotated[int, Strict(), Field(ge=1)]
 Count = Annotated[int, Strict(), Field(ge=0)]  # zero allowed
 PositiveNumber = Annotated[float, Strict(), Field(gt=0, allow_inf_nan=False)]

@@ -20,10 +20,11 @@ from pydantic import AfterValidator, Field, field_validator, model_validator
 from sweep.plan.datasets import DATASETS, dataset_info
 from sweep.plan.presets import list_presets, preset_path
 from sweep.plan.schema import (AUTO, Count, Flag, Fraction, PositiveInt, PositiveNumber, Share, SpecError, Text,
-                               grid_list, invalid, json_schema, one_of, or_auto, section, shown, validate)
+                               WrittenNumber, grid_list, invalid, json_schema, one_of, or_auto, section, shown, validate)
 from sweep.scoring.settings import ScoringSettings
 
 MIN_SPLIT = 3  # examples a split needs for scoring's ellipses
+MAX_GPU_MEMORY_GIB = 4096  # far above any card's: beyond it a typo
 
 # Beyond this a sweep's plan, trial table and driver state become unwieldy; split it instead.
 MAX_NETWORKS = 50_000
@@ -238,7 +239,7 @@ class Resources:
     gpus_per_scoring_actor: GpuShare = 0.0
     max_concurrent_trials: PositiveInt | None = None
     """null: as many as resources allow"""
-    gpu_memory_gib: PositiveNumber | None = None
+    gpu_memory_gib: Annotated[PositiveNumber, Field(le=MAX_GPU_MEMORY_GIB)] | None = None
     """the cards' memory; null: the local card's"""
 
     @property
@@ -357,8 +358,8 @@ MAX_SPEC_BYTES = 1 << 20  # a spec is a few kilobytes of text
 
 class _SpecLoader(yaml.SafeLoader):
     """YAML's safe subset, refusing a key given twice (YAML would keep the last silently), and
-    reading 1e-3 and 1.0e3 as numbers (YAML 1.2 and TOML do; PyYAML's 1.1 rules read them as text,
-    a learning rate the grid would refuse)."""
+    reading 1e-3 and 1.0e3 as numbers, as YAML 1.2 and TOML do (PyYAML's 1.1 rules read them as
+    text, a learning rate the grid would refuse), that text fields take back as written."""
 
     def construct_mapping(self, node, deep=False):
         seen = set()
@@ -371,10 +372,10 @@ class _SpecLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep)
 
 
+_EXPONENT = "tag:sensitivity-sweep,2026:exponent"
 _SpecLoader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
-    list("-+0123456789."))
+    _EXPONENT, re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"), list("-+0123456789."))
+_SpecLoader.add_constructor(_EXPONENT, lambda loader, node: WrittenNumber(loader.construct_scalar(node)))
 
 
 def _load_yaml(text: str, origin: str) -> Any:

@@ -18,31 +18,33 @@ import pyarrow.fs as pafs
 _OBJECT_STORES = frozenset({"s3", "gcs", "abfs"})
 
 
-# The schemes pyarrow's FileSystem.from_uri opens (it reads them case-sensitively), checked
-# without connecting so that a dry run stays offline.
+# The usual schemes of pyarrow's FileSystem.from_uri (it reads them case-sensitively): the ones
+# an error names, and the ones `check_uri` passes without opening (s3:// would ask the network
+# for the bucket's region, and a dry run stays offline).
 SCHEMES = ("file", "s3", "gs", "gcs", "abfs", "abfss", "hdfs", "viewfs")
 
 
 def check_uri(uri: str | os.PathLike) -> None:
-    """ValueError naming the schemes that work, for a URI whose scheme pyarrow cannot open."""
+    """ValueError naming the usual schemes, for a URI whose scheme pyarrow does not know."""
     text = os.fspath(uri)
-    scheme = text.partition("://")[0] if "://" in text else None
-    if scheme is not None and scheme not in SCHEMES:
-        raise ValueError(f"storage {text}: pyarrow cannot open {scheme}:// URIs; use a local or shared folder, "
-                         f"or a URI starting with {', '.join(s + '://' for s in SCHEMES)}")
+    if "://" in text and text.partition("://")[0] not in SCHEMES:
+        try:
+            resolve(text)  # an unknown scheme fails at once, before any connection
+        except OSError:  # a scheme pyarrow knows (local://, mock://); opening it is the run's to report
+            pass
 
 
 def resolve(uri: str | os.PathLike) -> tuple[pafs.FileSystem, str]:
     """The file system and the path inside it for a local path (relative allowed) or a URI;
-    ValueError for a URI pyarrow cannot open."""
+    ValueError for a URI whose scheme pyarrow does not know."""
     text = os.fspath(uri)
     if "://" not in text:
         return pafs.LocalFileSystem(), os.path.abspath(text)
-    check_uri(text)
     try:
         return pafs.FileSystem.from_uri(text)
-    except pa.ArrowInvalid as exc:
-        raise ValueError(f"storage {text}: {exc}") from None
+    except pa.ArrowInvalid:
+        raise ValueError(f"storage {text}: pyarrow cannot open {text.partition('://')[0]}:// URIs; use a local or "
+                         f"shared folder, or a URI starting with {', '.join(s + '://' for s in SCHEMES)}") from None
 
 
 def join(uri: str | os.PathLike, *parts: str) -> str:

@@ -75,7 +75,10 @@ def load_plan(sweep_dir: str) -> SweepPlan:
     where = resolve_storage(sweep_dir).rstrip("/")
     try:
         fs, path = storage.resolve(where)
-        plan = SweepPlan.from_json(storage.read_bytes(fs, f"{path}/{SWEEP_FILE}").decode())
+    except ValueError as exc:  # callers report what they cannot read as not found, with its message
+        raise FileNotFoundError(str(exc)) from None
+    try:
+        text = storage.read_bytes(fs, f"{path}/{SWEEP_FILE}")
     except FileNotFoundError:
         raise FileNotFoundError(
             f"{sweep_dir} is not a sweep directory (no {SWEEP_FILE}); pass the folder that "
@@ -86,8 +89,13 @@ def load_plan(sweep_dir: str) -> SweepPlan:
             f"cannot read {sweep_dir}/{SWEEP_FILE}: {exc}; check the path, and the network and "
             "credentials for its storage"
         ) from None
-    except ValueError as exc:  # a URI no file system opens
-        raise FileNotFoundError(str(exc)) from None
+    try:
+        plan = SweepPlan.from_json(text.decode())
+    except (ValueError, KeyError, TypeError) as exc:
+        raise FileNotFoundError(
+            f"{sweep_dir}/{SWEEP_FILE} is damaged ({type(exc).__name__}: {exc}); `sweep run` writes it "
+            "once, before any trial starts: restore it from a copy of the sweep's folder"
+        ) from None
     parent, _, name = where.rpartition("/")
     return dataclasses.replace(plan, storage=parent, name=name)
 

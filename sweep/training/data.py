@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sweep.plan.datasets import DATASETS, IMAGE_SUFFIXES
+from sweep.plan.datasets import DATASETS, IMAGE_SUFFIXES, class_images
 from sweep.plan.spec import DataSpec
 
 DEFAULT_DATA_ROOT = "~/.cache/sensitivity-sweep/data"
@@ -104,8 +104,7 @@ def _image_folder_splits(root: Path) -> tuple[Path, Path]:
                             f"path must hold train/<class>/*.jpg and test/<class>/*.jpg")
     for split in splits:
         # torchvision's ImageFolder refuses a class without images, but only once a trial loads it
-        empty = sorted(c.name for c in split.iterdir() if c.is_dir() and not any(
-            f.suffix.lower() in IMAGE_SUFFIXES and f.is_file() for f in c.rglob("*")))
+        empty = sorted(c.name for c in split.iterdir() if c.is_dir() and not class_images(c))
         if empty:
             raise DataError(f"image_folder: {len(empty)} class folder(s) of {split} hold no images "
                             f"({', '.join(empty[:5])}{', ...' if len(empty) > 5 else ''}); give each class "
