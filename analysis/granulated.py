@@ -34,9 +34,9 @@ def granulated_kendall(
 ) -> pd.DataFrame:
     """ψ_h for every metric and hyperparameter, and Ψ per metric (rows with hyperparam == PSI).
 
-    `hyperparams` defaults to the HYPERPARAMS columns that vary among the included networks, but
-    the seed: networks of different seeds are kept in different groups, but seeds are samples, not
-    a hyperparameter, so they get no ψ (Jiang et al. average over hyperparameters).
+    `hyperparams` defaults to the HYPERPARAMS columns that vary among the included networks, less
+    the seed: seeds are samples, not a hyperparameter, so they get no ψ and stay out of Ψ (Jiang
+    et al. average over hyperparameters), though networks of different seeds never share a group.
     Diverged/failed networks and networks missing the metric or target are excluded and counted.
     Groups (of networks with values) that have fewer than two networks, or where metric or
     target is constant, have no τ: they are counted in `n_groups_undefined` and left out of the
