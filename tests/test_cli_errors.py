@@ -52,6 +52,8 @@ CASES = {
     "one data set listed twice": (GOOD.replace("datasets: [digits]",
                                                "datasets: [digits, {name: digits, data_root: /elsewhere}]"),
                                   "datasets[1]: lists the same data twice"),
+    "full batch written twice": (GOOD.replace("depths: [1]", "depths: [1]\n  batch_sizes: [full, null]"),
+                                 'full batch (null and "full" are the same) is there twice'),
     "a split too small to score": (GOOD.replace("datasets: [digits]", "datasets: [{name: digits, test_size: 2}]"),
                                    "test_size: at least 3"),
     "storage pyarrow cannot open": (GOOD + "storage: s3a://bucket/sweeps\n", "pyarrow cannot open s3a://"),

@@ -5,6 +5,7 @@ import dataclasses
 import functools
 import json
 import math
+import os
 import time
 from pathlib import Path
 
@@ -463,6 +464,13 @@ def test_presets_show_the_cost_model_not_hand_typed_guesses(capsys):
         cost = costs.project(bundles, spec.budget, spec.scoring, costs.reference_gpu(), per_card,
                              spec.checkpoints.every_epochs)
         assert f"{len(bundles)} bundles; projected {costs.hours(cost.total_s)} on one NVIDIA H200" in out
+        if card is None:  # CPU presets say their time on this machine's cores too, as their dry run does
+            run = costs.project(bundles, spec.budget, spec.scoring, costs.reference_cpu(), {},
+                                spec.checkpoints.every_epochs)
+            trials = min(math.floor(os.cpu_count() / spec.resources.cpus_per_trial), len(bundles))
+            assert (f"on {os.cpu_count()} CPU core(s), {trials} trial(s) at once: training about "
+                    f"{costs.hours(run.training_s / trials)}") in out
+    assert sum(planner.card_for(load_spec(name), assume=True) is None for name, _ in list_presets()) == 2
 
 
 def test_an_image_folder_is_sized_from_its_files(tmp_path):

@@ -123,6 +123,9 @@ def cmd_presets(args) -> int:
         bundles = planner.expand(spec, card)
         cost = planner.reference_projection(spec, bundles, card)
         print(f"{name:20s} {description}")
+        if card is None:  # a CPU preset: its time on this machine first
+            cpu = planner.cpu_projection_text(spec, bundles, planner.cpu_projection(spec, bundles), os.cpu_count())
+            print(f"{'':20s} {cpu}")
         print(f"{'':20s} {len(bundles)} bundles; projected {costs.hours(cost.total_s)} on one {reference.name} "
               f"({costs.hours(cost.total_budget_s)} if every network runs its budget); `sweep run {name} --dry-run` "
               "shows how")

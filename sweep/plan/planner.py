@@ -406,6 +406,20 @@ def reference_projection(spec: SweepSpec, bundles: list[BundleConfig], card: Car
                          spec.checkpoints.every_epochs)
 
 
+def cpu_projection(spec: SweepSpec, bundles: list[BundleConfig]) -> costs.Projection:
+    """The sweep on the reference CPU's cores, each trial on its `cpus_per_trial`."""
+    return costs.project(bundles, spec.budget, spec.scoring, costs.reference_cpu(), {}, spec.checkpoints.every_epochs)
+
+
+def cpu_projection_text(spec: SweepSpec, bundles: list[BundleConfig], run: costs.Projection, cpus: int | None) -> str:
+    """`run` spread over `cpus` cores, as many trials at once as their `cpus_per_trial` allow."""
+    cores = max(1, cpus or 1)
+    trials = min(max(1, math.floor(cores / max(spec.resources.cpus_per_trial, 1e-9))), len(bundles))
+    return (f"on {cores} CPU core(s), {trials} trial(s) at once: training about {costs.hours(run.training_s / trials)} "
+            f"({costs.hours(run.training_budget_s / trials)} if every network runs its budget), "
+            f"scoring about {costs.hours(run.scoring_s / cores)} of all cores")
+
+
 def projection_lines(spec: SweepSpec, bundles: list[BundleConfig], card: Card | None,
                      cpus: int | None) -> list[str]:
     """The projected time on the spec's resources and on one reference card, and how."""
@@ -413,15 +427,8 @@ def projection_lines(spec: SweepSpec, bundles: list[BundleConfig], card: Card | 
     gpu = reference_projection(spec, bundles, card)
     lines = ["projected time (sweep.plan.costs; calibration in sweep/plan/calibration.json):"]
     if not card:
-        cpu = costs.reference_cpu()
-        cores = max(1, cpus or 1)
-        parallel = max(1, math.floor(cores / max(spec.resources.cpus_per_trial, 1e-9)))
-        run = costs.project(bundles, spec.budget, spec.scoring, cpu, {}, spec.checkpoints.every_epochs)
-        lines.append(
-            f"  on {cores} CPU core(s), {min(parallel, len(bundles))} trial(s) at once: training about "
-            f"{costs.hours(run.training_s / min(parallel, len(bundles)))} "
-            f"({costs.hours(run.training_budget_s / min(parallel, len(bundles)))} if every network runs its budget), "
-            f"scoring about {costs.hours(run.scoring_s / cores)} of all cores")
+        run = cpu_projection(spec, bundles)
+        lines.append("  " + cpu_projection_text(spec, bundles, run, cpus))
     lines.append(
         f"  on one {reference.name}: {costs.hours(gpu.total_s)} of the card "
         f"({costs.hours(gpu.total_budget_s)} if every network runs its budget): training "

@@ -62,8 +62,12 @@ def invalid(message: str, key: str = "") -> PydanticCustomError:
 
 
 def _distinct(values: tuple) -> tuple:
-    if len(set(values)) != len(values):
-        raise invalid(f"duplicate values in {shown(list(values))}; give each once")
+    again = [v for i, v in enumerate(values) if v in values[:i]]
+    if again:
+        # None is a grid's full batch, which a spec may write as null or "full"
+        written = ["full" if v is None else v for v in values]
+        twice = 'full batch (null and "full" are the same)' if again[0] is None else shown(again[0])
+        raise invalid(f"duplicate values in {shown(written)}: {twice} is there twice; give each once")
     return values
 
 
