@@ -184,9 +184,9 @@ def plan_run(args):
             check_available(data_spec)
         except DataError as exc:
             problems.append(str(exc))
-    if not args.address and not ray_started():  # an embedding program's Ray has the resources it chose
-        problems += planner.local_problems(spec, bundles, os.cpu_count() or 1, len(planner.local_cards()),
-                                           planner.local_memory_bytes(), scoring=not args.no_score)
+    if not args.address:
+        problems += planner.local_problems(spec, bundles, *local_resources(), planner.local_memory_bytes(),
+                                           scoring=not args.no_score)
     if problems and not args.dry_run:
         raise UsageError("\n".join(problems))
     where = sweep_plan.resolve_storage(args.storage or spec.storage)
@@ -205,6 +205,15 @@ def ray_started() -> bool:
     """Whether this process already runs Ray (an embedding program, a test session), without
     importing it."""
     return "ray" in sys.modules and sys.modules["ray"].is_initialized()
+
+
+def local_resources() -> tuple[float, int]:
+    """The cores and cards a run without --address gets: those of the Ray this process already
+    runs (an embedding program's choice), else this machine's."""
+    if ray_started():
+        have = sys.modules["ray"].cluster_resources()
+        return have.get("CPU", 0.0), int(have.get("GPU", 0))
+    return os.cpu_count() or 1, len(planner.local_cards())
 
 
 def start_ray(address: str | None, log_file: str | None = None) -> None:

@@ -84,7 +84,7 @@ def local_memory_bytes() -> int | None:
     return total if total > 0 else None  # -1: the OS does not know
 
 
-def local_problems(spec: SweepSpec, bundles: list[BundleConfig], cpus: int, gpus: int,
+def local_problems(spec: SweepSpec, bundles: list[BundleConfig], cpus: float, gpus: int,
                    memory_bytes: int | None, scoring: bool = True) -> list[str]:
     """Why a run on this machine alone (`cpus` cores, `gpus` cards, `memory_bytes` of memory) could
     not finish: Ray leaves a trial or an actor that asks more of a node than it has pending for
@@ -99,8 +99,8 @@ def local_problems(spec: SweepSpec, bundles: list[BundleConfig], cpus: int, gpus
                  *([("gpus_per_scoring_actor", res.gpus_per_scoring_actor, gpus, "GPU(s)")] if actors else [])]
     for key, asked, have, unit in asks:
         if asked != AUTO and asked > have:
-            problems.append(f"resources.{key}: {asked:g}, but this machine has {have} {unit} and Ray would never "
-                            f"start one that asks more; use at most {have}, or pass --address of a cluster whose "
+            problems.append(f"resources.{key}: {asked:g}, but this machine has {have:g} {unit} and Ray would never "
+                            f"start one that asks more; use at most {have:g}, or pass --address of a cluster whose "
                             "nodes have that many")
     sized = [(need, bundle) for bundle in bundles if (need := estimate_bundle_bytes(bundle)) is not None]
     if res.uses_gpus or not memory_bytes or not sized:
