@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -60,10 +61,11 @@ def dataset_info(data: DataSpec) -> DatasetInfo:
         test_size=min(n_test, data.test_size) if n_test and data.test_size else (data.test_size or n_test))
 
 
-def class_images(folder: Path) -> list[Path]:
-    """A class folder's images as torchvision's ImageFolder finds them: at any depth, through links."""
-    return [Path(root) / name for root, _, names in sorted(os.walk(folder, followlinks=True))
-            for name in sorted(names) if Path(name).suffix.lower() in IMAGE_SUFFIXES]
+def class_images(folder: Path) -> Iterator[Path]:
+    """A class folder's images as torchvision's ImageFolder finds them: at any depth, through links;
+    lazily, so that asking for the first stops there."""
+    return (Path(root) / name for root, _, names in sorted(os.walk(folder, followlinks=True))
+            for name in sorted(names) if Path(name).suffix.lower() in IMAGE_SUFFIXES)
 
 
 @functools.lru_cache(maxsize=16)

@@ -30,6 +30,8 @@ section = functools.partial(pydantic.dataclasses.dataclass, frozen=True,
                             config=ConfigDict(extra="forbid", use_attribute_docstrings=True))
 
 Flag = Annotated[bool, Strict()]
+
+
 class WrittenNumber(float):
     """A number a YAML spec wrote in exponent notation (1e-3), which PyYAML's YAML 1.1 rules read as
     text: a number field takes the float, a text field the text as written (a sweep named 1e5)."""
@@ -62,13 +64,13 @@ def invalid(message: str, key: str = "") -> PydanticCustomError:
 
 
 def _distinct(values: tuple) -> tuple:
-    again = [v for i, v in enumerate(values) if v in values[:i]]
-    if again:
-        # None is a grid's full batch, which a spec may write as null or "full"
-        written = ["full" if v is None else v for v in values]
-        twice = 'full batch (null and "full" are the same)' if again[0] is None else shown(again[0])
-        raise invalid(f"duplicate values in {shown(written)}: {twice} is there twice; give each once")
-    return values
+    if len(set(values)) == len(values):
+        return values
+    again = next(v for i, v in enumerate(values) if v in values[:i])
+    # None is a grid's full batch, which a spec may write as null or "full"
+    written = ["full" if v is None else v for v in values]
+    twice = 'full batch (null and "full" are the same)' if again is None else shown(again)
+    raise invalid(f"duplicate values in {shown(written)}: {twice} is there twice; give each once")
 
 
 def grid_list(item: Any) -> Any:

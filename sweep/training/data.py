@@ -104,7 +104,7 @@ def _image_folder_splits(root: Path) -> tuple[Path, Path]:
                             f"path must hold train/<class>/*.jpg and test/<class>/*.jpg")
     for split in splits:
         # torchvision's ImageFolder refuses a class without images, but only once a trial loads it
-        empty = sorted(c.name for c in split.iterdir() if c.is_dir() and not class_images(c))
+        empty = sorted(c.name for c in split.iterdir() if c.is_dir() and next(class_images(c), None) is None)
         if empty:
             raise DataError(f"image_folder: {len(empty)} class folder(s) of {split} hold no images "
                             f"({', '.join(empty[:5])}{', ...' if len(empty) > 5 else ''}); give each class "
