@@ -11,6 +11,7 @@ from .jacobian import jacobian_norms, softmax_jacobian_norm
 from .measures import (distance_from_init, frobenius_margin, margin_quantile, pacbayes_mag_flatness,
                        pacbayes_sharpness, pacbayes_sigma, spectral_margin)
 from .nets import MLP, Population, as_mlp, forward, stack, unstack
+from .precision import exact, float32_precision
 from .profiles import trajectory_profile
 from .regions import codes, transition_counts
 from .slices import SliceMap, slice_codes
@@ -31,6 +32,8 @@ __all__ = [
     "codes",
     "distance_from_init",
     "ellipse",
+    "exact",
+    "float32_precision",
     "forward",
     "frobenius_margin",
     "jacobian_norms",

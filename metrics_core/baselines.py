@@ -13,6 +13,7 @@ from torch import Tensor
 from .activations import Activation
 from .convnets import Act, Conv, ConvNet, Dense, Norm, conv
 from .nets import MLP, Net, Population, as_population, batch, chunks, logit_floats, logits_of
+from .precision import exact
 
 POWER_ITERATIONS = 1000  # at most; stops once every estimate changes by under POWER_TOLERANCE
 POWER_TOLERANCE = 1e-10
@@ -22,7 +23,7 @@ def _per_model(net: Net, values: Tensor) -> Tensor:
     return values if isinstance(net, MLP | ConvNet) else values.squeeze(0)
 
 
-@torch.no_grad()
+@exact
 def param_count(net: Net) -> Tensor:
     """Weights and biases per network (int64)."""
     population = as_population(net)
@@ -30,13 +31,13 @@ def param_count(net: Net) -> Tensor:
     return _per_model(net, torch.full((population.num_models,), count, dtype=torch.int64))
 
 
-@torch.no_grad()
+@exact
 def weight_norm_sq(net: Net) -> Tensor:
     """Σ_l ‖W_l‖²_F over the weight matrices and convolution kernels."""
     return _per_model(net, sum(w.square().flatten(1).sum(1) for w in as_population(net).weights))
 
 
-@torch.no_grad()
+@exact
 def operator_norms(net: Population) -> Tensor:
     """‖W_l‖₂ [L, M] of every weight layer: the largest singular value of a weight matrix, or
     of the linear operator a convolution applies to its input; NaN for non-finite weights."""
@@ -85,20 +86,22 @@ def conv_operator_norm(layer: Conv, input_shape: tuple[int, int, int]) -> Tensor
     return sigma.to(layer.weight.dtype)
 
 
-@torch.no_grad()
+@exact
 def spectral_product(net: Net) -> Tensor:
     """Π_l ‖W_l‖₂ over the weight layers (`operator_norms`); NaN for a network with
     non-finite weights."""
     return _per_model(net, operator_norms(as_population(net)).prod(0))
 
 
-@torch.no_grad()
+@exact
 def path_norm(net: Net) -> Tensor:
     """sqrt(Σ over input→output paths of Π w²), biases excluded (the ℓ2 path norm of Neyshabur
-    et al. 2015), accumulated in float64: the network with every weight squared, no biases and
-    no activation run on an input of ones. For an MLP that is sqrt(1ᵀ|W_L|²…|W_1|² 1); a
-    ConvNet keeps its pools (a max-pool takes its window's largest path sum, as Jiang et al.
-    2020 evaluate it) and squares a Norm layer's scale."""
+    et al. 2015), accumulated in float64: the network with every parameter squared, no biases
+    and no activation run on an input of ones (Jiang et al. 2020's f_{w²}(1)). For an MLP that
+    is sqrt(1ᵀ|W_L|²…|W_1|² 1). A ConvNet squares a Norm layer's scale and keeps its pools, which
+    hold no parameters, as they are (as Jiang et al. evaluate it): a max-pool takes its window's
+    largest path sum, and an average pool's 1/s² weights stay unsquared, so with average pools
+    this is Jiang's measure, not the sum over paths."""
     population = as_population(net)
     if isinstance(population, MLP):
         v = torch.ones(population.num_models, population.input_dim, 1, dtype=torch.float64, device=population.device)
@@ -121,7 +124,7 @@ def _squared(layer):
     return Act() if isinstance(layer, Act) else layer
 
 
-@torch.no_grad()
+@exact
 def margin(net: Net, x: Tensor, y: Tensor, *, chunk_size: int | None = None) -> Tensor:
     """True-class logit minus the largest other logit per point ([N] or [M, N]); negative
     where the point is misclassified. y: int labels [N] (or [M, N] per model)."""

@@ -2,10 +2,17 @@
 
 Route (see docs/performance.md): the forward pass records D_l = σ'(h_l); the backward chain
 G = W_L D_{L-1} W_{L-1} … D_1 is formed for all points of a chunk as one batched matmul per
-layer; the per-point logit Gram matrix K = J Jᵀ is G (W₁W₁ᵀ) Gᵀ when the input is wider than
-the first hidden layer (never forming the C×d Jacobian), else J Jᵀ with J = G W₁. Both norms
-follow from K: ‖J‖² = tr K and ‖A J‖² = Σ_i p_i² r_iᵀ K r_i for the softmax Jacobian
-A = diag(p) − ppᵀ, whose row i is p_i·r_i with r_i = e_i − p.
+layer; the per-point Gram matrix of the Jacobian's rows is G (W₁W₁ᵀ) Gᵀ when the input is wider
+than the first hidden layer (never forming the C×d Jacobian), else J Jᵀ with J = G W₁. Both
+norms follow from it: ‖J‖² = tr J Jᵀ and ‖A J‖² = Σ_i p_i² r_iᵀ (J Jᵀ) r_i for the softmax
+Jacobian A = diag(p) − ppᵀ, whose row i is p_i·r_i with r_i = e_i − p.
+
+The rows are centred first: the Gram is that of the C rows less their mean j̄, and of j̄ (the
+"centred Gram", [C+1, C+1]). A annihilates a part common to all rows (r_i sums to 0), so the
+softmax norm needs the centred rows only, and ‖J‖² = Σ_c ‖J_c − j̄‖² + C‖j̄‖² adds non-negative
+terms. Without centring, a large common part (a direction every logit moves along: SGD on the
+cross-entropy keeps the last layer's mean row, Adam and RMSprop can grow it) would cancel inside
+r_iᵀ K r_i, and float32's error would grow with its square.
 
 Convolutional networks (`ConvNet`) take the generic exact route: the C rows of J from C
 vector-Jacobian products, batched over classes, points and models in one backward pass after
@@ -21,11 +28,13 @@ from torch import Tensor
 
 from .convnets import ConvNet, run
 from .nets import MLP, Net, batch, chunks, preactivations
+from .precision import exact, float32_precision
 
 Output = Literal["softmax", "logits", "both"]
 _OUTPUTS = ("softmax", "logits", "both")
 
 
+@float32_precision()
 def softmax_jacobian_norm(logit_gram: Tensor, logits: Tensor) -> Tensor:
     """‖(diag(p) − ppᵀ) J‖_F from K = J Jᵀ [..., C, C] and the logits [..., C].
 
@@ -69,13 +78,18 @@ def backward_chain(mlp: MLP, hidden: list[Tensor]) -> Tensor:
     return g
 
 
+def centred_rows(rows: Tensor) -> Tensor:
+    """[..., C+1, h]: the C rows [..., C, h] less their mean, then the mean."""
+    mean = rows.mean(-2, keepdim=True)
+    return torch.cat([rows - mean, mean], dim=-2)
+
+
 def logit_gram(mlp: MLP, hidden: list[Tensor], first_gram: Tensor | None) -> Tensor:
-    """K = J Jᵀ per point, [M, n, C, C]; `first_gram` is W₁W₁ᵀ [M, h₁, h₁] on the Gram route."""
-    g = backward_chain(mlp, hidden)
+    """The centred Gram of J per point (see the module's docstring), [M, n, C+1, C+1];
+    `first_gram` is W₁W₁ᵀ [M, h₁, h₁] on the Gram route."""
+    g = centred_rows(backward_chain(mlp, hidden))
     m, n, c, h = g.shape
-    # A one-hidden-layer chain is a broadcast product whose layout follows the pre-activations'
-    # (points-major for a shared x), so it may need a copy here.
-    flat = g.reshape(m, n * c, h)
+    flat = g.view(m, n * c, h)
     if first_gram is not None:
         left = torch.bmm(flat, first_gram).view(m, n, c, h)
         return left @ g.transpose(-1, -2)
@@ -86,7 +100,7 @@ def logit_gram(mlp: MLP, hidden: list[Tensor], first_gram: Tensor | None) -> Ten
 def jacobian_floats(mlp: MLP) -> int:
     """Floats held per point while its Jacobian norms are computed (for chunk sizing)."""
     widest = max(mlp.hidden_sizes) if uses_gram(mlp) else max(*mlp.hidden_sizes, mlp.input_dim)
-    return 2 * mlp.num_models * mlp.num_classes * widest
+    return 2 * mlp.num_models * (mlp.num_classes + 1) * widest
 
 
 def first_layer_gram(mlp: MLP) -> Tensor | None:
@@ -98,13 +112,18 @@ def first_layer_gram(mlp: MLP) -> Tensor | None:
 
 
 def norms_from_gram(gram: Tensor, logits: Tensor, output: Output) -> tuple[Tensor | None, Tensor | None]:
-    """(softmax, logit) Jacobian norms from K = J Jᵀ and the logits; None where not asked for."""
-    logit = gram.diagonal(dim1=-2, dim2=-1).sum(-1).clamp_min(0).sqrt() if output != "softmax" else None
-    soft = softmax_jacobian_norm(gram, logits) if output != "logits" else None
+    """(softmax, logit) Jacobian norms from the centred Gram [..., C+1, C+1] and the logits
+    [..., C]; None where not asked for."""
+    c = gram.shape[-1] - 1
+    centred = gram[..., :c, :c]
+    logit = None
+    if output != "softmax":
+        logit = (centred.diagonal(dim1=-2, dim2=-1).sum(-1) + c * gram[..., c, c]).clamp_min(0).sqrt()
+    soft = softmax_jacobian_norm(centred, logits) if output != "logits" else None
     return soft, logit
 
 
-@torch.no_grad()
+@exact
 def jacobian_norms(
     net: Net, x: Tensor, output: Output = "softmax", *, chunk_size: int | None = None
 ) -> Tensor | tuple[Tensor, Tensor]:
@@ -147,7 +166,8 @@ def jacobian_norms(
 
 
 def conv_logit_gram(net: ConvNet, x: Tensor) -> tuple[Tensor, Tensor]:
-    """(K = J Jᵀ [M, n, C, C], logits [M, n, C]) of flat points x [n, d] or [M, n, d].
+    """(the centred Gram of J [M, n, C+1, C+1], logits [M, n, C]) of flat points x [n, d] or
+    [M, n, d].
 
     One forward pass, then C vector-Jacobian products, one per class's one-hot cotangent, as one
     batched backward pass (`is_grads_batched`): row i of every member's Jacobian at every point.
@@ -160,5 +180,5 @@ def conv_logit_gram(net: ConvNet, x: Tensor) -> tuple[Tensor, Tensor]:
         logits, _ = run(net, points)
         cotangents = torch.eye(c, dtype=logits.dtype, device=logits.device).view(c, 1, 1, c).expand(c, m, n, c)
         (rows,) = torch.autograd.grad(logits, points, cotangents, is_grads_batched=True)
-    jac = rows.reshape(c, m, n, d).permute(1, 2, 0, 3)  # [M, n, C, d]
+    jac = centred_rows(rows.reshape(c, m, n, d).permute(1, 2, 0, 3))  # [M, n, C+1, d]
     return jac @ jac.transpose(-1, -2), logits.detach()

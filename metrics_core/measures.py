@@ -19,15 +19,18 @@ from torch import Tensor
 
 from .baselines import _per_model, margin, operator_norms
 from .nets import CHUNK_BUDGET_FLOATS, Net, Population, as_population, batch, chunks, logit_floats, logits_of
+from .precision import exact
 
 MARGIN_QUANTILE = 0.1  # Jiang et al.: the 10th percentile of the training margins
 SIGMA_RANGE = (1e-6, 10.0)  # where σ′ is searched (log-bisection)
 MAGNITUDE_EPS = 1e-3  # the magnitude-aware noise's floor: N(0, σ′²w² + ε²)
 
 
-@torch.no_grad()
+@exact
 def distance_from_init(net: Net, init: Net) -> Tensor:
-    """‖θ − θ₀‖₂ over every trained parameter, θ₀ the same networks at initialisation."""
+    """‖θ − θ₀‖₂ over every parameter, θ₀ the same networks at initialisation; a ConvNet's Norm
+    layers count as they are evaluated (in inference mode: their scale and shift, with the
+    running statistics folded in)."""
     now = as_population(net)
     start = as_population(init).to(device=now.device, dtype=now.dtype)
     if [t.shape for t in now.parameters()] != [t.shape for t in start.parameters()]:
@@ -37,7 +40,7 @@ def distance_from_init(net: Net, init: Net) -> Tensor:
     return _per_model(net, total.sqrt().to(now.dtype))
 
 
-@torch.no_grad()
+@exact
 def margin_quantile(net: Net, x: Tensor, y: Tensor, q: float = MARGIN_QUANTILE, *,
                     chunk_size: int | None = None) -> Tensor:
     """The q-quantile of the output margins (true logit − largest other) over the points x."""
@@ -51,7 +54,7 @@ def _log_margin_normalized(norms: Tensor, gamma: Tensor) -> Tensor:
     return value.masked_fill(~(gamma > 0), float("nan"))
 
 
-@torch.no_grad()
+@exact
 def spectral_margin(net: Net, x: Tensor, y: Tensor, *, chunk_size: int | None = None) -> Tensor:
     """log(Π_l ‖W_l‖₂² / γ²), γ the 10th percentile of the training margins (Jiang's
     margin-normalized spectral product)."""
@@ -61,7 +64,7 @@ def spectral_margin(net: Net, x: Tensor, y: Tensor, *, chunk_size: int | None = 
     return _per_model(net, _log_margin_normalized(norms, gamma).to(population.dtype))
 
 
-@torch.no_grad()
+@exact
 def frobenius_margin(net: Net, x: Tensor, y: Tensor, *, chunk_size: int | None = None) -> Tensor:
     """log(Π_l ‖W_l‖_F² / γ²), γ as in `spectral_margin`."""
     population = as_population(net)
@@ -79,7 +82,7 @@ def _accuracy(net: Population, x: Tensor, y: Tensor, chunk_size: int | None) -> 
     return correct / b.num_points
 
 
-@torch.no_grad()
+@exact
 def pacbayes_sigma(net: Net, x: Tensor, y: Tensor, *, generator: torch.Generator | Sequence[torch.Generator],
                    magnitude_aware: bool = False,
                    samples: int = 10, depth: int = 15, target: float = 0.1, chunk_size: int | None = None) -> Tensor:
@@ -89,8 +92,9 @@ def pacbayes_sigma(net: Net, x: Tensor, y: Tensor, *, generator: torch.Generator
     (its lower end where even that is too much).
 
     Noise on every weight and bias: N(0, σ²) (PAC-Bayes sharpness) or, `magnitude_aware`,
-    N(0, σ²w² + ε²) with ε = MAGNITUDE_EPS (Jiang's magnitude-aware flatness). Each bisection step
-    draws, per sample, one standard-normal vector per model over all its parameters (layer by layer,
+    N(0, σ²w² + ε²) with ε = MAGNITUDE_EPS (Jiang's magnitude-aware flatness, as the paper writes
+    it: a standard deviation of √(σ²w² + ε²); its published code hands torch.normal the variance).
+    Each bisection step draws, per sample, one standard-normal vector per model over all its parameters (layer by layer,
     weights then bias): [M, P] at once from `generator`, or each model's [P] from its own when
     `generator` is a list of M of them (then a model's σ′ does not depend on which other models
     share the call).
@@ -119,7 +123,7 @@ def pacbayes_sigma(net: Net, x: Tensor, y: Tensor, *, generator: torch.Generator
             noisy = []
             for p, part in zip(params, noise.split(sizes, dim=1)):
                 scale = sigma.to(p.dtype).view((-1,) + (1,) * (p.dim() - 1))
-                scale = scale * p.abs() + MAGNITUDE_EPS if magnitude_aware else scale
+                scale = (scale * p).square().add(MAGNITUDE_EPS**2).sqrt() if magnitude_aware else scale
                 noisy.append((p + scale * part.view(count, *p.shape)).flatten(0, 1))
             perturbed = population.with_parameters(noisy)
             accuracy = _accuracy(perturbed, x, labels[: count * m] if y.dim() == 2 else y, chunk_size)

@@ -11,6 +11,7 @@ from torch import Tensor, nn
 
 from .activations import Activation
 from .convnets import ConvNet, as_convnet, images, run
+from .precision import exact
 
 # Floats one chunk of work may hold in its largest intermediate: 128 MiB of float32 on a
 # CPU; 512 MiB on a GPU, where fewer, larger chunks keep kernel launches from dominating.
@@ -400,7 +401,7 @@ def planar_points(vectors: Tensor, coefficients: Tensor) -> Tensor:
     return (weights @ vectors).reshape(m, n * k, -1)
 
 
-@torch.no_grad()
+@exact
 def forward(net: Net, x: Tensor, *, chunk_size: int | None = None) -> Tensor:
     """Logits: [N, C] for an nn.Sequential, [M, N, C] for an MLP or ConvNet."""
     b = batch(net, x)

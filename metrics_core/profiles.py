@@ -3,13 +3,13 @@ closed trajectories (the paper's manifold experiment)."""
 
 from __future__ import annotations
 
-
 import torch
 from torch import Tensor
 
 from .convnets import ConvNet, images, run
 from .jacobian import conv_logit_gram, first_layer_gram, jacobian_floats, logit_gram, norms_from_gram
 from .nets import MLP, Net, as_population, check_tensor, chunks, preactivations
+from .precision import exact
 from .regions import changes_along, code_changes
 
 
@@ -29,7 +29,7 @@ def region_gram(mlp: MLP, hidden: list[Tensor], first_gram: Tensor | None, start
     return gram.flatten(2).gather(1, region).view(m, p, c, c)
 
 
-@torch.no_grad()
+@exact
 def trajectory_profile(
     net: Net, z: Tensor, *, output: str = "softmax", chunk_size: int | None = None
 ) -> tuple[Tensor, Tensor]:

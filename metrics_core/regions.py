@@ -12,6 +12,7 @@ from torch import Tensor
 from .activations import Activation
 from .convnets import ConvNet, images, run
 from .nets import MLP, Batch, Net, batch, check_tensor, chunks, planar_points, planar_vectors, preactivations, propagate
+from .precision import exact
 from .trajectories import anchored_axes, angles, random_planes
 
 Layers = Literal["all", "last"]
@@ -34,7 +35,7 @@ def hidden_pieces(mlp: MLP, hidden: list[Tensor], layers: Layers = "all") -> Ten
     return torch.cat(pieces, dim=-1) if len(pieces) > 1 else pieces[0]
 
 
-@torch.no_grad()
+@exact
 def codes(net: Net, x: Tensor, *, layers: Layers = "all", chunk_size: int | None = None) -> Tensor:
     """Piece index (int8) of every hidden unit at each point: [N, H] for an nn.Sequential,
     [M, N, H] for an MLP; H counts the units of all hidden layers (or the last one).
@@ -209,7 +210,7 @@ def ellipse_axes(x: Tensor, partners: Tensor) -> tuple[Tensor, Tensor]:
     return centre, torch.stack([u, v], dim=-2)
 
 
-@torch.no_grad()
+@exact
 def transition_counts(
     net: Net,
     x: Tensor,

@@ -9,7 +9,9 @@ from torch import Tensor
 
 from .convnets import ConvNet
 from .nets import MLP, Net, as_population, check_tensor, chunks, planar_first_layer, propagate
+from .precision import exact
 from .regions import Layers, as_words, hidden_pieces, pieces_at
+
 
 @dataclass(frozen=True)
 class SliceMap:
@@ -82,7 +84,7 @@ def boundaries(region: Tensor) -> Tensor:
     return edge
 
 
-@torch.no_grad()
+@exact
 def slice_codes(
     net: Net,
     a: Tensor,

@@ -117,6 +117,28 @@ def test_image_folder_needs_train_and_test(tmp_path):
         check_available(DataSpec("image_folder", path=str(tmp_path)))
 
 
+def test_image_folder_needs_two_classes_and_the_same_ones_in_both_splits(tmp_path):
+    # ImageFolder numbers each split's classes alone: test/ without "bird" would shift its labels.
+    for split, names in (("train", ("bird", "cat", "dog")), ("test", ("cat", "dog", "eel"))):
+        for name in names:
+            (tmp_path / split / name).mkdir(parents=True)
+            (tmp_path / split / name / "0.png").write_bytes(b"")
+    spec = DataSpec("image_folder", path=str(tmp_path))
+    with pytest.raises(DataError, match=r"only in train/: \['bird'\], only in test/: \['eel'\]"):
+        check_available(spec)
+    for split, name in (("test", "bird"), ("train", "eel")):
+        (tmp_path / split / name).mkdir()
+        (tmp_path / split / name / "0.png").write_bytes(b"")
+    check_available(spec)
+    # One class: random labels could not be drawn, and there is nothing to classify.
+    one = tmp_path / "one"
+    for split in ("train", "test"):
+        (one / split / "cat").mkdir(parents=True)
+        (one / split / "cat" / "0.png").write_bytes(b"")
+    with pytest.raises(DataError, match=r"one class folder \(cat\); a classifier needs two"):
+        check_available(DataSpec("image_folder", path=str(one)))
+
+
 def test_image_folder_refuses_a_class_without_images_before_training(tmp_path):
     from torchvision.datasets import ImageFolder
 

@@ -104,6 +104,21 @@ def test_jacobian_norms_stay_exact_where_the_softmax_saturates():
     assert_relative(logit[0], logit_ref, 1e-4)
 
 
+def test_jacobian_norms_stay_exact_where_every_logit_shares_a_large_part():
+    # The head's rows share a direction 100 times their differences, which the softmax ignores.
+    nets = [vgg(activation=lambda: nn.LeakyReLU(0.1), seed=s) for s in range(2)]
+    with torch.no_grad():
+        for net in nets:
+            last = net[-1].weight
+            last += 100 * last.norm(dim=1).mean() * torch.nn.functional.normalize(torch.randn(last.shape[1]), dim=0)
+    x = torch.randn(6, *SHAPE)
+    soft, logit = jacobian_norms(stack_convnets(nets, SHAPE), x, "both")
+    for member, net in enumerate(nets):
+        soft_ref, logit_ref = reference_norms(OnePoint(net), x)
+        assert_relative(soft[member], soft_ref, 1e-5)
+        assert_relative(logit[member], logit_ref, 1e-5)
+
+
 def brute_code(net, point):
     """Every activated unit's piece and every max-pool window's first argmax, module by module
     (a ReLU's output is > 0 exactly where its input is; a hard-tanh's is at a bound exactly
@@ -209,7 +224,7 @@ def test_path_norm_sums_every_path():
             if isinstance(module, nn.Conv2d | nn.Linear):
                 module.weight.square_()
                 module.bias.zero_()
-        # A linear network of non-negative weights: its output on ones sums Π w² over all paths.
+        # Jiang et al.'s f_{w²}(1): every parameter squared, the pools (no parameters) as they are.
         expected = squared(torch.ones(1, *SHAPE, dtype=torch.float64)).sum().sqrt()
     torch.testing.assert_close(path_norm(as_convnet(net, SHAPE))[0].double(), expected, rtol=1e-6, atol=0)
 

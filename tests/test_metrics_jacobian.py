@@ -148,6 +148,26 @@ def test_trained_on_real_digits_then_saturated(shared_data):
     assert_relative(logit, logit_ref, 1e-4)
 
 
+@pytest.mark.parametrize("shape", [(20, (32,), 10), (24, (16, 12), 5), (8, (8, 6), 3)],
+                         ids=["gram-route", "gram-route-deep", "direct-route"])
+def test_rows_with_a_large_common_part_stay_exact(shape):
+    # Every logit also moves along one direction 100 times larger than the rows' differences
+    # (the softmax ignores it): the float32 Gram of the raw rows loses the differences.
+    d, widths, classes = shape
+    nets = [make_net(d, widths, classes, "leaky_relu", seed=s) for s in range(3)]  # (no point with J = 0)
+    with torch.no_grad():
+        for net in nets:
+            last = net[-1].weight
+            common = torch.randn(last.shape[1])
+            last += 100 * last.norm(dim=1).mean() * common / common.norm()
+    x = torch.randn(40, d)
+    soft, logit = jacobian_norms(stack(nets), x, "both")
+    for i, net in enumerate(nets):
+        expected_soft, expected_logit = reference_norms(net, x)
+        assert_relative(soft[i], expected_soft, 1e-5)
+        assert_relative(logit[i], expected_logit, 1e-5)
+
+
 @pytest.mark.parametrize("hidden", [(12, 10), (12,), (24,)])  # one hidden layer: both routes
 def test_population_equals_per_model_and_chunking(hidden):
     nets = [make_net(20, hidden, 5, "relu", seed=s) for s in range(3)]

@@ -92,7 +92,7 @@ def reference_sigma(net: nn.Sequential, x, y, draws, magnitude_aware: bool, samp
         sigma = math.exp((low + high) / 2)
         drop = 0.0
         for sample in range(samples):
-            noisy = [p + ((sigma * p.abs() + MAGNITUDE_EPS) if magnitude_aware else sigma) * e.double()
+            noisy = [p + ((sigma**2 * p**2 + MAGNITUDE_EPS**2).sqrt() if magnitude_aware else sigma) * e.double()
                      for p, e in zip(params, draws[step][sample])]
             drop += base - accuracy(noisy)
         if drop / samples <= target:
@@ -102,10 +102,13 @@ def reference_sigma(net: nn.Sequential, x, y, draws, magnitude_aware: bool, samp
     return math.exp(low)
 
 
-@pytest.mark.parametrize("magnitude_aware", [False, True])
-def test_pacbayes_sigma_matches_a_per_network_bisection(magnitude_aware):
+@pytest.mark.parametrize("magnitude_aware,scale", [(False, 1.0), (True, 1.0), (True, 0.03)])
+def test_pacbayes_sigma_matches_a_per_network_bisection(magnitude_aware, scale):
     x, y = data()
     nets = [trained(s, x, y, steps=100 + 100 * s) for s in range(3)]
+    with torch.no_grad():  # the same functions (ReLU is positively homogeneous), with first-layer
+        for net in nets:   # weights where the magnitude-aware noise's floor ε counts (scale 0.03)
+            net[0].weight.mul_(scale), net[0].bias.mul_(scale), net[2].weight.div_(scale)
     population = mc.stack(nets)
     samples, depth, target = 4, 8, 0.1
     got = mc.pacbayes_sigma(population, x, y, generator=torch.Generator().manual_seed(7),

@@ -61,12 +61,8 @@ def train_alone(config: NetworkConfig, data, epochs: int) -> torch.nn.Sequential
     n = len(labels)
     batch = config.batch_size or n
     pad, _ = augmentation_of(config, data.image_shape, data.hflip)
-    tf32 = torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = config.precision == "tf32"
-    try:
+    with mc.float32_precision(tf32=config.precision == "tf32"):
         train_epochs(model, opt, config, data, labels, epochs, batch, pad)
-    finally:
-        torch.backends.cuda.matmul.allow_tf32 = tf32
     return model
 
 
@@ -476,6 +472,30 @@ def test_a_convolutional_bundle_with_batch_norm_resumes_exactly(digits, tmp_path
     for a, b in zip([*resumed.parameters(), *(t for pair in resumed.norm_stats() for t in pair)],
                     [*straight.parameters(), *(t for pair in straight.norm_stats() for t in pair)]):
         assert torch.equal(a.nan_to_num(), b.nan_to_num())
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("architecture", ["fc", "cnn"])
+def test_cuda_resume_with_graphs_is_exact(architecture):
+    # A resumed trainer warms up eagerly before it captures its graph again, and cuDNN picks its
+    # algorithms anew: the weights must still be the very ones of the run that never stopped.
+    data = load_dataset(DIGITS, device="cuda")
+    if architecture == "fc":
+        members = BundleConfig((net("momentum", 0.03, seed=1), net("momentum", 0.01, seed=2, noise=0.2)))
+    else:
+        members = BundleConfig((conv_net("vgg", "momentum", 0.05, 0, norm=True),
+                                conv_net("vgg", "momentum", 0.02, 1, noise=0.3, norm=True)))
+    budget = Budget(max_epochs=6, stop_at_full_train_acc=False)
+    straight = run(PopulationTrainer(members, data, budget, device="cuda", cuda_graphs=True))
+    first = PopulationTrainer(members, data, budget, device="cuda", cuda_graphs=True)
+    for _ in range(3):
+        first.train_epoch()
+    resumed = PopulationTrainer(members, data, budget, device="cuda", cuda_graphs=True)
+    resumed.load_state_dict(first.state_dict())
+    run(resumed)
+    for a, b in zip([*resumed.parameters(), *(t for pair in resumed.norm_stats() for t in pair)],
+                    [*straight.parameters(), *(t for pair in straight.norm_stats() for t in pair)]):
+        assert torch.equal(a, b)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

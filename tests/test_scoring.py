@@ -24,7 +24,7 @@ import sweep.scoring.measure
 from sweep.plan.datasets import DATASETS
 from sweep.plan.networks import BundleConfig, NetworkConfig
 from sweep.plan.schema import SpecError
-from sweep.plan.spec import DataSpec
+from sweep.plan.spec import Budget, DataSpec
 from sweep.scoring.inputs import fixed_points, scoring_inputs
 from sweep.scoring.measure import score_checkpoint, score_checkpoints
 from sweep.scoring.scorer import Scorer, load_checkpoint
@@ -33,7 +33,9 @@ from sweep.scoring.table_writer import SCHEMAS, TableWriter
 from sweep.training.checkpoints import CheckpointError, local_size, unscored
 from sweep.training.data import load_dataset
 from sweep.training.models import build_network
-from sweep.training.population import member_labels
+from sweep.training.population import PopulationTrainer, member_labels
+from sweep.training.trainable import checkpoint_payload
+from sweep.training.trainable import write_checkpoint as write_checkpoint_files
 
 DIGITS = DataSpec("digits")
 SETTINGS = ScoringSettings(points=24, train_points=12, transitions_k=32, ellipses_per_kind=2, profile_points=33,
@@ -347,6 +349,25 @@ def test_fixed_points_are_a_function_of_the_seed():
     assert (fixed_points(30, 50, seed=3) == np.arange(30)).all()
 
 
+def test_slice_anchors_span_a_plane_where_the_images_repeat(data):
+    # Every other training image a copy of the first: a triple with two copies would fail every
+    # network's slice, so it is drawn again.
+    x = data.x_train.clone()
+    x[::2] = x[0]
+    copies = dataclasses.replace(data, x_train=x)
+    settings = SETTINGS.replace(slices=True, slice_count=12)
+    anchors = scoring_inputs(copies, settings).slice_anchors
+    assert anchors.shape == (12, 3, x.shape[1])
+    for a, b, c in anchors:
+        mc.slices.plane(a, b, c)  # raises where they do not span a plane
+    assert torch.equal(scoring_inputs(data, settings).slice_anchors, scoring_inputs(data, settings).slice_anchors)
+    # Nothing but copies: said before any network is scored; without slices, nothing to say.
+    same = dataclasses.replace(data, x_train=data.x_train[:1].expand(len(data.x_train), -1))
+    with pytest.raises(ValueError, match="no three of the 1297 training points spanning a plane.*scoring.slices: false"):
+        scoring_inputs(same, settings)
+    assert scoring_inputs(same, settings.replace(slices=False)).slice_anchors.shape == (0, 3, x.shape[1])
+
+
 def test_settings_from_a_plan_and_their_errors():
     assert ScoringSettings.from_dict(dataclasses.asdict(ScoringSettings())) == ScoringSettings()
     assert ScoringSettings.from_dict({"points": 10}).points == 10
@@ -382,7 +403,26 @@ def test_checkpoint_round_trip_and_corrupt_files(tmp_path):
         load_checkpoint(tmp_path / "missing")
 
 
-@pytest.mark.parametrize("edit", ["learning_rate", "network_ids", "bundle_id"])
+def test_each_network_is_scored_at_its_own_step(tmp_path, data):
+    # The diverged member stopped after its first epoch and keeps those weights; its rows say so,
+    # as its `networks` row does.
+    first = make_bundle(members=1).members[0]
+    bundle = BundleConfig((first, dataclasses.replace(first, learning_rate=1e30)))
+    trainer = PopulationTrainer(bundle, data, Budget(max_epochs=3, stop_at_full_train_acc=False))
+    while not trainer.done:
+        trainer.train_epoch()
+    assert trainer.status == ["budget", "diverged"]
+    (tmp_path / "end").mkdir()
+    write_checkpoint_files(tmp_path / "end", *checkpoint_payload(trainer, bundle, "end"))
+    population, meta = load_checkpoint(tmp_path / "end")
+    scores = scored(population, meta, data, SETTINGS)["scores"]
+    steps = scores.groupby("network_id")["step"].unique()
+    expected = {row["network_id"]: row["steps"] for row in trainer.network_rows()}
+    assert expected[bundle.network_ids[1]] == trainer.steps_per_epoch and expected[bundle.network_ids[0]] == trainer.steps
+    assert {i: list(s) for i, s in steps.items()} == {i: [n] for i, n in expected.items()}
+
+
+@pytest.mark.parametrize("edit", ["learning_rate", "network_ids", "bundle_id", "network_steps"])
 def test_a_hand_edited_meta_json_is_refused(edit, tmp_path):
     bundle = make_bundle(members=2)
     directory = write_checkpoint(tmp_path / "ckpt", bundle, make_nets(bundle))
@@ -391,6 +431,8 @@ def test_a_hand_edited_meta_json_is_refused(edit, tmp_path):
         meta["bundle"]["members"][1]["learning_rate"] *= 10
     elif edit == "network_ids":
         meta["network_ids"] = meta["network_ids"][::-1]
+    elif edit == "network_steps":
+        meta["network_steps"] = [meta["step"]]  # one for two networks
     else:
         meta["bundle_id"] = "0" * 16
     (directory / "meta.json").write_text(json.dumps(meta))
@@ -665,18 +707,40 @@ def test_jiangs_measures_per_network_as_computed_alone(data):
 
 def test_train_point_measures_use_the_labels_each_network_was_trained_on(data):
     # Two members with the same weights but different label noise: their train-point measures
-    # differ, each from its own training labels, not the true ones.
+    # (loss, accuracy and margin too) differ, each from its own training labels, not the true
+    # ones; their test-point measures are the same, from the true labels.
     clean = make_bundle(members=1).members[0]
     noisy = dataclasses.replace(clean, random_label_fraction=0.5)
     bundle = BundleConfig((clean, noisy))
     nets = [build_network(clean, DATASETS["digits"]) for _ in range(2)]
     settings = SETTINGS.replace(sharpness_samples=2, sharpness_search_depth=4)
-    scores = scored(mc.stack(nets), meta_of(bundle), data, settings)["scores"].set_index(["network_id", "metric"])
+    scores = scored(mc.stack(nets), meta_of(bundle), data, settings)["scores"].set_index(["network_id", "split", "metric"])
     probe = scoring_inputs(data, settings).probes[1]
     index = torch.as_tensor(probe.index)
     for config, net in zip(bundle.members, nets):
         y = member_labels(config, data)[index]
         alone = mc.pacbayes_mag_flatness(net, probe.x, y, generator=sweep.scoring.measure._generators([config.network_id], 0, "cpu"),
                                          samples=2, depth=4)
-        assert scores.loc[(config.network_id, "pacbayes_mag_flatness"), "mean"] == pytest.approx(float(alone), rel=1e-6)
+        assert scores.loc[(config.network_id, "train", "pacbayes_mag_flatness"), "mean"] == pytest.approx(float(alone), rel=1e-6)
+        logits = copy.deepcopy(net).double()(probe.x.double())
+        true = logits.gather(1, y[:, None]).squeeze(1)
+        expected = {"loss": F.cross_entropy(logits, y).item(), "accuracy": (logits.argmax(1) == y).double().mean().item(),
+                    "margin": (true - logits.scatter(1, y[:, None], -math.inf).amax(1)).mean().item()}
+        for metric, value in expected.items():
+            assert scores.loc[(config.network_id, "train", metric), "mean"] == pytest.approx(value, rel=1e-5)
     assert not torch.equal(member_labels(noisy, data)[index], probe.y)
+    for metric in ("loss", "margin"):  # (an untrained net's accuracy may match by chance)
+        assert scores.loc[(clean.network_id, "train", metric), "mean"] != scores.loc[(noisy.network_id, "train", metric), "mean"]
+    for metric in ("loss", "accuracy", "margin"):
+        assert scores.loc[(clean.network_id, "test", metric), "mean"] == scores.loc[(noisy.network_id, "test", metric), "mean"]
+
+
+def test_a_memorised_points_loss_is_its_float64_value_not_zero():
+    # Logits [30, 0]: float32 cross-entropy rounds 9.4e-14 to 0; the scores keep it.
+    logits = torch.tensor([[[30.0, 0.0], [0.0, 40.0], [1.0, 2.0]]])
+    y = torch.tensor([[0, 1, 0]])
+    assert F.cross_entropy(logits.transpose(1, 2), y, reduction="none")[0, 0] == 0
+    expected = F.cross_entropy(logits[0].double(), y[0], reduction="none")
+    losses = sweep.scoring.measure.point_losses(logits, y)
+    assert losses.dtype == torch.float32 and losses[0, 0] > 0
+    torch.testing.assert_close(losses[0].double(), expected, rtol=1e-6, atol=0)

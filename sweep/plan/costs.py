@@ -167,14 +167,14 @@ def point_flops(sizes: list[int], transitions_k: int | None) -> float:
     """FLOPs of the exact Jacobian norms (and transitions along a k-point trajectory) at one point.
 
     Jacobian: the forward pass, the backward chain (C rows through every layer above the first)
-    and the C×C Gram matrix against W₁W₁ᵀ (docs/performance.md). Transitions: k forward passes
+    and the centred (C+1)×(C+1) Gram matrix against W₁W₁ᵀ (docs/performance.md). Transitions: k forward passes
     above the first layer, whose crossings are solved in closed form.
     """
     c, hidden = sizes[-1], sizes[1:-1]
     forward = 2.0 * sum(a * b for a, b in zip(sizes[:-1], sizes[1:]))
     above_first = forward - 2.0 * sizes[0] * sizes[1]
     chain = c * above_first
-    gram = 2.0 * c * sizes[1] * min(sizes[0], sizes[1]) + 2.0 * c * c * sizes[1]
+    gram = 2.0 * (c + 1) * sizes[1] * min(sizes[0], sizes[1]) + 2.0 * (c + 1) ** 2 * sizes[1]
     flops = forward + chain + gram
     if transitions_k and hidden:
         flops += transitions_k * above_first

@@ -30,7 +30,8 @@ import numpy as np
 
 from sweep.plan import costs
 from sweep.plan.datasets import dataset_info
-from sweep.plan.networks import SHARED_IN_BUNDLE, BundleConfig, NetworkConfig, activation_sizes, networks, param_count
+from sweep.plan.networks import (SHARED_IN_BUNDLE, BundleConfig, NetworkConfig, activation_sizes, conv_layers, networks,
+                                 param_count)
 from sweep.plan.spec import AUTO, Budget, SpecError, SweepSpec
 
 CPU_BUNDLE_SIZE = 16  # `bundle_size: auto` on CPUs: what every CPU sweep used before auto
@@ -227,6 +228,7 @@ def expand(spec: SweepSpec, card: Card | None = None) -> list[BundleConfig]:
     bundle of the size the spec fixes, cannot fit on `card`."""
     bundles = []
     for group in _groups(spec):
+        check_batches(group[0])
         limit = members_per_bundle(group, spec, card)
         count = math.ceil(len(group) / limit)
         for part in np.array_split(np.arange(len(group)), count):
@@ -234,6 +236,26 @@ def expand(spec: SweepSpec, card: Card | None = None) -> list[BundleConfig]:
     if card is not None:
         check_fits(spec, bundles, card)
     return bundles
+
+
+def check_batches(net: NetworkConfig) -> None:
+    """Refuse a batch of one example where batch normalisation sees a 1×1 map: its batch
+    statistics would be of one value per channel, which torch refuses (as it would for the network
+    trained alone), and only once the trial reaches that batch."""
+    info = dataset_info(net.dataset)
+    n = info.train_size
+    if not (net.architecture == "cnn" and net.batch_norm and n and info.image_shape):
+        return
+    normalised = [layer.shape for layer in conv_layers(net, info.image_shape, info.num_classes) if layer.kind == "norm"]
+    if min(h * w for _, h, w in normalised) > 1:
+        return
+    batch = min(net.batch_size or n, n)
+    if batch == 1 or n % batch == 1:
+        what = "batch size 1" if batch == 1 else f"{n} training examples in batches of {batch} leave a last batch of 1"
+        raise SpecError(
+            f"grid.batch_sizes: {what}, and batch normalisation of {_shape_name(BundleConfig((net,)))} sees "
+            "1×1 maps, where one example gives no batch statistics; use another batch size (or train_size), "
+            "or turn batch_norm off")
 
 
 def _shape_name(bundle: BundleConfig) -> str:

@@ -11,6 +11,7 @@ import torch
 from torch import Tensor
 
 import metrics_core as mc
+from metrics_core.slices import plane
 from sweep.scoring.settings import ScoringSettings
 
 
@@ -61,8 +62,24 @@ def scoring_inputs(data, settings: ScoringSettings) -> ScoringInputs:
     ellipses: dict[str, Tensor] = {}
     if settings.trajectories:
         ellipses = _ellipses(data, settings.ellipses_per_kind, settings.profile_points, generator)
-    picks = torch.stack([torch.randperm(len(data.x_train), generator=generator)[:3] for _ in range(settings.slice_count)])
-    return ScoringInputs(tuple(probes), ellipses, data.x_train[picks.to(data.x_train.device)])
+    anchors = data.x_train.new_empty(0, 3, data.x_train.shape[1])
+    if settings.slices:
+        anchors = torch.stack([_slice_anchors(data.x_train, generator) for _ in range(settings.slice_count)])
+    return ScoringInputs(tuple(probes), ellipses, anchors)
+
+
+def _slice_anchors(x: Tensor, generator: torch.Generator, tries: int = 100) -> Tensor:
+    """[3, d] three training points that span a plane: repeated or collinear images (a data set
+    may hold copies) are drawn again, so no slice fails every network scored with it."""
+    for _ in range(tries):
+        anchors = x[torch.randperm(len(x), generator=generator)[:3].to(x.device)]
+        try:
+            plane(*anchors)
+        except ValueError:
+            continue
+        return anchors
+    raise ValueError(f"no three of the {len(x)} training points spanning a plane in {tries} draws (are the images "
+                     "copies of a few?); set scoring.slices: false")
 
 
 def _partner_indices(index: Tensor, num_points: int, generator: torch.Generator) -> Tensor:

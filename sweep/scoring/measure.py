@@ -18,8 +18,7 @@ import metrics_core as mc
 from sweep.plan.networks import BundleConfig
 from sweep.scoring.inputs import Probe, ScoringInputs, scoring_inputs
 from sweep.scoring.rows import checkpoint_rows, is_trained
-from sweep.scoring.settings import (INIT_METRICS, PROFILE_TAGS, TRAIN_METRICS, WEIGHT_METRICS,
-                                    ScoringSettings)
+from sweep.scoring.settings import INIT_METRICS, PROFILE_TAGS, WEIGHT_METRICS, ScoringSettings
 from sweep.training.checkpoints import CheckpointError
 from sweep.training.data import Dataset
 from sweep.training.models import initial_population
@@ -63,7 +62,9 @@ def score_checkpoints(
     inputs = inputs or scoring_inputs(data, settings)
     device, dtype = inputs.probes[0].x.device, inputs.probes[0].x.dtype
     train = next((probe for probe in inputs.probes if probe.split == "train"), None)
-    wants_labels = train is not None and bool(set(TRAIN_METRICS) & set(settings.metrics))
+    # Loss, accuracy and margin at the train points are always measured, against the labels each
+    # network was trained on (a random-label network memorises its own labels, not the true ones).
+    wants_labels = train is not None
     populations, inits, labels, copies, finite, groups = [], [], [], [], [], {}
     for c, (population, meta) in enumerate(checkpoints):
         ids = list(meta["network_ids"])
@@ -240,12 +241,13 @@ def _measure(members: _Members, inputs: ScoringInputs, settings: ScoringSettings
     out: dict[str, Tensor] = {}
     for probe in inputs.probes:
         logits = mc.forward(net, probe.x, chunk_size=chunk)  # [M, n, C]
-        y = probe.y.expand(logits.shape[0], -1)
-        out[f"{probe.split}/loss"] = F.cross_entropy(logits.transpose(1, 2), y, reduction="none")
+        own = probe.split == "train" and members.train_labels is not None
+        y = members.train_labels if own else probe.y.expand(logits.shape[0], -1)
+        out[f"{probe.split}/loss"] = point_losses(logits, y)
         out[f"{probe.split}/prediction"] = logits.argmax(dim=2)
         out[f"{probe.split}/accuracy"] = (out[f"{probe.split}/prediction"] == y).to(logits.dtype)
         if "margin" in wanted:
-            out[f"{probe.split}/margin"] = mc.margin(net, probe.x, probe.y)
+            out[f"{probe.split}/margin"] = mc.margin(net, probe.x, y)
         if wanted & {"jacobian_softmax", "jacobian_logits"} or probe.split == "test":
             softmax, logit = mc.jacobian_norms(net, probe.x, output="both", chunk_size=chunk)
             out[f"{probe.split}/jacobian_softmax"] = softmax
@@ -276,6 +278,12 @@ def _measure(members: _Members, inputs: ScoringInputs, settings: ScoringSettings
             out[f"slice/{s}/anchors"] = maps.anchors.expand(net.num_models, -1)
             out[f"slice/{s}/extent"] = maps.extent.expand(net.num_models, -1)
     return out
+
+
+def point_losses(logits: Tensor, y: Tensor) -> Tensor:
+    """Cross-entropy per point [M, n], from logits [M, n, C] and labels [M, n]: in float64, as
+    float32 rounds a memorised point's loss below ~6e-8 to 0 (logits [30, 0]: 9.4e-14)."""
+    return F.cross_entropy(logits.double().transpose(1, 2), y, reduction="none").to(logits.dtype)
 
 
 def _train_measures(members: _Members, inputs: ScoringInputs, settings: ScoringSettings,

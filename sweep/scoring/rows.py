@@ -76,6 +76,12 @@ def _value_stats(values: Tensor, points: int = 0) -> dict[str, np.ndarray]:
             "n_points": np.full(len(value), points, dtype=np.int64)}
 
 
+def network_steps(meta: Mapping, m: int) -> np.ndarray:
+    """[m] each network's optimizer steps at the checkpoint: a network that stopped earlier holds
+    the weights of its last step (checkpoints written before meta.json listed them: the bundle's)."""
+    return np.asarray(meta.get("network_steps") or [meta["step"]] * m, dtype=np.int64)
+
+
 def _score_rows(meta, ids, keyed, settings, messages: Mapping[int, str], failed: set[int]) -> pa.Table:
     """One row per (split, metric, stats) of `keyed` × member, in that order; built as one
     table, since a table per metric costs more than its statistics."""
@@ -84,7 +90,7 @@ def _score_rows(meta, ids, keyed, settings, messages: Mapping[int, str], failed:
     columns = {
         "network_id": list(ids) * r,
         "checkpoint": meta["tag"],
-        "step": int(meta["step"]),
+        "step": np.tile(network_steps(meta, m), r),
         "split": np.repeat(splits, m),
         "metric": np.repeat(metrics, m),
         **{name: np.concatenate([s[name] for s in stats]) for name in ("mean", "median", "std", "n_points")},

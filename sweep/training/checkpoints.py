@@ -82,6 +82,12 @@ def _check_consistent(meta: dict, path: str, where: str) -> None:
             raise CheckpointError(f"{edited}: its networks' settings give bundle {bundle.bundle_id} with networks "
                                   f"{bundle.network_ids}, not the ids it records; it was edited by hand or is damaged: "
                                   "re-run its trial, or leave it out of scoring")
+    steps = meta.get("network_steps")
+    if steps is not None and (len(steps) != len(meta["network_ids"])
+                              or not all(isinstance(s, int) and 0 <= s <= meta["step"] for s in steps)):
+        raise CheckpointError(f"{edited}: its network_steps {steps} are not one step count (at most its step "
+                              f"{meta['step']}) per network; it was edited by hand or is damaged: re-run its trial, "
+                              "or leave it out of scoring")
     folder = path.rstrip("/").rsplit("/", 2)
     if len(folder) == 3 and folder[1].startswith("bundle-") and folder[1] != f"bundle-{meta['bundle_id']}":
         raise CheckpointError(f"{where} belongs to bundle {meta['bundle_id']}, not to the folder {folder[1]} it "

@@ -109,6 +109,15 @@ def _image_folder_splits(root: Path) -> tuple[Path, Path]:
             raise DataError(f"image_folder: {len(empty)} class folder(s) of {split} hold no images "
                             f"({', '.join(empty[:5])}{', ...' if len(empty) > 5 else ''}); give each class "
                             f"images ({', '.join(IMAGE_SUFFIXES)}) or remove its folder from train/ and test/")
+    # ImageFolder numbers each split's classes by their sorted names, so the splits must agree.
+    train, test = (sorted(c.name for c in split.iterdir() if c.is_dir()) for split in splits)
+    if train != test:
+        raise DataError(f"image_folder: train/ and test/ of {root} have different class folders (only in "
+                        f"train/: {sorted(set(train) - set(test))}, only in test/: {sorted(set(test) - set(train))}); "
+                        "give both the same classes")
+    if len(train) < 2:
+        raise DataError(f"image_folder: {splits[0]} has one class folder ({train[0]}); a classifier needs two "
+                        "or more")
     return splits
 
 
@@ -169,9 +178,6 @@ def _load_image_folder(spec: DataSpec) -> tuple[np.ndarray, ...]:
 
     train_dir, test_dir = _image_folder_splits(Path(spec.path))
     train, test = ImageFolder(str(train_dir)), ImageFolder(str(test_dir))
-    if train.classes != test.classes:
-        raise DataError(f"image_folder: train/ and test/ of {spec.path} have different class "
-                        f"folders ({train.classes} vs {test.classes})")
     mode = "L" if train.loader(train.samples[0][0]).mode == "L" else "RGB"
 
     def read(ds, size) -> tuple[np.ndarray, np.ndarray]:

@@ -33,7 +33,6 @@ true float32.
 
 from __future__ import annotations
 
-import contextlib
 import math
 import time
 
@@ -57,19 +56,6 @@ _SLOTS = {"sgd": (), "momentum": ("momentum_buffer",), "adam": ("exp_avg", "exp_
           "rmsprop": ("square_avg",)}
 STATE_FORMAT = 1
 GRAPH_WARMUP = 3  # eager steps on a side stream before a capture (cuBLAS workspaces, autograd)
-
-
-@contextlib.contextmanager
-def matmul_precision(precision: str):
-    """TF32 matmuls and convolutions (CUDA) for a `tf32` step, true float32 for the others
-    (cuDNN's convolutions would otherwise use TF32 by default)."""
-    matmul, cudnn = torch.backends.cuda.matmul, torch.backends.cudnn
-    before = matmul.allow_tf32, cudnn.allow_tf32
-    matmul.allow_tf32 = cudnn.allow_tf32 = precision == "tf32"
-    try:
-        yield
-    finally:
-        matmul.allow_tf32, cudnn.allow_tf32 = before
 
 
 def autocast(precision: str, device: torch.device):
@@ -291,7 +277,7 @@ class PopulationTrainer:
         x = self._batch_inputs(idx, aug)
         y = self._live_labels.gather(1, idx)
         views = self._views(self._params)
-        with matmul_precision(self.bundle.precision):
+        with mc.float32_precision(tf32=self.bundle.precision == "tf32"):
             with autocast(self.bundle.precision, self.device):
                 logits = self._forward(views, x)
                 losses = F.cross_entropy(logits.flatten(0, 1), y.reshape(-1), reduction="none").view(m, -1).mean(1)
@@ -370,7 +356,7 @@ class PopulationTrainer:
             m = len(self.live)
             stats = [(mean.view(m, -1), var.view(m, -1)) for mean, var in self._live_stats]
             live = population_of(self.members[0], self.data, views, stats if stats else None)
-            _, acc = evaluate(live, self.data.x_train, self._live_labels)
+            _, acc = evaluate(live, self.data.x_train, self._live_labels, min_chunk=self.batch)
             full = acc == 1.0
         else:
             full = torch.zeros_like(finite)
@@ -421,21 +407,26 @@ class PopulationTrainer:
         self._sync_population()
         return [(mean.clone(), var.clone()) for mean, var in self._norm_stats]
 
+    def progress(self, member: int) -> tuple[int, float, float]:
+        """(steps, epochs, wall time) a member has trained: to now, or to where it stopped (its
+        weights since)."""
+        if self.status[member] == "running":
+            return self.steps, self.steps / self.steps_per_epoch, self.elapsed
+        return self.stopped_at[member]
+
     def network_rows(self, sweep: str | None = None) -> list[dict]:
         """One `networks` row per member (docs/tables.md), of the sweep named `sweep`."""
         mlp = self.population()
-        train_loss, train_acc = evaluate(mlp, self.data.x_train, self.labels)
+        train_loss, train_acc = evaluate(mlp, self.data.x_train, self.labels, min_chunk=self.batch)
         labels_test = self.data.y_test.expand(len(self.members), -1)
-        test_loss, test_acc = evaluate(mlp, self.data.x_test, labels_test)
+        test_loss, test_acc = evaluate(mlp, self.data.x_test, labels_test, min_chunk=self.batch)
         params = param_count(self.members[0], self.data)
         shift, flips = augmentation_of(self.members[0], self.data.image_shape, self.data.hflip)
         resolved = {"train_size": self.n, "batch_size": self.batch, "augmentation_shift": shift,
                     "augmentation_flips": flips}
         rows = []
         for i, config in enumerate(self.members):
-            running = self.status[i] == "running"
-            steps, epochs, wall = ((self.steps, self.steps / self.steps_per_epoch, self.elapsed)
-                                   if running else self.stopped_at[i])
+            steps, epochs, wall = self.progress(i)
             measured = {"train": (train_loss[i].item(), train_acc[i].item()),
                         "test": (test_loss[i].item(), test_acc[i].item())}
             if self.status[i] == "diverged":  # missing, never a misleading number
@@ -487,13 +478,16 @@ class PopulationTrainer:
         self._set_live(list(state["live"]), slots, state["optimizer_step"])
 
 
-@torch.no_grad()
-def evaluate(net: mc.MLP | mc.ConvNet, x: torch.Tensor, labels: torch.Tensor):
-    """Mean cross-entropy and accuracy [M] of each member on x [N, d] with labels [M, N]."""
+@mc.exact
+def evaluate(net: mc.MLP | mc.ConvNet, x: torch.Tensor, labels: torch.Tensor, min_chunk: int = 1):
+    """Mean cross-entropy and accuracy [M] of each member on x [N, d] with labels [M, N], in true
+    float32 whatever the training precision; at least `min_chunk` points at a time (a trainer
+    passes its batch size: a training step's activations, which the planner reserves, outweigh a
+    forward pass over as many points, and the GPU's chunks would otherwise be a few points)."""
     m, n = net.num_models, x.shape[0]
     loss = torch.zeros(m, dtype=torch.float64, device=x.device)
     correct = torch.zeros(m, dtype=torch.int64, device=x.device)
-    chunk = default_chunk_size(logit_floats(net))
+    chunk = max(min_chunk, default_chunk_size(logit_floats(net)))
     for start in range(0, n, chunk):
         h = logits_of(net, x[start:start + chunk])  # [M, chunk, C]
         y = labels[:, start:start + chunk]

@@ -50,6 +50,7 @@ def checkpoint_payload(trainer: PopulationTrainer, bundle: BundleConfig, tag: st
         "step": trainer.steps,
         "epoch": trainer.epoch,
         "statuses": list(trainer.status),
+        "network_steps": [trainer.progress(i)[0] for i in range(len(bundle.members))],
     }
     return population, meta
 
