@@ -79,9 +79,14 @@ def backward_chain(mlp: MLP, hidden: list[Tensor]) -> Tensor:
 
 
 def centred_rows(rows: Tensor) -> Tensor:
-    """[..., C+1, h]: the C rows [..., C, h] less their mean, then the mean."""
-    mean = rows.mean(-2, keepdim=True)
-    return torch.cat([rows - mean, mean], dim=-2)
+    """[..., C+1, h]: the C rows [..., C, h] less their mean, then the mean; written into one new
+    tensor, so no more than the rows and it are alive at once."""
+    c = rows.shape[-2]
+    out = rows.new_empty(*rows.shape[:-2], c + 1, rows.shape[-1])
+    mean = out[..., c:, :]
+    torch.mean(rows, dim=-2, keepdim=True, out=mean)
+    torch.sub(rows, mean, out=out[..., :c, :])
+    return out
 
 
 def logit_gram(mlp: MLP, hidden: list[Tensor], first_gram: Tensor | None) -> Tensor:
@@ -132,8 +137,8 @@ def jacobian_norms(
 
     x: [N, d] for an nn.Sequential (results [N]); [N, d] shared or [M, N, d] for an MLP
     (results [M, N]); images as `conv_batch` takes them for a convolutional network.
-    `chunk_size` bounds the points processed at once (memory ~ 2·chunk_size·M·C·h floats for
-    an MLP, ~ 3·chunk_size·M·C·(all activations) for a ConvNet).
+    `chunk_size` bounds the points processed at once (memory ~ 2·chunk_size·M·(C+1)·h floats
+    for an MLP, ~ 3·chunk_size·M·C·(all activations) for a ConvNet).
     """
     if output not in _OUTPUTS:
         raise ValueError(f"output must be one of {_OUTPUTS}, got {output!r}")

@@ -14,9 +14,10 @@ from .regions import changes_along, code_changes
 
 
 def region_gram(mlp: MLP, hidden: list[Tensor], first_gram: Tensor | None, starts: Tensor) -> Tensor:
-    """K = J Jᵀ [M, P, C, C] at P points from their pre-activations (each [M, P, h_l]), formed
-    only where `starts` [M, P] is True: a piecewise-linear net's Jacobian depends on the code
-    alone, and every other point shares the code of the nearest start before it."""
+    """The centred Gram of J [M, P, C+1, C+1] (`logit_gram`) at P points from their
+    pre-activations (each [M, P, h_l]), formed only where `starts` [M, P] is True: a
+    piecewise-linear net's Jacobian depends on the code alone, and every other point shares the
+    code of the nearest start before it."""
     m, p = starts.shape
     width = int(starts.sum(1).max())
     if width > 0.9 * p:  # nearly every point starts a run (wide nets): picking them costs more than it saves

@@ -62,12 +62,20 @@ def test_a_second_command_on_a_held_sweep_is_refused_with_its_holder(command, sw
     assert not (Path(sweep_dir) / locks.LOCK_FILE).exists()  # released
 
 
-def test_run_into_a_held_sweep_is_refused(sweep_dir, tmp_path, capsys):
+def test_run_into_an_existing_or_held_sweep_is_refused(sweep_dir, tmp_path, capsys):
     spec = tmp_path / "spec.yaml"
     spec.write_text(MINIMAL_SPEC)
-    with locks.holding(sweep_dir, "resume"):
+    plan = (Path(sweep_dir) / sweep_plan.SWEEP_FILE).read_bytes()
+    code, text = run_cli(capsys, "run", spec, "--storage", tmp_path, "--name", "locked")
+    assert code == 2 and f"{sweep_dir} already holds a sweep; continue it with `sweep resume {sweep_dir}`" in text
+    code, text = run_cli(capsys, "run", spec, "--storage", tmp_path, "--name", "locked", "--dry-run")
+    assert code == 0 and "a real run would stop here" in text and "already holds a sweep" in text
+    assert (Path(sweep_dir) / sweep_plan.SWEEP_FILE).read_bytes() == plan  # untouched
+    # Another run that holds the folder but has not saved its plan yet
+    (Path(sweep_dir) / sweep_plan.SWEEP_FILE).unlink()
+    with locks.holding(sweep_dir, "run"):
         code, text = run_cli(capsys, "run", spec, "--storage", tmp_path, "--name", "locked")
-    assert code == 2 and "is in use by `sweep resume`" in text, text
+    assert code == 2 and "is in use by `sweep run`" in text, text
 
 
 @pytest.mark.parametrize("holder, stale", [
@@ -101,3 +109,37 @@ def test_a_taken_over_holder_never_writes_over_the_new_one(sweep_dir, monkeypatc
         assert held["token"] == "newcomer"
         assert first.me["token"] != "newcomer"
     assert (Path(sweep_dir) / locks.LOCK_FILE).exists()  # not ours to delete
+
+
+def test_a_lock_the_storage_cannot_read_is_never_taken_over(sweep_dir, capsys, monkeypatch):
+    # A read that fails (here the lock's path is a folder: a storage error, not a missing or cut-short
+    # file) may hide a live holder: refused with the storage's error, not taken over.
+    monkeypatch.setattr(locks, "RETRY_S", 0.01)
+    (Path(sweep_dir) / locks.LOCK_FILE).mkdir()
+    code, text = run_cli(capsys, "score", sweep_dir)
+    assert code == 2 and f"cannot take the lock {sweep_dir}/{locks.LOCK_FILE}: " in text, text
+    assert "taking over" not in text and "Traceback" not in text
+    assert (Path(sweep_dir) / locks.LOCK_FILE).is_dir()
+
+
+def test_a_heartbeat_the_storage_misses_goes_on(sweep_dir, monkeypatch):
+    monkeypatch.setattr(locks, "HEARTBEAT_S", 0.05)
+    path = Path(sweep_dir) / locks.LOCK_FILE
+    read_bytes, failing = locks.storage.read_bytes, {"on": False}
+
+    def flaky(fs, where):  # the storage errs while "on" (an object store timing out, say)
+        if failing["on"]:
+            raise OSError("timed out")
+        return read_bytes(fs, where)
+
+    monkeypatch.setattr(locks.storage, "read_bytes", flaky)
+    with locks.holding(sweep_dir, "run") as lock:
+        failing["on"] = True
+        time.sleep(0.3)  # several beats miss
+        before = json.loads(path.read_text())["heartbeat"]
+        failing["on"] = False
+        time.sleep(0.3)
+        held = json.loads(path.read_text())
+        assert held["token"] == lock.me["token"] and held["heartbeat"] > before
+        assert lock._beat.is_alive()
+    assert not path.exists()

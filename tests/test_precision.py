@@ -90,3 +90,43 @@ def test_a_tf32_bundle_trains_in_tf32_and_checks_in_true_float32(digits, archite
         trainer.network_rows()
     assert rows.seen == {(False, False)}
     assert (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32) == (False, True)  # torch's defaults
+
+
+@pytest.fixture
+def tf32_settings():
+    """Torch's TF32 settings, legacy and newer, as they were before the test."""
+    backends = torch.backends
+    newer = [(flags, flags.fp32_precision) for flags in (backends.cuda.matmul, backends.cudnn.conv, backends.cudnn.rnn)]
+    matmul, cudnn = torch.get_float32_matmul_precision(), backends.cudnn.allow_tf32
+    yield
+    torch.set_float32_matmul_precision(matmul)
+    backends.cudnn.allow_tf32 = cudnn
+    for flags, value in newer:
+        flags.fp32_precision = value
+
+
+@pytest.mark.skipif(not hasattr(torch.backends.cuda.matmul, "fp32_precision"), reason="torch < 2.9: no newer flags")
+def test_the_callers_settings_come_back_legacy_or_newer(tf32_settings):
+    backends, x = torch.backends, torch.randn(5, 4)
+    net = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.ReLU(), torch.nn.Linear(3, 2))
+
+    def newer():
+        return backends.cuda.matmul.fp32_precision, backends.cudnn.conv.fp32_precision, backends.cudnn.rnn.fp32_precision
+
+    # Torch's defaults: matmuls unset ("none"), cuDNN in TF32.
+    before = newer()
+    with TF32AtKernels() as seen:
+        mc.forward(net, x)
+    assert seen.seen == {(False, False)} and newer() == before
+    # A legacy precision other than on or off.
+    torch.set_float32_matmul_precision("medium")
+    mc.forward(net, x)
+    assert torch.get_float32_matmul_precision() == "medium"
+    # Only the newer flags (torch then refuses to read the legacy ones): no error, and they come back.
+    torch.set_float32_matmul_precision("highest")
+    backends.cuda.matmul.fp32_precision, backends.cudnn.conv.fp32_precision = "tf32", "ieee"
+    with pytest.raises(RuntimeError, match="mix of the legacy and new"):
+        torch.get_float32_matmul_precision()
+    with TF32AtKernels() as seen:
+        mc.forward(net, x)
+    assert seen.seen == {(False, False)} and newer() == ("tf32", "ieee", before[2])

@@ -487,6 +487,28 @@ def test_scorer_writes_rows_and_records_a_corrupt_checkpoint(tmp_path, data):
     missing = scorer.score(str(tmp_path / "nowhere"), str(tables), SETTINGS)
     assert missing["key"] is None and "nowhere/meta.json" in missing["message"]
     assert TableWriter(tables).keys("points") == [f"{good.bundle_id}--end"]
+    # scored, but with failed rows: counted apart, and taken again by `sweep score`
+    assert TableWriter(tables).failed_keys() == [f"{bad.bundle_id}--end"]
+    found = [str(tmp_path / "good"), str(tmp_path / "bad")]
+    assert unscored(tables, found) == [] and unscored(tables, found, failed=True) == [str(tmp_path / "bad")]
+
+
+def test_rows_the_storage_will_not_take_leave_the_checkpoint_unscored_without_raising(tmp_path, data, monkeypatch):
+    from sweep.plan import storage
+    from sweep.scoring.scorer import record_failure
+
+    tables = tmp_path / "tables"
+    bundle = make_bundle(members=2)
+    source = str(write_checkpoint(tmp_path / "ckpt", bundle, make_nets(bundle)))
+    monkeypatch.setenv(storage.FAULT_ENV, "/scores/:ENOSPC")  # the disk fills up at the scores file
+    summary = Scorer("cpu").score(source, str(tables), SETTINGS)
+    assert "its rows could not be written" in summary["message"] and "No space left" in summary["message"]
+    assert TableWriter(tables).keys("scores") == [] and unscored(tables, [source]) == [source]
+    described = record_failure(str(tables), source, SETTINGS, "scoring actor died 3 time(s)")
+    assert described.startswith(f"{bundle.bundle_id}--end: scoring actor died") and "left unscored" in described
+    monkeypatch.delenv(storage.FAULT_ENV)
+    assert Scorer("cpu").score(source, str(tables), SETTINGS)["message"] == ""
+    assert TableWriter(tables).keys("scores") == [f"{bundle.bundle_id}--end"]
 
 
 def test_a_checkpoint_the_storage_cannot_read_is_left_unscored_not_failed(tmp_path, data):

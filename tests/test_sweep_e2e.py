@@ -2,6 +2,8 @@
 
 import dataclasses
 import json
+import os
+import signal
 from pathlib import Path
 
 import numpy as np
@@ -11,12 +13,15 @@ import torch
 
 import analysis
 import metrics_core as mc
-from sweep.command import runner
+from sweep.command import interrupts, runner
 from sweep.plan import sweep_plan
 from sweep.command.cli import main
 from sweep.plan.networks import BundleConfig
+from sweep.plan.planner import expand
+from sweep.plan.spec import parse_spec
 from sweep.scoring.inputs import fixed_points
 from sweep.scoring.settings import ScoringSettings
+from sweep.scoring.table_writer import TableWriter
 from sweep.training.checkpoints import stacked_parameters
 from sweep.training.data import load_dataset
 from sweep.training.models import build_network
@@ -231,6 +236,57 @@ def test_a_checkpoint_from_another_sweep_is_left_out_of_scoring_with_a_message(s
     assert code == 1 and f"{folder}: its bundle is not in this sweep's plan (sweep.json)" in err, err
     after = pd.read_parquet(copy / "tables" / "scores")
     assert len(after) == len(before) and not set(after["network_id"]) & set(stranger.network_ids)
+
+
+def test_a_checkpoint_whose_scoring_failed_is_counted_and_scored_again(sweep_dir, tmp_path, capsys):
+    import shutil
+
+    copy = tmp_path / "tiny"
+    shutil.copytree(sweep_dir, copy)
+    checkpoint = next(iter(_end_checkpoints(copy).values()))
+    key = f"{json.loads((checkpoint / 'meta.json').read_text())['bundle_id']}--end"
+    weights = (checkpoint / "population.pt").read_bytes()
+    (checkpoint / "population.pt").write_bytes(b"damaged")
+    (copy / "tables" / "scores" / f"{key}.parquet").unlink()
+    # resume scores what is left, says what failed, and exits 1
+    code = main(["resume", str(copy), "--no-report"])
+    err = capsys.readouterr().err
+    assert code == 1 and "sweep: scoring failed:" in err and "population.pt" in err, err
+    assert "1 checkpoint(s) have networks whose scoring failed" in err
+    assert main(["status", str(copy)]) == 0
+    assert "(1 with a network whose scoring failed)" in capsys.readouterr().out
+    # `sweep score` takes it again (no --rescore needed) once the checkpoint is whole
+    (checkpoint / "population.pt").write_bytes(weights)
+    before = pd.read_parquet(copy / "tables" / "scores")
+    assert main(["score", str(copy)]) == 0, capsys.readouterr().err
+    assert "scored 1 of" in capsys.readouterr().out
+    after = pd.read_parquet(copy / "tables" / "scores")
+    assert (after["status"] == "ok").all() and len(after) == len(before)
+    # A report that cannot be made no longer hides the summary before it.
+    shutil.rmtree(copy / "tables" / "networks")
+    code = main(["resume", str(copy)])
+    captured = capsys.readouterr()
+    assert code == 2 and "finished in" in captured.out and "the report could not be made" in captured.err
+
+
+def test_a_stop_asked_before_tunes_loop_starts_still_stops_it(ray_session, tmp_path):
+    # Ctrl-C while torch is imported or the Tuner is built: Tune's handler is not there yet, so
+    # the stop is passed on when its loop sets up its callbacks, and no bundle trains.
+    import yaml
+    from specs import MINIMAL_SPEC
+
+    spec = parse_spec(yaml.safe_load(MINIMAL_SPEC))
+    plan = sweep_plan.make_plan(spec, expand(spec), name="early", storage=str(tmp_path), spec_source="-",
+                                spec_text=MINIMAL_SPEC, spec_suffix=".yaml")
+    before = signal.signal(signal.SIGUSR1, signal.SIG_DFL)  # as in a fresh process: no Tune handler yet
+    try:
+        with interrupts.catching():
+            os.kill(os.getpid(), signal.SIGINT)
+            assert interrupts.requested() == signal.SIGINT
+            runner.run(plan, score=False)
+    finally:
+        signal.signal(signal.SIGUSR1, before)
+    assert len(TableWriter(plan.table_root).read("networks")) == 0
 
 
 CNN_SPEC = """

@@ -11,6 +11,7 @@ import time
 
 from ray import tune
 
+from sweep.command import interrupts
 from sweep.plan.datasets import dataset_info
 from sweep.plan.networks import BundleConfig, network_row, param_count
 from sweep.scoring.actors import ScoringPool
@@ -47,6 +48,7 @@ class ProgressCallback(tune.Callback):
 
     def setup(self, **info):
         self._started = time.monotonic()
+        interrupts.tell_tune()  # Tune installed its handler just now: a signal before it still stops the run
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         self._last[trial.trial_id] = result

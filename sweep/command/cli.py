@@ -326,6 +326,16 @@ def cmd_run(args) -> int:
     from sweep.command import runner
 
     plan, spec, bundles, card, problems = plan_run(args)
+    try:
+        exists = sweep_plan.plan_exists(plan.sweep_dir)
+    except OSError as exc:
+        raise UsageError(f"cannot reach the storage of {plan.sweep_dir}: {exc}; check its path, network and "
+                         "credentials") from None
+    if exists:  # its sweep.json would be replaced, and its tables mixed with this grid's
+        problems.append(f"{plan.sweep_dir} already holds a sweep; continue it with `sweep resume {plan.sweep_dir}`, "
+                        "or give this one another --name")
+        if not args.dry_run:
+            raise UsageError(problems[-1])
     if args.dry_run:
         print(plan_summary(spec, bundles, card, cpus=os.cpu_count()))
         for problem in problems:
@@ -338,8 +348,8 @@ def cmd_run(args) -> int:
     print(f"[sweep] {plan.name}: {plan.networks} networks in {len(plan.bundles)} bundles -> {plan.sweep_dir}")
     started = time.monotonic()
     results, code = guarded(plan, "run", args, lambda: runner.run(plan, score=not args.no_score))
-    return code if code is not None else finish(plan, results, started, report=not args.no_report,
-                                                scored=not args.no_score)
+    scored = not args.no_score and spec.resources.scoring_actors != 0  # 0: no scoring during the run
+    return code if code is not None else finish(plan, results, started, report=not args.no_report, scored=scored)
 
 
 def cmd_resume(args) -> int:
@@ -357,7 +367,9 @@ def cmd_resume(args) -> int:
             raise UsageError(str(exc)) from None
         if not interrupts.requested():
             summary = runner.score(plan, runner.scoring_pool_kwargs(plan)["settings"])
-            print(f"[sweep] scored {summary['scored']} checkpoint(s) left unscored")
+            print(f"[sweep] scored {summary['scored']} checkpoint(s) left unscored or failed")
+            for failure in summary["failures"]:
+                print(f"sweep: scoring failed: {failure}", file=sys.stderr)
         return results
 
     started = time.monotonic()
@@ -385,21 +397,31 @@ def guarded(plan, command: str, args, body):
 
 
 def finish(plan, results, started: float, *, report: bool, scored: bool = True) -> int:
-    """Say how the sweep ended; exit 1 when a bundle failed or a checkpoint was left unscored."""
+    """Say how the sweep ended, then report; exit 1 when a bundle failed or a checkpoint was left
+    unscored or has a network whose scoring failed, 2 when only the report could not be made."""
     errors = sum(1 for r in results if r.error is not None)
     print(f"[sweep] finished in {time.monotonic() - started:.0f}s")
     print(describe(plan))
-    if report:
-        _report(plan.sweep_dir, bootstrap=True)
     if errors:
         print(f"[sweep] {errors} bundle(s) failed after retries (their networks are recorded as failed where the "
               f"storage allowed it); retry them with: sweep resume {plan.sweep_dir}", file=sys.stderr)
     waiting = checkpoints.unscored(plan.table_root, sweep_plan.checkpoints(plan)) if scored else []
+    failed = len(TableWriter(plan.table_root).failed_keys()) if scored else 0
     if waiting:
         print(f"[sweep] {len(waiting)} checkpoint(s) could not be scored (the storage did not answer, their scoring "
               f"was cut short, or they are damaged: see the messages above); score them with: sweep score "
               f"{plan.sweep_dir}", file=sys.stderr)
-    return 1 if errors or waiting else 0
+    if failed:
+        print(f"[sweep] {failed} checkpoint(s) have networks whose scoring failed (the scores table's status and "
+              f"message columns say why); score them again with: sweep score {plan.sweep_dir}", file=sys.stderr)
+    code = 1 if errors or waiting or failed else 0
+    if report:
+        try:
+            _report(plan.sweep_dir, bootstrap=True)
+        except UsageError as exc:
+            print(f"sweep: error: the report could not be made: {exc}", file=sys.stderr)
+            return code or 2
+    return code
 
 
 def cmd_status(args) -> int:

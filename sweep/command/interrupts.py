@@ -37,7 +37,13 @@ def _handle(signum, frame) -> None:
     if _received:
         raise KeyboardInterrupt  # the second: stop at once
     _received.append(signum)
-    if callable(signal.getsignal(signal.SIGUSR1)):  # Ray Tune's loop is running: let it end
+    tell_tune()
+
+
+def tell_tune() -> None:
+    """Pass a stop asked for on to Ray Tune's loop, once its handler is installed; a callback's
+    `setup` calls this too, for a signal that came while torch was imported or the Tuner built."""
+    if requested() and callable(signal.getsignal(signal.SIGUSR1)):
         os.kill(os.getpid(), signal.SIGUSR1)
 
 

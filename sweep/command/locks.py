@@ -30,10 +30,12 @@ LOCK_FILE = "sweep.lock"
 HEARTBEAT_S = 30.0
 STALE_AFTER_S = 4 * HEARTBEAT_S
 SETTLE_S = 1.0
+RETRY_S = 1.0
 
 
 class SweepLocked(Exception):
-    """Another command holds the sweep; the message says who and since when."""
+    """The sweep's lock cannot be taken: another command holds it (the message says who and
+    since when), or its storage does not let the lock be read or written."""
 
 
 def _process_start(pid: int) -> str | None:
@@ -80,13 +82,21 @@ class _Lock:
         self._stop = threading.Event()
         self._beat: threading.Thread | None = None
 
-    def _read(self) -> dict | None:
-        try:
-            return json.loads(storage.read_bytes(self.fs, self.path))
-        except FileNotFoundError:
-            return None
-        except (OSError, ValueError):
-            return {}  # unreadable (cut short): nobody we could wait for
+    def _read(self, tries: int = 1) -> dict | None:
+        """The holder; None when there is no lock, {} when it cannot be parsed (cut short: nobody
+        we could wait for). A storage error is raised (after `tries` attempts, RETRY_S apart):
+        a lock we cannot read may well be held."""
+        for attempt in range(tries):
+            try:
+                return json.loads(storage.read_bytes(self.fs, self.path))
+            except FileNotFoundError:
+                return None
+            except ValueError:
+                return {}
+            except OSError:
+                if attempt == tries - 1:
+                    raise
+                time.sleep(RETRY_S)
 
     def _write(self) -> None:
         data = json.dumps(self.me).encode()
@@ -107,13 +117,25 @@ class _Lock:
         return True
 
     def acquire(self) -> None:
+        try:
+            self._acquire()
+        except OSError as error:
+            raise SweepLocked(f"cannot take the lock {self.sweep_dir}/{LOCK_FILE}: {error}; `sweep` needs to read "
+                              "and write the sweep's storage: try again when it answers, or check its permissions"
+                              ) from None
+
+    def _acquire(self) -> None:
         self.fs.create_dir(self.path.rsplit("/", 1)[0], recursive=True)
-        holder = self._read()
+        holder = self._read(tries=3)
         if holder is not None:
             if holder and _alive(holder):
                 raise SweepLocked(
                     f"{self.sweep_dir} is in use by {describe(holder)}; wait for it to finish or stop it. If that "
                     f"process is gone, delete {self.sweep_dir}/{LOCK_FILE}")
+            # Another command may have taken it over since we read it: never delete a fresh lock.
+            now = self._read(tries=3)
+            if now is not None and now.get("token") != holder.get("token"):
+                raise self._taken(now)
             print(f"sweep: taking over a stale lock on {self.sweep_dir}"
                   + (f" from {describe(holder)}, which is gone" if holder else " (its lock file was unreadable)"),
                   file=sys.stderr, flush=True)
@@ -121,21 +143,22 @@ class _Lock:
                 self.fs.delete_file(self.path)
         if self.local:
             if not self._create_exclusive():
-                raise SweepLocked(f"{self.sweep_dir} was locked by {describe(self._read() or {})} a moment ago; "
-                                  "wait for it to finish")
+                raise self._taken(self._read() or {})
         else:
             self._write()
             time.sleep(SETTLE_S)
             holder = self._read() or {}
             if holder.get("token") != self.me["token"]:
-                raise SweepLocked(f"{self.sweep_dir} was locked by {describe(holder)} a moment ago; "
-                                  "wait for it to finish")
+                raise self._taken(holder)
         self._beat = threading.Thread(target=self._heartbeat, name="sweep-lock-heartbeat", daemon=True)
         self._beat.start()
 
+    def _taken(self, holder: dict) -> SweepLocked:
+        return SweepLocked(f"{self.sweep_dir} was locked by {describe(holder)} a moment ago; wait for it to finish")
+
     def _heartbeat(self) -> None:
         while not self._stop.wait(HEARTBEAT_S):
-            with contextlib.suppress(OSError, ValueError):
+            with contextlib.suppress(OSError):  # the storage did not answer: beat again next time
                 if (self._read() or {}).get("token") != self.me["token"]:
                     return  # taken over (we were thought gone): never write over the new holder
                 self.me["heartbeat"] = time.time()

@@ -122,10 +122,10 @@ def run(plan: SweepPlan, *, score: bool = True, max_failures: int = 2, extra_con
 
 
 def score(plan: SweepPlan, settings, *, rescore: bool = False) -> dict:
-    """Score the sweep's checkpoints that have no scores yet (all of them with `rescore`),
-    printing progress every 10 s."""
+    """Score the sweep's checkpoints that have no scores yet or whose scoring failed for a
+    network (all of them with `rescore`), printing progress every 10 s."""
     found = checkpoints(plan)
-    todo = found if rescore else unscored(plan.table_root, found)
+    todo = found if rescore else unscored(plan.table_root, found, failed=True)
     known = {bundle["bundle_id"] for bundle in plan.bundles}
     foreign = [uri for bundle_id, uri in todo if bundle_id not in known]
     todo = [(bundle_id, uri) for bundle_id, uri in todo if bundle_id in known]

@@ -14,12 +14,14 @@ def describe(plan: SweepPlan) -> str:
     counts = networks["status"].value_counts() if len(networks) else {}
     found = checkpoints(plan)
     waiting = unscored(plan.table_root, found)
+    failed = len(tables.failed_keys())
     lines = [
         f"sweep {plan.name} at {plan.sweep_dir}",
         f"  bundles: {len(done_bundles)} of {len(plan.bundles)} finished",
         f"  networks: {len(networks)} of {plan.networks} recorded"
         + "".join(f", {int(counts.get(s, 0))} {s}" for s in ("converged", "budget", "diverged", "failed")),
-        f"  checkpoints: {len(found)} written, {len(found) - len(waiting)} scored",
+        f"  checkpoints: {len(found)} written, {len(found) - len(waiting)} scored"
+        + (f" ({failed} with a network whose scoring failed)" if failed else ""),
         f"  tables: {plan.table_root}",
     ]
     return "\n".join(lines)

@@ -69,6 +69,12 @@ def save_plan(plan: SweepPlan) -> None:
     storage.write_atomic(fs, f"{path}/{SWEEP_FILE}", lambda stream: stream.write(plan.to_json().encode()))
 
 
+def plan_exists(sweep_dir: str) -> bool:
+    """Whether the folder already holds a sweep (its sweep.json)."""
+    fs, path = storage.resolve(sweep_dir)
+    return fs.get_file_info(f"{path.rstrip('/')}/{SWEEP_FILE}").type != storage.pafs.FileType.NotFound
+
+
 def load_plan(sweep_dir: str) -> SweepPlan:
     """The plan saved in a sweep folder, placed where the folder is now: a copy fetched from a
     cluster's storage reads and writes its own tables, not the original's."""

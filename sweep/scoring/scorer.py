@@ -83,8 +83,16 @@ def record_failure(table_root: str, source, settings: ScoringSettings, message: 
     except CheckpointError as error:
         return f"{label(source)}: {message} ({error})"
     key = checkpoint_key(meta["bundle_id"], meta["tag"])
-    write_rows(TableWriter(table_root), key, failure_rows(meta, settings, message))
+    try:
+        write_rows(TableWriter(table_root), key, failure_rows(meta, settings, message))
+    except OSError as error:
+        return f"{key}: {message}; {_unwritten(error)}"
     return f"{key}: {message}"
+
+
+def _unwritten(error: OSError) -> str:
+    return (f"its rows could not be written ({error}), so the checkpoint is left unscored: `sweep score PATH` "
+            "scores it once the storage takes them")
 
 
 class Scorer:
@@ -156,7 +164,11 @@ class Scorer:
 
     @staticmethod
     def _write(table_root: str, summary: dict, tables: Mapping[str, pa.Table]) -> None:
-        write_rows(TableWriter(table_root), summary["key"], tables)
+        try:
+            write_rows(TableWriter(table_root), summary["key"], tables)
+        except OSError as error:  # never a task error: that would mark the other checkpoints of the call failed
+            summary["message"] = "; ".join(filter(None, [summary["message"], _unwritten(error)]))
+            return
         scores = tables["scores"]
         failed = pc.count_distinct(scores["network_id"].filter(pc.equal(scores["status"], "failed")))
         summary.update(failed_members=failed.as_py(), points=tables["points"].num_rows)

@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
@@ -109,6 +110,17 @@ class TableWriter:
         """Keys that have a file in the table, sorted."""
         _schema(table)
         return [name[: -len(_SUFFIX)] for name in storage.list_files(self._fs, self._dir(table), _SUFFIX)]
+
+    def failed_keys(self) -> list[str]:
+        """Keys of the `scores` files holding a failed row (a network whose scoring raised, or a
+        checkpoint that could not be read), sorted."""
+        directory = self._dir("scores")
+        out = []
+        for name in storage.list_files(self._fs, directory, _SUFFIX):
+            status = pq.read_table(f"{directory}/{name}", columns=["status"], filesystem=self._fs)["status"]
+            if pc.any(pc.equal(status.cast(pa.string()), "failed")).as_py():
+                out.append(name[: -len(_SUFFIX)])
+        return out
 
     def _dir(self, table: str) -> str:
         return f"{self._path.rstrip('/')}/{table}"

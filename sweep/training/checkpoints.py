@@ -121,11 +121,13 @@ def label(source) -> str:
     return str(getattr(source, "path", source))
 
 
-def unscored(table_root: str, checkpoints: Iterable) -> list:
-    """The checkpoints whose key has no `scores` file yet. Items are checkpoint sources (paths,
-    URIs, `ray.tune.Checkpoint`s) or `(bundle_id, source)` pairs; they come back as given.
-    A checkpoint whose metadata cannot be read counts as unscored (scoring then records why)."""
-    done = set(TableWriter(table_root).keys("scores"))
+def unscored(table_root: str, checkpoints: Iterable, *, failed: bool = False) -> list:
+    """The checkpoints whose key has no `scores` file yet (with `failed`, also those whose file
+    holds a failed row). Items are checkpoint sources (paths, URIs, `ray.tune.Checkpoint`s) or
+    `(bundle_id, source)` pairs; they come back as given. A checkpoint whose metadata cannot be
+    read counts as unscored (scoring then records why)."""
+    tables = TableWriter(table_root)
+    done = set(tables.keys("scores")) - (set(tables.failed_keys()) if failed else set())
     todo = []
     for item in checkpoints:
         try:
