@@ -21,22 +21,34 @@ def _read(getter: Callable[[], Any]) -> Any:
         return None
 
 
+def _newer_flags() -> list[tuple[Any, bool]]:
+    """torch ≥ 2.9's per-operation `fp32_precision` flags (none before), each with whether it
+    follows `tf32`: cuBLAS and cuDNN do; oneDNN (CPUs) is always true float32 here."""
+    backends = torch.backends
+    if not hasattr(backends.cuda.matmul, "fp32_precision"):
+        return []
+    flags = [(backends.cuda.matmul, True), (backends.cudnn.conv, True), (backends.cudnn.rnn, True)]
+    onednn = [getattr(backends.mkldnn, op, None) for op in ("matmul", "conv", "rnn")]
+    return flags + [(op, False) for op in onednn if hasattr(op, "fp32_precision")]
+
+
 @contextlib.contextmanager
 def float32_precision(tf32: bool = False) -> Iterator[None]:
-    """cuBLAS matmuls and cuDNN convolutions on CUDA in TF32 where `tf32`, else in true float32;
-    the caller's settings, legacy and newer, come back on exit (per process, not per thread).
+    """cuBLAS matmuls and cuDNN convolutions on CUDA in TF32 where `tf32`, else in true float32,
+    and oneDNN's (CPUs) in true float32; the caller's settings, legacy and newer, come back on
+    exit (per process, not per thread).
 
     Torch's defaults differ (no TF32 for matmuls, TF32 for cuDNN's convolutions), and a TF32
     product is good to ~1e-3, short of the metrics' 1e-4. Set through the legacy `allow_tf32`
-    flags, whose setters also set torch ≥ 2.9's per-operation `fp32_precision` flags, so the two
-    agree inside (torch refuses to run a matmul under a mix of them)."""
+    flags, and on torch ≥ 2.9 each per-operation `fp32_precision` flag too (the legacy setters
+    leave cuDNN's at "none", which inherits a caller's `torch.backends.fp32_precision`); torch
+    refuses to run a matmul under a legacy and a newer flag that disagree, so they agree inside."""
     backends = torch.backends
-    newer = ([(backends.cuda.matmul, backends.cuda.matmul.fp32_precision),
-              (backends.cudnn.conv, backends.cudnn.conv.fp32_precision),
-              (backends.cudnn.rnn, backends.cudnn.rnn.fp32_precision)]
-             if hasattr(backends.cuda.matmul, "fp32_precision") else [])
+    newer = [(flags, follows, flags.fp32_precision) for flags, follows in _newer_flags()]
     matmul, cudnn = _read(torch.get_float32_matmul_precision), _read(lambda: backends.cudnn.allow_tf32)
     backends.cuda.matmul.allow_tf32 = backends.cudnn.allow_tf32 = tf32
+    for flags, follows, _ in newer:
+        flags.fp32_precision = "tf32" if tf32 and follows else "ieee"
     try:
         yield
     finally:
@@ -44,7 +56,7 @@ def float32_precision(tf32: bool = False) -> Iterator[None]:
             torch.set_float32_matmul_precision(matmul)
         if cudnn is not None:
             backends.cudnn.allow_tf32 = cudnn
-        for flags, value in newer:
+        for flags, _, value in newer:
             flags.fp32_precision = value
 
 

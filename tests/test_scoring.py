@@ -491,6 +491,9 @@ def test_scorer_writes_rows_and_records_a_corrupt_checkpoint(tmp_path, data):
     assert TableWriter(tables).failed_keys() == [f"{bad.bundle_id}--end"]
     found = [str(tmp_path / "good"), str(tmp_path / "bad")]
     assert unscored(tables, found) == [] and unscored(tables, found, failed=True) == [str(tmp_path / "bad")]
+    # a scores file cut short is taken again too (scoring writes it anew), and reads raise nowhere
+    (tables / "scores" / f"{good.bundle_id}--end.parquet").write_bytes(b"cut short")
+    assert TableWriter(tables).failed_keys() == sorted([f"{good.bundle_id}--end", f"{bad.bundle_id}--end"])
 
 
 def test_rows_the_storage_will_not_take_leave_the_checkpoint_unscored_without_raising(tmp_path, data, monkeypatch):

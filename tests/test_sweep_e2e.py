@@ -10,6 +10,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+import yaml
+from specs import MINIMAL_SPEC
 
 import analysis
 import metrics_core as mc
@@ -272,9 +274,6 @@ def test_a_checkpoint_whose_scoring_failed_is_counted_and_scored_again(sweep_dir
 def test_a_stop_asked_before_tunes_loop_starts_still_stops_it(ray_session, tmp_path):
     # Ctrl-C while torch is imported or the Tuner is built: Tune's handler is not there yet, so
     # the stop is passed on when its loop sets up its callbacks, and no bundle trains.
-    import yaml
-    from specs import MINIMAL_SPEC
-
     spec = parse_spec(yaml.safe_load(MINIMAL_SPEC))
     plan = sweep_plan.make_plan(spec, expand(spec), name="early", storage=str(tmp_path), spec_source="-",
                                 spec_text=MINIMAL_SPEC, spec_suffix=".yaml")
@@ -287,6 +286,17 @@ def test_a_stop_asked_before_tunes_loop_starts_still_stops_it(ray_session, tmp_p
     finally:
         signal.signal(signal.SIGUSR1, before)
     assert len(TableWriter(plan.table_root).read("networks")) == 0
+
+
+def test_resume_starts_a_sweep_stopped_before_tune_wrote_its_state(ray_session, tmp_path, capsys):
+    # The plan is saved, then the driver died before Ray Tune's first snapshot: `sweep run` refuses
+    # the folder (it holds a sweep), so `sweep resume` must start it.
+    spec = parse_spec(yaml.safe_load(MINIMAL_SPEC))
+    plan = sweep_plan.make_plan(spec, expand(spec), name="unstarted", storage=str(tmp_path), spec_source="-",
+                                spec_text=MINIMAL_SPEC, spec_suffix=".yaml")
+    sweep_plan.save_plan(plan)
+    assert main(["resume", plan.sweep_dir, "--no-report"]) == 0, capsys.readouterr().err
+    assert len(TableWriter(plan.table_root).read("networks")) == plan.networks
 
 
 CNN_SPEC = """

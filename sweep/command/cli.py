@@ -46,8 +46,11 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as exc:
         print(f"sweep: error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("sweep: interrupted; continue with `sweep resume PATH`", file=sys.stderr)
+    except KeyboardInterrupt:  # before the command's own handlers were installed, or after them
+        path = getattr(args, "path", None) or "PATH (the sweep folder it printed)"
+        again = f"sweep score {path}" if args.command == "score" else f"sweep resume {path}"
+        print(f"sweep: interrupted; `sweep status {path}` says what finished, `{again}` continues it",
+              file=sys.stderr)
         return 130
 
 
@@ -286,9 +289,12 @@ def interrupted(plan, command: str) -> int:
         what, again = f"{scored} of {len(found)} checkpoint(s) scored", f"sweep score {plan.sweep_dir}"
     else:
         networks = TableWriter(plan.table_root).read("networks")
-        done = len(set(networks["bundle_id"])) if len(networks) else 0
-        what = (f"{done} of {len(plan.bundles)} bundle(s) finished training, {len(plan.bundles) - done} not (they "
-                f"continue from their last checkpoint); {scored} of {len(found)} checkpoint(s) scored")
+        failed = set(networks.loc[networks["status"] == "failed", "bundle_id"]) if len(networks) else set()
+        done = len(set(networks["bundle_id"]) - failed) if len(networks) else 0
+        what = (f"{done} of {len(plan.bundles)} bundle(s) finished training"
+                + (f", {len(failed)} failed" if failed else "")
+                + f", {len(plan.bundles) - done - len(failed)} not (they continue from their last checkpoint"
+                + ("; failed ones are retried" if failed else "") + f"); {scored} of {len(found)} checkpoint(s) scored")
         again = f"sweep resume {plan.sweep_dir}"
     print(f"sweep: interrupted ({interrupts.signal_name()}): {what}\nsweep: continue with: {again}",
           file=sys.stderr, flush=True)
@@ -326,16 +332,22 @@ def cmd_run(args) -> int:
     from sweep.command import runner
 
     plan, spec, bundles, card, problems = plan_run(args)
-    try:
-        exists = sweep_plan.plan_exists(plan.sweep_dir)
-    except OSError as exc:
-        raise UsageError(f"cannot reach the storage of {plan.sweep_dir}: {exc}; check its path, network and "
-                         "credentials") from None
-    if exists:  # its sweep.json would be replaced, and its tables mixed with this grid's
-        problems.append(f"{plan.sweep_dir} already holds a sweep; continue it with `sweep resume {plan.sweep_dir}`, "
-                        "or give this one another --name")
-        if not args.dry_run:
-            raise UsageError(problems[-1])
+    # Its sweep.json would be replaced, and its tables mixed with this grid's. A dry run stays
+    # offline: it looks only where the storage is a local folder.
+    if not args.dry_run or "://" not in plan.sweep_dir:
+        try:
+            exists = sweep_plan.plan_exists(plan.sweep_dir)
+        except (OSError, ValueError) as exc:
+            if args.dry_run:
+                exists = False
+            else:
+                raise UsageError(f"cannot reach the storage of {plan.sweep_dir}: {exc}; check its path, network "
+                                 "and credentials") from None
+        if exists:
+            problems.append(f"{plan.sweep_dir} already holds a sweep; continue it with `sweep resume "
+                            f"{plan.sweep_dir}`, or give this one another --name")
+            if not args.dry_run:
+                raise UsageError(problems[-1])
     if args.dry_run:
         print(plan_summary(spec, bundles, card, cpus=os.cpu_count()))
         for problem in problems:

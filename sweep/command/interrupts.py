@@ -18,6 +18,7 @@ import threading
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 _received: list[int] = []
+_catching: list[bool] = []  # non-empty while a command's handlers are installed
 
 
 def requested() -> int | None:
@@ -43,7 +44,7 @@ def _handle(signum, frame) -> None:
 def tell_tune() -> None:
     """Pass a stop asked for on to Ray Tune's loop, once its handler is installed; a callback's
     `setup` calls this too, for a signal that came while torch was imported or the Tuner built."""
-    if requested() and callable(signal.getsignal(signal.SIGUSR1)):
+    if _catching and requested() and callable(signal.getsignal(signal.SIGUSR1)):
         os.kill(os.getpid(), signal.SIGUSR1)
 
 
@@ -59,8 +60,10 @@ def catching():
     before = {s: signal.getsignal(s) for s in SIGNALS}
     for s in SIGNALS:
         signal.signal(s, _handle)
+    _catching.append(True)
     try:
         yield
     finally:
+        _catching.clear()
         for s, handler in before.items():
             signal.signal(s, handler)

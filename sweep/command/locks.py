@@ -132,7 +132,8 @@ class _Lock:
                 raise SweepLocked(
                     f"{self.sweep_dir} is in use by {describe(holder)}; wait for it to finish or stop it. If that "
                     f"process is gone, delete {self.sweep_dir}/{LOCK_FILE}")
-            # Another command may have taken it over since we read it: never delete a fresh lock.
+            # Another command may have taken it over since we read it: read again before deleting
+            # (this narrows the window in which two takers could both succeed; it does not close it).
             now = self._read(tries=3)
             if now is not None and now.get("token") != holder.get("token"):
                 raise self._taken(now)

@@ -143,11 +143,10 @@ def score(plan: SweepPlan, settings, *, rescore: bool = False) -> dict:
 
 def resume(plan: SweepPlan):
     """Continue an interrupted sweep: finished bundles are kept, the others continue from
-    their last checkpoint, errored ones are retried from theirs."""
+    their last checkpoint, errored ones are retried from theirs. A sweep stopped before Ray Tune
+    wrote its first snapshot is started (a bundle whose `end` checkpoint is on the storage is
+    still not trained again)."""
     if not tune.Tuner.can_restore(plan.sweep_dir):
-        raise FileNotFoundError(
-            f"{plan.sweep_dir} has no Ray Tune experiment state to resume (it was stopped before its "
-            "first trial started); start it again with `sweep run`"
-        )
+        return run(plan)
     tuner = tune.Tuner.restore(plan.sweep_dir, trainable=_trainable(plan), resume_errored=True)
     return tuner.fit()

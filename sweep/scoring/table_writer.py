@@ -113,14 +113,29 @@ class TableWriter:
 
     def failed_keys(self) -> list[str]:
         """Keys of the `scores` files holding a failed row (a network whose scoring raised, or a
-        checkpoint that could not be read), sorted."""
+        checkpoint that could not be read) or that cannot be read themselves, sorted: what
+        `sweep score` takes again. One scan of every file's `status` (concurrent on object stores);
+        file by file only when a file is damaged."""
         directory = self._dir("scores")
+        files = [f"{directory}/{name}" for name in storage.list_files(self._fs, directory, _SUFFIX)]
+        key = {path: path.rsplit("/", 1)[1][: -len(_SUFFIX)] for path in files}
+        failed = pc.field("status") == "failed"
+        try:
+            dataset = pads.dataset(files, schema=_schema("scores"), format="parquet", filesystem=self._fs)
+            table = dataset.to_table(columns={"file": pc.field("__filename")}, filter=failed)
+            return sorted({key[path] for path in table["file"].to_pylist()})
+        except (OSError, pa.ArrowException):
+            pass
         out = []
-        for name in storage.list_files(self._fs, directory, _SUFFIX):
-            status = pq.read_table(f"{directory}/{name}", columns=["status"], filesystem=self._fs)["status"]
+        for path in files:
+            try:
+                status = pq.read_table(path, columns=["status"], filesystem=self._fs)["status"]
+            except (OSError, pa.ArrowException):
+                out.append(key[path])  # damaged: scoring it again writes it anew
+                continue
             if pc.any(pc.equal(status.cast(pa.string()), "failed")).as_py():
-                out.append(name[: -len(_SUFFIX)])
-        return out
+                out.append(key[path])
+        return sorted(out)
 
     def _dir(self, table: str) -> str:
         return f"{self._path.rstrip('/')}/{table}"
