@@ -21,6 +21,7 @@ import torch.nn.functional as F
 
 import metrics_core as mc
 import sweep.scoring.measure
+import sweep.scoring.table_writer
 from sweep.plan.datasets import DATASETS
 from sweep.plan.networks import BundleConfig, NetworkConfig
 from sweep.plan.schema import SpecError
@@ -469,7 +470,7 @@ def test_checkpoint_size_is_its_weights_file_and_zero_when_there_is_none(tmp_pat
     assert local_size(tune.Checkpoint("bucket/ckpt", filesystem=remote)) == 0
 
 
-def test_scorer_writes_rows_and_records_a_corrupt_checkpoint(tmp_path, data):
+def test_scorer_writes_rows_and_records_a_corrupt_checkpoint(tmp_path, data, monkeypatch):
     tables = tmp_path / "tables"
     good, bad = make_bundle(members=2), make_bundle(members=2, seed0=10)
     write_checkpoint(tmp_path / "good", good, make_nets(good))
@@ -491,6 +492,11 @@ def test_scorer_writes_rows_and_records_a_corrupt_checkpoint(tmp_path, data):
     assert TableWriter(tables).failed_keys() == [f"{bad.bundle_id}--end"]
     found = [str(tmp_path / "good"), str(tmp_path / "bad")]
     assert unscored(tables, found) == [] and unscored(tables, found, failed=True) == [str(tmp_path / "bad")]
+    # one scan of the table finds them, file by file only where a file is damaged
+    read_table = sweep.scoring.table_writer.pq.read_table
+    monkeypatch.setattr(sweep.scoring.table_writer.pq, "read_table", None)
+    assert TableWriter(tables).failed_keys() == [f"{bad.bundle_id}--end"]
+    monkeypatch.setattr(sweep.scoring.table_writer.pq, "read_table", read_table)
     # a scores file cut short is taken again too (scoring writes it anew), and reads raise nowhere
     (tables / "scores" / f"{good.bundle_id}--end.parquet").write_bytes(b"cut short")
     assert TableWriter(tables).failed_keys() == sorted([f"{good.bundle_id}--end", f"{bad.bundle_id}--end"])

@@ -256,7 +256,7 @@ def test_a_checkpoint_whose_scoring_failed_is_counted_and_scored_again(sweep_dir
     assert code == 1 and "sweep: scoring failed:" in err and "population.pt" in err, err
     assert "1 checkpoint(s) have networks whose scoring failed" in err
     assert main(["status", str(copy)]) == 0
-    assert "(1 with a network whose scoring failed)" in capsys.readouterr().out
+    assert "(1 with a network whose scoring failed, or an unreadable scores file)" in capsys.readouterr().out
     # `sweep score` takes it again (no --rescore needed) once the checkpoint is whole
     (checkpoint / "population.pt").write_bytes(weights)
     before = pd.read_parquet(copy / "tables" / "scores")

@@ -47,10 +47,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"sweep: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:  # before the command's own handlers were installed, or after them
-        path = getattr(args, "path", None) or "PATH (the sweep folder it printed)"
-        again = f"sweep score {path}" if args.command == "score" else f"sweep resume {path}"
-        print(f"sweep: interrupted; `sweep status {path}` says what finished, `{again}` continues it",
-              file=sys.stderr)
+        path = getattr(args, "path", None)
+        if path:
+            again = f"sweep score {path}" if args.command == "score" else f"sweep resume {path}"
+            print(f"sweep: interrupted; `sweep status {path}` says what finished, `{again}` continues it",
+                  file=sys.stderr)
+        else:
+            print("sweep: interrupted; if it printed a sweep folder, `sweep status FOLDER` says what finished "
+                  "and `sweep resume FOLDER` continues it; if not, nothing started", file=sys.stderr)
         return 130
 
 

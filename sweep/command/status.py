@@ -21,7 +21,7 @@ def describe(plan: SweepPlan) -> str:
         f"  networks: {len(networks)} of {plan.networks} recorded"
         + "".join(f", {int(counts.get(s, 0))} {s}" for s in ("converged", "budget", "diverged", "failed")),
         f"  checkpoints: {len(found)} written, {len(found) - len(waiting)} scored"
-        + (f" ({failed} with a network whose scoring failed)" if failed else ""),
+        + (f" ({failed} with a network whose scoring failed, or an unreadable scores file)" if failed else ""),
         f"  tables: {plan.table_root}",
     ]
     return "\n".join(lines)

@@ -122,9 +122,9 @@ class TableWriter:
         failed = pc.field("status") == "failed"
         try:
             dataset = pads.dataset(files, schema=_schema("scores"), format="parquet", filesystem=self._fs)
-            table = dataset.to_table(columns={"file": pc.field("__filename")}, filter=failed)
-            return sorted({key[path] for path in table["file"].to_pylist()})
-        except (OSError, pa.ArrowException):
+            table = dataset.to_table(columns=["__filename"], filter=failed)
+            return sorted({key[path] for path in table["__filename"].to_pylist()})
+        except (OSError, KeyError, pa.ArrowException):
             pass
         out = []
         for path in files:
