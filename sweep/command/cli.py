@@ -21,7 +21,7 @@ import pyarrow
 import pyarrow.fs
 
 from sweep.command import interrupts, locks
-from sweep.command.status import describe
+from sweep.command.status import describe, scoring_state
 from sweep.plan import costs, planner, storage, sweep_plan
 from sweep.plan.networks import limit_networks
 from sweep.plan.planner import plan_summary
@@ -417,12 +417,13 @@ def finish(plan, results, started: float, *, report: bool, scored: bool = True) 
     unscored or has a network whose scoring failed, 2 when only the report could not be made."""
     errors = sum(1 for r in results if r.error is not None)
     print(f"[sweep] finished in {time.monotonic() - started:.0f}s")
-    print(describe(plan))
+    state = scoring_state(plan)
+    print(describe(plan, state))
     if errors:
         print(f"[sweep] {errors} bundle(s) failed after retries (their networks are recorded as failed where the "
               f"storage allowed it); retry them with: sweep resume {plan.sweep_dir}", file=sys.stderr)
-    waiting = checkpoints.unscored(plan.table_root, sweep_plan.checkpoints(plan)) if scored else []
-    failed = len(TableWriter(plan.table_root).failed_keys()) if scored else 0
+    waiting = state.waiting if scored else []
+    failed = len(state.failed) if scored else 0
     if waiting:
         print(f"[sweep] {len(waiting)} checkpoint(s) could not be scored (the storage did not answer, their scoring "
               f"was cut short, or they are damaged: see the messages above); score them with: sweep score "

@@ -167,8 +167,8 @@ def point_flops(sizes: list[int], transitions_k: int | None) -> float:
     """FLOPs of the exact Jacobian norms (and transitions along a k-point trajectory) at one point.
 
     Jacobian: the forward pass, the backward chain (C rows through every layer above the first)
-    and the centred (C+1)×(C+1) Gram matrix against W₁W₁ᵀ (docs/performance.md). Transitions: k forward passes
-    above the first layer, whose crossings are solved in closed form.
+    and the centred (C+1)×(C+1) Gram matrix against W₁W₁ᵀ (docs/performance.md). Transitions: k
+    forward passes above the first layer, whose crossings are solved in closed form.
     """
     c, hidden = sizes[-1], sizes[1:-1]
     forward = 2.0 * sum(a * b for a, b in zip(sizes[:-1], sizes[1:]))

@@ -129,11 +129,10 @@ class TableWriter:
         out = []
         for path in files:
             try:
-                status = pq.read_table(path, columns=["status"], filesystem=self._fs)["status"]
+                rows = pq.read_table(path, columns=["status"], filters=failed, filesystem=self._fs).num_rows
             except (OSError, pa.ArrowException):
-                out.append(key[path])  # damaged: scoring it again writes it anew
-                continue
-            if pc.any(pc.equal(status.cast(pa.string()), "failed")).as_py():
+                rows = 1  # damaged: scoring it again writes it anew
+            if rows:
                 out.append(key[path])
         return sorted(out)
 
