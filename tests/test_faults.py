@@ -554,5 +554,23 @@ def test_a_truncated_networks_file_is_named_by_status_and_load(reference, tmp_pa
         analysis.load(sweep_dir)
 
 
+def test_a_truncated_networks_file_at_the_end_of_a_run_is_named(reference, tmp_path, capsys):
+    # What `run` and `resume` print when they end, or are interrupted, over such a file.
+    from sweep.command import cli
+    from sweep.plan.sweep_plan import load_plan
+
+    sweep_dir = tmp_path / "ref"
+    shutil.copytree(reference, sweep_dir)
+    damaged_file = sorted((sweep_dir / "tables" / "networks").glob("*.parquet"))[0]
+    damaged_file.write_bytes(damaged_file.read_bytes()[:200])
+    plan = load_plan(str(sweep_dir))
+    assert cli.finish(plan, [], time.monotonic(), report=False) == 1
+    ended = capsys.readouterr().err
+    assert str(damaged_file) in ended and f"sweep score {sweep_dir}" in ended, ended
+    assert cli.interrupted(plan, "resume") == 128 + signal.SIGINT
+    stopped = capsys.readouterr().err
+    assert str(damaged_file) in stopped and f"continue with: sweep resume {sweep_dir}" in stopped, stopped
+
+
 if __name__ == "__main__" and sys.argv[1:2] == ["host-cluster"]:
     host_cluster(sys.argv[2], json.loads(sys.argv[3]))

@@ -7,6 +7,7 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -98,6 +99,48 @@ def test_a_lock_whose_holder_is_gone_is_taken_over(holder, stale, sweep_dir, cap
         with pytest.raises(locks.SweepLocked, match="is in use by `sweep run`"):
             with locks.holding(sweep_dir, "score"):
                 pass
+
+
+def test_two_commands_taking_over_one_stale_lock_never_both_hold_it(sweep_dir, capsys):
+    write_lock(sweep_dir, pid=dead_pid(), token="stale")
+    reread, go = threading.Event(), threading.Event()
+
+    class Paused(locks._Lock):
+        """Stops after its second read: the one that checks the stale lock is still there."""
+        reads = 0
+
+        def _read(self, tries=1):
+            holder = super()._read(tries)
+            self.reads += 1
+            if self.reads == 2:
+                reread.set()
+                go.wait(10)
+            return holder
+
+    first = Paused(sweep_dir, "resume")
+    thread = threading.Thread(target=first.acquire)
+    thread.start()
+    try:
+        assert reread.wait(10)
+        with pytest.raises(locks.SweepLocked, match="another command is taking over the stale lock"):
+            with locks.holding(sweep_dir, "score"):
+                pass
+    finally:
+        go.set()
+        thread.join(10)
+    assert json.loads((Path(sweep_dir) / locks.LOCK_FILE).read_text())["token"] == first.me["token"]
+    first.release()
+    assert not list(Path(sweep_dir).glob(f"{locks.LOCK_FILE}*"))
+    # a marker left by a command that died mid-takeover is cleared once it is old
+    write_lock(sweep_dir, pid=dead_pid(), token="stale")
+    marker = Path(sweep_dir) / f"{locks.LOCK_FILE}.takeover-stale"
+    marker.write_text("{}")
+    os.utime(marker, (time.time() - 2 * locks.STALE_AFTER_S,) * 2)
+    with pytest.raises(locks.SweepLocked, match="taking over"):
+        with locks.holding(sweep_dir, "score"):
+            pass
+    with locks.holding(sweep_dir, "score"):
+        assert not marker.exists()
 
 
 def test_a_taken_over_holder_never_writes_over_the_new_one(sweep_dir, monkeypatch):

@@ -169,6 +169,25 @@ def test_rescoring_never_duplicates_rows(sweep_dir):
     np.testing.assert_allclose(merged["mean"], merged["mean_again"], rtol=1e-6)
 
 
+def test_scoring_settings_given_to_score_are_the_sweeps_from_then_on(sweep_dir, tmp_path):
+    import shutil
+
+    copy = tmp_path / "tiny"
+    shutil.copytree(sweep_dir, copy)
+    assert main(["score", str(copy), "--points", "30", "--metrics", "loss", "jacobian_softmax"]) == 0
+    saved = json.loads((copy / "sweep.json").read_text())["scoring"]
+    assert saved["points"] == saved["train_points"] == 30 and saved["metrics"] == ["loss", "jacobian_softmax"]
+    # a checkpoint scored later (its file lost, as a resume would score a new one) gets them too
+    lost = sorted((copy / "tables" / "scores").glob("*--end.parquet"))[0]
+    lost.unlink()
+    assert main(["score", str(copy)]) == 0
+    rescored = pd.read_parquet(lost)
+    assert set(rescored["metric"]) <= {"loss", "jacobian_softmax"} and "jacobian_softmax" in set(rescored["metric"])
+    assert (rescored.loc[rescored["split"] != "weights", "n_points"] == 30).all()
+    everything = pd.read_parquet(copy / "tables" / "scores")
+    assert set(everything["metric"]) == set(rescored["metric"])
+
+
 def test_report_and_loader(sweep_dir):
     report = sweep_dir / "report" / "report.md"
     assert report.is_file()

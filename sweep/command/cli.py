@@ -7,6 +7,7 @@ dry run and `sweep status` answer without starting them.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import json
 import logging
@@ -284,21 +285,28 @@ def route_ray_logs(log_file: str) -> None:
     print(f"[sweep] Ray's own messages: {log_file} (--verbose shows them here)", flush=True)
 
 
-def interrupted(plan, command: str) -> int:
+def interrupted(plan, command: str, *, rescore: bool = False) -> int:
     """Say what the interrupted command finished and how to continue; the exit status."""
 
     found = sweep_plan.checkpoints(plan)
     scored = len(found) - len(checkpoints.unscored(plan.table_root, found))
-    if command == "score":
+    if command == "score" and rescore:
+        what, again = "scoring every checkpoint again was cut short", f"sweep score {plan.sweep_dir} --rescore"
+    elif command == "score":
         what, again = f"{scored} of {len(found)} checkpoint(s) scored", f"sweep score {plan.sweep_dir}"
     else:
-        networks = TableWriter(plan.table_root).read("networks")
-        failed = set(networks.loc[networks["status"] == "failed", "bundle_id"]) if len(networks) else set()
-        done = len(set(networks["bundle_id"]) - failed) if len(networks) else 0
-        what = (f"{done} of {len(plan.bundles)} bundle(s) finished training"
-                + (f", {len(failed)} failed" if failed else "")
-                + f", {len(plan.bundles) - done - len(failed)} not (they continue from their last checkpoint"
-                + ("; failed ones are retried" if failed else "") + f"); {scored} of {len(found)} checkpoint(s) scored")
+        try:
+            networks = TableWriter(plan.table_root).read("networks")
+        except (OSError, pyarrow.ArrowException) as exc:
+            what = f"{damaged_table_message(exc, plan.sweep_dir)}; {scored} of {len(found)} checkpoint(s) scored"
+        else:
+            failed = set(networks.loc[networks["status"] == "failed", "bundle_id"]) if len(networks) else set()
+            done = len(set(networks["bundle_id"]) - failed) if len(networks) else 0
+            what = (f"{done} of {len(plan.bundles)} bundle(s) finished training"
+                    + (f", {len(failed)} failed" if failed else "")
+                    + f", {len(plan.bundles) - done - len(failed)} not (they continue from their last checkpoint"
+                    + ("; failed ones are retried" if failed else "")
+                    + f"); {scored} of {len(found)} checkpoint(s) scored")
         again = f"sweep resume {plan.sweep_dir}"
     print(f"sweep: interrupted ({interrupts.signal_name()}): {what}\nsweep: continue with: {again}",
           file=sys.stderr, flush=True)
@@ -393,10 +401,11 @@ def cmd_resume(args) -> int:
     return code if code is not None else finish(plan, results, started, report=not args.no_report)
 
 
-def guarded(plan, command: str, args, body):
+def guarded(plan, command: str, args, body, *, rescore: bool = False):
     """`body()` with the sweep's lock held, Ray started (its own messages to sweep.log unless
     --verbose) and interrupts caught: (its result, None), or (None, the exit status) when a
-    signal stopped it, having said what finished and how to continue."""
+    signal stopped it, having said what finished and how to continue (`rescore`: a `sweep score`
+    of every checkpoint)."""
     if args.address and not ray_started():
         check_reachable(args.address)  # before the lock and the log file: a mistyped address leaves no sweep folder
     try:
@@ -406,19 +415,25 @@ def guarded(plan, command: str, args, body):
                 try:
                     result = body()
                 except KeyboardInterrupt:
-                    return None, interrupted(plan, command)
-            return (None, interrupted(plan, command)) if interrupts.requested() else (result, None)
+                    return None, interrupted(plan, command, rescore=rescore)
+            return (None, interrupted(plan, command, rescore=rescore)) if interrupts.requested() else (result, None)
     except locks.SweepLocked as exc:
         raise UsageError(str(exc)) from None
 
 
 def finish(plan, results, started: float, *, report: bool, scored: bool = True) -> int:
-    """Say how the sweep ended, then report; exit 1 when a bundle failed or a checkpoint was left
-    unscored or has a network whose scoring failed, 2 when only the report could not be made."""
+    """Say how the sweep ended, then report; exit 1 when a bundle failed, a checkpoint was left
+    unscored or has a network whose scoring failed, or the networks table cannot be read, 2 when
+    only the report could not be made."""
     errors = sum(1 for r in results if r.error is not None)
     print(f"[sweep] finished in {time.monotonic() - started:.0f}s")
     state = scoring_state(plan)
-    print(describe(plan, state))
+    try:
+        print(describe(plan, state))
+        damaged = False
+    except (OSError, pyarrow.ArrowException) as exc:
+        print(f"sweep: error: {damaged_table_message(exc, plan.sweep_dir)}", file=sys.stderr)
+        damaged = True
     if errors:
         print(f"[sweep] {errors} bundle(s) failed after retries (their networks are recorded as failed where the "
               f"storage allowed it); retry them with: sweep resume {plan.sweep_dir}", file=sys.stderr)
@@ -431,7 +446,7 @@ def finish(plan, results, started: float, *, report: bool, scored: bool = True) 
     if failed:
         print(f"[sweep] {failed} checkpoint(s) have networks whose scoring failed (the scores table's status and "
               f"message columns say why); score them again with: sweep score {plan.sweep_dir}", file=sys.stderr)
-    code = 1 if errors or waiting or failed else 0
+    code = 1 if errors or waiting or failed or damaged else 0
     if report:
         try:
             _report(plan.sweep_dir, bootstrap=True)
@@ -481,8 +496,18 @@ def cmd_score(args) -> int:
         settings = settings.replace(**overrides) if overrides else settings
     except ValueError as exc:
         raise UsageError(str(exc)) from None
-    summary, code = guarded(plan, "score", args,
-                            lambda: runner.score(plan, settings, rescore=args.rescore or bool(overrides)))
+    rescore = args.rescore or bool(overrides)
+
+    def score():
+        if overrides:
+            # Saved first, so that whatever scores this sweep next (a resume, a later `sweep score`)
+            # uses them: the tables then hold one set of settings.
+            sweep_plan.save_plan(dataclasses.replace(plan, scoring=dataclasses.asdict(settings)))
+            print(f"[sweep] scoring settings saved to {plan.sweep_dir}/{sweep_plan.SWEEP_FILE}: "
+                  + ", ".join(f"{name} {value}" for name, value in overrides.items()))
+        return runner.score(plan, settings, rescore=rescore)
+
+    summary, code = guarded(plan, "score", args, score, rescore=rescore)
     if code is not None:
         return code
     print(f"[sweep] scored {summary['scored']} of {summary['checkpoints']} checkpoint(s) -> {plan.table_root}")

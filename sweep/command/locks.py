@@ -6,9 +6,11 @@ The lock names its holder (host, process, command, since when) and carries a hea
 holder refreshes every HEARTBEAT_S seconds. A lock is stale when its process is gone (same
 host: no such process, or another one that reused its id) or, for a holder on another host,
 when its heartbeat is older than STALE_AFTER_S; a stale lock is taken over with a message.
-On a local or shared file system the lock is created exclusively (O_EXCL); object stores have
-no such create, so there a command writes its lock, waits SETTLE_S and reads it back, and
-backs off if another command's lock replaced it.
+On a local or shared file system the lock is created exclusively (a hard link, which fails
+where the name exists), and so is the right to take over a stale one (a marker named by the
+stale lock's token): of two commands that find the same stale lock, one takes it and the other
+backs off. Object stores have no such create, so there a command writes its lock, waits
+SETTLE_S and reads it back, and backs off if another command's lock replaced it.
 """
 
 from __future__ import annotations
@@ -102,14 +104,14 @@ class _Lock:
         data = json.dumps(self.me).encode()
         storage.write_atomic(self.fs, self.path, lambda stream: stream.write(data))
 
-    def _create_exclusive(self) -> bool:
-        """Create the lock whole or not at all: written under a private name, then hard-linked to
-        the lock's (which fails if it exists), so no reader ever sees a half-written lock."""
+    def _create_exclusive(self, path: str) -> bool:
+        """Create `path` holding our lock, whole or not at all: written under a private name, then
+        hard-linked to `path` (which fails if it exists), so no reader ever sees half of it."""
         temp = f"{self.path}.{self.me['token']}"
         with open(temp, "w") as f:
             json.dump(self.me, f)
         try:
-            os.link(temp, self.path)
+            os.link(temp, path)
         except FileExistsError:
             return False
         finally:
@@ -127,32 +129,59 @@ class _Lock:
     def _acquire(self) -> None:
         self.fs.create_dir(self.path.rsplit("/", 1)[0], recursive=True)
         holder = self._read(tries=3)
-        if holder is not None:
-            if holder and _alive(holder):
-                raise SweepLocked(
-                    f"{self.sweep_dir} is in use by {describe(holder)}; wait for it to finish or stop it. If that "
-                    f"process is gone, delete {self.sweep_dir}/{LOCK_FILE}")
-            # Another command may have taken it over since we read it: read again before deleting
-            # (this narrows the window in which two takers could both succeed; it does not close it).
-            now = self._read(tries=3)
-            if now is not None and now.get("token") != holder.get("token"):
-                raise self._taken(now)
-            print(f"sweep: taking over a stale lock on {self.sweep_dir}"
-                  + (f" from {describe(holder)}, which is gone" if holder else " (its lock file was unreadable)"),
-                  file=sys.stderr, flush=True)
-            with contextlib.suppress(FileNotFoundError):
-                self.fs.delete_file(self.path)
-        if self.local:
-            if not self._create_exclusive():
-                raise self._taken(self._read() or {})
-        else:
-            self._write()
-            time.sleep(SETTLE_S)
-            holder = self._read() or {}
-            if holder.get("token") != self.me["token"]:
-                raise self._taken(holder)
+        if holder and _alive(holder):
+            raise SweepLocked(
+                f"{self.sweep_dir} is in use by {describe(holder)}; wait for it to finish or stop it. If that "
+                f"process is gone, delete {self.sweep_dir}/{LOCK_FILE}")
+        with self._right_to_take_over(holder):
+            if holder is not None:
+                self._take_over(holder)
+            self._create()
         self._beat = threading.Thread(target=self._heartbeat, name="sweep-lock-heartbeat", daemon=True)
         self._beat.start()
+
+    def _create(self) -> None:
+        if self.local:
+            if not self._create_exclusive(self.path):
+                raise self._taken(self._read() or {})
+            return
+        self._write()
+        time.sleep(SETTLE_S)
+        holder = self._read() or {}
+        if holder.get("token") != self.me["token"]:
+            raise self._taken(holder)
+
+    def _take_over(self, stale: dict) -> None:
+        """Delete the stale lock, unless another command took it over since we read it."""
+        now = self._read(tries=3)
+        if now is not None and now.get("token") != stale.get("token"):
+            raise self._taken(now)
+        print(f"sweep: taking over a stale lock on {self.sweep_dir}"
+              + (f" from {describe(stale)}, which is gone" if stale else " (its lock file was unreadable)"),
+              file=sys.stderr, flush=True)
+        if now is not None:
+            with contextlib.suppress(FileNotFoundError):
+                self.fs.delete_file(self.path)
+
+    @contextlib.contextmanager
+    def _right_to_take_over(self, stale: dict | None):
+        """On a file system, a marker only one command can create for this stale lock, held until
+        our lock is created, so that no command deletes a lock another has just created. A marker
+        its maker left (it died mid-takeover) is cleared once older than STALE_AFTER_S."""
+        if stale is None or not self.local:
+            yield
+            return
+        marker = f"{self.path}.takeover-{stale.get('token', 'unreadable')}"
+        if not self._create_exclusive(marker):
+            with contextlib.suppress(OSError):
+                if time.time() - os.stat(marker).st_mtime > STALE_AFTER_S:
+                    os.unlink(marker)
+            raise SweepLocked(f"another command is taking over the stale lock on {self.sweep_dir} at this moment; "
+                              f"wait for it to finish (if none runs, delete {marker})")
+        try:
+            yield
+        finally:
+            os.unlink(marker)
 
     def _taken(self, holder: dict) -> SweepLocked:
         return SweepLocked(f"{self.sweep_dir} was locked by {describe(holder)} a moment ago; wait for it to finish")
