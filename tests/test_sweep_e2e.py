@@ -188,6 +188,22 @@ def test_scoring_settings_given_to_score_are_the_sweeps_from_then_on(sweep_dir, 
     assert set(everything["metric"]) == set(rescored["metric"])
 
 
+def test_a_bundle_whose_end_checkpoint_is_stored_is_not_trained_again(sweep_dir, tmp_path, capsys):
+    # As after a driver killed before Tune's snapshot marked its bundles finished: here Tune's
+    # state is gone altogether, so `sweep resume` starts every trial again.
+    import shutil
+
+    copy = tmp_path / "tiny"
+    shutil.copytree(sweep_dir, copy)
+    for state in [*copy.glob("experiment_state-*.json"), *copy.glob("basic-variant-state-*.json"), copy / "tuner.pkl"]:
+        state.unlink()
+    tables = {path: path.read_bytes() for path in (copy / "tables").rglob("*.parquet")}
+    stored = sorted(path.relative_to(copy) for path in copy.glob("bundle-*/checkpoint_*"))
+    assert main(["resume", str(copy), "--no-report"]) == 0, capsys.readouterr().err
+    assert sorted(path.relative_to(copy) for path in copy.glob("bundle-*/checkpoint_*")) == stored
+    assert {path: path.read_bytes() for path in (copy / "tables").rglob("*.parquet")} == tables
+
+
 def test_report_and_loader(sweep_dir):
     report = sweep_dir / "report" / "report.md"
     assert report.is_file()
