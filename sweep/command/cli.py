@@ -504,7 +504,7 @@ def cmd_score(args) -> int:
             # uses them: the tables then hold one set of settings.
             sweep_plan.save_plan(dataclasses.replace(plan, scoring=dataclasses.asdict(settings)))
             print(f"[sweep] scoring settings saved to {plan.sweep_dir}/{sweep_plan.SWEEP_FILE}: "
-                  + ", ".join(f"{name} {value}" for name, value in overrides.items()))
+                  + f"points {settings.points}, metrics {' '.join(settings.metrics)}")
         return runner.score(plan, settings, rescore=rescore)
 
     summary, code = guarded(plan, "score", args, score, rescore=rescore)
