@@ -14,6 +14,9 @@ from analysis.columns import EXCLUDED_STATUSES, TARGETS, metric_columns, require
 POOLED = "pooled"
 MIN_NETWORKS = 3
 DEFAULT_RESAMPLES = 1000
+CONFIDENCE = 0.95
+# Resamples without a correlation (one value of a column drawn) beyond this share leave no interval.
+MAX_UNDEFINED_SHARE = 0.05
 RESULT_COLUMNS: tuple[str, ...] = (
     "metric", "target", "n", "n_excluded", "rho", "rho_lo", "rho_hi", "rho_p",
     "tau", "tau_lo", "tau_hi", "tau_p", "note",
@@ -83,10 +86,14 @@ def rank_correlation(
         tau = stats.kendalltau(x, y)
     result.update(rho=rho.statistic, rho_p=rho.pvalue, tau=tau.statistic, tau_p=tau.pvalue)
     if bootstrap:
-        (rho_lo, tau_lo), (rho_hi, tau_hi) = bootstrap_intervals(x, y, n_resamples, seed)
+        (rho_lo, tau_lo), (rho_hi, tau_hi), undefined = bootstrap_intervals(x, y, n_resamples, seed)
         result.update(rho_lo=rho_lo, rho_hi=rho_hi, tau_lo=tau_lo, tau_hi=tau_hi)
         if not np.isfinite([rho_lo, rho_hi, tau_lo, tau_hi]).all():
-            notes.append("bootstrap interval undefined: some resamples had a constant column")
+            notes.append(f"bootstrap interval undefined: {undefined} of {n_resamples} resamples drew a constant "
+                         f"column (more than {MAX_UNDEFINED_SHARE:.0%})")
+        elif undefined:
+            notes.append(f"bootstrap interval over {n_resamples - undefined} of {n_resamples} resamples "
+                         f"({undefined} drew a constant column)")
     result["note"] = "; ".join(notes)
     return result
 
@@ -170,14 +177,30 @@ class ResampleStatistics:
 
 
 def bootstrap_intervals(x: np.ndarray, y: np.ndarray, n_resamples: int, seed: int
-                        ) -> tuple[tuple[float, float], tuple[float, float]]:
-    """95% percentile intervals of (ρ, τ), resampling networks ((x, y) pairs) with
-    scipy.stats.bootstrap; returns ((ρ_lo, τ_lo), (ρ_hi, τ_hi))."""
+                        ) -> tuple[tuple[float, float], tuple[float, float], int]:
+    """95% percentile intervals of (ρ, τ), resampling networks ((x, y) pairs):
+    ((ρ_lo, τ_lo), (ρ_hi, τ_hi), undefined), as `percentile_intervals`."""
+    low, high, undefined = percentile_intervals(ResampleStatistics(x, y), len(x), n_resamples, seed)
+    return (float(low[0]), float(low[1])), (float(high[0]), float(high[1])), undefined
+
+
+def percentile_intervals(statistic, n: int, n_resamples: int, seed: int) -> tuple[np.ndarray, np.ndarray, int]:
+    """95% percentile intervals of the statistics `statistic(index)` returns ([k, ...] for index
+    arrays [..., n]), resampling n networks with scipy.stats.bootstrap: (low[k], high[k],
+    undefined). A resample that drew one value of a column has no correlation; the percentiles
+    are taken over the others, and are NaN where more than MAX_UNDEFINED_SHARE of the resamples
+    have none (`undefined` counts them)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", _QUIET)
-        result = stats.bootstrap(
-            (np.arange(len(x)),), ResampleStatistics(x, y), vectorized=True,
+        draws = stats.bootstrap(
+            (np.arange(n),), statistic, vectorized=True,
             n_resamples=n_resamples, method="percentile", rng=np.random.default_rng(seed),
-        )
-    low, high = result.confidence_interval
-    return (float(low[0]), float(low[1])), (float(high[0]), float(high[1]))
+        ).bootstrap_distribution
+    draws = draws.reshape(-1, n_resamples)
+    defined = np.isfinite(draws).all(axis=0)
+    undefined = int((~defined).sum())
+    if undefined > MAX_UNDEFINED_SHARE * n_resamples:
+        return np.full(len(draws), np.nan), np.full(len(draws), np.nan), undefined
+    alpha = (1 - CONFIDENCE) / 2  # as scipy's percentile method computes it
+    low, high = np.percentile(draws[:, defined], [100 * alpha, 100 * (1 - alpha)], axis=1)
+    return low, high, undefined

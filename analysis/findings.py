@@ -24,7 +24,7 @@ import pandas as pd
 from scipy import stats
 
 from analysis.columns import FINAL_CHECKPOINT as FINAL
-from analysis.correlations import POOLED
+from analysis.correlations import MIN_NETWORKS, POOLED, ResampleStatistics, percentile_intervals
 from analysis.factors import FACTORS, factor_pairs
 
 INITIAL = "init"
@@ -92,6 +92,10 @@ def findings(wide: pd.DataFrame, scores: pd.DataFrame, trajectories: pd.DataFram
         predicts_errors(per_point),
         ranks_gap(correlations, "transitions", "transitions_ranks_gap",
                   "Transitions along ellipses through test points rank-correlate positively with the gap."),
+        ranks_gap(correlations, "param_count", "bigger_networks_generalize_better",
+                  "Networks with more parameters have a smaller gap (their counts rank-correlate negatively "
+                  "with it).", expected=-1),
+        train_loss_tracks_less(wide),
     ]
     if ids and not scores["network_id"].astype(str).isin(ids).any():  # unscored: whatever the spec asked for
         found = [replace(f, note="no checkpoint of these networks has scores yet; score them with `sweep score PATH`")
@@ -171,6 +175,9 @@ PAIRED_TEXT = {
     "full_batch": ("full_batch_raises_jacobian",
                    "Full-batch training raises the Jacobian norm (and the gap) against mini-batch SGD.",
                    "add a full batch (null or \"full\") beside a mini-batch size in grid.batch_sizes"),
+    "activation": ("nonlinearity_raises_jacobian",
+                   "Nonlinearities other than ReLU raise the Jacobian norm against ReLU.",
+                   "add relu and another nonlinearity to grid.activations"),
 }
 
 
@@ -191,7 +198,7 @@ def paired(wide: pd.DataFrame, column: str) -> Finding:
         return median_effect(id, claim, scale, np.log10(ratio), 0.0, +1)
 
 
-def ranks_gap(correlations: pd.DataFrame, metric: str, id: str, claim: str) -> Finding:
+def ranks_gap(correlations: pd.DataFrame, metric: str, id: str, claim: str, expected: int = +1) -> Finding:
     scale = "Spearman ρ with the gap across networks (pooled over data sets where there are several)"
     rows = correlations[(correlations["metric"] == metric) & (correlations["target"] == "gap")]
     if rows.empty:
@@ -202,11 +209,40 @@ def ranks_gap(correlations: pd.DataFrame, metric: str, id: str, claim: str) -> F
     if not np.isfinite(row["rho"]):
         return not_measured(id, claim, scale, f"{row['note'] or 'too few networks'}")
     low, high = row["rho_lo"], row["rho_hi"]
-    if not (np.isfinite(low) and np.isfinite(high)):  # no bootstrap: no interval, no verdict
+    if not (np.isfinite(low) and np.isfinite(high)):  # no interval, no verdict
+        why = next((part for part in str(row["note"]).split("; ") if part.startswith("bootstrap interval")),
+                   "the report was written with --no-bootstrap")
         return Finding(id, claim, float(row["rho"]), None, None, int(row["n"]), "inconclusive", scale,
-                       "no interval (the report was written with --no-bootstrap)")
+                       f"no interval ({why})")
     return Finding(id, claim, float(row["rho"]), float(low), float(high), int(row["n"]),
-                   verdict(low, high, 0.0, +1), scale)
+                   verdict(low, high, 0.0, expected), scale)
+
+
+def train_loss_tracks_less(wide: pd.DataFrame) -> Finding:
+    """ρ(test Jacobian norm, gap) − ρ(train loss, gap) over the same networks, with a paired
+    bootstrap of networks: positive where the train loss ranks the gap worse."""
+    id = "train_loss_does_not_track_gap"
+    claim = "The train loss tracks the gap less well than the test Jacobian norm does (the paper: not at all)."
+    scale = ("Spearman ρ of the test Jacobian norm with the gap minus that of the train loss, over the same "
+             "networks (pooled over data sets)")
+    if JACOBIAN not in wide or "train_loss" not in wide:
+        return not_measured(id, claim, scale, f"score {JACOBIAN} (scoring.metrics)")
+    values = wide[[JACOBIAN, "train_loss", "gap"]].to_numpy(float, na_value=np.nan)
+    jacobian, loss, gap = values[np.isfinite(values).all(axis=1)].T
+    if len(gap) < MIN_NETWORKS or len(np.unique(gap)) < 2:
+        return not_measured(id, claim, scale, f"{len(gap)} network(s) with a Jacobian norm, a train loss and a "
+                                              f"gap that varies; the finding needs {MIN_NETWORKS} or more")
+    with_jacobian, with_loss = ResampleStatistics(jacobian, gap), ResampleStatistics(loss, gap)
+
+    def difference(index: np.ndarray, axis: int = -1) -> np.ndarray:
+        return with_jacobian(index)[0] - with_loss(index)[0]
+
+    effect = float(difference(np.arange(len(gap))))
+    (low,), (high,), _ = percentile_intervals(difference, len(gap), N_RESAMPLES, seed=0)
+    if not (np.isfinite(effect) and np.isfinite(low) and np.isfinite(high)):
+        return not_measured(id, claim, scale, "the Jacobian norm or the train loss is (nearly) constant over "
+                                              "these networks")
+    return Finding(id, claim, effect, float(low), float(high), len(gap), verdict(low, high, 0.0, +1), scale)
 
 
 def predicts_errors(per_point: pd.DataFrame) -> Finding:

@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 
 from analysis.columns import EXCLUDED_STATUSES, HYPERPARAMS, SAMPLE_COLUMN, metric_columns, require_columns
+from analysis.factors import FACTORS
 
 PSI = "Ψ (mean over hyperparameters)"
 RESULT_COLUMNS: tuple[str, ...] = (
@@ -54,7 +55,7 @@ def granulated_kendall(
     keys = list(varying_hyperparams(trained) if hyperparams is None else hyperparams)
     # by default the seed groups networks (only h varies in a group) but is no axis of Ψ
     hyperparams = [h for h in keys if h != SAMPLE_COLUMN] if hyperparams is None else keys
-    independent = independent_hyperparams(trained, keys)
+    independent = grouping_hyperparams(keys)
     values = trained[metrics].to_numpy(float, na_value=np.nan)
     gap = trained[target].to_numpy(float, na_value=np.nan)
     usable = np.isfinite(values) & np.isfinite(gap)[:, None]
@@ -71,26 +72,22 @@ def granulated_kendall(
     return pd.DataFrame(rows, columns=list(RESULT_COLUMNS))
 
 
-def independent_hyperparams(df: pd.DataFrame, hyperparams: Sequence[str]) -> list[str]:
-    """The hyperparameters left after dropping each one that is fixed once the others are.
-
-    Such a hyperparameter changes only together with others (full_batch with batch_size), so
-    no group varies it alone, and keeping it would also split the groups of its partner into
-    singletons. Checked from the end of the list, so `full_batch` goes before `batch_size`.
-    """
-    kept = list(hyperparams)
-    for h in reversed(hyperparams):
-        others = [c for c in kept if c != h]
-        if others and df.groupby(others, observed=True, dropna=False)[h].nunique(
-                dropna=False).max() <= 1:
-            kept.remove(h)
-    return kept
+def grouping_hyperparams(hyperparams: Sequence[str]) -> list[str]:
+    """The hyperparameters that define groups: all of them, less a factor tied to another one
+    among them (full_batch to batch_size: a full batch is one of the batch sizes), which would
+    split its partner's groups and never varies alone. Nothing is dropped for how the networks
+    at hand happen to fall: a hyperparameter that never varies alone in them has no ψ, and the
+    others' groups still hold it fixed (learning rates listed per optimizer are compared within
+    an optimizer)."""
+    tied = {factor.column for factor in FACTORS for partner in factor.tied if partner in hyperparams}
+    return [h for h in hyperparams if h not in tied]
 
 
 def _tied(h: str) -> dict[str, object]:
+    partners = next(factor.tied for factor in FACTORS if factor.column == h)
     return {"tau": np.nan, "n_groups": 0, "n_groups_undefined": 0,
-            "note": f"undefined: {h} never varies alone (it is fixed by the other "
-                    "hyperparameters); its effect is in their ψ"}
+            "note": f"undefined: {h} never varies alone (it is fixed by {', '.join(partners)}); its effect is in "
+                    f"the ψ of {', '.join(partners)}"}
 
 
 def _group_taus(df: pd.DataFrame, h: str, hyperparams: Sequence[str], values: np.ndarray,

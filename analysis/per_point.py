@@ -135,7 +135,7 @@ def _notes(result: pd.DataFrame, metric: str) -> pd.Series:
                  np.where(no_auroc, "no AUROC: every point misclassified", "")),
         np.where(result["spearman_loss"].isna() & ~few, f"no ρ: {metric} or loss is constant", ""),
         np.where(result["n_excluded"] > 0,
-                 result["n_excluded"].astype(str) + f" points missing {metric} or loss", ""),
+                 result["n_excluded"].astype(str) + f" points missing {metric}, loss, label or prediction", ""),
     )
     return pd.Series(["; ".join(p for p in row if p) for row in parts], index=result.index,
                      dtype=object)

@@ -12,7 +12,7 @@ import pandas as pd
 
 from analysis import figures
 from analysis.columns import HYPERPARAMS, metric_columns
-from analysis.correlations import DEFAULT_RESAMPLES, correlations
+from analysis.correlations import DEFAULT_RESAMPLES, POOLED, correlations
 from analysis.factors import FACTORS, factor_pairs, paired_factors
 from analysis.findings import Finding, findings, markdown_rows, write_json
 from analysis.granulated import PSI, granulated_kendall, varying_hyperparams
@@ -83,7 +83,8 @@ def build_report(sweep_path: str | os.PathLike, out_dir: str | os.PathLike | Non
     factors = paired_factors(wide)
     points = per_point(tables.points[tables.points["network_id"].isin(wide["network_id"])])
     points_summary = summarize_per_point(points)
-    profile = trajectory_profiles(tables.trajectories, tables.networks)
+    profile = trajectory_profiles(tables.trajectories[tables.trajectories["network_id"].isin(wide["network_id"])],
+                                  tables.networks)
     found = tuple(findings(wide, tables.scores, tables.trajectories, corr, points))
     write_json(list(found), out / "findings.json")
     timings["granulated Kendall, factors, per point, trajectories, findings"] = time.perf_counter() - clock
@@ -200,7 +201,7 @@ def _markdown(tables: Tables, report: Report, drawn: dict[str, list[Path]], boot
         "",
         "Spearman ρ and Kendall τ across networks of each metric with the gap (train accuracy − "
         "test accuracy) and with the loss gap (test − train loss), per data set"
-        + (" and pooled. " if len(datasets) > 1 else ". ")
+        + (" and pooled. " if (report.correlations.iloc[:, 0].astype(str) == POOLED).any() else ". ")
         + ("Intervals: 95% percentile bootstrap over networks." if bootstrap else
            "Bootstrap intervals were skipped (`--no-bootstrap`)."),
         "",
@@ -232,8 +233,10 @@ def _markdown(tables: Tables, report: Report, drawn: dict[str, list[Path]], boot
               "hyperparameters, of I(V_metric; V_gap | U_S) / H(V_gap | U_S) (1: determines it, 0: "
               "nothing beyond the hyperparameters). Robust sign-error (Dziugaite et al., 2020): over "
               "environments of two settings differing in one hyperparameter, the largest share of "
-              "cross pairs where the metric and the gap move oppositely (0 is best; 0.5 is chance). "
-              "Also in `robustness.csv`.", "",
+              "cross pairs where the metric and the gap move oppositely (0 is best; 0.5 is chance), "
+              "pairs weighted by how surely their gaps differ given the test sets' size, and only "
+              "environments with an effective sample of 12 pairs or more (theirs; more seeds per "
+              "setting give more). Also in `robustness.csv`.", "",
               _markdown_table(_robustness_rows(report.robustness)), ""]
     lines += _figure_lines(None, drawn["granulated"])
     lines += ["## Paired factor studies", "",
@@ -347,8 +350,12 @@ def _robustness_rows(df: pd.DataFrame) -> pd.DataFrame:
         "least with": df["condition"].fillna(""),
         "pairs": df["n_pairs"].astype("Int64").astype(str),
         "robust sign-error": df["robust_sign_error"].map(_number),
+        "90th percentile": df["p90_sign_error"].map(_number),
         "mean sign-error": df["mean_sign_error"].map(_number),
+        "environments": df["n_environments"].astype("Int64").astype(str)
+        + " (+" + df["n_environments_small"].astype("Int64").astype(str) + " too small)",
         "worst environment": df["worst_environment"].fillna(""),
+        "note": df["sign_error_note"].fillna(""),
     })
 
 

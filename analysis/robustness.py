@@ -3,16 +3,23 @@ mutual information and Dziugaite et al.'s (2020) robust sign-error over single-f
 environments. numpy/pandas only.
 
 Both look at pairs of networks: V_g = sign(g₁ − g₂) of the gap and V_μ = sign(μ₁ − μ₂) of the
-measure (pairs where either difference is 0 or missing are left out).
+measure (pairs where a value is missing are left out).
 
-- CMI: for every set S of at most two hyperparameters (S = ∅ included), I(V_μ; V_g | U_S) /
+- CMI: over pairs where both differences are nonzero, for every set S of at most two hyperparameters (S = ∅ included), I(V_μ; V_g | U_S) /
   H(V_g | U_S), U_S the values of S for both networks of a pair; the measure's score is the
   minimum over S (a measure whose link to the gap is explained by one or two hyperparameters
   scores low). In nats; 1 when V_μ determines V_g, 0 when independent.
-- Robust sign-error: an environment is two hyperparameter settings that differ in exactly one
-  hyperparameter (the networks of each setting differ only in seed); its sign-error is the share
-  of cross pairs where V_μ ≠ V_g. Reported: the largest over environments (the robust
-  sign-error), the mean, and how many environments.
+- Robust sign-error (Dziugaite et al., 2020, as their code computes it): an environment is two
+  hyperparameter settings that differ in exactly one hyperparameter; each cross pair of their
+  networks (which differ only in seed) has the sign-error (1 − sgn Δμ · sgn Δg) / 2 (a tie costs
+  1/2) and a weight: Hoeffding's probability that the two gaps, each measured on n test points,
+  truly differ, (1 − 2 exp(−n Δg² / 2))², less 1/2 and floored at 0, so that pairs whose gaps
+  differ within the test sets' noise do not count. An environment's sign-error is the weighted
+  mean; only environments whose effective number of pairs, (Σw)² / Σw², is at least `min_ess`
+  (12, theirs) enter. Reported: the largest (the robust sign-error), the 90th percentile and the
+  mean over those environments, how many entered and how many were too small. Without test
+  sizes (sweeps written before the `networks` table recorded them) every pair weighs 1, said so.
+  Each environment is counted once (their code lists it in both orders).
 """
 
 from __future__ import annotations
@@ -27,7 +34,10 @@ from analysis.columns import SAMPLE_COLUMN, metric_columns, require_columns
 from analysis.granulated import varying_hyperparams
 
 CMI_COLUMNS = ("metric", "cmi", "condition", "n_pairs")
-SIGN_ERROR_COLUMNS = ("metric", "robust_sign_error", "mean_sign_error", "worst_environment", "n_environments")
+SIGN_ERROR_COLUMNS = ("metric", "robust_sign_error", "p90_sign_error", "mean_sign_error", "worst_environment",
+                      "n_environments", "n_environments_small", "sign_error_note")
+MIN_ESS = 12.0
+TEST_SIZE_COLUMN = "test_size"
 
 
 def _pairs(n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -89,10 +99,18 @@ def conditional_mutual_information(df: pd.DataFrame, metrics: Sequence[str] | No
     return pd.DataFrame(rows, columns=list(CMI_COLUMNS))
 
 
+def hoeffding_weight(gap_difference: np.ndarray, test_size: np.ndarray) -> np.ndarray:
+    """The weight of a pair whose gaps differ by `gap_difference`, each measured on `test_size`
+    points: max(0, 1 − 2 exp(−2n (Δg/2)²))², less 1/2 and floored at 0."""
+    confidence = np.maximum(0.0, 1.0 - 2.0 * np.exp(-2.0 * test_size * (np.abs(gap_difference) / 2) ** 2)) ** 2
+    return np.maximum(confidence - 0.5, 0.0)
+
+
 def robust_sign_error(df: pd.DataFrame, metrics: Sequence[str] | None = None, target: str = "gap",
-                      hyperparams: Sequence[str] | None = None) -> pd.DataFrame:
-    """One row per metric: the largest and the mean sign-error over single-factor environments,
-    the worst environment and their number (module docstring)."""
+                      hyperparams: Sequence[str] | None = None, min_ess: float = MIN_ESS) -> pd.DataFrame:
+    """One row per metric: the largest, 90th-percentile and mean sign-error over single-factor
+    environments with an effective sample of at least `min_ess` pairs, the worst environment,
+    how many environments entered and how many were too small (module docstring)."""
     metrics = list(metric_columns(df) if metrics is None else metrics)
     require_columns(df, [*metrics, target, *(hyperparams or ())])
     hyperparams = [h for h in (varying_hyperparams(df) if hyperparams is None else hyperparams) if h != SAMPLE_COLUMN]
@@ -106,23 +124,39 @@ def robust_sign_error(df: pd.DataFrame, metrics: Sequence[str] | None = None, ta
         if len(differ) == 1:
             environments.append((f"{differ[0]}: {ka[hyperparams.index(differ[0])]} vs {kb[hyperparams.index(differ[0])]}",
                                  settings[keys[a]], settings[keys[b]]))
-    gap = df[target].to_numpy(float)
+    gap = df[target].to_numpy(float, na_value=np.nan)
+    sizes = (df[TEST_SIZE_COLUMN].to_numpy(float, na_value=np.nan) if TEST_SIZE_COLUMN in df.columns
+             else np.full(len(df), np.nan))
+    filtered = bool(len(df)) and bool(np.isfinite(sizes).all())
+    note = "" if filtered else "no noise filter: test sizes unknown, every pair weighs 1"
     rows = []
     for metric in metrics:
-        values = df[metric].to_numpy(float)
-        errors = []
+        values = df[metric].to_numpy(float, na_value=np.nan)
+        errors, small = [], 0
         for description, first, second in environments:
             d_metric = values[first][:, None] - values[second][None, :]
             d_gap = gap[first][:, None] - gap[second][None, :]
-            keep = np.isfinite(d_metric) & np.isfinite(d_gap) & (d_metric != 0) & (d_gap != 0)
-            if keep.any():
-                errors.append((float(np.mean(np.sign(d_metric[keep]) != np.sign(d_gap[keep]))), description))
+            known = np.isfinite(d_metric) & np.isfinite(d_gap)
+            weight = (hoeffding_weight(d_gap, np.minimum.outer(sizes[first], sizes[second])) if filtered
+                      else np.ones_like(d_gap))[known]
+            total = weight.sum()
+            effective = total ** 2 / (weight ** 2).sum() if total > 0 else 0.0
+            if effective < min_ess and not np.isclose(effective, min_ess):
+                small += 1
+                continue
+            sign_error = (1 - np.sign(d_metric[known]) * np.sign(d_gap[known])) / 2
+            errors.append((float((weight * sign_error).sum() / total), description))
+        base = {"metric": metric, "n_environments": len(errors), "n_environments_small": small}
         if errors:
             worst = max(errors)
-            rows.append({"metric": metric, "robust_sign_error": worst[0],
-                         "mean_sign_error": float(np.mean([e for e, _ in errors])), "worst_environment": worst[1],
-                         "n_environments": len(errors)})
+            shares = [e for e, _ in errors]
+            rows.append({**base, "robust_sign_error": worst[0], "p90_sign_error": float(np.percentile(shares, 90)),
+                         "mean_sign_error": float(np.mean(shares)), "worst_environment": worst[1],
+                         "sign_error_note": note})
         else:
-            rows.append({"metric": metric, "robust_sign_error": np.nan, "mean_sign_error": np.nan,
-                         "worst_environment": "", "n_environments": 0})
+            why = (f"undefined: none of the {small} environments has an effective sample of {min_ess:g} pairs "
+                   "(more seeds per setting, or gaps further apart than the test sets' noise)" if small else
+                   "undefined: no two settings differ in one hyperparameter alone")
+            rows.append({**base, "robust_sign_error": np.nan, "p90_sign_error": np.nan, "mean_sign_error": np.nan,
+                         "worst_environment": "", "sign_error_note": "; ".join(filter(None, [why, note]))})
     return pd.DataFrame(rows, columns=list(SIGN_ERROR_COLUMNS))

@@ -79,6 +79,7 @@ def synthetic_networks(spec: SyntheticSweep, rng: np.random.Generator) -> pd.Dat
     df["bundle_id"] = [f"bundle{i // spec.bundle_size:05d}" for i in range(n)]
     df["sweep"] = "synthetic"
     df["train_size"] = 1000
+    df["test_size"] = 10000
     df["optimizer"] = "sgd"
     df["learning_rate"] = 0.01
     df["batch_size"] = np.where(df["full_batch"], df["train_size"], 128)

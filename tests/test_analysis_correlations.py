@@ -146,12 +146,32 @@ def test_single_network_and_constant_target():
 
 
 def test_tiny_sample_bootstrap_says_when_its_interval_is_undefined():
-    df = pd.DataFrame({"m": [1.0, 2.0, 3.0, 4.0], "gap": [1.0, 2.0, 4.0, 3.0]})
+    # x takes two values: 1 resample in 8 draws only one of them
+    df = pd.DataFrame({"m": [1.0, 1.0, 2.0, 2.0], "gap": [1.0, 2.0, 4.0, 3.0]})
     got = row(correlations(df, metrics=["m"], targets=("gap",), by=None, n_resamples=200),
               "pooled", "m")
-    assert got["rho"] == pytest.approx(0.8)
-    assert np.isnan(got["rho_lo"])
-    assert "bootstrap interval undefined" in got["note"]
+    assert np.isfinite(got["rho"]) and np.isnan(got["rho_lo"]) and np.isnan(got["tau_hi"])
+    assert "bootstrap interval undefined" in got["note"] and "of 200 resamples drew a constant column" in got["note"]
+
+
+def test_a_few_resamples_without_a_correlation_leave_the_interval_to_the_others():
+    # Eight networks, a metric of two values (a parameter count): about 8 in 1000 resamples draw one.
+    rng = np.random.default_rng(4)
+    x, y = np.repeat([1.0, 2.0], 4), rng.random(8) + np.repeat([0.0, 0.3], 4)
+    got = row(correlations(pd.DataFrame({"m": x, "gap": y}), metrics=["m"], targets=("gap",), by=None,
+                           n_resamples=1000, seed=5), "pooled", "m")
+    for name, statistic in (("rho", lambda a, b: stats.spearmanr(a, b).statistic),
+                            ("tau", lambda a, b: stats.kendalltau(a, b).statistic)):
+        with np.errstate(invalid="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            draws = stats.bootstrap((x, y), statistic, paired=True, vectorized=False, n_resamples=1000,
+                                    method="percentile", rng=np.random.default_rng(5)).bootstrap_distribution
+        undefined = int(np.isnan(draws).sum())
+        assert 0 < undefined <= 50
+        low, high = np.nanpercentile(draws, [2.5, 97.5])
+        assert got[f"{name}_lo"] == pytest.approx(low, abs=1e-12) and got[f"{name}_hi"] == pytest.approx(high, abs=1e-12)
+    assert f"bootstrap interval over {1000 - undefined} of 1000 resamples ({undefined} drew a constant column)" in \
+        got["note"]
 
 
 def test_unknown_columns_are_a_clear_error():

@@ -84,7 +84,7 @@ def paired_wide(column: str, good: object, bad: object, effect: float) -> pd.Dat
 
 @pytest.mark.parametrize("direction", PLANTED)
 @pytest.mark.parametrize("column,good,bad", [("random_label_fraction", 0.0, 0.5), ("augmentation", True, False),
-                                             ("full_batch", False, True)])
+                                             ("full_batch", False, True), ("activation", "relu", "tanh")])
 def test_paired_findings(direction, column, good, bad):
     found = fd.paired(paired_wide(column, good, bad, PLANTED[direction]), column)
     assert found.verdict == expected(direction, +1) and found.n == N
@@ -103,6 +103,38 @@ def test_correlation_findings_use_the_correlations_interval(interval, verdict):
     assert fd.ranks_gap(rows, "transitions", "transitions_ranks_gap", "claim").verdict == "not measured"
 
 
+def test_bigger_networks_generalize_better_expects_a_negative_correlation():
+    rows = pd.DataFrame([{"dataset": "digits", "metric": "param_count", "target": "gap", "n": 30,
+                          "rho": -0.4, "rho_lo": -0.6, "rho_hi": -0.2, "note": ""}])
+    found = fd.ranks_gap(rows, "param_count", "bigger_networks_generalize_better", "claim", expected=-1)
+    assert found.verdict == "reproduced"
+    assert fd.ranks_gap(rows.assign(rho=0.4, rho_lo=0.2, rho_hi=0.6), "param_count", "id", "claim",
+                        expected=-1).verdict == "contradicted"
+
+
+@pytest.mark.parametrize("tracks,verdict", [("jacobian_softmax", "reproduced"), ("train_loss", "contradicted")])
+def test_train_loss_against_the_jacobian_with_a_paired_bootstrap(tracks, verdict):
+    from scipy import stats
+
+    rng = np.random.default_rng(7)
+    gap = rng.random(N)
+    wide = pd.DataFrame({"gap": gap, "jacobian_softmax": rng.random(N), "train_loss": rng.random(N)})
+    wide[tracks] = gap + rng.normal(0, 0.1, N)
+    found = fd.train_loss_tracks_less(wide)
+    j, loss = wide["jacobian_softmax"].to_numpy(), wide["train_loss"].to_numpy()
+
+    def difference(a, b, c):
+        return stats.spearmanr(a, c).statistic - stats.spearmanr(b, c).statistic
+
+    reference = stats.bootstrap((j, loss, gap), difference, paired=True, vectorized=False, n_resamples=fd.N_RESAMPLES,
+                                method="percentile", rng=np.random.default_rng(0)).confidence_interval
+    assert found.effect == pytest.approx(difference(j, loss, gap), abs=1e-12) and found.n == N
+    assert (found.ci_low, found.ci_high) == (pytest.approx(reference.low, abs=1e-12),
+                                             pytest.approx(reference.high, abs=1e-12))
+    assert found.verdict == verdict
+    assert fd.train_loss_tracks_less(wide.drop(columns="jacobian_softmax")).verdict == "not measured"
+
+
 def test_without_a_bootstrap_a_correlation_shows_no_empty_interval():
     rows = pd.DataFrame([{"dataset": "digits", "metric": "jacobian_softmax", "target": "gap", "n": 30,
                           "rho": 0.85, "rho_lo": np.nan, "rho_hi": np.nan, "note": ""}])
@@ -110,6 +142,10 @@ def test_without_a_bootstrap_a_correlation_shows_no_empty_interval():
     assert found.verdict == "inconclusive" and "--no-bootstrap" in found.note
     shown = fd.markdown_rows([found]).iloc[0]
     assert shown["effect [95% CI]"] == "+0.85" and shown["verdict"].startswith("inconclusive: no interval")
+    # a bootstrap that ran but left no interval says so, not that it was never asked for
+    why = "bootstrap interval undefined: 90 of 1000 resamples drew a constant column (more than 5%)"
+    found = fd.ranks_gap(rows.assign(note=f"excluded 2 diverged/failed; {why}"), "jacobian_softmax", "id", "claim")
+    assert found.verdict == "inconclusive" and found.note == f"no interval ({why})"
 
 
 @pytest.mark.parametrize("auroc,verdict", [(0.8, "reproduced"), (0.2, "contradicted"), (0.5, "inconclusive")])

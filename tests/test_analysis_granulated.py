@@ -10,7 +10,7 @@ import pytest
 from scipy import stats
 
 from analysis import granulated_kendall
-from analysis.granulated import PSI, independent_hyperparams
+from analysis.granulated import PSI, grouping_hyperparams
 from analysis.synthetic import SyntheticSweep, synthetic_networks
 
 
@@ -60,7 +60,7 @@ def test_matches_a_brute_force_scipy_loop_over_groups():
     hyperparams = [h for h in result.hyperparam.unique() if h != PSI]
     # Seeds are samples: they keep groups apart (only h varies in one) but get no ψ of their own.
     assert "seed" not in hyperparams and trained["seed"].nunique() > 1
-    independent = independent_hyperparams(trained, [*hyperparams, "seed"])
+    independent = grouping_hyperparams([*hyperparams, "seed"])
     assert "full_batch" not in independent and "batch_size" in independent
     for metric in ("jacobian_softmax", "margin"):
         usable = trained[np.isfinite(trained[metric]) & np.isfinite(trained["gap"])]
@@ -92,6 +92,21 @@ def test_a_hyperparameter_tied_to_another_is_reported_not_used():
     overall = psi(result, "jacobian_softmax", PSI)
     assert overall["tau"] == pytest.approx(1.0)
     assert overall["note"] == "left out (no ψ): full_batch"
+
+
+def test_learning_rates_listed_per_optimizer_are_compared_within_an_optimizer():
+    # Each optimizer has its own rates, so a rate fixes the optimizer; the optimizer must still
+    # hold fixed in the rate's groups (Jiang et al.: only h varies in a group).
+    rows = [{"optimizer": o, "learning_rate": lr, "seed": seed}
+            for o, rates in (("sgd", (0.1, 0.01)), ("adam", (1e-3, 1e-4))) for lr in rates for seed in (0, 1)]
+    df = pd.DataFrame(rows).assign(status="converged")
+    df["gap"] = np.log10(df["learning_rate"]) + 5 * (df["optimizer"] == "adam") + 0.01 * df["seed"]
+    df["jacobian_softmax"] = np.log10(df["learning_rate"]) + 0.02 * df["seed"]
+    result = granulated_kendall(df, metrics=["jacobian_softmax"])
+    rate = psi(result, "jacobian_softmax", "learning_rate")
+    assert rate["tau"] == pytest.approx(1.0) and rate["n_groups"] == 4  # (optimizer, seed) groups
+    optimizer = psi(result, "jacobian_softmax", "optimizer")
+    assert np.isnan(optimizer["tau"]) and optimizer["note"].startswith("undefined: none of the")
 
 
 def test_constant_metric_and_no_varying_hyperparameter_give_nan_with_reasons():

@@ -82,7 +82,7 @@ def test_degenerate_networks_get_nan_with_reasons():
     assert result.loc["net3", "n_excluded"] == 19 and result.loc["net3", "n_points"] == 1
     assert result.loc["net3", "note"] == (
         "undefined: fewer than 2 points with jacobian_softmax and loss; "
-        "19 points missing jacobian_softmax or loss")
+        "19 points missing jacobian_softmax, loss, label or prediction")
 
 
 def test_summary_is_the_median_and_quartiles_across_networks():

@@ -92,6 +92,8 @@ def test_networks_table_has_one_row_per_network(sweep_dir):
     assert set(nets["status"]) <= {"converged", "budget"}
     np.testing.assert_allclose(nets["gap"], nets["train_acc"] - nets["test_acc"])
     assert (nets["bundle_id"].value_counts() == 4).all()
+    bundle = BundleConfig.from_dict(json.loads(next(sweep_dir.glob("bundle-*/checkpoint_*/meta.json")).read_text())["bundle"])
+    assert (nets["test_size"] == len(load_dataset(bundle.members[0].dataset).x_test)).all()
 
 
 def test_scores_cover_every_network_checkpoint_split_metric(sweep_dir):
@@ -212,17 +214,20 @@ def test_report_and_loader(sweep_dir):
     assert len(tables.wide) == 8
     assert "jacobian_softmax" in tables.wide.columns
     # The scorecard opens the report: every finding has a verdict or says what would measure it
-    # (a digits sweep has no augmentation or full-batch pairs), and one data set has no pooled rows.
+    # (this sweep has no augmentation, full-batch, label-noise or nonlinearity pairs), and one data set
+    # has no pooled rows.
     text = report.read_text()
     assert text.index("## The paper's findings on this sweep") < text.index("## Rank correlation")
     found = {f["id"]: f for f in json.loads((sweep_dir / "report" / "findings.json").read_text())}
     assert list(found) == ["jacobian_train_below_test", "jacobian_dips_at_anchors", "same_class_fewer_transitions",
                            "random_labels_raise_jacobian", "augmentation_lowers_jacobian",
-                           "full_batch_raises_jacobian", "jacobian_ranks_gap", "jacobian_predicts_errors",
-                           "transitions_ranks_gap"]
+                           "full_batch_raises_jacobian", "nonlinearity_raises_jacobian", "jacobian_ranks_gap",
+                           "jacobian_predicts_errors", "transitions_ranks_gap", "bigger_networks_generalize_better",
+                           "train_loss_does_not_track_gap"]
     assert all(set(f) == {"id", "claim", "effect", "ci_low", "ci_high", "n", "verdict"} for f in found.values())
     assert {f["verdict"] for f in found.values()} <= {"reproduced", "contradicted", "inconclusive", "not measured"}
-    for absent in ("augmentation_lowers_jacobian", "full_batch_raises_jacobian", "random_labels_raise_jacobian"):
+    for absent in ("augmentation_lowers_jacobian", "full_batch_raises_jacobian", "random_labels_raise_jacobian",
+                   "nonlinearity_raises_jacobian"):
         assert found[absent]["verdict"] == "not measured" and found[absent]["effect"] is None
     assert found["jacobian_train_below_test"]["verdict"] != "not measured" and found["jacobian_train_below_test"]["n"] > 0
     assert "pooled" not in set(pd.read_csv(sweep_dir / "report" / "correlations.csv")["dataset"])

@@ -142,7 +142,7 @@ def network_row(config: NetworkConfig, bundle_id: str, *, status: str, param_cou
     ended; `train` and `test` are (loss, accuracy), the gaps follow from them."""
     (train_loss, train_acc), (test_loss, test_acc) = train, test
     return {
-        **config.row(), **(resolved or {}),
+        **config.row(), "test_size": None, **(resolved or {}),
         "bundle_id": bundle_id, "sweep": sweep, "param_count": param_count, "status": status,
         "steps": steps, "epochs": float(epochs),
         "train_loss": train_loss, "train_acc": train_acc, "test_loss": test_loss, "test_acc": test_acc,

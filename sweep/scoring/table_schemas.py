@@ -16,6 +16,7 @@ SCHEMAS: dict[str, pa.Schema] = {
             ("sweep", CATEGORY),
             ("dataset", CATEGORY),
             ("train_size", pa.int64()),
+            ("test_size", pa.int64()),
             ("random_label_fraction", pa.float64()),
             ("augmentation", pa.bool_()),
             ("width", pa.int64()),

@@ -422,8 +422,8 @@ class PopulationTrainer:
         test_loss, test_acc = evaluate(mlp, self.data.x_test, labels_test, min_chunk=self.batch)
         params = param_count(self.members[0], self.data)
         shift, flips = augmentation_of(self.members[0], self.data.image_shape, self.data.hflip)
-        resolved = {"train_size": self.n, "batch_size": self.batch, "augmentation_shift": shift,
-                    "augmentation_flips": flips}
+        resolved = {"train_size": self.n, "test_size": len(self.data.x_test), "batch_size": self.batch,
+                    "augmentation_shift": shift, "augmentation_flips": flips}
         rows = []
         for i, config in enumerate(self.members):
             steps, epochs, wall = self.progress(i)
