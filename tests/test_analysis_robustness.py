@@ -129,6 +129,16 @@ def test_robust_sign_error_counts_ties_and_small_environments():
     assert got.loc["param_count", "worst_environment"].startswith("learning_rate")
 
 
+def test_a_full_batch_is_an_environment_of_the_batch_size():
+    rng = np.random.default_rng(8)
+    df = pd.DataFrame({"batch_size": np.repeat([128, 1000], 4), "full_batch": np.repeat([False, True], 4),
+                       "seed": np.tile(range(4), 2), "gap": np.repeat([0.1, 0.3], 4) + rng.normal(0, 0.01, 8)})
+    df["jacobian_softmax"] = df["gap"]
+    got = robust_sign_error(df, ["jacobian_softmax"], min_ess=16).iloc[0]
+    assert got["n_environments"] == 1 and got["worst_environment"] == "batch_size: 128 vs 1000"
+    assert got["robust_sign_error"] == 0.0
+
+
 def test_a_metric_that_tracks_the_gap_is_not_judged_by_noise():
     # The learning rate leaves the gap alone: in its environments the gaps differ by noise only.
     # Weighted, those pairs do not count, and a metric close to the gap keeps a low robust sign-error.
