@@ -217,6 +217,13 @@ class ConvNet:
         """Units in a point's activation code: every activated unit and every max-pool window."""
         return sum(self.code_widths())
 
+    def last_layer_parts(self) -> int:
+        """How many of the code's parts (the last ones) make the last hidden layer's code: its
+        activation's pieces, and the choices of the max-pools after it, which pick among them."""
+        coded = [layer for layer in self.layers if isinstance(layer, Act)
+                 or (isinstance(layer, Pool) and layer.kind == "max")]
+        return len(coded) - max(i for i, layer in enumerate(coded) if isinstance(layer, Act))
+
     def widest(self) -> int:
         """The largest per-point, per-member activation (for chunk sizing)."""
         return max(math.prod(self.input_shape), *(math.prod(s) for s in self.shapes()))
@@ -413,6 +420,8 @@ def _layer_of(module: nn.Module, activations: set[Activation], position: int) ->
                              "no padding, floor mode is supported")
         if isinstance(module, nn.MaxPool2d) and _pair(module.dilation) != 1:
             raise ValueError(f"MaxPool2d at {position}: dilation is not supported")
+        if getattr(module, "divisor_override", None) is not None:
+            raise ValueError(f"AvgPool2d at {position}: divisor_override is not supported (the pool is a mean)")
         return Pool(_POOLS[type(module)], size)
     if isinstance(module, nn.AdaptiveAvgPool2d):
         if _pair(module.output_size) != 1:

@@ -46,7 +46,7 @@ def codes(net: Net, x: Tensor, *, layers: Layers = "all", chunk_size: int | None
     if layers not in ("all", "last"):
         raise ValueError(f"layers must be 'all' or 'last', got {layers!r}")
     if isinstance(mlp, ConvNet):
-        width = mlp.code_width() if layers == "all" else mlp.code_widths()[-1]
+        width = mlp.code_width() if layers == "all" else sum(mlp.code_widths()[-mlp.last_layer_parts():])
         per_point = mlp.num_models * (mlp.code_width() + 2 * mlp.widest())
     else:
         width = sum(mlp.hidden_sizes) if layers == "all" else mlp.hidden_sizes[-1]
@@ -60,10 +60,10 @@ def codes(net: Net, x: Tensor, *, layers: Layers = "all", chunk_size: int | None
 def pieces_at(net: MLP | ConvNet, x: Tensor, layers: Layers) -> Tensor:
     """The activation code at flat points x [n, d] (or [M, n, d]) -> int8 [M, n, H]: every
     hidden unit's piece, and for a ConvNet every max-pool window's choice, of all layers or
-    the last code part alone."""
+    the last hidden layer's (with the max-pool choices after it)."""
     if isinstance(net, ConvNet):
         _, parts = run(net, images(net, x), codes=True)
-        return torch.cat(parts, -1) if layers == "all" else parts[-1]
+        return torch.cat(parts if layers == "all" else parts[-net.last_layer_parts():], -1)
     hidden, _ = preactivations(net, x, logits=False)
     return hidden_pieces(net, hidden, layers)
 
@@ -86,8 +86,11 @@ def neighbour_changes(pieces: Tensor) -> Tensor:
     diff = torch.empty_like(words)
     torch.bitwise_xor(words[..., :-1, :], words[..., 1:, :], out=diff[..., :-1, :])
     torch.bitwise_xor(words[..., -1, :], words[..., 0, :], out=diff[..., -1, :])
-    # Piece indices use the two low bits of a byte (−1 sets all eight): a byte's flag is their OR.
-    diff.bitwise_or_(diff >> 1).bitwise_and_(_BYTES_ONES)
+    # A byte's flag is the OR of its eight bits (a max-pool choice of a 3×3 window runs to 8; −1
+    # sets all eight), folded into its lowest bit: bits shifted in from the next byte never reach it.
+    for shift in (4, 2, 1):
+        diff.bitwise_or_(diff >> shift)
+    diff.bitwise_and_(_BYTES_ONES)
     return diff.mul_(_BYTES_ONES).bitwise_right_shift_(56).sum(-1, dtype=torch.int32)
 
 

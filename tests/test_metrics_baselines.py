@@ -28,6 +28,8 @@ def test_weight_measures_match_references():
     net = make_net()
     ws = [m.weight.detach().double().numpy() for m in linears(net)]
     assert int(param_count(net)) == sum(p.numel() for p in net.parameters())
+    bias_free = nn.Sequential(nn.Linear(6, 5, bias=False), nn.ReLU(), nn.Linear(5, 3))
+    assert int(param_count(bias_free)) == 6 * 5 + 5 * 3 + 3  # a missing bias is no parameter
     assert float(weight_norm_sq(net)) == pytest.approx(sum((w**2).sum() for w in ws), rel=1e-6)
     assert float(spectral_product(net)) == pytest.approx(np.prod([np.linalg.norm(w, 2) for w in ws]), rel=1e-5)
     total = 0.0

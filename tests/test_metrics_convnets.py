@@ -11,7 +11,7 @@ from torch import nn
 from test_metrics_jacobian import assert_relative, reference_norms
 from test_metrics_regions import brute_ellipse
 
-from metrics_core import (distance_from_init, jacobian_norms, margin, pacbayes_sigma, param_count, path_norm,
+from metrics_core import (codes, distance_from_init, jacobian_norms, margin, pacbayes_sigma, param_count, path_norm,
                           slice_codes, spectral_product, trajectory_profile, transition_counts, weight_norm_sq)
 from metrics_core.baselines import operator_norms
 from metrics_core.convnets import ConvNet, as_convnet, run, stack_convnets, unstack_convnet
@@ -119,26 +119,48 @@ def test_jacobian_norms_stay_exact_where_every_logit_shares_a_large_part():
         assert_relative(logit[member], logit_ref, 1e-5)
 
 
-def brute_code(net, point):
+def brute_parts(net, point):
     """Every activated unit's piece and every max-pool window's first argmax, module by module
     (a ReLU's output is > 0 exactly where its input is; a hard-tanh's is at a bound exactly
-    where its input is at or past it)."""
-    code, a = [], point.unsqueeze(0)
+    where its input is at or past it): one (module, code) part per activation and max-pool."""
+    parts, a = [], point.unsqueeze(0)
     for module in net:
         if isinstance(module, nn.MaxPool2d):
-            k = module.kernel_size
+            k, code = module.kernel_size, []
             _, c, h, w = a.shape
             for channel in range(c):
                 for row in range(0, h - h % k, k):
                     for col in range(0, w - w % k, k):
                         window = a[0, channel, row:row + k, col:col + k].reshape(-1).tolist()
                         code.append(window.index(max(window)))
+            parts.append((module, code))
         a = module(a)
         if isinstance(module, nn.Hardtanh):
-            code += [0 if v <= module.min_val else 2 if v >= module.max_val else 1 for v in a.flatten().tolist()]
+            parts.append((module, [0 if v <= module.min_val else 2 if v >= module.max_val else 1
+                                   for v in a.flatten().tolist()]))
         elif isinstance(module, nn.ReLU):
-            code += [1 if v > 0 else 0 for v in a.flatten().tolist()]
-    return code
+            parts.append((module, [1 if v > 0 else 0 for v in a.flatten().tolist()]))
+    return parts
+
+
+def brute_code(net, point, layers="all"):
+    """The code of every layer, or of the last activated one and the max-pools after it."""
+    parts = brute_parts(net, point)
+    if layers == "last":
+        last = max(i for i, (module, _) in enumerate(parts) if not isinstance(module, nn.MaxPool2d))
+        parts = parts[last:]
+    return [piece for _, code in parts for piece in code]
+
+
+def pooled_last(pools=(2, 2), seed=0, classes=5):
+    """conv–ReLU–max-pool blocks straight into the linear head: the last hidden layer's code
+    holds the last pool's choices."""
+    torch.manual_seed(seed)
+    side = SHAPE[1] // pools[0] // pools[1]
+    return nn.Sequential(
+        nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(pools[0]),
+        nn.Conv2d(4, 6, 3, padding=1), nn.ReLU(), nn.MaxPool2d(pools[1]),
+        nn.Flatten(), nn.Linear(6 * side * side, classes)).eval()
 
 
 def test_codes_hold_every_unit_and_max_pool_choice():
@@ -153,9 +175,11 @@ def test_codes_hold_every_unit_and_max_pool_choice():
     assert code.tolist() == expected
 
 
-@pytest.mark.parametrize("family", ["vgg", "nin"])
+@pytest.mark.parametrize("family", ["vgg", "nin", "pool3"])
 def test_ellipse_transitions_match_brute_force(family):
-    nets = [FAMILIES[family](seed=s).double() for s in range(2)]
+    # 3×3 max-pools choose among 9: codes past 3 differ in a byte's upper bits only
+    make = {**FAMILIES, "pool3": lambda seed: pooled_last(pools=(3, 2), seed=seed)}[family]
+    nets = [make(seed=s).double() for s in range(2)]
     population = stack_convnets(nets, SHAPE)
     x = torch.randn(3, *SHAPE, dtype=torch.float64)
     partners = torch.randn(3, 2, *SHAPE, dtype=torch.float64)
@@ -172,6 +196,30 @@ def test_ellipse_transitions_match_brute_force(family):
         assert min(expected) > 0
 
 
+@pytest.mark.parametrize("make", [vgg, pooled_last])
+def test_last_layer_codes_and_slices_hold_the_max_pools_after_it(make):
+    nets = [make(seed=s) for s in range(2)]
+    population = stack_convnets(nets, SHAPE)
+    x = torch.randn(4, *SHAPE)
+    got = codes(population, x, layers="last")
+    with torch.no_grad():
+        for member, net in enumerate(nets):
+            assert got[member].tolist() == [brute_code(net, p, "last") for p in x]
+    a, b, c = (torch.randn(*SHAPE) for _ in range(3))
+    grid = 9
+    sliced = slice_codes(population, a, b, c, grid=grid, layers="last")
+    origin, basis = sliced.origin.float(), sliced.basis.float()
+    u = torch.linspace(float(sliced.extent[0]), float(sliced.extent[1]), grid)
+    v = torch.linspace(float(sliced.extent[2]), float(sliced.extent[3]), grid)
+    pixels = torch.stack([origin + uu * basis[0] + vv * basis[1] for vv in v for uu in u])
+    for member, net in enumerate(nets):
+        with torch.no_grad():
+            found = [tuple(brute_code(net, p.view(SHAPE), "last")) for p in pixels]
+        ids = {}
+        assert sliced.region[member].flatten().tolist() == [ids.setdefault(code, len(ids)) for code in found]
+        assert len(ids) > 1
+
+
 def test_layer_list_errors_name_the_problem():
     net = as_convnet(vgg(), SHAPE)
     with pytest.raises(ValueError, match="input_shape"):
@@ -184,6 +232,10 @@ def test_layer_list_errors_name_the_problem():
         jacobian_norms(net, torch.randn(4, 3, 7, 7))
     with pytest.raises(ValueError, match="same-shape"):
         stack_convnets([vgg(), copy.deepcopy(nin())], SHAPE)
+    with pytest.raises(ValueError, match="divisor_override is not supported"):
+        as_convnet(nn.Sequential(nn.Conv2d(3, 2, 3), nn.ReLU(), nn.AvgPool2d(2, divisor_override=3), nn.Flatten(),
+                                 nn.Linear(2 * 3 * 3, 4)), SHAPE)
+
 
 
 def dense_operator(conv, input_shape):
@@ -214,6 +266,33 @@ def test_weight_baselines_match_references(family):
         torch.testing.assert_close(norms[:, member].double(), torch.stack(expected), rtol=1e-5, atol=0)
         torch.testing.assert_close(spectral_product(population)[member].double(), torch.stack(expected).prod(),
                                    rtol=1e-4, atol=0)
+
+
+@pytest.mark.parametrize("channels,stride,shape", [((3, 16), 1, (3, 32, 32)), ((16, 16), 2, (16, 16, 16))])
+def test_conv_spectral_norms_on_large_maps_match_arpack(channels, stride, shape):
+    # Large maps crowd the top singular values (within 1e-7 of each other here), where power
+    # iteration stopped up to 2.5e-4 short. The reference: ARPACK's Lanczos on AᵀA, its adjoint
+    # from autograd.
+    import numpy as np
+    from scipy.sparse.linalg import LinearOperator, eigsh
+
+    from metrics_core.baselines import conv_operator_norm
+    from metrics_core.convnets import Conv
+
+    torch.manual_seed(1)
+    bound = 1 / math.sqrt(channels[0] * 9)
+    weight = torch.empty(2, channels[1], channels[0], 3, 3, dtype=torch.float64).uniform_(-bound, bound)
+    got = conv_operator_norm(Conv(weight, None, stride, 1), shape)
+    for member in range(2):
+        def gram(v, w=weight[member]):
+            x = torch.from_numpy(np.asarray(v).reshape(1, *shape)).requires_grad_()
+            y = torch.nn.functional.conv2d(x, w, None, stride, 1)
+            return torch.autograd.grad(y, x, y)[0].numpy().ravel()
+
+        size = math.prod(shape)
+        top = eigsh(LinearOperator((size, size), matvec=gram, dtype=np.float64), k=1, which="LA", tol=1e-14,
+                    return_eigenvectors=False)[0]
+        assert got[member].item() == pytest.approx(math.sqrt(top), rel=1e-11)
 
 
 def test_path_norm_sums_every_path():

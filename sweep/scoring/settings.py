@@ -64,7 +64,8 @@ class ScoringSettings:
     slice_grid: at_least(2) = 256
     """pixels on each side of a slice's grid (G)"""
     slice_layers: Literal["last", "all"] = "last"
-    """whose codes draw a slice's boundaries: the last hidden layer's, or all layers'"""
+    """whose codes draw a slice's boundaries: the last hidden layer's (a convolutional network's with the
+    max-pool choices after it), or all layers'"""
     sharpness_samples: PositiveInt = 10
     """PAC-Bayes sharpness and magnitude-aware flatness (Jiang et al. 2020): noise draws per bisection step"""
     sharpness_search_depth: PositiveInt = 15
