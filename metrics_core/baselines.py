@@ -39,17 +39,20 @@ def param_count(net: Net) -> Tensor:
 
 @exact
 def weight_norm_sq(net: Net) -> Tensor:
-    """Σ_l ‖W_l‖²_F over the weight matrices and convolution kernels."""
+    """Σ_l ‖W_l‖²_F over the weight matrices and convolution kernels (a batch norm right after
+    a convolution folded into its kernel, as Jiang et al. 2020 do before every measure)."""
     return _per_model(net, sum(w.square().flatten(1).sum(1) for w in as_population(net).weights))
 
 
 @exact
 def operator_norms(net: Population) -> Tensor:
     """‖W_l‖₂ [L, M] of every weight layer: the largest singular value of a weight matrix, or
-    of the linear operator a convolution applies to its input; NaN for non-finite weights."""
+    of the linear operator a convolution applies to its input (a batch norm after it folded in,
+    as for every weight measure); NaN for non-finite weights."""
     if isinstance(net, MLP):
         layers: list[tuple[Tensor, Conv | None, tuple]] = [(w, None, ()) for w in net.weights]
     else:  # each weight layer with its input's shape (a convolution's operator depends on it)
+        net = net.folded()
         inputs = [net.input_shape, *net.shapes()]
         layers = [(layer.weight, layer if isinstance(layer, Conv) else None, inputs[i])
                   for i, layer in enumerate(net.layers) if isinstance(layer, Conv | Dense)]

@@ -230,8 +230,24 @@ class ConvNet:
 
     @property
     def weights(self) -> tuple[Tensor, ...]:
-        """The Conv and Dense weights, in order (biases and Norm parameters excluded)."""
-        return tuple(layer.weight for layer in self.layers if isinstance(layer, Conv | Dense))
+        """The Conv and Dense weights, in order, each Norm right after a Conv folded into it
+        (`folded`); biases excluded."""
+        return tuple(layer.weight for layer in self.folded().layers if isinstance(layer, Conv | Dense))
+
+    def folded(self) -> ConvNet:
+        """The same function with each Norm that directly follows a Conv folded into it (weight
+        times scale per output channel, bias·scale + shift), as Jiang et al. (2020) rewrite a
+        network before every weight measure; a Norm elsewhere stays."""
+        layers: list[Layer] = []
+        for layer in self.layers:
+            if isinstance(layer, Norm) and layers and isinstance(layers[-1], Conv):
+                before = layers.pop()
+                shift = layer.shift if before.bias is None else before.bias * layer.scale + layer.shift
+                layers.append(Conv(before.weight * layer.scale[:, :, None, None, None], shift, before.stride,
+                                   before.padding))
+            else:
+                layers.append(layer)
+        return ConvNet(tuple(layers), self.activation, self.input_shape)
 
     def parameters(self) -> list[Tensor]:
         """Every trained tensor, in layer order: weights, biases, Norm scales and shifts."""

@@ -245,14 +245,33 @@ def dense_operator(conv, input_shape):
         return torch.nn.functional.conv2d(basis, conv.weight.double(), None, conv.stride, conv.padding).flatten(1).T
 
 
-@pytest.mark.parametrize("family", ["vgg", "nin"])
+def folded(net):
+    """A copy with each BatchNorm2d folded into the convolution before it, as Jiang et al.'s
+    code rewrites a network before measuring its weights."""
+    layers = []
+    for module in copy.deepcopy(net):
+        if isinstance(module, nn.BatchNorm2d):
+            conv_, scale = layers.pop(), module.weight / (module.running_var + module.eps).sqrt()
+            bias = conv_.bias if conv_.bias is not None else torch.zeros_like(module.bias)
+            fused = nn.Conv2d(conv_.in_channels, conv_.out_channels, conv_.kernel_size, conv_.stride, conv_.padding)
+            with torch.no_grad():
+                fused.weight.copy_(conv_.weight * scale[:, None, None, None])
+                fused.bias.copy_(module.bias + scale * (bias - module.running_mean))
+            layers.append(fused)
+        else:
+            layers.append(module)
+    return nn.Sequential(*layers).eval()
+
+
+@pytest.mark.parametrize("family", ["vgg", "vgg-bn", "nin"])
 def test_weight_baselines_match_references(family):
     nets = [FAMILIES[family](seed=s) for s in range(2)]
     population = stack_convnets(nets, SHAPE)
     norms = operator_norms(population)
-    for member, net in enumerate(nets):
-        params = [p for p in net.parameters()]
+    for member, original in enumerate(nets):
+        params = [p for p in original.parameters()]
         assert param_count(population)[member] == sum(p.numel() for p in params)
+        net = folded(original)
         weights = [m.weight for m in net if isinstance(m, nn.Conv2d | nn.Linear)]
         torch.testing.assert_close(weight_norm_sq(population)[member], sum(w.square().sum() for w in weights))
         shape, expected = SHAPE, []
