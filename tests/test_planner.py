@@ -434,13 +434,13 @@ def test_expected_epochs_come_from_the_convergence_table_or_the_budget():
     assert costs.expected_epochs(cifar(100, depth=4, activation="hard_tanh", optimizer="momentum",
                                        learning_rate=0.005), budget) == (500, "not converging")
     assert costs.expected_epochs(cifar(100, depth=4, activation="hard_tanh", optimizer="sgd",
-                                       learning_rate=0.05), budget) == (453, "measured")
+                                       learning_rate=0.05), budget) == (476, "measured")  # seeds 0, 1: 453, 499
     assert costs.expected_epochs(cifar(100, depth=5, activation="hard_tanh", optimizer="sgd",
                                        learning_rate=0.05), budget) == (500, "not converging")
-    # relu6 converged at both top rates at depth 4 (291, 340) and at SGD 0.05 at depth 5 (444), and
+    # relu6 converged at both top rates at depth 4 (291, 340) and at SGD 0.05 at depth 5 (seeds 0, 1: 444, 465), and
     # stalled as relu did at momentum 0.005 at depth 5 (the depth's entry).
     for depth, optimizer, rate, expected in ((4, "sgd", 0.05, (291, "measured")), (4, "momentum", 0.005, (340, "measured")),
-                                             (5, "sgd", 0.05, (444, "measured")),
+                                             (5, "sgd", 0.05, (454.5, "measured")),
                                              (5, "momentum", 0.005, (500, "not converging"))):
         assert costs.expected_epochs(cifar(100, depth=depth, activation="relu6", optimizer=optimizer,
                                            learning_rate=rate), budget) == expected
