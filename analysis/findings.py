@@ -219,12 +219,13 @@ def ranks_gap(correlations: pd.DataFrame, metric: str, id: str, claim: str, expe
 
 
 def train_loss_tracks_less(wide: pd.DataFrame) -> Finding:
-    """ρ(test Jacobian norm, gap) − ρ(train loss, gap) over the same networks, with a paired
-    bootstrap of networks: positive where the train loss ranks the gap worse."""
+    """ρ(test Jacobian norm, gap) − |ρ(train loss, gap)| over the same networks, with a paired
+    bootstrap of networks: positive where the Jacobian norm ranks the gap better than the train
+    loss does in either direction."""
     id = "train_loss_does_not_track_gap"
     claim = "The train loss tracks the gap less well than the test Jacobian norm does (the paper: not at all)."
-    scale = ("Spearman ρ of the test Jacobian norm with the gap minus that of the train loss, over the same "
-             "networks (pooled over data sets)")
+    scale = ("Spearman ρ of the test Jacobian norm with the gap minus |ρ| of the train loss with it (tracking "
+             "either way), over the same networks (pooled over data sets)")
     if JACOBIAN not in wide or "train_loss" not in wide:
         return not_measured(id, claim, scale, f"score {JACOBIAN} (scoring.metrics)")
     values = wide[[JACOBIAN, "train_loss", "gap"]].to_numpy(float, na_value=np.nan)
@@ -235,7 +236,7 @@ def train_loss_tracks_less(wide: pd.DataFrame) -> Finding:
     with_jacobian, with_loss = ResampleStatistics(jacobian, gap), ResampleStatistics(loss, gap)
 
     def difference(index: np.ndarray, axis: int = -1) -> np.ndarray:
-        return with_jacobian(index)[0] - with_loss(index)[0]
+        return with_jacobian(index)[0] - np.abs(with_loss(index)[0])
 
     effect = float(difference(np.arange(len(gap))))
     (low,), (high,), _ = percentile_intervals(difference, len(gap), N_RESAMPLES, seed=0)

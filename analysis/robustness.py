@@ -19,7 +19,8 @@ measure (pairs where a value is missing are left out).
   mean; only environments whose effective number of pairs, (Σw)² / Σw², is at least `min_ess`
   (12, theirs) enter. Reported: the largest (the robust sign-error), the 90th percentile and the
   mean over those environments, how many entered and how many were too small. Without test
-  sizes (sweeps written before the `networks` table recorded them) every pair weighs 1, said so.
+  sizes (sweeps written before the `networks` table recorded them), or for a target other than
+  the accuracy gap, every pair weighs 1, said so.
   Each environment is counted once (their code lists it in both orders).
 """
 
@@ -129,8 +130,10 @@ def robust_sign_error(df: pd.DataFrame, metrics: Sequence[str] | None = None, ta
     gap = df[target].to_numpy(float, na_value=np.nan)
     sizes = (df[TEST_SIZE_COLUMN].to_numpy(float, na_value=np.nan) if TEST_SIZE_COLUMN in df.columns
              else np.full(len(df), np.nan))
-    filtered = bool(len(df)) and bool(np.isfinite(sizes).all())
-    note = "" if filtered else "no noise filter: test sizes unknown, every pair weighs 1"
+    # Hoeffding's bound is for accuracies measured on n points: a gap of them
+    filtered = target == "gap" and bool(len(df)) and bool(np.isfinite(sizes).all())
+    note = ("" if filtered else "no noise filter: test sizes unknown, every pair weighs 1" if target == "gap"
+            else f"no noise filter: the weights are for an accuracy gap, not {target}; every pair weighs 1")
     rows = []
     for metric in metrics:
         values = df[metric].to_numpy(float, na_value=np.nan)
@@ -143,7 +146,7 @@ def robust_sign_error(df: pd.DataFrame, metrics: Sequence[str] | None = None, ta
                       else np.ones_like(d_gap))[known]
             total = weight.sum()
             effective = total ** 2 / (weight ** 2).sum() if total > 0 else 0.0
-            if effective < min_ess and not np.isclose(effective, min_ess):
+            if total == 0 or (effective < min_ess and not np.isclose(effective, min_ess)):
                 small += 1
                 continue
             sign_error = (1 - np.sign(d_metric[known]) * np.sign(d_gap[known])) / 2

@@ -105,10 +105,9 @@ def conv_operator_norm(layer: Conv, input_shape: tuple[int, int, int]) -> Tensor
         betas.append(r.norm(dim=1))
         # A Krylov space that AᵀA maps into itself (a small operator) holds its top eigenvalue.
         exhausted = betas[-1] <= LANCZOS_TOLERANCE * alphas[0].abs().clamp_min(1e-300)
-        if step % LANCZOS_CHECK == 0 or exhausted.any() or step == LANCZOS_STEPS:
-            tridiagonal = (torch.diag_embed(torch.stack(alphas, 1))
-                           + torch.diag_embed(torch.stack(betas[1:-1], 1), 1)
-                           + torch.diag_embed(torch.stack(betas[1:-1], 1), -1))
+        if step % LANCZOS_CHECK == 0 or (exhausted & ~done).any() or step == LANCZOS_STEPS:
+            off = torch.stack(betas[1:-1], 1) if step > 1 else alphas[0].new_zeros(m, 0)
+            tridiagonal = torch.diag_embed(torch.stack(alphas, 1)) + torch.diag_embed(off, 1) + torch.diag_embed(off, -1)
             estimate = torch.linalg.eigvalsh(tridiagonal)[:, -1]
             settled = (estimate - top).abs() <= LANCZOS_TOLERANCE * estimate.abs()
             top = torch.where(done, top, estimate)

@@ -127,6 +127,11 @@ def test_robust_sign_error_counts_ties_and_small_environments():
         assert got.loc[metric, "mean_sign_error"] == pytest.approx(np.mean(errors), abs=1e-12)
     assert got.loc["param_count", "robust_sign_error"] == 0.5
     assert got.loc["param_count", "worst_environment"].startswith("learning_rate")
+    # Hoeffding's weights are for an accuracy gap: another target weighs every pair 1, and says so
+    other = robust_sign_error(df.assign(test_size=1000, loss_gap=df["gap"]), ["noise"], target="loss_gap",
+                              hyperparams=hyperparams, min_ess=9).iloc[0]
+    assert other["robust_sign_error"] == got.loc["noise", "robust_sign_error"]
+    assert "the weights are for an accuracy gap, not loss_gap" in other["sign_error_note"]
 
 
 def test_a_full_batch_is_an_environment_of_the_batch_size():

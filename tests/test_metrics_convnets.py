@@ -287,6 +287,16 @@ def test_weight_baselines_match_references(family):
                                    rtol=1e-4, atol=0)
 
 
+def test_conv_spectral_norms_of_diverged_and_zero_members():
+    nets = [vgg(seed=s) for s in range(3)]
+    with torch.no_grad():
+        nets[1][0].weight[0, 0, 0, 0] = float("nan")  # diverged
+        nets[2][0].weight.zero_()  # its operator is 0: the Krylov space ends at once
+    norms = operator_norms(stack_convnets(nets, SHAPE))
+    assert torch.isfinite(norms[:, 0]).all() and norms[0, 1].isnan() and norms[0, 2] == 0
+    torch.testing.assert_close(norms[1:, 1:], operator_norms(stack_convnets(nets[1:], SHAPE))[1:])
+
+
 @pytest.mark.parametrize("channels,stride,shape", [((3, 16), 1, (3, 32, 32)), ((16, 16), 2, (16, 16, 16))])
 def test_conv_spectral_norms_on_large_maps_match_arpack(channels, stride, shape):
     # Large maps crowd the top singular values (within 1e-7 of each other here), where power

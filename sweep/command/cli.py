@@ -505,7 +505,13 @@ def cmd_score(args) -> int:
             sweep_plan.save_plan(dataclasses.replace(plan, scoring=dataclasses.asdict(settings)))
             print(f"[sweep] scoring settings saved to {plan.sweep_dir}/{sweep_plan.SWEEP_FILE}: "
                   + f"points {settings.points}, metrics {' '.join(settings.metrics)}")
-        return runner.score(plan, settings, rescore=rescore)
+        try:
+            return runner.score(plan, settings, rescore=rescore)
+        except Exception:
+            if overrides:  # saved, and some checkpoints may still hold scores of the old settings
+                print(f"sweep: the new scoring settings are saved; score every checkpoint with them: sweep score "
+                      f"{plan.sweep_dir} --rescore", file=sys.stderr)
+            raise
 
     summary, code = guarded(plan, "score", args, score, rescore=rescore)
     if code is not None:

@@ -167,21 +167,27 @@ class _Lock:
     def _right_to_take_over(self, stale: dict | None):
         """On a file system, a marker only one command can create for this stale lock, held until
         our lock is created, so that no command deletes a lock another has just created. A marker
-        its maker left (it died mid-takeover) is cleared once older than STALE_AFTER_S."""
+        whose maker died mid-takeover is left to the user: deleting it here could race another
+        command that has just made a fresh one."""
         if stale is None or not self.local:
             yield
             return
         marker = f"{self.path}.takeover-{stale.get('token', 'unreadable')}"
         if not self._create_exclusive(marker):
-            with contextlib.suppress(OSError):
-                if time.time() - os.stat(marker).st_mtime > STALE_AFTER_S:
-                    os.unlink(marker)
+            try:
+                maker = json.loads(storage.read_bytes(self.fs, marker))
+            except (OSError, ValueError):
+                maker = {}
+            if maker and not _alive(maker):
+                raise SweepLocked(f"a command that was taking over the stale lock on {self.sweep_dir}, "
+                                  f"{describe(maker)}, is gone; delete {marker} and try again")
             raise SweepLocked(f"another command is taking over the stale lock on {self.sweep_dir} at this moment; "
                               f"wait for it to finish (if none runs, delete {marker})")
         try:
             yield
         finally:
-            os.unlink(marker)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(marker)
 
     def _taken(self, holder: dict) -> SweepLocked:
         return SweepLocked(f"{self.sweep_dir} was locked by {describe(holder)} a moment ago; wait for it to finish")

@@ -100,7 +100,8 @@ def load_plan(sweep_dir: str) -> SweepPlan:
     except (ValueError, KeyError, TypeError) as exc:
         raise FileNotFoundError(
             f"{sweep_dir}/{SWEEP_FILE} is damaged ({type(exc).__name__}: {exc}); `sweep run` writes it "
-            "once, before any trial starts: restore it from a copy of the sweep's folder"
+            "before any trial starts (and `sweep score --points/--metrics` anew, whole or not at all): restore it "
+            "from a copy of the sweep's folder"
         ) from None
     parent, _, name = where.rpartition("/")
     return dataclasses.replace(plan, storage=parent, name=name)
