@@ -205,16 +205,20 @@ def test_last_layer_codes_and_slices_hold_the_max_pools_after_it(make):
     with torch.no_grad():
         for member, net in enumerate(nets):
             assert got[member].tolist() == [brute_code(net, p, "last") for p in x]
-    a, b, c = (torch.randn(*SHAPE) for _ in range(3))
+    assert_slice_regions_follow_the_codes(population, nets, *(torch.randn(*SHAPE) for _ in range(3)), "last")
+
+
+def assert_slice_regions_follow_the_codes(population, nets, a, b, c, layers):
+    """Each pixel's region id is the order in which its brute-force code first appears."""
     grid = 9
-    sliced = slice_codes(population, a, b, c, grid=grid, layers="last")
+    sliced = slice_codes(population, a, b, c, grid=grid, layers=layers)
     origin, basis = sliced.origin.float(), sliced.basis.float()
     u = torch.linspace(float(sliced.extent[0]), float(sliced.extent[1]), grid)
     v = torch.linspace(float(sliced.extent[2]), float(sliced.extent[3]), grid)
     pixels = torch.stack([origin + uu * basis[0] + vv * basis[1] for vv in v for uu in u])
     for member, net in enumerate(nets):
         with torch.no_grad():
-            found = [tuple(brute_code(net, p.view(SHAPE), "last")) for p in pixels]
+            found = [tuple(brute_code(net, p.view(SHAPE), layers)) for p in pixels]
         ids = {}
         assert sliced.region[member].flatten().tolist() == [ids.setdefault(code, len(ids)) for code in found]
         assert len(ids) > 1
@@ -373,19 +377,7 @@ def test_profiles_and_slices_follow_the_codes_and_norms_at_each_point():
             codes = [brute_code(net, p.view(SHAPE)) for p in z[0]]
         expected = [sum(p != q for p, q in zip(codes[i], codes[(i + 1) % 12])) for i in range(12)]
         assert density[member, 0].tolist() == expected
-    grid = 9
-    sliced = slice_codes(population, a, b, c, grid=grid, layers="all")
-    origin, basis = sliced.origin.float(), sliced.basis.float()
-    u = torch.linspace(float(sliced.extent[0]), float(sliced.extent[1]), grid)
-    v = torch.linspace(float(sliced.extent[2]), float(sliced.extent[3]), grid)
-    pixels = torch.stack([origin + uu * basis[0] + vv * basis[1] for vv in v for uu in u])
-    for member, net in enumerate(nets):
-        with torch.no_grad():
-            codes = [tuple(brute_code(net, p.view(SHAPE))) for p in pixels]
-        ids = {}
-        expected = [ids.setdefault(code, len(ids)) for code in codes]
-        assert sliced.region[member].flatten().tolist() == expected
-        assert len(ids) > 1
+    assert_slice_regions_follow_the_codes(population, nets, a, b, c, "all")
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
