@@ -102,6 +102,30 @@ def test_a_network_too_large_for_the_card_is_refused_before_anything_starts(tmp_
     assert code == 2 and "needs about" in err and "Traceback" not in err
 
 
+def test_a_trial_that_cannot_share_a_card_with_its_scoring_actor_is_refused(tmp_path, capsys):
+    # A full-batch 3072→6000×4 bundle takes most of a 24 GiB card, and with scoring_actors: auto each
+    # card's scoring actor starts first: together more than the card, so Ray would wait for ever.
+    spec = tmp_path / "crowded.yaml"
+    resources = {"gpus_per_trial": "auto", "gpu_memory_gib": 24, "scoring_actors": "auto",
+                 "gpus_per_scoring_actor": "auto"}
+    spec.write_text(json.dumps({"name": "crowded", "datasets": ["cifar10"],
+                                "grid": {"widths": [6000], "depths": [4], "learning_rates": [0.01],
+                                         "batch_sizes": [None]},
+                                "budget": {"max_epochs": 10}, "resources": resources}))
+    parsed = load_spec(str(spec))
+    bundles = planner.expand(parsed, planner.card_for(parsed))
+    shares = planner.gpu_shares(parsed, bundles, planner.card_for(parsed))
+    scoring = planner.scoring_share(parsed, bundles, planner.card_for(parsed))
+    assert max(shares.values()) + scoring > 1  # what Ray would be asked for on one card
+    code = main(["run", str(spec), "--dry-run"])
+    err = capsys.readouterr().err
+    assert code == 2 and "more than one card together" in err and "Traceback" not in err, err
+    # without scoring during the run there is no actor to share the card with
+    assert main(["run", str(spec), "--dry-run", "--no-score"]) == 0
+    spec.write_text(spec.read_text().replace('"scoring_actors": "auto"', '"scoring_actors": 1'))
+    assert main(["run", str(spec), "--dry-run"]) == 0  # one actor: the other cards are free of it
+
+
 def test_a_batch_of_one_where_batch_norm_sees_1x1_maps_is_refused_before_anything_starts():
     def spec(batch, pooling="conv", norm=True):
         return parse_spec({"name": "bn", "architecture": "cnn", "datasets": ["digits"],

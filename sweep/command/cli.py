@@ -185,6 +185,7 @@ def plan_run(args):
             bundles = limit_networks(bundles, args.max_networks)
         shares = planner.gpu_shares(spec, bundles, card)
         scoring_share = planner.scoring_share(spec, bundles, card)
+        planner.check_scoring_room(spec, bundles, shares, scoring_share, scored=not args.no_score)
     except (SpecError, FileNotFoundError) as exc:
         raise UsageError(str(exc)) from None
     for data_spec in sorted({m.dataset for b in bundles for m in b.members}, key=str):

@@ -339,6 +339,23 @@ def gpu_shares(spec: SweepSpec, bundles: list[BundleConfig], card: Card | None) 
     return out
 
 
+def check_scoring_room(spec: SweepSpec, bundles: list[BundleConfig], shares: dict[str, float], scoring: float,
+                       *, scored: bool = True) -> None:
+    """Refuse a trial that cannot share a card with a scoring actor when every card gets one
+    (`scoring_actors: auto`): the actors start before the trials, and Ray would leave such a
+    trial waiting for ever, without a word."""
+    if not scored or spec.resources.scoring_actors != AUTO or not scoring:
+        return
+    crowded = [b for b in bundles if shares.get(b.bundle_id, 0.0) + scoring > 1 + 1e-9]
+    if crowded:
+        bundle = max(crowded, key=lambda b: shares[b.bundle_id])
+        raise SpecError(
+            f"resources: a trial of {len(bundle.members)} networks {_shape_name(bundle)} takes {shares[bundle.bundle_id]:g} "
+            f"of a card and each card's scoring actor {scoring:g}, more than one card together ({len(crowded)} "
+            "bundle(s) so), so Ray would never start it; use a smaller resources.bundle_size, a smaller "
+            "gpus_per_scoring_actor, or scoring_actors: 0 and `sweep score` once training ends")
+
+
 def scoring_share(spec: SweepSpec, bundles: list[BundleConfig], card: Card | None) -> float:
     """A scoring actor's share of a card: the spec's number, or with `auto` its memory's share."""
     share = spec.resources.gpus_per_scoring_actor
