@@ -126,6 +126,18 @@ def test_a_trial_that_cannot_share_a_card_with_its_scoring_actor_is_refused(tmp_
     assert main(["run", str(spec), "--dry-run"]) == 0  # one actor: the other cards are free of it
 
 
+def test_a_train_split_too_small_for_same_class_ellipses_is_refused_before_anything_starts():
+    def spec(train_size, trajectories=True):
+        return parse_spec({"name": "s", "datasets": [{"name": "digits", "train_size": train_size}],
+                           "grid": {"widths": [8], "depths": [1], "learning_rates": [0.1]}, "budget": {"max_epochs": 1},
+                           "scoring": {"points": 10, "train_points": 3, "trajectories": trajectories}})
+
+    with pytest.raises(SpecError, match=r"digits with 20 training examples of 10 classes may have no class with three"
+                                        r".* a train_size of at least 21, or scoring.trajectories: false"):
+        planner.expand(spec(20))
+    assert planner.expand(spec(21)) and planner.expand(spec(8, trajectories=False))
+
+
 def test_a_batch_of_one_where_batch_norm_sees_1x1_maps_is_refused_before_anything_starts():
     def spec(batch, pooling="conv", norm=True):
         return parse_spec({"name": "bn", "architecture": "cnn", "datasets": ["digits"],
@@ -446,7 +458,7 @@ def test_expected_epochs_come_from_the_convergence_table_or_the_budget():
     assert costs.expected_epochs(cifar(200, depth=5, activation="hard_tanh", optimizer="sgd", learning_rate=0.05),
                                  budget) == (129, "measured")
     assert costs.expected_epochs(cifar(100, activation="relu6", optimizer="sgd", learning_rate=0.01),
-                                 budget) == (459, "measured")
+                                 budget) == (441, "measured")  # seeds 0, 1: 459, 423
     assert costs.expected_epochs(cifar(100, depth=3, activation="relu6", optimizer="sgd", learning_rate=0.01),
                                  budget) == (397, "measured")
     # ... unless the activation has an entry at that depth: hard_tanh and relu6 100x3 converged at

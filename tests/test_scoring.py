@@ -369,6 +369,14 @@ def test_slice_anchors_span_a_plane_where_the_images_repeat(data):
     assert scoring_inputs(same, settings.replace(slices=False)).slice_anchors.shape == (0, 3, x.shape[1])
 
 
+def test_a_train_split_without_three_points_of_a_class_is_named(data):
+    # Eight points of distinct classes, where same-class ellipses need three of one class.
+    first = [int(torch.nonzero(data.y_train == c)[0]) for c in range(8)]
+    few = dataclasses.replace(data, x_train=data.x_train[first], y_train=data.y_train[first])
+    with pytest.raises(ValueError, match="same-class ellipses need a class with 3 training points; the train split's 8"):
+        scoring_inputs(few, SETTINGS.replace(trajectories=True, train_points=3))
+
+
 def test_settings_from_a_plan_and_their_errors():
     assert ScoringSettings.from_dict(dataclasses.asdict(ScoringSettings())) == ScoringSettings()
     assert ScoringSettings.from_dict({"points": 10}).points == 10

@@ -226,6 +226,7 @@ def members_per_bundle(group: list[NetworkConfig], spec: SweepSpec, card: Card |
 def expand(spec: SweepSpec, card: Card | None = None) -> list[BundleConfig]:
     """The grid → networks → bundles (module docstring); raises SpecError when a network, or a
     bundle of the size the spec fixes, cannot fit on `card`."""
+    check_ellipse_anchors(spec)
     bundles = []
     for group in _groups(spec):
         check_batches(group[0])
@@ -236,6 +237,22 @@ def expand(spec: SweepSpec, card: Card | None = None) -> list[BundleConfig]:
     if card is not None:
         check_fits(spec, bundles, card)
     return bundles
+
+
+def check_ellipse_anchors(spec: SweepSpec) -> None:
+    """Refuse a train split too small for scoring's same-class ellipses, which pass through three
+    training points of one class: only 2·C + 1 points of C classes are sure to hold such a class.
+    (Otherwise each checkpoint's scoring would fail, once training is done.)"""
+    if not spec.scoring.trajectories:
+        return
+    for data in spec.datasets:
+        info = dataset_info(data)
+        n, classes = info.train_size, info.num_classes
+        if n and classes and n < 2 * classes + 1:
+            raise SpecError(
+                f"datasets: {data.name} with {n} training examples of {classes} classes may have no class with "
+                "three, through which scoring draws its same-class ellipses; use a train_size of at least "
+                f"{2 * classes + 1}, or scoring.trajectories: false")
 
 
 def check_batches(net: NetworkConfig) -> None:

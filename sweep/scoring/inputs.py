@@ -105,6 +105,9 @@ def _ellipses(data, n: int, k: int, generator: torch.Generator) -> dict[str, Ten
     different, same = [], []
     members = {int(c): torch.nonzero(y == c).flatten() for c in classes}
     eligible = [c for c, idx in members.items() if len(idx) >= 3]
+    if not eligible:
+        raise ValueError(f"same-class ellipses need a class with 3 training points; the train split's {len(y)} have "
+                         "none: use a larger train_size, or scoring.trajectories: false")
     for _ in range(n):
         chosen = classes[torch.randperm(len(classes), generator=generator)[:3]]
         different.append(torch.stack([_pick(members[int(c)], 1, generator)[0] for c in chosen]))
