@@ -138,6 +138,20 @@ def test_a_train_split_too_small_for_same_class_ellipses_is_refused_before_anyth
     assert planner.expand(spec(21)) and planner.expand(spec(8, trajectories=False))
 
 
+def test_all_of_a_split_given_as_its_size_is_the_same_network_as_null():
+    def spec(train_size=None):
+        return parse_spec({"name": "s", "datasets": [{"name": "cifar10", "train_size": train_size}],
+                           "grid": {"widths": [100], "depths": [2], "learning_rates": [0.01], "batch_sizes": [128]},
+                           "budget": {"max_epochs": 500}})
+
+    # train_size 50000 is all of CIFAR-10's training split: the same network, id and plan as null
+    ids = [[m.network_id for b in planner.expand(spec(t)) for m in b.members] for t in (None, 50000)]
+    assert ids[0] == ids[1]
+    budget = spec().budget
+    net = planner.expand(spec(50000))[0].members[0]
+    assert costs.expected_epochs(net, budget) == costs.expected_epochs(planner.expand(spec())[0].members[0], budget)
+
+
 def test_a_batch_of_one_where_batch_norm_sees_1x1_maps_is_refused_before_anything_starts():
     def spec(batch, pooling="conv", norm=True):
         return parse_spec({"name": "bn", "architecture": "cnn", "datasets": ["digits"],

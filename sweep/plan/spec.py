@@ -112,6 +112,8 @@ class DataSpec:
                               f"point and two others of its split", split)
             if given is not None and limit is not None and given > limit:
                 raise invalid(f"{self.name} has {limit} examples in that split, got {given}", split)
+            if given is not None and given == limit:  # all of it, as null says: one network id, one plan
+                object.__setattr__(self, split, None)
         return self
 
     def identity(self) -> dict:
