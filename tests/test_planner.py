@@ -371,6 +371,24 @@ def test_train_measures_are_counted_at_trained_checkpoints_only():
         pytest.approx(14 * 100 * forward)
 
 
+def test_trials_overlap_on_a_card_only_as_many_as_run_at_once():
+    # Four small bundles would share a card sixteen ways by their shares, but only four exist, and
+    # max_concurrent_trials: 1 runs them one after another.
+    def spec(**resources):
+        return parse_spec({"name": "o", "datasets": ["mnist"],
+                           "grid": {"widths": [100, 400], "depths": [2, 4], "learning_rates": [0.01]},
+                           "budget": {"max_epochs": 100},
+                           "resources": {"gpus_per_trial": "auto", "gpu_memory_gib": 141, **resources}})
+
+    for resources, at_once in (({}, 4), ({"max_concurrent_trials": 1}, 1)):
+        parsed = spec(**resources)
+        card = planner.card_for(parsed)
+        bundles = planner.expand(parsed, card)
+        assert len(bundles) == 4 and max(planner.trials_per_card(planner.gpu_shares(parsed, bundles, card)).values()) > 4
+        expected = sum(costs.bundle_seconds(b, parsed.budget, costs.reference_gpu(), at_once)[0] for b in bundles)
+        assert planner.reference_projection(parsed, bundles, card).training_s == pytest.approx(expected)
+
+
 def test_projection_by_hand():
     device = costs.Calibration("test", "test card", "gpu", 10, 1.0, {"fp32": costs.Rates(1e-3, 0.0, 1e9)}, 1e9, "-")
     nets = tuple(NetworkConfig(DataSpec("digits"), 8, 1, "relu", "sgd", lr, 64, 0.0, False, 0, "torch_default")
@@ -547,6 +565,7 @@ def test_presets_show_the_cost_model_not_hand_typed_guesses(capsys):
         card = planner.card_for(spec, assume=True)
         bundles = planner.expand(spec, card)
         per_card = planner.trials_per_card(planner.gpu_shares(spec, bundles, card)) if card else {}
+        per_card = {b: min(k, len(bundles)) for b, k in per_card.items()}  # no more overlap than bundles
         cost = costs.project(bundles, spec.budget, spec.scoring, costs.reference_gpu(), per_card,
                              spec.checkpoints.every_epochs)
         assert f"{len(bundles)} bundles; projected {costs.hours(cost.total_s)} on one NVIDIA H200" in out

@@ -456,8 +456,11 @@ def plan_summary(spec: SweepSpec, bundles: list[BundleConfig], card: Card | None
 
 
 def reference_projection(spec: SweepSpec, bundles: list[BundleConfig], card: Card | None) -> costs.Projection:
-    """The sweep on one reference card, its bundles sharing it as the planner's shares allow."""
+    """The sweep on one reference card, its bundles sharing it as the planner's shares allow and
+    as many run at once: no more than the bundles, or `resources.max_concurrent_trials`."""
     per_card = trials_per_card(gpu_shares(spec, bundles, card)) if card else {}
+    at_once = min(len(bundles), spec.resources.max_concurrent_trials or len(bundles))
+    per_card = {bundle_id: min(trials, at_once) for bundle_id, trials in per_card.items()}
     return costs.project(bundles, spec.budget, spec.scoring, costs.reference_gpu(), per_card,
                          spec.checkpoints.every_epochs)
 
