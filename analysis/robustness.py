@@ -5,10 +5,11 @@ environments. numpy/pandas only.
 Both look at pairs of networks: V_g = sign(g₁ − g₂) of the gap and V_μ = sign(μ₁ − μ₂) of the
 measure (pairs where a value is missing are left out).
 
-- CMI: over pairs where both differences are nonzero, for every set S of at most two hyperparameters (S = ∅ included), I(V_μ; V_g | U_S) /
-  H(V_g | U_S), U_S the values of S for both networks of a pair; the measure's score is the
-  minimum over S (a measure whose link to the gap is explained by one or two hyperparameters
-  scores low). In nats; 1 when V_μ determines V_g, 0 when independent.
+- CMI: over pairs where both differences are nonzero, for every set S of at most two
+  hyperparameters (S = ∅ included), I(V_μ; V_g | U_S) / H(V_g | U_S), U_S the values of S for
+  both networks of a pair; the measure's score is the minimum over S (a measure whose link to
+  the gap is explained by one or two hyperparameters scores low). In nats; 1 when V_μ
+  determines V_g, 0 when independent.
 - Robust sign-error (Dziugaite et al., 2020, as their code computes it): an environment is two
   hyperparameter settings that differ in exactly one hyperparameter (a full batch is one of the
   batch sizes, so `full_batch` is no hyperparameter of its own); each cross pair of their
@@ -134,16 +135,21 @@ def robust_sign_error(df: pd.DataFrame, metrics: Sequence[str] | None = None, ta
     filtered = target == "gap" and bool(len(df)) and bool(np.isfinite(sizes).all())
     note = ("" if filtered else "no noise filter: test sizes unknown, every pair weighs 1" if target == "gap"
             else f"no noise filter: the weights are for an accuracy gap, not {target}; every pair weighs 1")
+    # The gap's side of each environment's cross pairs is the same for every metric.
+    gap_sides = []
+    for _, first, second in environments:
+        d_gap = gap[first][:, None] - gap[second][None, :]
+        weight = (hoeffding_weight(d_gap, np.minimum.outer(sizes[first], sizes[second])) if filtered
+                  else np.ones_like(d_gap))
+        gap_sides.append((d_gap, weight))
     rows = []
     for metric in metrics:
         values = df[metric].to_numpy(float, na_value=np.nan)
         errors, small = [], 0
-        for description, first, second in environments:
+        for (description, first, second), (d_gap, all_weights) in zip(environments, gap_sides):
             d_metric = values[first][:, None] - values[second][None, :]
-            d_gap = gap[first][:, None] - gap[second][None, :]
             known = np.isfinite(d_metric) & np.isfinite(d_gap)
-            weight = (hoeffding_weight(d_gap, np.minimum.outer(sizes[first], sizes[second])) if filtered
-                      else np.ones_like(d_gap))[known]
+            weight = all_weights[known]
             total = weight.sum()
             effective = total ** 2 / (weight ** 2).sum() if total > 0 else 0.0
             if total == 0 or (effective < min_ess and not np.isclose(effective, min_ess)):

@@ -213,9 +213,11 @@ class ConvNet:
                 widths.append(math.prod(shape))
         return widths
 
-    def code_width(self) -> int:
-        """Units in a point's activation code: every activated unit and every max-pool window."""
-        return sum(self.code_widths())
+    def code_width(self, layers: str = "all") -> int:
+        """Units in a point's activation code: every activated unit and every max-pool window, of
+        all layers or (`layers="last"`) of the `last_layer_parts`."""
+        widths = self.code_widths()
+        return sum(widths if layers == "all" else widths[-self.last_layer_parts():])
 
     def last_layer_parts(self) -> int:
         """How many of the code's parts (the last ones) make the last hidden layer's code: its

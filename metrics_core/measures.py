@@ -95,9 +95,9 @@ def pacbayes_sigma(net: Net, x: Tensor, y: Tensor, *, generator: torch.Generator
     N(0, σ²w² + ε²) with ε = MAGNITUDE_EPS (Jiang's magnitude-aware flatness, as the paper writes
     it: a standard deviation of √(σ²w² + ε²); its published code hands torch.normal the variance).
     Each bisection step draws, per sample, one standard-normal vector per model over all its
-    parameters (layer by layer, weights then bias): [M, P] at once from `generator`, or each model's [P] from its own when
-    `generator` is a list of M of them (then a model's σ′ does not depend on which other models
-    share the call).
+    parameters (layer by layer, weights then bias): [M, P] at once from `generator`, or each
+    model's [P] from its own when `generator` is a list of M of them (then a model's σ′ does not
+    depend on which other models share the call).
     """
     population = as_population(net)
     if not 0 < target < 1 or samples < 1 or depth < 1:

@@ -46,7 +46,7 @@ def codes(net: Net, x: Tensor, *, layers: Layers = "all", chunk_size: int | None
     if layers not in ("all", "last"):
         raise ValueError(f"layers must be 'all' or 'last', got {layers!r}")
     if isinstance(mlp, ConvNet):
-        width = mlp.code_width() if layers == "all" else sum(mlp.code_widths()[-mlp.last_layer_parts():])
+        width = mlp.code_width(layers)
         per_point = mlp.num_models * (mlp.code_width() + 2 * mlp.widest())
     else:
         width = sum(mlp.hidden_sizes) if layers == "all" else mlp.hidden_sizes[-1]

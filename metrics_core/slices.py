@@ -100,7 +100,8 @@ def slice_codes(
 
     The square is centred on the anchors' bounding box, its side that box's longer side
     plus `margin` of it on each end. Codes use the last hidden layer (layers="last"; in a
-    convolutional network with the max-pool choices after it) or all of them ("all"). Raises for smooth activations, whose codes are undefined.
+    convolutional network with the max-pool choices after it) or all of them ("all"). Raises
+    for smooth activations, whose codes are undefined.
     """
     mlp = as_population(net)
     mlp.activation.require_piecewise_linear("slice maps (linear-region codes)")
@@ -124,7 +125,7 @@ def slice_codes(
     vs = torch.linspace(float(extent[2]), float(extent[3]), grid, dtype=torch.float64, device=origin.device)
 
     if isinstance(mlp, ConvNet):
-        width = mlp.code_width() if layers == "all" else sum(mlp.code_widths()[-mlp.last_layer_parts():])
+        width = mlp.code_width(layers)
         per_pixel = mlp.num_models * (mlp.code_width() + 2 * mlp.widest())
     else:
         width = sum(mlp.hidden_sizes) if layers == "all" else mlp.hidden_sizes[-1]
