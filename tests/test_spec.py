@@ -364,6 +364,15 @@ def test_augmentation_strength_is_a_training_setting_of_augmented_networks_only(
     assert all(n.augmentation_shift is None and n.augmentation_flips for n in plain)
     rows = {(r["augmentation"], r["augmentation_shift"], r["augmentation_flips"]) for r in (n.row() for n in plain)}
     assert rows == {(False, 0, False), (True, 1, False)}  # digits: an 8×8 image's usual shift, never flipped
+    # Settings that train alike are one network: digits' usual shift given, or its (never made) flips refused.
+    ids = [n.network_id for n in plain]
+    assert [n.network_id for n in networks(parse_spec({**aug, "training": {"augmentation_shift": 1}}))] == ids
+    assert [n.network_id for n in networks(parse_spec({**aug, "training": {"augmentation_flips": False}}))] == ids
+    cifar_aug = {**aug, "datasets": ["cifar10"]}
+    cifar_ids = [n.network_id for n in networks(parse_spec(cifar_aug))]
+    assert [n.network_id for n in networks(parse_spec({**cifar_aug, "training": {"augmentation_shift": 4}}))] == cifar_ids
+    unflipped = networks(parse_spec({**cifar_aug, "training": {"augmentation_flips": False}}))
+    assert sum(a.network_id != b for a, b in zip(unflipped, cifar_ids)) == len(cifar_ids) // 2
     shifted = networks(parse_spec({**aug, "training": {"augmentation_shift": 3}}))
     assert {n.row()["augmentation_shift"] for n in shifted if n.augmentation} == {3}
     bundles = expand(parse_spec({**aug, "training": {"augmentation_shift": 2}}))

@@ -14,7 +14,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from sweep.plan.datasets import augmentation_pad, dataset_info
+from sweep.plan.datasets import DATASETS, augmentation_pad, dataset_info
 from sweep.plan.spec import DataSpec, SweepSpec
 
 
@@ -212,12 +212,22 @@ def networks(spec: SweepSpec) -> list[NetworkConfig]:
     for data, width, depth, shape, act, (opt, lrs), batch, rlf, aug, init in itertools.product(
             spec.datasets, g.widths, g.depths, _conv_shapes(spec), g.activations, g.rates, g.batch_sizes,
             g.random_label_fractions, g.augmentation, g.inits):
-        augmentation = ({"augmentation_shift": spec.training.augmentation_shift,
-                         "augmentation_flips": spec.training.augmentation_flips} if aug else {})
+        augmentation = _augmentation_keys(spec, data) if aug else {}
         for lr, seed in itertools.product(lrs, g.seeds):
             out.append(NetworkConfig(data, width, depth, act, opt, lr, batch, rlf, aug, seed,
                                      init, spec.training.precision, **shape, **augmentation))
     return out
+
+
+def _augmentation_keys(spec: SweepSpec, data: DataSpec) -> dict:
+    """A network's augmentation settings as its id holds them: settings that train alike are
+    written alike (a built-in data set's usual shift as None, flips of data that is never flipped
+    as True), so that they give one id and one network, not two."""
+    shift, flips = spec.training.augmentation_shift, spec.training.augmentation_flips
+    info = DATASETS[data.name]  # not an image folder's: its shape is known only once it is read
+    if shift is not None and info.image_shape and shift == augmentation_pad(info.image_shape):
+        shift = None
+    return {"augmentation_shift": shift, "augmentation_flips": flips or not info.hflip}
 
 
 def _conv_shapes(spec: SweepSpec) -> list[dict]:
