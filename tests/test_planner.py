@@ -52,6 +52,16 @@ def test_a_bigger_card_takes_more_members_and_each_bundle_fits_its_card():
     members = max(len(b.members) for b in on_small)
     one_more = BundleConfig(planner.networks(spec)[: members + 1])
     assert planner.estimate_bundle_bytes(one_more, small) > small.usable_bytes
+    # A fixed quarter of a card: Ray puts four trials on each, so auto sizes each bundle to a quarter.
+    card = Card(8, "test")
+    whole = max(len(b.members) for b in planner.expand(spec, card))
+    quarter = cifar_spec(widths=(2000,), depths=(2,), gpus_per_trial=0.25)
+    bundles = planner.expand(quarter, card)
+    per_trial = max(len(b.members) for b in bundles)
+    assert per_trial < whole and sum(len(b.members) for b in bundles) == 20
+    assert 4 * max(planner.estimate_bundle_bytes(b, card) for b in bundles) <= card.usable_bytes
+    one_more = BundleConfig(planner.networks(quarter)[: per_trial + 1])
+    assert 4 * planner.estimate_bundle_bytes(one_more, card) > card.usable_bytes
 
 
 def test_small_networks_fill_a_bundle_and_large_ones_split_to_keep_cards_busy():

@@ -5,7 +5,8 @@ what the sweep will cost.
 `resources.bundle_size`) a group of same-shape networks splits into the fewest bundles of at most
 that many members, sized evenly. With `bundle_size: auto` on GPUs a bundle holds as many members
 as keep the card busy (their arithmetic at least `BUSY` times the step's fixed cost, from the
-card's calibration in `sweep.plan.costs`) and as fit in its memory.
+card's calibration in `sweep.plan.costs`) and as fit in its memory (in the part of it that a fixed
+fractional `gpus_per_trial` leaves each trial).
 
 `gpu_shares(spec, bundles, card)` gives each trial its share of one card. Ray 2.60 places a
 fractional request on a single card and never lets the shares on a card add up past 1 (checked in
@@ -216,7 +217,10 @@ def members_per_bundle(group: list[NetworkConfig], spec: SweepSpec, card: Card |
     member, shared = member_bytes(first), shared_bytes(first)
     if member is None:  # an image folder: sizes known only once loaded
         return CPU_BUNDLE_SIZE
-    fit = math.floor((card.usable_bytes - CONTEXT_BYTES - shared) / member)
+    share = spec.resources.gpus_per_trial
+    # A fixed share below one card lets Ray put floor(1/share) trials on a card: each gets that part.
+    room = card.usable_bytes / math.floor(1 / share + 1e-9) if share != AUTO and share < 1 else card.usable_bytes
+    fit = math.floor((room - CONTEXT_BYTES - shared) / member)
     bundle = BundleConfig((first,))
     rates, _ = costs.training_rates(costs.reference_gpu(), first.precision, first.architecture)
     busy = math.ceil(BUSY * rates.step_overhead_s / rates.member_step_s(costs.step_flops(bundle)))
