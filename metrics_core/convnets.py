@@ -226,6 +226,16 @@ class ConvNet:
                  or (isinstance(layer, Pool) and layer.kind == "max")]
         return len(coded) - max(i for i, layer in enumerate(coded) if isinstance(layer, Act))
 
+    @property
+    def layout(self) -> tuple:
+        """What populations must share to be stacked into one (`stack_convnets`): each layer's
+        kind, pooling, strides, padding and shapes per member, the activation and the input shape
+        (two layouts can hold the same parameter shapes: max and average pooling)."""
+        return (self.activation, self.input_shape,
+                tuple((type(layer).__name__, getattr(layer, "kind", None), getattr(layer, "size", None),
+                       getattr(layer, "stride", None), getattr(layer, "padding", None),
+                       tuple(tuple(t.shape[1:]) for t in _tensors(layer))) for layer in self.layers))
+
     def widest(self) -> int:
         """The largest per-point, per-member activation (for chunk sizing)."""
         return max(math.prod(self.input_shape), *(math.prod(s) for s in self.shapes()))
@@ -485,19 +495,11 @@ def stack_convnets(nets: Sequence[nn.Sequential | ConvNet], input_shape: Shape |
     if not parts:
         raise ValueError("stack_convnets needs at least one network")
     first = parts[0]
-    signature = _signature(first)
     for index, part in enumerate(parts[1:], start=1):
-        if _signature(part) != signature:
+        if part.layout != first.layout:
             raise ValueError(f"network {index} differs from network 0 in its layers or activation; "
                              "only same-shape networks can be stacked")
     return first.with_parameters([torch.cat(column) for column in zip(*(p.parameters() for p in parts))])
-
-
-def _signature(net: ConvNet) -> tuple:
-    return (net.activation, net.input_shape,
-            tuple((type(layer).__name__, getattr(layer, "kind", None), getattr(layer, "size", None),
-                   getattr(layer, "stride", None), getattr(layer, "padding", None),
-                   tuple(tuple(t.shape[1:]) for t in _tensors(layer))) for layer in net.layers))
 
 
 def unstack_convnet(net: ConvNet) -> list[nn.Sequential]:

@@ -83,6 +83,12 @@ class MLP:
         return tuple(w.shape[1] for w in self.weights[:-1])
 
     @property
+    def layout(self) -> tuple:
+        """What populations must share to be stacked into one (`stack`): every layer's shape
+        per member, and the activation."""
+        return (self.activation, tuple(tuple(t.shape[1:]) for t in self.parameters()))
+
+    @property
     def device(self) -> torch.device:
         return self.weights[0].device
 
@@ -197,9 +203,9 @@ def stack(nets: Sequence[Net]) -> MLP:
         raise ValueError("stack needs at least one network")
     first = mlps[0]
     for index, mlp in enumerate(mlps[1:], start=1):
-        shapes = [tuple(w.shape[1:]) for w in mlp.weights]
-        expected = [tuple(w.shape[1:]) for w in first.weights]
-        if shapes != expected or mlp.activation != first.activation:
+        if mlp.layout != first.layout:
+            shapes = [tuple(w.shape[1:]) for w in mlp.weights]
+            expected = [tuple(w.shape[1:]) for w in first.weights]
             raise ValueError(
                 f"network {index} has layers {shapes} and {mlp.activation}, but network 0 has "
                 f"{expected} and {first.activation}; only same-shape networks can be stacked"

@@ -33,7 +33,7 @@ from sweep.scoring.settings import ScoringSettings
 from sweep.scoring.table_writer import SCHEMAS, TableWriter
 from sweep.training.checkpoints import CheckpointError, local_size, unscored
 from sweep.training.data import load_dataset
-from sweep.training.models import build_network
+from sweep.training.models import build_network, initial_population
 from sweep.training.population import PopulationTrainer, member_labels
 from sweep.training.trainable import checkpoint_payload
 from sweep.training.trainable import write_checkpoint as write_checkpoint_files
@@ -510,6 +510,28 @@ def test_scorer_writes_rows_and_records_a_corrupt_checkpoint(tmp_path, data, mon
     assert TableWriter(tables).failed_keys() == sorted([f"{good.bundle_id}--end", f"{bad.bundle_id}--end"])
 
 
+def test_one_bad_checkpoint_in_a_batched_call_fails_only_itself(tmp_path, data, caplog):
+    # A population file that holds three networks where its meta.json lists two loads, but the
+    # batched call refuses it: the checkpoints scored with it must still be scored.
+    first, bad, last = make_bundle(members=2), make_bundle(members=2, seed0=10), make_bundle(members=2, seed0=20)
+    sources = [str(write_checkpoint(tmp_path / "first", first, make_nets(first))),
+               str(write_checkpoint(tmp_path / "bad", bad, make_nets(make_bundle(members=3, seed0=10)),
+                                    statuses=["converged"] * 2)),
+               str(write_checkpoint(tmp_path / "last", last, make_nets(last)))]
+    summaries = Scorer("cpu").score_many(sources, str(tmp_path / "together"), SETTINGS)
+    assert [s["failed_members"] for s in summaries] == [0, 2, 0]
+    assert "lists 2 network_ids for 3 stacked networks" in summaries[1]["message"]
+    assert "scoring 3 checkpoints together raised CheckpointError" in caplog.text
+    together = TableWriter(tmp_path / "together").read("scores")
+    for source in (sources[0], sources[2]):
+        Scorer("cpu").score(source, str(tmp_path / "alone"), SETTINGS)
+    alone = TableWriter(tmp_path / "alone").read("scores")
+    ok = together[together.status != "failed"]
+    key = list(ok.columns[:4])
+    pd.testing.assert_frame_equal(ok.sort_values(key).reset_index(drop=True),
+                                  alone.sort_values(key).reset_index(drop=True), check_categorical=False)
+
+
 def test_rows_the_storage_will_not_take_leave_the_checkpoint_unscored_without_raising(tmp_path, data, monkeypatch):
     from sweep.plan import storage
     from sweep.scoring.scorer import record_failure
@@ -783,3 +805,24 @@ def test_a_memorised_points_loss_is_its_float64_value_not_zero():
     losses = sweep.scoring.measure.point_losses(logits, y)
     assert losses.dtype == torch.float32 and losses[0, 0] > 0
     torch.testing.assert_close(losses[0].double(), expected, rtol=1e-6, atol=0)
+
+
+def test_convolutional_checkpoints_are_stacked_only_with_their_own_pooling(data, monkeypatch, caplog):
+    # Max and average pooling hold the same parameter shapes: scored together, each must still be
+    # one stacked population of its own (not a failed stack, retried member by member).
+    def bundle(pooling, seed0):
+        return BundleConfig(tuple(dataclasses.replace(m, architecture="cnn", family="vgg", width=4, depth=1, stages=2,
+                                                      kernel_size=3, pooling=pooling, head="flatten")
+                                  for m in make_bundle(members=2, seed0=seed0).members))
+    bundles = [bundle("max", 0), bundle("avg", 10), bundle("max", 20)]
+    checkpoints = [(initial_population(b.members, data), meta_of(b)) for b in bundles]
+    assert checkpoints[0][0].parameters()[0].shape == checkpoints[1][0].parameters()[0].shape
+    calls = []
+    real = sweep.scoring.measure._measure
+    monkeypatch.setattr(sweep.scoring.measure, "_measure", lambda members, *a: calls.append(members.net.num_models) or real(members, *a))
+    together = score_checkpoints(checkpoints, data, SETTINGS)
+    assert sorted(calls) == [2, 4] and "one at a time" not in caplog.text
+    for (population, meta), tables in zip(checkpoints, together):
+        alone = score_checkpoint(population, meta, data, SETTINGS)
+        for name in tables:
+            pd.testing.assert_frame_equal(tables[name].to_pandas(), alone[name].to_pandas(), rtol=1e-5, check_exact=False)

@@ -47,10 +47,10 @@ def score_checkpoints(
     inputs: ScoringInputs | None = None,
 ) -> list[dict[str, pa.Table]]:
     """The rows of several checkpoints of one data set (`score_checkpoint` of each, in order),
-    computed together: the members of every checkpoint with the same layers, activation and
-    measures (trajectory profiles and slices are measured at `init` and `end` only) are one
-    stacked population, so the points, trajectories and slice planes are set up once and the
-    device sees one large computation instead of one per checkpoint.
+    computed together: the members of every checkpoint with the same layout (layers, pooling,
+    activation) and measures (trajectory profiles and slices are measured at `init` and `end`
+    only) are one stacked population, so the points, trajectories and slice planes are set up
+    once and the device sees one large computation instead of one per checkpoint.
 
     Members with identical weights (at initialisation, every member with the same seed: learning
     rates and labels do not change initial weights) are computed once, as every measure depends
@@ -79,14 +79,13 @@ def score_checkpoints(
         labels.append(_training_labels(meta, data, train) if wants_labels else None)
         finite.append(_finite_members(population))
         copies.append(_identical_members(population, [i for i in range(len(ids)) if finite[c][i]], labels[c]))
-        key = (type(population), tuple(t.shape[1:] for t in population.parameters()), population.activation,
-               meta["tag"] in PROFILE_TAGS, is_trained(meta))
+        key = (type(population), population.layout, meta["tag"] in PROFILE_TAGS, is_trained(meta))
         groups.setdefault(key, []).extend((c, i) for i in copies[c])
     measured: list[dict[int, dict[str, Tensor]]] = [{} for _ in checkpoints]
     errors: list[dict[int, str]] = [{} for _ in checkpoints]
     batch = _Batch(populations, inits, labels, [list(meta["network_ids"]) for _, meta in checkpoints],
                    [f"{meta.get('bundle_id')}/{meta.get('tag')}" for _, meta in checkpoints])
-    for (_, _, _, profiles, trained), members in groups.items():
+    for (_, _, profiles, trained), members in groups.items():
         _measure_members(batch, members, inputs, settings, profiles, trained, measured, errors)
     out = []
     for c, (population, meta) in enumerate(checkpoints):

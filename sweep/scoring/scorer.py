@@ -8,6 +8,7 @@ it directly.
 from __future__ import annotations
 
 import io
+import logging
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -30,6 +31,8 @@ from sweep.training.checkpoints import (POPULATION_FILE, CheckpointError, Storag
                                         unavailable)
 from sweep.training.data import load_dataset
 from sweep.training.models import population_of
+
+log = logging.getLogger(__name__)
 
 
 def load_checkpoint(source) -> tuple[mc.MLP | mc.ConvNet, dict]:
@@ -144,21 +147,21 @@ class Scorer:
                 summary["message"] = str(error)
                 continue
             except CheckpointError as error:
-                summary["message"] = f"scoring failed: CheckpointError: {error}"
+                summary["message"] = _failure(error)
                 self._write(table_root, summary, failure_rows(meta, settings, summary["message"]))
                 continue
             loaded.setdefault(data_spec, []).append((len(summaries) - 1, population, meta))
         for data_spec, items in loaded.items():
             try:
                 data, inputs = self.inputs(data_spec, settings)
-                results = score_checkpoints([(p, m) for _, p, m in items], data, settings, inputs)
-            except Exception as error:  # noqa: BLE001 - recorded as failed rows, never lost
-                message = f"scoring failed: {type(error).__name__}: {error}"
-                results = [failure_rows(meta, settings, message) for _, _, meta in items]
-                for index, _, _ in items:
-                    summaries[index]["message"] = message
-            for (index, _, _), tables in zip(items, results):
-                self._write(table_root, summaries[index], tables)
+                results = _score_together([(p, m) for _, p, m in items], data, settings, inputs)
+            except Exception as error:  # noqa: BLE001 - the data set itself failed: every checkpoint of it
+                results = [_failure(error)] * len(items)
+            for (index, _, meta), result in zip(items, results):
+                if isinstance(result, str):  # recorded as failed rows, never lost
+                    summaries[index]["message"] = result
+                    result = failure_rows(meta, settings, result)
+                self._write(table_root, summaries[index], result)
         seconds = time.perf_counter() - started
         return [{**summary, "seconds": seconds} for summary in summaries]
 
@@ -172,6 +175,23 @@ class Scorer:
         scores = tables["scores"]
         failed = pc.count_distinct(scores["network_id"].filter(pc.equal(scores["status"], "failed")))
         summary.update(failed_members=failed.as_py(), points=tables["points"].num_rows)
+
+
+def _score_together(checkpoints: list, data, settings: ScoringSettings, inputs: ScoringInputs) -> list[dict | str]:
+    """`score_checkpoints`, or where the batched call raises, each checkpoint alone, so that one
+    bad checkpoint fails only itself: per checkpoint its tables or the failure's message."""
+    try:
+        return score_checkpoints(checkpoints, data, settings, inputs)
+    except Exception as error:  # noqa: BLE001 - narrowed down checkpoint by checkpoint, then recorded
+        if len(checkpoints) == 1:
+            return [_failure(error)]
+        log.warning("scoring %d checkpoints together raised %s: %s; scoring them one at a time", len(checkpoints),
+                    type(error).__name__, error)
+        return [result for checkpoint in checkpoints for result in _score_together([checkpoint], data, settings, inputs)]
+
+
+def _failure(error: Exception) -> str:
+    return f"scoring failed: {type(error).__name__}: {error}"
 
 
 def checkpoint_dataset(meta: Mapping):
