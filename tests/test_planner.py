@@ -11,9 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from torch.multiprocessing.reductions import StorageWeakRef
-from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_leaves
+from live_bytes import LiveBytes
 
 from sweep.command.cli import main
 from sweep.command import runner
@@ -223,29 +221,22 @@ def test_auto_shares_cover_each_bundles_memory_and_the_trials_that_keep_a_card_b
     assert 0 < scoring < 1 and scoring * card.usable_bytes >= planner.scoring_bytes(bundles, card)
 
 
-class LiveBytes(TorchDispatchMode):
-    """The most bytes of CPU tensor storage alive at once among those made while it is on:
-    every op's outputs are counted until their storage is freed (checked after each op)."""
-
-    def __init__(self):
-        super().__init__()
-        self.alive: dict[tuple[int, int], StorageWeakRef] = {}
-        self.now = self.peak = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        for key in [k for k, ref in self.alive.items() if ref.expired()]:
-            self.now -= key[1]
-            del self.alive[key]
-        for tensor in tree_leaves(out):
-            if isinstance(tensor, torch.Tensor) and tensor.device.type == "cpu":
-                storage = tensor.untyped_storage()
-                key = (storage.data_ptr(), storage.nbytes())
-                if key[1] and key not in self.alive:
-                    self.alive[key] = StorageWeakRef(storage)
-                    self.now += key[1]
-        self.peak = max(self.peak, self.now)
-        return out
+def test_a_scoring_call_takes_as_many_checkpoints_as_fit_its_room_on_the_card():
+    # 3072→2000×5 bundles: eight checkpoints' weights (scoring holds SCORING_COPIES of each) fit a
+    # quarter of an H200 but not of an A10G, whose actor then takes fewer a call.
+    spec = cifar_spec()
+    for gib, expected in ((141, planner.SCORING_BATCH), (24, None)):
+        card = Card(gib, "test")
+        bundles = planner.expand(spec, card)
+        batch, one = planner.scoring_batch(bundles, card), planner.scoring_weight_bytes(bundles, 1)
+        assert batch == (expected or batch) and 1 <= batch <= planner.SCORING_BATCH
+        if batch < planner.SCORING_BATCH:
+            assert batch * one <= planner.SCORING_ROOM * card.usable_bytes < (batch + 1) * one
+        assert planner.scoring_bytes(bundles, card) >= batch * one
+        assert f"up to {batch} checkpoint(s) a call" in planner.plan_summary(spec, bundles, card)
+    assert planner.scoring_batch(bundles, Card(24, "test")) < planner.SCORING_BATCH
+    digits = load_spec("digits")
+    assert planner.scoring_batch(planner.expand(digits), Card(24, "test")) == planner.SCORING_BATCH
 
 
 @pytest.mark.parametrize("optimizer", ["sgd", "momentum", "adam", "rmsprop"])
@@ -617,10 +608,14 @@ def test_scoring_actors_auto_is_one_per_gpu_of_the_cluster(tmp_path, ray_session
         bundles = planner.expand(spec, card)
         return sweep_plan.make_plan(spec, bundles, name="n", storage=str(tmp_path), spec_source="-", spec_text="",
                                 spec_suffix=".yaml", gpu_shares=planner.gpu_shares(spec, bundles, card),
-                                scoring_share=planner.scoring_share(spec, bundles, card))
+                                scoring_share=planner.scoring_share(spec, bundles, card),
+                                scoring_batch=planner.scoring_batch(bundles, card))
 
     gpu = plan_of(cifar_spec(scoring_actors="auto", gpus_per_scoring_actor="auto"))
-    assert runner.scoring_pool_kwargs(gpu)["num_actors"] == cards and 0 < runner.scoring_pool_kwargs(gpu)["gpus_per_actor"] < 1
+    sweep_plan.save_plan(gpu)  # the batch goes with the plan, as `sweep resume` and `score` read it
+    kwargs = runner.scoring_pool_kwargs(sweep_plan.load_plan(gpu.sweep_dir))
+    assert kwargs["num_actors"] == cards and 0 < kwargs["gpus_per_actor"] < 1
+    assert kwargs["batch"] == planner.scoring_batch(planner.expand(cifar_spec(), Card(24, "test")), Card(24, "test"))
     cpu = plan_of(parse_spec({"name": "c", "datasets": ["digits"], "grid": {"widths": [8], "depths": [1],
                                                                             "learning_rates": [0.1]},
                               "budget": {"max_epochs": 1}, "resources": {"scoring_actors": "auto"}}))

@@ -18,10 +18,12 @@ import pyarrow.fs
 import pytest
 import torch
 import torch.nn.functional as F
+from live_bytes import LiveBytes
 
 import metrics_core as mc
 import sweep.scoring.measure
 import sweep.scoring.table_writer
+from sweep.plan import planner
 from sweep.plan.datasets import DATASETS
 from sweep.plan.networks import BundleConfig, NetworkConfig
 from sweep.plan.schema import SpecError
@@ -626,7 +628,8 @@ def test_a_gpu_pool_hands_an_actor_what_is_queued_in_one_call(tmp_path, ray_sess
     # The session's Ray is told of 2 GPUs, or has the machine's: the actor scores on CUDA where
     # there is one, else on the CPU, and so does the reference (the PAC-Bayes measures' noise comes
     # from the scoring device's generator, so they match across devices only in distribution).
-    from sweep.scoring.actors import GPU_BATCH, ScoringPool
+    from sweep.plan.planner import SCORING_BATCH
+    from sweep.scoring.actors import ScoringPool
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -642,7 +645,7 @@ def test_a_gpu_pool_hands_an_actor_what_is_queued_in_one_call(tmp_path, ray_sess
     for source in sources[1:]:
         pool.submit(source)
     assert (pool.stats()["running"], pool.stats()["queued"]) == (1, 5)  # the actor holds the first
-    assert GPU_BATCH >= 5
+    assert SCORING_BATCH >= 5
     ray_session.wait(list(pool._running), timeout=120)
     pool.poll()  # the first is done: the five queued go out in one call
     assert (pool.stats()["running"], pool.stats()["queued"], pool.stats()["done"]) == (1, 0, 1)
@@ -826,3 +829,17 @@ def test_convolutional_checkpoints_are_stacked_only_with_their_own_pooling(data,
         alone = score_checkpoint(population, meta, data, SETTINGS)
         for name in tables:
             pd.testing.assert_frame_equal(tables[name].to_pandas(), alone[name].to_pandas(), rtol=1e-5, check_exact=False)
+
+
+def test_the_planner_counts_the_weights_a_scoring_call_holds(data):
+    # Two checkpoints of 8 wide networks scored in one call with every metric, each tensor made
+    # tracked op by op: what is alive at once, with the checkpoints' own copies (loaded on the
+    # host, then moved to the device), is within the planner's count, and the count not loose.
+    settings = SETTINGS.replace(sharpness_samples=2, sharpness_search_depth=3)
+    bundles = [make_bundle(members=8, width=512, depth=3, seed0=100 * k) for k in range(2)]
+    checkpoints = [(mc.stack(make_nets(b)), meta_of(b)) for b in bundles]
+    inputs = scoring_inputs(data, settings)
+    with LiveBytes() as live:
+        score_checkpoints(checkpoints, data, settings, inputs)
+    loaded = sum(4 * t.numel() for population, _ in checkpoints for t in population.parameters())
+    assert live.peak + loaded <= planner.scoring_weight_bytes(bundles, checkpoints=2) <= 1.4 * (live.peak + loaded)

@@ -206,7 +206,8 @@ def plan_run(args):
     name = args.name or f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     text, suffix = _spec_text(args.source)
     plan = sweep_plan.make_plan(spec, bundles, name=name, storage=where, spec_source=args.source, spec_text=text,
-                            spec_suffix=suffix, gpu_shares=shares, scoring_share=scoring_share)
+                            spec_suffix=suffix, gpu_shares=shares, scoring_share=scoring_share,
+                            scoring_batch=planner.scoring_batch(bundles, card))
     return plan, spec, bundles, card, problems
 
 

@@ -8,6 +8,7 @@ from ray import tune
 from sweep.command.callbacks import FailedTrialCallback, ProgressCallback, ScoringCallback, drain_printer
 from sweep.plan import costs
 from sweep.plan.networks import BundleConfig
+from sweep.plan.planner import SCORING_BATCH
 from sweep.plan.spec import AUTO, Budget
 from sweep.plan.sweep_plan import SWEEP_FILE, SweepPlan, checkpoints, save_plan
 from sweep.scoring.actors import ScoringPool
@@ -103,6 +104,8 @@ def scoring_pool_kwargs(plan: SweepPlan, settings=None) -> dict:
         "num_actors": scoring_actor_count(plan),
         "cpus_per_actor": plan.resources["cpus_per_scoring_actor"],
         "gpus_per_actor": plan.resources["gpus_per_scoring_actor"],
+        # sweeps planned before the batch was sized to the card took the most
+        "batch": plan.resources.get("scoring_batch", SCORING_BATCH),
         "table_root": plan.table_root,
         "settings": settings or ScoringSettings.from_dict(plan.scoring),
     }

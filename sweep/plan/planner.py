@@ -43,6 +43,12 @@ CONTEXT_BYTES = 768 * 2**20  # the CUDA context and torch's kernels, per process
 EVAL_BYTES = 2 * 32 * 2**20  # train-accuracy chunks (metrics_core's CPU chunk budget, 2 buffers)
 SCORING_CHUNK_BYTES = 4 * 512 * 2**20  # the metric core's GPU chunks: a few of 2**27 floats live
 SHARE_STEP = 1e-4  # Ray's resolution for fractional resources
+SCORING_BATCH = 8  # most checkpoints a GPU scoring actor scores in one call (sweep.scoring.actors)
+SCORING_ROOM = 0.25  # of a card, most for the weights of a scoring call (fewer checkpoints a call beyond)
+# Copies of each checkpoint's weights a scoring call holds at once: on the device, stacked with the
+# others, its initial weights (built, then stacked) and the measures' temporaries; measured with
+# every metric on (tests/test_planner.py), 7–8.6 beside the loaded copy.
+SCORING_COPIES = 10
 _OPTIMIZER_SLOTS = {"sgd": 0, "momentum": 1, "adam": 2, "rmsprop": 1}
 
 
@@ -184,11 +190,27 @@ def estimate_bundle_bytes(bundle: BundleConfig, card: Card | None = None) -> int
 
 
 def scoring_bytes(bundles: list[BundleConfig], card: Card) -> int:
-    """Device memory of a scoring actor: its context, chunks, the largest checkpoint's weights and
-    every data set it may hold (it keeps each one it has scored)."""
+    """Device memory of a scoring actor: its context, chunks, the weights of a call's checkpoints
+    (`scoring_batch`) and every data set it may hold (it keeps each one it has scored)."""
     data = {b.dataset: shared_bytes(b.members[0]) or 0 for b in bundles}
-    weights = max((4 * len(b.members) * shape[0] for b in bundles if (shape := _shape(b.members[0]))), default=0)
+    weights = scoring_weight_bytes(bundles, scoring_batch(bundles, card))
     return CONTEXT_BYTES + SCORING_CHUNK_BYTES + weights + sum(data.values())
+
+
+def scoring_batch(bundles: list[BundleConfig], card: Card | None) -> int:
+    """Checkpoints a GPU scoring actor takes in one call: `SCORING_BATCH`, or as many of the
+    largest bundle's as fit in `SCORING_ROOM` of the card (at least one), so that large networks on
+    a small card leave the trials their room."""
+    one = scoring_weight_bytes(bundles, 1)
+    if card is None or not one:
+        return SCORING_BATCH
+    return max(1, min(SCORING_BATCH, math.floor(SCORING_ROOM * card.usable_bytes / one)))
+
+
+def scoring_weight_bytes(bundles: list[BundleConfig], checkpoints: int = SCORING_BATCH) -> int:
+    """The weights a scoring call holds: `SCORING_COPIES` of `checkpoints` of the largest bundle."""
+    largest = max((len(b.members) * shape[0] for b in bundles if (shape := _shape(b.members[0]))), default=0)
+    return 4 * SCORING_COPIES * checkpoints * largest
 
 
 # ---- bundles --------------------------------------------------------------------------------
@@ -433,8 +455,8 @@ def plan_summary(spec: SweepSpec, bundles: list[BundleConfig], card: Card | None
         + (f"a share of one {card.memory_gib:g} GiB card ({card.source})" if card else "no GPU")
         + f"; scoring actors: {spec.resources.scoring_actors}"
         + (" (one per GPU of the cluster)" if spec.resources.scoring_actors == AUTO else "")
-        + (f" at {scoring_share(spec, bundles, card):g} of a card each" if card and spec.resources.scoring_actors
-           else ""),
+        + (f" at {scoring_share(spec, bundles, card):g} of a card each, up to {scoring_batch(bundles, card)} "
+           "checkpoint(s) a call" if card and spec.resources.scoring_actors else ""),
         "",
         f"{'data set':<14}{'shape':<{shape_width}}{'activation':<11}{'optimizer':<10}{'batch':>6}{'aug':>5}"
         f"{'bundles':>8}{'members':>9}{'per card':>9}{'GPU share':>10}{'memory/bundle':>15}",

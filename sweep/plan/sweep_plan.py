@@ -11,7 +11,7 @@ from pathlib import Path
 
 from sweep.plan import storage
 from sweep.plan.networks import BundleConfig
-from sweep.plan.planner import estimate_bundle_work
+from sweep.plan.planner import SCORING_BATCH, estimate_bundle_work
 from sweep.plan.spec import SweepSpec, check_sweep_name
 
 
@@ -109,17 +109,19 @@ def load_plan(sweep_dir: str) -> SweepPlan:
 
 def make_plan(spec: SweepSpec, bundles: list[BundleConfig], *, name: str, storage: str,
               spec_source: str, spec_text: str, spec_suffix: str, gpu_shares: dict[str, float] | None = None,
-              scoring_share: float | None = None) -> SweepPlan:
+              scoring_share: float | None = None, scoring_batch: int = SCORING_BATCH) -> SweepPlan:
     """The plan of a run. Trials start in the plan's bundle order, so the costliest bundles go
     first: the trial slots then finish close together, and the checkpoints that take longest
     to score are scored while cheaper bundles still train, not after the last one ends.
-    `gpu_shares` and `scoring_share` are the planner's (sweep.plan.planner); CPU sweeps need neither."""
+    `gpu_shares`, `scoring_share` and `scoring_batch` are the planner's (sweep.plan.planner); CPU
+    sweeps need none of them."""
     bundles = sorted(bundles, key=lambda b: -estimate_bundle_work(b, spec.budget))
     resources = dataclasses.asdict(spec.resources)
     shares = gpu_shares or {b.bundle_id: float(resources["gpus_per_trial"]) for b in bundles}
     resources["gpus_per_trial"] = max(shares.values(), default=0.0)  # what the trials ask for at most
     resources["gpus_per_scoring_actor"] = float(
         resources["gpus_per_scoring_actor"] if scoring_share is None else scoring_share)
+    resources["scoring_batch"] = scoring_batch
     return SweepPlan(
         name=check_sweep_name(name, "name"),
         storage=storage,

@@ -22,10 +22,10 @@ from dataclasses import dataclass
 import ray
 
 from sweep.command import interrupts
+from sweep.plan.planner import SCORING_BATCH
 from sweep.scoring.settings import ScoringSettings
 from sweep.training.checkpoints import local_size
 
-GPU_BATCH = 8  # checkpoints a GPU actor scores in one call
 INTERRUPT_CHECK_S = 0.5  # how often a drain looks for an interrupt while it waits
 
 
@@ -89,6 +89,7 @@ class ScoringPool:
         cpus_per_actor: float = 0.5,
         gpus_per_actor: float = 0.0,
         max_retries: int = 1,
+        batch: int = SCORING_BATCH,
     ):
         if num_actors < 1:
             raise ValueError(f"resources.scoring_actors must be at least 1, got {num_actors}")
@@ -96,10 +97,11 @@ class ScoringPool:
         self.settings = settings
         self.max_retries = max_retries
         # A GPU actor scores a checkpoint in a fraction of a second: look on every call, so it
-        # never waits for its next one, and give it what is queued in one call (up to
-        # `GPU_BATCH`), which it scores as one stacked population per shape.
+        # never waits for its next one, and give it what is queued in one call (up to `batch`,
+        # the planner's `scoring_batch`, which its memory is sized for), which it scores as one
+        # stacked population per shape.
         self.poll_interval_s = 0.0 if gpus_per_actor else 0.2
-        self._batch = GPU_BATCH if gpus_per_actor else 1
+        self._batch = batch if gpus_per_actor else 1
         self._resources = {"num_cpus": cpus_per_actor, "num_gpus": gpus_per_actor}
         self._threads = max(1, round(cpus_per_actor))
         cpus = int(ray.cluster_resources().get("CPU", 1))
