@@ -360,11 +360,11 @@ def test_train_measures_are_counted_at_trained_checkpoints_only():
     # calibrated scoring rate says.)
     scoring = costs.ScoringSettings(metrics=("pacbayes_sharpness", "spectral_margin", "loss"), train_points=100,
                                     sharpness_samples=3, sharpness_search_depth=4)
-    assert costs.train_measure_flops(1e6, scoring, "end") == (1 + 4 * 3 + 1) * 100 * 1e6
-    assert costs.train_measure_flops(1e6, scoring, "epoch-000002") == (1 + 4 * 3 + 1) * 100 * 1e6
-    assert costs.train_measure_flops(1e6, scoring, "init") == 0
+    assert costs.train_measure_flops(1e6, scoring, "end", 100) == (1 + 4 * 3 + 1) * 100 * 1e6
+    assert costs.train_measure_flops(1e6, scoring, "epoch-000002", 100) == (1 + 4 * 3 + 1) * 100 * 1e6
+    assert costs.train_measure_flops(1e6, scoring, "init", 100) == 0
     both = dataclasses.replace(scoring, metrics=("pacbayes_sharpness", "pacbayes_mag_flatness"))
-    assert costs.train_measure_flops(1e6, both, "end") == 2 * 13 * 100 * 1e6
+    assert costs.train_measure_flops(1e6, both, "end", 100) == 2 * 13 * 100 * 1e6
     net = NetworkConfig(DataSpec("digits"), 8, 1, "relu", "sgd", 0.1, 64, 0.0, False, 0, "torch_default")
     bundle = BundleConfig((net,))
     forward = 2 * (64 * 8 + 8 * 10)
@@ -405,8 +405,13 @@ def test_projection_by_hand():
     assert alone.training_budget_s == alone.training_s  # no convergence entry without the stopping rule
     shared = costs.project([bundle], budget, costs.ScoringSettings(metrics=("loss",)), device, {bundle.bundle_id: 4})
     assert shared.training_s == pytest.approx(max(compute, (compute + steps * 1e-3) / 4))
-    points = 1000 + 1000
-    assert alone.scoring_s == pytest.approx(2 * 2 * points * costs.point_flops([64, 8, 10], None) / 1e9)
+    points = 500 + 1000  # 1000 of each split asked: digits' 500 test images are all scored
+    checkpoint = 2 * points * costs.point_flops([64, 8, 10], None) / 1e9
+    assert alone.scoring_s == pytest.approx(2 * checkpoint)
+    # Checkpoints every k epochs: each multiple of k before the third epoch, whose is `end`.
+    for every, epochs in ((1, 2), (2, 1), (3, 0), (4, 0)):
+        periodic = costs.project([bundle], budget, costs.ScoringSettings(metrics=("loss",)), device, {}, every)
+        assert periodic.scoring_s == pytest.approx((2 + epochs) * checkpoint)
 
 
 def test_convolutional_networks_use_their_own_rates_or_say_they_do_not():
@@ -432,9 +437,10 @@ def test_convolutional_networks_use_their_own_rates_or_say_they_do_not():
     flops, steps = 3 * 64 * forward, 3 * math.ceil(1297 / 64)
     run = costs.project([bundle], budget, scoring, calibrated, {})
     assert run.training_s == pytest.approx(steps * (2e-3 + 2 * (1e-4 + flops / 1e8)))
-    # 2 checkpoints × 2 members × 2000 points: C = 10 vector-Jacobian products (3 forwards each),
-    # and 16 forward passes whose codes are compared, each at its rate.
-    assert run.scoring_s == pytest.approx(2 * 2 * 2000 * (3 * 10 * forward / 1e7 + 16 * forward / 1e6))
+    # 2 checkpoints × 2 members × 1500 points (digits' 500 test images, 1000 train): C = 10
+    # vector-Jacobian products (3 forwards each), and 16 forward passes whose codes are compared,
+    # each at its rate.
+    assert run.scoring_s == pytest.approx(2 * 2 * 1500 * (3 * 10 * forward / 1e7 + 16 * forward / 1e6))
     assert run.notes == ()
     assert set(costs.project([bundle], budget, scoring, device, {}).notes) == {
         "convolutional steps not calibrated on test card: fully-connected rates used",

@@ -181,18 +181,25 @@ def point_flops(sizes: list[int], transitions_k: int | None) -> float:
     return flops
 
 
-def train_measure_flops(forward: float, scoring: ScoringSettings, tag: str) -> float:
+def train_measure_flops(forward: float, scoring: ScoringSettings, tag: str, train_points: int) -> float:
     """One member's FLOPs of Jiang et al.'s train-point measures at a checkpoint (trained ones
     only), for a network of `forward` FLOPs a forward pass: each PAC-Bayes search is the base
     accuracy and `sharpness_search_depth` bisections of `sharpness_samples` perturbed copies, a
-    forward pass over the train points each (often most of a checkpoint's scoring); each margin
+    forward pass over the `train_points` each (often most of a checkpoint's scoring); each margin
     measure one forward pass over them."""
     if tag in UNTRAINED_TAGS:
         return 0.0
     searches = sum(m in scoring.metrics for m in ("pacbayes_sharpness", "pacbayes_mag_flatness"))
     margins = sum(m in scoring.metrics for m in ("spectral_margin", "frobenius_margin"))
     passes = searches * (1 + scoring.sharpness_search_depth * scoring.sharpness_samples) + margins
-    return passes * scoring.train_points * forward
+    return passes * train_points * forward
+
+
+def scored_points(bundle: BundleConfig, scoring: ScoringSettings) -> tuple[int, int]:
+    """(test, train) points a checkpoint is scored at: the settings' numbers, a split smaller
+    than its number whole (`sweep.scoring.inputs.fixed_points`)."""
+    info = dataset_info(bundle.dataset)
+    return min(scoring.points, info.test_size), min(scoring.train_points, info.train_size)
 
 
 def checkpoint_flops(bundle: BundleConfig, scoring: ScoringSettings, tag: str) -> float | None:
@@ -202,8 +209,9 @@ def checkpoint_flops(bundle: BundleConfig, scoring: ScoringSettings, tag: str) -
     if sizes is None:
         return None
     k = scoring.transitions_k if "transitions" in scoring.metrics else None
-    per_member = (scoring.points + scoring.train_points) * point_flops(sizes, k)
-    per_member += train_measure_flops(2.0 * sum(a * b for a, b in zip(sizes[:-1], sizes[1:])), scoring, tag)
+    test, train = scored_points(bundle, scoring)
+    per_member = (test + train) * point_flops(sizes, k)
+    per_member += train_measure_flops(2.0 * sum(a * b for a, b in zip(sizes[:-1], sizes[1:])), scoring, tag, train)
     if tag in PROFILE_TAGS:
         if scoring.trajectories:
             per_member += 3 * scoring.ellipses_per_kind * scoring.profile_points * point_flops(sizes, None)
@@ -230,9 +238,9 @@ def conv_checkpoint_flops(bundle: BundleConfig, scoring: ScoringSettings, tag: s
         return None
     forward = forward_flops(bundle.members[0], info)
     k = scoring.transitions_k if "transitions" in scoring.metrics else 0
-    points = scoring.points + scoring.train_points
-    jacobian, codes = points * conv_point_flops(forward, info.num_classes), points * k * forward
-    jacobian += train_measure_flops(forward, scoring, tag)  # forward passes without codes
+    test, train = scored_points(bundle, scoring)
+    jacobian, codes = (test + train) * conv_point_flops(forward, info.num_classes), (test + train) * k * forward
+    jacobian += train_measure_flops(forward, scoring, tag, train)  # forward passes without codes
     if tag in PROFILE_TAGS:
         if scoring.trajectories:
             profile = 3 * scoring.ellipses_per_kind * scoring.profile_points
@@ -370,8 +378,8 @@ def project(bundles: list[BundleConfig], budget: Budget, scoring: ScoringSetting
         if note:
             notes.add(note)
         tags = ["init", "end"]
-        if checkpoint_every_epochs:
-            tags += ["epoch"] * int(bundle_epochs(bundle, budget) // checkpoint_every_epochs)
+        if checkpoint_every_epochs:  # each multiple of it before the last epoch (whose checkpoint is `end`)
+            tags += ["epoch"] * max(0, math.ceil(bundle_epochs(bundle, budget) / checkpoint_every_epochs - 1e-9) - 1)
         for tag in tags:
             seconds, note = checkpoint_seconds(bundle, scoring, tag, device)
             scoring_s += seconds
