@@ -17,8 +17,9 @@ forward passes of the batch). Scoring is FLOPs of the metrics at the spec's sett
 Jacobians' (every unit's piece is kept and compared at every trajectory point). Steps come from
 the budget (an upper bound) or from the convergence table (the mean measured epochs to 100% train
 accuracy for an architecture, data set, label noise, augmentation and batching, narrowed where
-measured to widths, depths, activations, optimizers or learning rates; networks with no
-measurement, or measured not to converge, are counted at their budget).
+measured to widths, depths, activations, optimizers or learning rates, an entry that names no
+width listing the widths it was measured at; networks with no measurement, or measured not to
+converge, are counted at their budget).
 
 No torch and no Ray: `sweep run --dry-run` and `sweep presets` use it on any machine.
 
@@ -273,7 +274,9 @@ def checkpoint_seconds(bundle: BundleConfig, scoring: ScoringSettings, tag: str,
 
 def expected_epochs(net: NetworkConfig, budget: Budget) -> tuple[float, str]:
     """Epochs a network is expected to train, and where that number comes from: `measured`,
-    `not converging` or `budget`.
+    `other widths` (an entry that names no width, measured at widths it lists in
+    `measured_widths` that are not this network's: an extrapolation), `not converging` or
+    `budget`.
 
     The convergence table's entries are measured epochs to 100% train accuracy (a mean) of
     networks of one architecture on one data set (name and training-set size), label noise,
@@ -291,7 +294,8 @@ def expected_epochs(net: NetworkConfig, budget: Budget) -> tuple[float, str]:
         if entry is not None:
             if entry["epochs"] is None:
                 return limit, "not converging"
-            return min(limit, entry["epochs"]), "measured"
+            elsewhere = "width" not in entry and net.width not in entry.get("measured_widths", [net.width])
+            return min(limit, entry["epochs"]), "other widths" if elsewhere else "measured"
     return limit, "budget"
 
 

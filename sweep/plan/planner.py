@@ -527,7 +527,8 @@ def projection_lines(spec: SweepSpec, bundles: list[BundleConfig], card: Card | 
         "  at the mean measured epochs to 100% train accuracy for their architecture, data, label noise, "
         "augmentation and batching (the convergence table; where measured, for their width, depth, activation, "
         "optimizer or learning rate),",
-        f"  {sources['not converging']} measured not to reach it (at their budget), "
+        f"  {sources['other widths']} at those of an entry measured at other widths (an extrapolation), "
+        f"{sources['not converging']} measured not to reach it (at their budget), "
         f"{sources['budget']} not measured (at their budget);",
         "  scoring: FLOPs of the spec's metrics at every checkpoint, at the measured scoring rate",
         f"  {reference.name}: {reference.measured}",
