@@ -392,3 +392,21 @@ def test_augmentation_strength_is_a_training_setting_of_augmented_networks_only(
         parse_spec({**aug, "training": {"augmentation_shift": -1}})
     # Nothing to check where no network is augmented.
     assert parse_spec({**VALID, "training": {"augmentation_shift": 0}}).training.augmentation_shift == 0
+
+
+def test_a_batch_of_at_least_the_training_set_is_the_full_batch():
+    # 128 of a 100-example training set is the full batch the trainer runs: the same networks, ids
+    # and rows as null; a grid that lists both would train every network twice, and is refused.
+    sized = {**VALID, "datasets": [{"name": "digits", "train_size": 100}, "digits"]}
+    asked = networks(parse_spec({**sized, "grid": {**VALID["grid"], "batch_sizes": [32, 128]}}))
+    full = networks(parse_spec({**sized, "grid": {**VALID["grid"], "batch_sizes": [32, None]}}))
+    small = [n for n in asked if n.dataset.train_size == 100]
+    assert [n.batch_size for n in small] == [n.batch_size for n in full if n.dataset.train_size == 100]
+    assert {n.batch_size for n in small} == {32, None}
+    assert [n.network_id for n in small] == [n.network_id for n in full if n.dataset.train_size == 100]
+    assert {n.row()["full_batch"] for n in small if n.batch_size is None} == {True}
+    # digits' 1297 whole: 128 stays a mini-batch there
+    assert {n.batch_size for n in asked if n.dataset.train_size is None} == {32, 128}
+    with pytest.raises(SpecError, match=r"grid.batch_sizes: 128, full each train digits's 100 training examples as "
+                                        r"one full batch, so they give the same networks; keep one of them"):
+        networks(parse_spec({**sized, "grid": {**VALID["grid"], "batch_sizes": [128, None]}}))

@@ -15,7 +15,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from sweep.plan.datasets import DATASETS, augmentation_pad, dataset_info
-from sweep.plan.spec import DataSpec, SweepSpec
+from sweep.plan.spec import DataSpec, SpecError, SweepSpec
 
 
 @dataclass(frozen=True)
@@ -209,14 +209,28 @@ def networks(spec: SweepSpec) -> list[NetworkConfig]:
     """Every network of the grid, in a fixed order (data set outermost, seed innermost)."""
     g = spec.grid
     out = []
-    for data, width, depth, shape, act, (opt, lrs), batch, rlf, aug, init in itertools.product(
-            spec.datasets, g.widths, g.depths, _conv_shapes(spec), g.activations, g.rates, g.batch_sizes,
-            g.random_label_fractions, g.augmentation, g.inits):
-        augmentation = _augmentation_keys(spec, data) if aug else {}
-        for lr, seed in itertools.product(lrs, g.seeds):
-            out.append(NetworkConfig(data, width, depth, act, opt, lr, batch, rlf, aug, seed,
-                                     init, spec.training.precision, **shape, **augmentation))
+    for data in spec.datasets:
+        for width, depth, shape, act, (opt, lrs), batch, rlf, aug, init in itertools.product(
+                g.widths, g.depths, _conv_shapes(spec), g.activations, g.rates, _batch_sizes(spec, data),
+                g.random_label_fractions, g.augmentation, g.inits):
+            augmentation = _augmentation_keys(spec, data) if aug else {}
+            for lr, seed in itertools.product(lrs, g.seeds):
+                out.append(NetworkConfig(data, width, depth, act, opt, lr, batch, rlf, aug, seed,
+                                         init, spec.training.precision, **shape, **augmentation))
     return out
+
+
+def _batch_sizes(spec: SweepSpec, data: DataSpec) -> list[int | None]:
+    """The grid's batch sizes for `data`: one of at least its training examples is the full
+    batch (None), as the trainer runs it, so its networks are full-batch ones in ids, tables and
+    analysis. An image folder's size counts only where the spec gives it (train_size)."""
+    n = min(filter(None, (DATASETS[data.name].train_size, data.train_size)), default=None)
+    sizes = [None if batch is None or (n and batch >= n) else batch for batch in spec.grid.batch_sizes]
+    if len(set(sizes)) < len(sizes):
+        full = ", ".join("full" if b is None else str(b) for b, size in zip(spec.grid.batch_sizes, sizes) if size is None)
+        raise SpecError(f"grid.batch_sizes: {full} each train {data.name}'s {n} training examples as one full batch, "
+                        "so they give the same networks; keep one of them")
+    return sizes
 
 
 def _augmentation_keys(spec: SweepSpec, data: DataSpec) -> dict:

@@ -142,7 +142,7 @@ class GridSpec:
     activations: grid_list(Literal[ACTIVATIONS]) = ("relu",)
     optimizers: grid_list(Literal[OPTIMIZERS]) = ("sgd",)
     batch_sizes: grid_list(BatchSize) = (128,)
-    """null or "full": the whole training split in one batch"""
+    """null or "full": the whole training split in one batch (as is a size of at least the split)"""
     random_label_fractions: grid_list(Fraction) = (0.0,)
     augmentation: grid_list(Flag) = (False,)
     seeds: grid_list(Count) = (0,)
