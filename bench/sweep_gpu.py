@@ -155,7 +155,9 @@ def fit_budget(doc: dict, seconds: float, cpu: bool) -> dict:
     bundles = planner.expand(spec, card)
     device = costs.reference_cpu() if cpu else costs.reference_gpu()
     per_card = planner.trials_per_card(planner.gpu_shares(spec, bundles, card)) if card else {}
-    one = costs.project(bundles, Budget(max_epochs=1, stop_at_full_train_acc=False), spec.scoring, device, per_card)
+    # One epoch each, with the stopping check's pass over the training set where the preset has one.
+    one = costs.project(bundles, Budget(max_epochs=1, stop_at_full_train_acc=spec.budget.stop_at_full_train_acc),
+                        spec.scoring, device, per_card)
     parallel = 1 if card else max(1, (os.cpu_count() or 1) // max(1, int(spec.resources.cpus_per_trial)))
     epochs = max(1, min(spec.budget.max_epochs, int(seconds * parallel / max(one.training_s, 1e-9))))
     out = copy.deepcopy(doc)
