@@ -22,6 +22,16 @@ RESULT_COLUMNS: tuple[str, ...] = (
 )
 
 
+def as_settings(df: pd.DataFrame) -> pd.DataFrame:
+    """`df` with a full-batch network's batch_size read as "full", one setting whatever the
+    training set's size (the table holds that size), so that full-batch networks of two training
+    set sizes differ in train_size alone, as mini-batch ones do."""
+    if "batch_size" not in df.columns or "full_batch" not in df.columns:
+        return df
+    full = df["full_batch"].fillna(False).astype(bool)
+    return df.assign(batch_size=df["batch_size"].astype(object).where(~full, "full"))
+
+
 def varying_hyperparams(df: pd.DataFrame, candidates: Sequence[str] = HYPERPARAMS) -> list[str]:
     """The candidate hyperparameter columns that take more than one value in `df`."""
     return [c for c in candidates if c in df.columns and df[c].nunique(dropna=False) > 1]
@@ -51,7 +61,7 @@ def granulated_kendall(
         df["status"].astype(str).isin(EXCLUDED_STATUSES).to_numpy()
         if "status" in df.columns else np.zeros(len(df), bool)
     )
-    trained = df[~bad_status]
+    trained = as_settings(df[~bad_status])
     keys = list(varying_hyperparams(trained) if hyperparams is None else hyperparams)
     # by default the seed groups networks (only h varies in a group) but is no axis of Ψ
     hyperparams = [h for h in keys if h != SAMPLE_COLUMN] if hyperparams is None else keys

@@ -12,7 +12,8 @@ measure (pairs where a value is missing are left out).
   determines V_g, 0 when independent.
 - Robust sign-error (Dziugaite et al., 2020, as their code computes it): an environment is two
   hyperparameter settings that differ in exactly one hyperparameter (a full batch is one of the
-  batch sizes, so `full_batch` is no hyperparameter of its own); each cross pair of their
+  batch sizes, "full" at any training-set size, so `full_batch` is no hyperparameter of its
+  own); each cross pair of their
   networks (which differ only in seed) has the sign-error (1 − sgn Δμ · sgn Δg) / 2 (a tie costs
   1/2) and a weight: Hoeffding's probability that the two gaps, each measured on n test points,
   truly differ, (1 − 2 exp(−n Δg² / 2))², less 1/2 and floored at 0, so that pairs whose gaps
@@ -34,7 +35,7 @@ import numpy as np
 import pandas as pd
 
 from analysis.columns import SAMPLE_COLUMN, metric_columns, require_columns
-from analysis.granulated import grouping_hyperparams, varying_hyperparams
+from analysis.granulated import as_settings, grouping_hyperparams, varying_hyperparams
 
 CMI_COLUMNS = ("metric", "cmi", "condition", "n_pairs")
 SIGN_ERROR_COLUMNS = ("metric", "robust_sign_error", "p90_sign_error", "mean_sign_error", "worst_environment",
@@ -73,6 +74,7 @@ def conditional_mutual_information(df: pd.DataFrame, metrics: Sequence[str] | No
     attains it, and the number of pairs (module docstring)."""
     metrics = list(metric_columns(df) if metrics is None else metrics)
     require_columns(df, [*metrics, target, *(hyperparams or ())])
+    df = as_settings(df)
     hyperparams = [h for h in (varying_hyperparams(df) if hyperparams is None else hyperparams) if h != SAMPLE_COLUMN]
     codes = {h: pd.factorize(df[h].astype(str))[0] for h in hyperparams}
     i, j = _pairs(len(df))
@@ -116,6 +118,7 @@ def robust_sign_error(df: pd.DataFrame, metrics: Sequence[str] | None = None, ta
     how many environments entered and how many were too small (module docstring)."""
     metrics = list(metric_columns(df) if metrics is None else metrics)
     require_columns(df, [*metrics, target, *(hyperparams or ())])
+    df = as_settings(df)
     hyperparams = grouping_hyperparams(
         [h for h in (varying_hyperparams(df) if hyperparams is None else hyperparams) if h != SAMPLE_COLUMN])
     # with no hyperparameter varying (only seeds) there is one setting and no environment

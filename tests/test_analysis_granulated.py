@@ -152,3 +152,15 @@ def test_explicit_hyperparams_and_unknown_columns():
     assert psi(result, "jacobian_softmax", "depth")["tau"] == pytest.approx(expected)
     with pytest.raises(ValueError, match="not in the table"):
         granulated_kendall(known_table(), hyperparams=["lr"], metrics=["jacobian_softmax"])
+
+
+def test_full_batch_networks_of_two_training_set_sizes_share_a_train_size_group():
+    rows = [{"train_size": n, "full_batch": full, "batch_size": n if full else 128, "seed": seed}
+            for n in (1000, 10000) for full in (True, False) for seed in range(3)]
+    df = pd.DataFrame(rows)
+    df["gap"] = 0.4 - 0.1 * (df["train_size"] == 10000) + 0.03 * df["full_batch"] + 0.01 * df["seed"]
+    df["jacobian_softmax"] = df["gap"]
+    result = granulated_kendall(df, metrics=["jacobian_softmax"])
+    size = psi(result, "jacobian_softmax", "train_size")
+    assert size["tau"] == pytest.approx(1.0) and size["n_groups"] == 6  # full and 128, each seed
+    assert psi(result, "jacobian_softmax", "batch_size")["n_groups"] == 6  # full vs 128 at each size and seed

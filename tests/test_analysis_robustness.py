@@ -140,8 +140,23 @@ def test_a_full_batch_is_an_environment_of_the_batch_size():
                        "seed": np.tile(range(4), 2), "gap": np.repeat([0.1, 0.3], 4) + rng.normal(0, 0.01, 8)})
     df["jacobian_softmax"] = df["gap"]
     got = robust_sign_error(df, ["jacobian_softmax"], min_ess=16).iloc[0]
-    assert got["n_environments"] == 1 and got["worst_environment"] == "batch_size: 128 vs 1000"
+    assert got["n_environments"] == 1 and got["worst_environment"] == "batch_size: 128 vs full"
     assert got["robust_sign_error"] == 0.0
+
+
+def test_full_batch_networks_of_two_training_set_sizes_are_an_environment_of_the_size():
+    # A full batch is the training set: its batch_size column differs with train_size, yet the two
+    # settings differ in train_size alone, as they do for mini-batch networks.
+    rng = np.random.default_rng(9)
+    df = pd.DataFrame({"train_size": np.tile(np.repeat([1000, 10000], 4), 2),
+                       "full_batch": np.repeat([True, False], 8), "seed": np.tile(range(4), 4)})
+    df["batch_size"] = np.where(df["full_batch"], df["train_size"], 128)
+    df["gap"] = 0.4 - 0.1 * (df["train_size"] == 10000) + 0.05 * df["full_batch"] + rng.normal(0, 0.005, 16)
+    df["jacobian_softmax"] = df["gap"]
+    got = robust_sign_error(df, ["jacobian_softmax"], min_ess=16).iloc[0]
+    assert got["n_environments"] == 4 and got["robust_sign_error"] == 0.0  # two sizes × two batchings
+    loop = [f"{h}: {a} vs {b}" for h, a, b in (("train_size", 1000, 10000), ("batch_size", "full", 128))]
+    assert got["worst_environment"] in loop
 
 
 def test_a_metric_that_tracks_the_gap_is_not_judged_by_noise():
