@@ -218,25 +218,49 @@ def test_auto_shares_cover_each_bundles_memory_and_the_trials_that_keep_a_card_b
         assert share == round(share, 4) and 0 < share <= 1
     assert len(set(shares.values())) > 1  # different shapes, different shares
     scoring = planner.scoring_share(spec, bundles, card)
-    assert 0 < scoring < 1 and scoring * card.usable_bytes >= planner.scoring_bytes(bundles, card)
+    need = planner.scoring_bytes(bundles, planner.scoring_batch(spec, bundles, card))
+    assert 0 < scoring < 1 and scoring * card.usable_bytes >= need
 
 
 def test_a_scoring_call_takes_as_many_checkpoints_as_fit_its_room_on_the_card():
     # 3072→2000×5 bundles: eight checkpoints' weights (scoring holds SCORING_COPIES of each) fit a
     # quarter of an H200 but not of an A10G, whose actor then takes fewer a call.
-    spec = cifar_spec()
+    spec = cifar_spec(gpus_per_scoring_actor="auto")
     for gib, expected in ((141, planner.SCORING_BATCH), (24, None)):
         card = Card(gib, "test")
         bundles = planner.expand(spec, card)
-        batch, one = planner.scoring_batch(bundles, card), planner.scoring_weight_bytes(bundles, 1)
+        batch, one = planner.scoring_batch(spec, bundles, card), planner.scoring_weight_bytes(bundles, 1)
         assert batch == (expected or batch) and 1 <= batch <= planner.SCORING_BATCH
         if batch < planner.SCORING_BATCH:
             assert batch * one <= planner.SCORING_ROOM * card.usable_bytes < (batch + 1) * one
-        assert planner.scoring_bytes(bundles, card) >= batch * one
+        assert planner.scoring_bytes(bundles, batch) >= batch * one
         assert f"up to {batch} checkpoint(s) a call" in planner.plan_summary(spec, bundles, card)
-    assert planner.scoring_batch(bundles, Card(24, "test")) < planner.SCORING_BATCH
-    digits = load_spec("digits")
-    assert planner.scoring_batch(planner.expand(digits), Card(24, "test")) == planner.SCORING_BATCH
+    assert batch < planner.SCORING_BATCH
+    small = cifar_spec(widths=(50,), depths=(2,), gpus_per_scoring_actor="auto")
+    assert planner.scoring_batch(small, planner.expand(small, card), card) == planner.SCORING_BATCH
+    digits = load_spec("digits")  # scored on CPUs: one checkpoint a call
+    assert planner.scoring_batch(digits, planner.expand(digits), None) == 1
+
+
+def test_a_scoring_batch_leaves_the_largest_trial_its_card_or_keeps_to_a_fixed_share():
+    # On 16 GiB a quarter of the card holds three of paper-datasets' largest checkpoints, but an
+    # actor scoring three would not fit beside a trial at half the card: it takes fewer.
+    spec = load_spec("paper-datasets")
+    card = Card(16, "test")
+    bundles = planner.expand(spec, card)
+    batch, trial = planner.scoring_batch(spec, bundles, card), max(planner.gpu_shares(spec, bundles, card).values())
+    share = planner.scoring_share(spec, bundles, card)
+    assert 1 <= batch and share + trial <= 1
+    assert planner.scoring_weight_bytes(bundles, batch + 1) > planner.SCORING_ROOM * card.usable_bytes or \
+        planner._share(planner.scoring_bytes(bundles, batch + 1), card) + trial > 1
+    planner.check_scoring_room(spec, bundles, planner.gpu_shares(spec, bundles, card), share)
+    # A fixed share: as many as its memory holds.
+    fixed = cifar_spec(gpus_per_scoring_actor=0.1)
+    card = Card(80, "test")
+    bundles = planner.expand(fixed, card)
+    batch = planner.scoring_batch(fixed, bundles, card)
+    assert 1 <= batch < planner.SCORING_BATCH
+    assert planner.scoring_bytes(bundles, batch) <= 0.1 * card.usable_bytes < planner.scoring_bytes(bundles, batch + 1)
 
 
 @pytest.mark.parametrize("optimizer", ["sgd", "momentum", "adam", "rmsprop"])
@@ -617,13 +641,14 @@ def test_scoring_actors_auto_is_one_per_gpu_of_the_cluster(tmp_path, ray_session
         return sweep_plan.make_plan(spec, bundles, name="n", storage=str(tmp_path), spec_source="-", spec_text="",
                                 spec_suffix=".yaml", gpu_shares=planner.gpu_shares(spec, bundles, card),
                                 scoring_share=planner.scoring_share(spec, bundles, card),
-                                scoring_batch=planner.scoring_batch(bundles, card))
+                                scoring_batch=planner.scoring_batch(spec, bundles, card))
 
     gpu = plan_of(cifar_spec(scoring_actors="auto", gpus_per_scoring_actor="auto"))
     sweep_plan.save_plan(gpu)  # the batch goes with the plan, as `sweep resume` and `score` read it
     kwargs = runner.scoring_pool_kwargs(sweep_plan.load_plan(gpu.sweep_dir))
     assert kwargs["num_actors"] == cards and 0 < kwargs["gpus_per_actor"] < 1
-    assert kwargs["batch"] == planner.scoring_batch(planner.expand(cifar_spec(), Card(24, "test")), Card(24, "test"))
+    spec = cifar_spec(scoring_actors="auto", gpus_per_scoring_actor="auto")
+    assert kwargs["batch"] == planner.scoring_batch(spec, planner.expand(spec, Card(24, "test")), Card(24, "test"))
     cpu = plan_of(parse_spec({"name": "c", "datasets": ["digits"], "grid": {"widths": [8], "depths": [1],
                                                                             "learning_rates": [0.1]},
                               "budget": {"max_epochs": 1}, "resources": {"scoring_actors": "auto"}}))

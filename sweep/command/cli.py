@@ -207,7 +207,7 @@ def plan_run(args):
     text, suffix = _spec_text(args.source)
     plan = sweep_plan.make_plan(spec, bundles, name=name, storage=where, spec_source=args.source, spec_text=text,
                             spec_suffix=suffix, gpu_shares=shares, scoring_share=scoring_share,
-                            scoring_batch=planner.scoring_batch(bundles, card))
+                            scoring_batch=planner.scoring_batch(spec, bundles, card))
     return plan, spec, bundles, card, problems
 
 

@@ -47,7 +47,7 @@ SCORING_BATCH = 8  # most checkpoints a GPU scoring actor scores in one call (sw
 SCORING_ROOM = 0.25  # of a card, most for the weights of a scoring call (fewer checkpoints a call beyond)
 # Copies of each checkpoint's weights a scoring call holds at once: on the device, stacked with the
 # others, its initial weights (built, then stacked) and the measures' temporaries; measured with
-# every metric on (tests/test_planner.py), 7–8.6 beside the loaded copy.
+# every metric on (tests/test_scoring.py), 7–8.6 beside the loaded copy.
 SCORING_COPIES = 10
 _OPTIMIZER_SLOTS = {"sgd": 0, "momentum": 1, "adam": 2, "rmsprop": 1}
 
@@ -189,22 +189,31 @@ def estimate_bundle_bytes(bundle: BundleConfig, card: Card | None = None) -> int
     return shared + len(bundle.members) * member + (CONTEXT_BYTES if card else 0)
 
 
-def scoring_bytes(bundles: list[BundleConfig], card: Card) -> int:
-    """Device memory of a scoring actor: its context, chunks, the weights of a call's checkpoints
-    (`scoring_batch`) and every data set it may hold (it keeps each one it has scored)."""
+def scoring_bytes(bundles: list[BundleConfig], batch: int) -> int:
+    """Device memory of a scoring actor that scores `batch` checkpoints a call: its context,
+    chunks, their weights and every data set it may hold (it keeps each one it has scored)."""
     data = {b.dataset: shared_bytes(b.members[0]) or 0 for b in bundles}
-    weights = scoring_weight_bytes(bundles, scoring_batch(bundles, card))
-    return CONTEXT_BYTES + SCORING_CHUNK_BYTES + weights + sum(data.values())
+    return CONTEXT_BYTES + SCORING_CHUNK_BYTES + scoring_weight_bytes(bundles, batch) + sum(data.values())
 
 
-def scoring_batch(bundles: list[BundleConfig], card: Card | None) -> int:
-    """Checkpoints a GPU scoring actor takes in one call: `SCORING_BATCH`, or as many of the
-    largest bundle's as fit in `SCORING_ROOM` of the card (at least one), so that large networks on
-    a small card leave the trials their room."""
-    one = scoring_weight_bytes(bundles, 1)
-    if card is None or not one:
-        return SCORING_BATCH
-    return max(1, min(SCORING_BATCH, math.floor(SCORING_ROOM * card.usable_bytes / one)))
+def scoring_batch(spec: SweepSpec, bundles: list[BundleConfig], card: Card | None) -> int:
+    """Checkpoints a GPU scoring actor takes in one call: the most, up to `SCORING_BATCH`, whose
+    weights fit in `SCORING_ROOM` of the card and whose actor fits beside the largest trial (or,
+    with a fixed gpus_per_scoring_actor, in that share); one where none does (then
+    `check_scoring_room` refuses the plan when the actor cannot share a card with a trial)."""
+    fixed = spec.resources.gpus_per_scoring_actor
+    if card is None or fixed == 0:  # a CPU actor scores one a call
+        return 1 if fixed == 0 else SCORING_BATCH
+    trial = max(gpu_shares(spec, bundles, card).values(), default=0.0)
+
+    def fits(batch: int) -> bool:
+        need = scoring_bytes(bundles, batch)
+        if fixed != AUTO:
+            return need <= fixed * card.usable_bytes
+        return (scoring_weight_bytes(bundles, batch) <= SCORING_ROOM * card.usable_bytes
+                and _share(need, card) + trial <= 1 + 1e-9)
+
+    return next((batch for batch in range(SCORING_BATCH, 1, -1) if fits(batch)), 1)
 
 
 def scoring_weight_bytes(bundles: list[BundleConfig], checkpoints: int = SCORING_BATCH) -> int:
@@ -407,7 +416,7 @@ def scoring_share(spec: SweepSpec, bundles: list[BundleConfig], card: Card | Non
     if card is None:
         raise SpecError("resources.gpus_per_scoring_actor: auto needs the cards' memory; set "
                         "resources.gpu_memory_gib or pass --gpu-memory")
-    return _share(scoring_bytes(bundles, card), card)
+    return _share(scoring_bytes(bundles, scoring_batch(spec, bundles, card)), card)
 
 
 def estimate_bundle_work(bundle: BundleConfig, budget: Budget) -> float:
@@ -455,7 +464,7 @@ def plan_summary(spec: SweepSpec, bundles: list[BundleConfig], card: Card | None
         + (f"a share of one {card.memory_gib:g} GiB card ({card.source})" if card else "no GPU")
         + f"; scoring actors: {spec.resources.scoring_actors}"
         + (" (one per GPU of the cluster)" if spec.resources.scoring_actors == AUTO else "")
-        + (f" at {scoring_share(spec, bundles, card):g} of a card each, up to {scoring_batch(bundles, card)} "
+        + (f" at {scoring_share(spec, bundles, card):g} of a card each, up to {scoring_batch(spec, bundles, card)} "
            "checkpoint(s) a call" if card and spec.resources.scoring_actors else ""),
         "",
         f"{'data set':<14}{'shape':<{shape_width}}{'activation':<11}{'optimizer':<10}{'batch':>6}{'aug':>5}"
