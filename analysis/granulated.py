@@ -25,10 +25,15 @@ RESULT_COLUMNS: tuple[str, ...] = (
 def as_settings(df: pd.DataFrame) -> pd.DataFrame:
     """`df` with a full-batch network's batch_size read as "full", one setting whatever the
     training set's size (the table holds that size), so that full-batch networks of two training
-    set sizes differ in train_size alone, as mini-batch ones do."""
-    if "batch_size" not in df.columns or "full_batch" not in df.columns:
+    set sizes differ in train_size alone, as mini-batch ones do. A batch of the whole training
+    set is the full batch too (sweeps before 2026-12-07 wrote full_batch false for it)."""
+    if "batch_size" not in df.columns:
         return df
-    full = df["full_batch"].fillna(False).astype(bool)
+    full = np.zeros(len(df), bool)
+    if "full_batch" in df.columns:
+        full |= df["full_batch"].fillna(False).astype(bool).to_numpy()
+    if "train_size" in df.columns:
+        full |= (df["batch_size"] >= df["train_size"]).fillna(False).astype(bool).to_numpy()
     return df.assign(batch_size=df["batch_size"].astype(object).where(~full, "full"))
 
 

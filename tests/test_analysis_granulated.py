@@ -164,3 +164,9 @@ def test_full_batch_networks_of_two_training_set_sizes_share_a_train_size_group(
     size = psi(result, "jacobian_softmax", "train_size")
     assert size["tau"] == pytest.approx(1.0) and size["n_groups"] == 6  # full and 128, each seed
     assert psi(result, "jacobian_softmax", "batch_size")["n_groups"] == 6  # full vs 128 at each size and seed
+    # Sweeps before full_batch was resolved wrote it false for a batch of the whole training set.
+    old = df.assign(full_batch=False, batch_size=np.where(df["full_batch"], df["train_size"] + 28, 128))
+    again = granulated_kendall(old, metrics=["jacobian_softmax"])
+    for h in ("train_size", "batch_size"):
+        fields = ["tau", "n_groups"]
+        assert psi(again, "jacobian_softmax", h)[fields].equals(psi(result, "jacobian_softmax", h)[fields])

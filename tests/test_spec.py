@@ -9,8 +9,9 @@ import tomllib
 
 import pytest
 import yaml
+from PIL import Image
 
-from sweep.plan.networks import BundleConfig, NetworkConfig, limit_networks, networks
+from sweep.plan.networks import BundleConfig, NetworkConfig, limit_networks, merged_batch_sizes, networks
 from sweep.plan.planner import expand, plan_summary
 from sweep.command.cli import main
 from sweep.plan.presets import list_presets, preset_path
@@ -394,19 +395,34 @@ def test_augmentation_strength_is_a_training_setting_of_augmented_networks_only(
     assert parse_spec({**VALID, "training": {"augmentation_shift": 0}}).training.augmentation_shift == 0
 
 
-def test_a_batch_of_at_least_the_training_set_is_the_full_batch():
+def test_a_batch_of_at_least_the_training_set_is_the_full_batch(tmp_path):
     # 128 of a 100-example training set is the full batch the trainer runs: the same networks, ids
-    # and rows as null; a grid that lists both would train every network twice, and is refused.
+    # and rows as null. Where a grid lists both, that data set's networks train once (said so),
+    # and the whole set keeps both.
     sized = {**VALID, "datasets": [{"name": "digits", "train_size": 100}, "digits"]}
     asked = networks(parse_spec({**sized, "grid": {**VALID["grid"], "batch_sizes": [32, 128]}}))
     full = networks(parse_spec({**sized, "grid": {**VALID["grid"], "batch_sizes": [32, None]}}))
     small = [n for n in asked if n.dataset.train_size == 100]
-    assert [n.batch_size for n in small] == [n.batch_size for n in full if n.dataset.train_size == 100]
     assert {n.batch_size for n in small} == {32, None}
     assert [n.network_id for n in small] == [n.network_id for n in full if n.dataset.train_size == 100]
     assert {n.row()["full_batch"] for n in small if n.batch_size is None} == {True}
-    # digits' 1297 whole: 128 stays a mini-batch there
-    assert {n.batch_size for n in asked if n.dataset.train_size is None} == {32, 128}
-    with pytest.raises(SpecError, match=r"grid.batch_sizes: 128, full each train digits's 100 training examples as "
-                                        r"one full batch, so they give the same networks; keep one of them"):
-        networks(parse_spec({**sized, "grid": {**VALID["grid"], "batch_sizes": [128, None]}}))
+    assert {n.batch_size for n in asked if n.dataset.train_size is None} == {32, 128}  # 1297 examples
+    both = parse_spec({**sized, "grid": {**VALID["grid"], "batch_sizes": [32, 128, None]}})
+    nets = networks(both)
+    assert len({n.network_id for n in nets}) == len(nets)
+    assert [n.network_id for n in nets if n.dataset.train_size == 100] == [n.network_id for n in small]
+    assert {n.batch_size for n in nets if n.dataset.train_size is None} == {32, 128, None}
+    note = ("grid.batch_sizes: 128 and full are each digits's full batch (100 training examples), so its networks "
+            "train once at the full batch, not once for each")
+    assert merged_batch_sizes(both) == [note] and merged_batch_sizes(parse_spec(sized)) == []
+    assert f"note: {note}" in plan_summary(both, expand(both))
+    # An image folder's training examples are counted from its files.
+    folder = tmp_path / "images"
+    for split, count in (("train", 12), ("test", 4)):
+        for c in ("a", "b"):
+            (folder / split / c).mkdir(parents=True)
+            for i in range(count // 2):
+                Image.new("RGB", (8, 8)).save(folder / split / c / f"{i}.png")
+    images = parse_spec({**VALID, "datasets": [{"name": "image_folder", "path": str(folder)}],
+                         "grid": {**VALID["grid"], "batch_sizes": [4, 16, 32]}})
+    assert {n.batch_size for n in networks(images)} == {4, None} and len(merged_batch_sizes(images)) == 1

@@ -15,7 +15,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from sweep.plan.datasets import DATASETS, augmentation_pad, dataset_info
-from sweep.plan.spec import DataSpec, SpecError, SweepSpec
+from sweep.plan.spec import DataSpec, SweepSpec
 
 
 @dataclass(frozen=True)
@@ -223,14 +223,23 @@ def networks(spec: SweepSpec) -> list[NetworkConfig]:
 def _batch_sizes(spec: SweepSpec, data: DataSpec) -> list[int | None]:
     """The grid's batch sizes for `data`: one of at least its training examples is the full
     batch (None), as the trainer runs it, so its networks are full-batch ones in ids, tables and
-    analysis. An image folder's size counts only where the spec gives it (train_size)."""
-    n = min(filter(None, (DATASETS[data.name].train_size, data.train_size)), default=None)
-    sizes = [None if batch is None or (n and batch >= n) else batch for batch in spec.grid.batch_sizes]
-    if len(set(sizes)) < len(sizes):
-        full = ", ".join("full" if b is None else str(b) for b, size in zip(spec.grid.batch_sizes, sizes) if size is None)
-        raise SpecError(f"grid.batch_sizes: {full} each train {data.name}'s {n} training examples as one full batch, "
-                        "so they give the same networks; keep one of them")
-    return sizes
+    analysis; sizes that all mean the full batch give its networks once (`merged_batch_sizes`
+    says so)."""
+    n = dataset_info(data).train_size  # an image folder's counted from its files
+    return list(dict.fromkeys(None if b is None or (n and b >= n) else b for b in spec.grid.batch_sizes))
+
+
+def merged_batch_sizes(spec: SweepSpec) -> list[str]:
+    """A note for each data set where several of the grid's batch sizes are its full batch."""
+    notes = []
+    for data in spec.datasets:
+        n = dataset_info(data).train_size  # an image folder's counted from its files
+        full = [b for b in spec.grid.batch_sizes if b is None or (n and b >= n)]
+        if len(full) > 1:
+            shown = " and ".join("full" if b is None else str(b) for b in full)
+            notes.append(f"grid.batch_sizes: {shown} are each {data.name}'s full batch ({n} training examples), so "
+                         "its networks train once at the full batch, not once for each")
+    return notes
 
 
 def _augmentation_keys(spec: SweepSpec, data: DataSpec) -> dict:

@@ -31,8 +31,8 @@ import numpy as np
 
 from sweep.plan import costs
 from sweep.plan.datasets import dataset_info
-from sweep.plan.networks import (SHARED_IN_BUNDLE, BundleConfig, NetworkConfig, activation_sizes, conv_layers, networks,
-                                 param_count)
+from sweep.plan.networks import (SHARED_IN_BUNDLE, BundleConfig, NetworkConfig, activation_sizes, conv_layers,
+                                 merged_batch_sizes, networks, param_count)
 from sweep.plan.spec import AUTO, Budget, SpecError, SweepSpec
 
 CPU_BUNDLE_SIZE = 16  # `bundle_size: auto` on CPUs: what every CPU sweep used before auto
@@ -486,6 +486,7 @@ def plan_summary(spec: SweepSpec, bundles: list[BundleConfig], card: Card | None
                      f"{len(group):>8}{members:>9}{(trials if card else '-'):>9}{(f'{share:g}' if card else '-'):>10}"
                      f"{_mib(memory):>15}")
     lines += ["", f"largest bundle needs about {_mib(peak)} of {'card' if card else 'device'} memory", ""]
+    lines += [f"note: {note}" for note in merged_batch_sizes(spec)]
     lines += projection_lines(spec, bundles, card, cpus)
     return "\n".join(lines)
 
