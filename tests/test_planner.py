@@ -261,6 +261,14 @@ def test_a_scoring_batch_leaves_the_largest_trial_its_card_or_keeps_to_a_fixed_s
     batch = planner.scoring_batch(fixed, bundles, card)
     assert 1 <= batch < planner.SCORING_BATCH
     assert planner.scoring_bytes(bundles, batch) <= 0.1 * card.usable_bytes < planner.scoring_bytes(bundles, batch + 1)
+    assert planner.plan_notes(fixed, bundles, card) == []
+    # One too small for a single checkpoint is said before the run (the actor may run out of memory).
+    small = cifar_spec(gpus_per_scoring_actor=0.02)
+    bundles = planner.expand(small, card)
+    assert planner.scoring_batch(small, bundles, card) == 1
+    [note] = planner.plan_notes(small, bundles, card)
+    assert note.startswith("resources.gpus_per_scoring_actor: 0.02 of the 80 GiB card holds 1.5 GiB, less than the ")
+    assert "use auto" in note and f"note: {note}" in planner.plan_summary(small, bundles, card)
 
 
 @pytest.mark.parametrize("optimizer", ["sgd", "momentum", "adam", "rmsprop"])

@@ -24,7 +24,7 @@ import pyarrow.fs
 from sweep.command import interrupts, locks
 from sweep.command.status import describe, scoring_state
 from sweep.plan import costs, planner, storage, sweep_plan
-from sweep.plan.networks import limit_networks, merged_batch_sizes
+from sweep.plan.networks import limit_networks
 from sweep.plan.planner import plan_summary
 from sweep.plan.presets import list_presets, preset_path
 from sweep.plan.spec import MAX_GPU_MEMORY_GIB, SpecError, check_sweep_name, load_spec, spec_schema
@@ -372,7 +372,7 @@ def cmd_run(args) -> int:
     except PermissionError as exc:
         raise UsageError(str(exc)) from None
     print(f"[sweep] {plan.name}: {plan.networks} networks in {len(plan.bundles)} bundles -> {plan.sweep_dir}")
-    for note in merged_batch_sizes(spec):
+    for note in planner.plan_notes(spec, bundles, card):
         print(f"[sweep] note: {note}")
     started = time.monotonic()
     results, code = guarded(plan, "run", args, lambda: runner.run(plan, score=not args.no_score))

@@ -419,6 +419,22 @@ def scoring_share(spec: SweepSpec, bundles: list[BundleConfig], card: Card | Non
     return _share(scoring_bytes(bundles, scoring_batch(spec, bundles, card)), card)
 
 
+def plan_notes(spec: SweepSpec, bundles: list[BundleConfig], card: Card | None) -> list[str]:
+    """What the plan does that the spec does not say and a run should print: batch sizes merged
+    into a full batch, and a fixed scoring share below the memory one checkpoint's scoring takes."""
+    notes = merged_batch_sizes(spec)
+    share = spec.resources.gpus_per_scoring_actor
+    if card and spec.resources.scoring_actors != 0 and share != AUTO and share > 0:
+        need = scoring_bytes(bundles, 1)
+        if need > share * card.usable_bytes:
+            notes.append(
+                f"resources.gpus_per_scoring_actor: {share:g} of the {card.memory_gib:g} GiB card holds "
+                f"{share * card.usable_bytes / 2**30:.1f} GiB, less than the about {need / 2**30:.1f} GiB a scoring actor "
+                "takes for one checkpoint of this sweep's largest bundle (its context, chunks, data sets and weights), "
+                "so it may run out of memory; use auto (its share from that memory) or a larger share")
+    return notes
+
+
 def estimate_bundle_work(bundle: BundleConfig, budget: Budget) -> float:
     """Relative cost of training a bundle to its budget (members × multiply-adds per example ×
     examples), for ordering bundles; an image folder's unknown sizes are taken as the width."""
@@ -486,7 +502,7 @@ def plan_summary(spec: SweepSpec, bundles: list[BundleConfig], card: Card | None
                      f"{len(group):>8}{members:>9}{(trials if card else '-'):>9}{(f'{share:g}' if card else '-'):>10}"
                      f"{_mib(memory):>15}")
     lines += ["", f"largest bundle needs about {_mib(peak)} of {'card' if card else 'device'} memory", ""]
-    lines += [f"note: {note}" for note in merged_batch_sizes(spec)]
+    lines += [f"note: {note}" for note in plan_notes(spec, bundles, card)]
     lines += projection_lines(spec, bundles, card, cpus)
     return "\n".join(lines)
 
