@@ -226,15 +226,19 @@ def _batch_sizes(spec: SweepSpec, data: DataSpec) -> list[int | None]:
     analysis; sizes that all mean the full batch give its networks once (`merged_batch_sizes`
     says so)."""
     n = dataset_info(data).train_size  # an image folder's counted from its files
-    return list(dict.fromkeys(None if b is None or (n and b >= n) else b for b in spec.grid.batch_sizes))
+    return list(dict.fromkeys(None if _full(b, n) else b for b in spec.grid.batch_sizes))
+
+
+def _full(batch: int | None, train_size: int | None) -> bool:
+    return batch is None or bool(train_size and batch >= train_size)
 
 
 def merged_batch_sizes(spec: SweepSpec) -> list[str]:
     """A note for each data set where several of the grid's batch sizes are its full batch."""
     notes = []
     for data in spec.datasets:
-        n = dataset_info(data).train_size  # an image folder's counted from its files
-        full = [b for b in spec.grid.batch_sizes if b is None or (n and b >= n)]
+        n = dataset_info(data).train_size
+        full = [b for b in spec.grid.batch_sizes if _full(b, n)]
         if len(full) > 1:
             shown = " and ".join("full" if b is None else str(b) for b in full)
             notes.append(f"grid.batch_sizes: {shown} are each {data.name}'s full batch ({n} training examples), so "

@@ -202,8 +202,10 @@ def scoring_batch(spec: SweepSpec, bundles: list[BundleConfig], card: Card | Non
     with a fixed gpus_per_scoring_actor, in that share); one where none does (then
     `check_scoring_room` refuses the plan when the actor cannot share a card with a trial)."""
     fixed = spec.resources.gpus_per_scoring_actor
-    if card is None or fixed == 0:  # a CPU actor scores one a call
-        return 1 if fixed == 0 else SCORING_BATCH
+    if fixed == 0:  # a CPU actor scores one a call
+        return 1
+    if card is None:
+        return SCORING_BATCH
     trial = max(gpu_shares(spec, bundles, card).values(), default=0.0)
 
     def fits(batch: int) -> bool:
