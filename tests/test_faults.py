@@ -427,6 +427,35 @@ def test_an_interrupted_run_says_so_and_resume_completes_it(signals, reference, 
     assert_same_tables(sweep_dir, reference)
 
 
+def test_signals_while_an_interrupted_run_shuts_down_leave_no_traceback(tmp_path, env):
+    # A `kill` repeated (a supervisor's retries, a second Ctrl-C) can land after the command has
+    # said it stopped, while the local Ray it started shuts down: it is stopping already.
+    driver, sweep_dir = start_sweep(tmp_path, "stopping", env)
+    try:
+        deadline = time.monotonic() + RUN_TIMEOUT_S
+        while driver.proc.poll() is None and time.monotonic() < deadline and not in_training(sweep_dir):
+            time.sleep(0.05)
+        assert driver.proc.poll() is None, f"the sweep ended before it could be interrupted:\n{driver.output()}"
+        os.kill(driver.proc.pid, signal.SIGTERM)
+        while driver.proc.poll() is None and "sweep: continue with:" not in driver.output():
+            time.sleep(0.01)
+        sent = 0
+        while driver.proc.poll() is None and sent < 500:
+            os.kill(driver.proc.pid, signal.SIGTERM)
+            sent += 1
+            time.sleep(0.01)
+        code = driver.wait(timeout=90)
+    finally:
+        driver.end()
+    output = driver.output()
+    assert sent, "the driver exited before it could be signalled while shutting down"
+    # 143 from the command, or the default action of a signal sent after it let Ray go: the
+    # shell's status is 143 either way.
+    assert code in (128 + signal.SIGTERM, -signal.SIGTERM), output[-3000:]
+    assert "sweep: interrupted (SIGTERM): " in output and "Traceback" not in output, output[-3000:]
+    assert "Exception ignored" not in output, output[-3000:]
+
+
 def test_an_interrupted_score_says_so_and_scoring_again_completes_it(reference, tmp_path, env):
     sweep_dir = tmp_path / "ref"
     shutil.copytree(reference, sweep_dir)

@@ -414,13 +414,23 @@ def guarded(plan, command: str, args, body, *, rescore: bool = False):
         check_reachable(args.address)  # before the lock and the log file: a mistyped address leaves no sweep folder
     try:
         with locks.holding(plan.sweep_dir, command):
+            own_ray, before_ray = not ray_started(), interrupts.handlers()
             start_ray(args.address, ray_log_file(plan, args.verbose))
-            with interrupts.catching():  # after ray.init, which installs a SIGTERM handler of its own
+            with interrupts.catching() as restore:  # after ray.init, which installs a SIGTERM handler of its own
                 try:
                     result = body()
                 except KeyboardInterrupt:
-                    return None, interrupted(plan, command, rescore=rescore)
-            return (None, interrupted(plan, command, rescore=rescore)) if interrupts.requested() else (result, None)
+                    result = None
+                if not interrupts.requested():
+                    return result, None
+                interrupts.settle()
+                code = interrupted(plan, command, rescore=rescore)
+                if own_ray:  # now, not at exit, where a further signal would meet Ray's handler mid-shutdown
+                    import ray
+
+                    ray.shutdown()
+                    restore.update(before_ray)
+                return None, code
     except locks.SweepLocked as exc:
         raise UsageError(str(exc)) from None
 

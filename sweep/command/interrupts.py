@@ -4,8 +4,9 @@ The first signal asks the command to stop soon: Ray Tune ends its loop (through 
 signal, SIGUSR1, so it snapshots the experiment with every unfinished trial still resumable;
 a Tune stopper would mark them finished instead), the scoring pool hands out no more
 checkpoints, and the command reports what finished and how to continue (exit 128 + the
-signal: 130 for SIGINT, 143 for SIGTERM). A second signal stops at once. Either way nothing is
-lost: checkpoints and table files are written whole or not at all, so `sweep resume` picks up
+signal: 130 for SIGINT, 143 for SIGTERM). A second signal stops at once; one that comes after
+the command has stopped, while it reports and shuts down the Ray it started, is ignored (it is
+stopping already). Either way nothing is lost: checkpoints and table files are written whole or not at all, so `sweep resume` picks up
 from the last checkpoint of each bundle and scores what was not scored.
 """
 
@@ -34,6 +35,10 @@ def signal_name() -> str:
     return signal.Signals(requested() or signal.SIGINT).name
 
 
+def handlers() -> dict:
+    return {s: signal.getsignal(s) for s in SIGNALS}
+
+
 def _handle(signum, frame) -> None:
     if _received:
         raise KeyboardInterrupt  # the second: stop at once
@@ -48,21 +53,30 @@ def tell_tune() -> None:
         os.kill(os.getpid(), signal.SIGUSR1)
 
 
+def settle() -> None:
+    """The command has stopped for a signal: ignore further ones while it says so and lets Ray
+    go (a signal inside Ray's shutdown would end it with a traceback instead)."""
+    if _catching:
+        for s in SIGNALS:
+            signal.signal(s, signal.SIG_IGN)
+
+
 @contextlib.contextmanager
 def catching():
     """Install the handlers for the command's duration (main thread only; elsewhere signals
-    keep their default behaviour)."""
+    keep their default behaviour). Yields the handlers it puts back afterwards, which the
+    command may change (Ray's own go with a Ray it shut down)."""
+    before = handlers()
     if threading.current_thread() is not threading.main_thread():
-        yield
+        yield before
         return
     _received.clear()
     os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"  # ours asks Tune to stop instead
-    before = {s: signal.getsignal(s) for s in SIGNALS}
     for s in SIGNALS:
         signal.signal(s, _handle)
     _catching.append(True)
     try:
-        yield
+        yield before
     finally:
         _catching.clear()
         for s, handler in before.items():
