@@ -585,6 +585,48 @@ def test_unscored_lists_checkpoints_without_scores(tmp_path):
 # --- the Ray actor pool ------------------------------------------------------------------------
 
 
+def priority(ray_session, actor) -> tuple[set[int], bool]:
+    """The scheduling policies of an actor's threads, and whether it may leave SCHED_IDLE (root,
+    or an RLIMIT_NICE that allows its nice level)."""
+    def look(_):
+        import resource
+
+        nice = os.getpriority(os.PRIO_PROCESS, 0)
+        allowed = os.geteuid() == 0 or resource.getrlimit(resource.RLIMIT_NICE)[0] >= 20 - nice
+        return {os.sched_getscheduler(int(t)) for t in os.listdir("/proc/self/task")}, allowed
+
+    return ray_session.get(actor.__ray_call__.remote(look))
+
+
+@pytest.mark.ray
+@pytest.mark.skipif(not hasattr(os, "SCHED_IDLE"), reason="scheduling classes are Linux's")
+def test_cpu_actors_leave_the_background_to_drain_and_to_score_without_trials(tmp_path, ray_session):
+    from sweep.scoring.actors import ScoringPool
+
+    bundles = [make_bundle(members=1, seed0=s) for s in (0, 20, 40)]
+    sources = [str(write_checkpoint(tmp_path / f"c{i}", b, make_nets(b))) for i, b in enumerate(bundles)]
+    pool = ScoringPool(str(tmp_path / "tables"), SETTINGS, num_actors=1)
+    actor = pool.actors()[0]
+    policies, may_leave = priority(ray_session, actor)
+    assert policies == {os.SCHED_IDLE}  # beside trials, from its start
+    pool.submit(sources[0])  # handed out at once, while trials would still run
+    pool.submit(sources[1])  # queued: the drain hands it out
+    assert pool.drain(timeout=120)["done"] == 2
+    drained = {os.SCHED_OTHER} if may_leave else {os.SCHED_IDLE}
+    assert priority(ray_session, actor)[0] == drained
+    assert ray_session.get(actor.in_background.remote()) == (not may_leave)
+    pool.submit(sources[2])  # after a drain, scoring is beside trials again
+    assert pool.drain(timeout=120)["done"] == 3
+    assert priority(ray_session, actor)[0] == {os.SCHED_IDLE}
+    pool.shutdown()
+
+    alone = ScoringPool(str(tmp_path / "alone"), SETTINGS, num_actors=1, background=False)  # `sweep score`
+    alone.submit(sources[0])
+    assert alone.drain(timeout=120)["done"] == 1
+    assert priority(ray_session, alone.actors()[0])[0] == {os.SCHED_OTHER}
+    alone.shutdown()
+
+
 @pytest.mark.ray
 def test_pool_scores_like_the_scorer_and_replaces_a_killed_actor(tmp_path, ray_session):
     from sweep.scoring.actors import ScoringPool

@@ -132,7 +132,7 @@ def score(plan: SweepPlan, settings, *, rescore: bool = False) -> dict:
     known = {bundle["bundle_id"] for bundle in plan.bundles}
     foreign = [uri for bundle_id, uri in todo if bundle_id not in known]
     todo = [(bundle_id, uri) for bundle_id, uri in todo if bundle_id in known]
-    pool = ScoringPool(**scoring_pool_kwargs(plan, settings))
+    pool = ScoringPool(**scoring_pool_kwargs(plan, settings), background=False)  # no trials to leave the CPUs to
     for _, uri in todo:
         pool.submit(tune.Checkpoint(uri))
     stats = pool.drain(progress=drain_printer())

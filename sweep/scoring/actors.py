@@ -5,8 +5,8 @@ The pool is driven from the Tune driver's event loop (callbacks), so `submit` qu
 checkpoint and returns. The pool keeps the queue and hands a checkpoint to an actor only when
 that actor is free, so no actor sits idle while another holds a backlog (checkpoints differ
 in cost by 10x or more). While trials run, a CPU actor scores one checkpoint at a time in the
-background; once they are done (`drain`), it scores one per CPU of the cluster share it
-stands for, in threads of one process, largest first, so the catch-up uses every core
+background; once they are done (`drain`), it leaves the background where the system allows
+and scores one per CPU of the cluster share it stands for, in threads of one process, largest first, so the catch-up uses every core
 without starting another actor. Actors write their own rows. Results, actor deaths and
 hand-outs are handled by non-blocking polls (`submit`, `poll`, called on every step of Tune's
 loop) and by `drain`.
@@ -14,6 +14,7 @@ loop) and by `drain`.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from collections import Counter, deque
@@ -29,32 +30,49 @@ from sweep.training.checkpoints import local_size
 INTERRUPT_CHECK_S = 0.5  # how often a drain looks for an interrupt while it waits
 
 
-def run_in_background() -> None:
-    """Give this process only the CPU time nothing else wants: Linux's SCHED_IDLE, for every
-    thread (a policy is per thread; new ones inherit it), else the lowest nice level. Ray
-    starts workers at nice 15, so nice 19 alone would still take ~30% of a trial's core."""
+def set_background(background: bool) -> bool:
+    """Give this process only the CPU time nothing else wants (`background`), or its usual
+    share again: Linux's SCHED_IDLE or not, for every thread (a policy is per thread; new ones
+    inherit it); elsewhere the lowest nice level, which cannot be undone. Leaving SCHED_IDLE needs
+    CAP_SYS_NICE or an RLIMIT_NICE that allows the process's nice level, so it may be refused.
+    Whether the process is in the background now. (Ray starts workers at nice 15, so nice 19
+    alone would still take ~30% of a trial's core.)"""
     if hasattr(os, "SCHED_IDLE") and os.path.isdir("/proc/self/task"):
-        for thread in os.listdir("/proc/self/task"):
-            os.sched_setscheduler(int(thread), os.SCHED_IDLE, os.sched_param(0))
-    elif hasattr(os, "nice"):
-        os.nice(19)
+        policy = os.SCHED_IDLE if background else os.SCHED_OTHER
+        try:
+            for thread in os.listdir("/proc/self/task"):
+                with contextlib.suppress(ProcessLookupError):  # a thread that ended meanwhile
+                    os.sched_setscheduler(int(thread), policy, os.sched_param(0))
+        except PermissionError:
+            return True
+        return background
+    if hasattr(os, "nice"):
+        if background:
+            os.nice(19)
+        return True if background else os.getpriority(os.PRIO_PROCESS, 0) >= 19
+    return False
 
 
 @ray.remote
 class ScoringActor:
-    """A `sweep.scoring.scorer.Scorer` in its own process. A CPU actor runs in the background (it
-    takes the cycles training leaves idle, so trials are not slowed, and catches up once they
-    end), from before the Scorer and torch are imported, so even its start spares the trials."""
+    """A `sweep.scoring.scorer.Scorer` in its own process. A CPU actor made for the background
+    takes the cycles training leaves idle, so trials are not slowed, from before the Scorer and
+    torch are imported, so even its start spares the trials; each call says whether it still
+    runs beside trials (a drain's catch-up does not)."""
 
     def __init__(self, threads: int, background: bool):
-        if background:
-            run_in_background()
+        self._background = set_background(True) if background else False
         from sweep.scoring.scorer import Scorer
 
         self._scorer = Scorer(threads=threads)
 
-    def score(self, sources: list, table_root: str, settings: ScoringSettings) -> list[dict]:
+    def score(self, sources: list, table_root: str, settings: ScoringSettings, background: bool = False) -> list[dict]:
+        if background != self._background:
+            self._background = set_background(background)
         return self._scorer.score_many(sources, table_root, settings)
+
+    def in_background(self) -> bool:
+        return self._background
 
 
 @dataclass
@@ -75,8 +93,9 @@ class ScoringPool:
 
     GPU actors take `gpus_per_actor` (a fraction when they share the card with trials); CPU
     actors take `cpus_per_actor` and one torch thread per whole CPU, and run in the
-    background (see `run_in_background`). A CPU actor scores one checkpoint at a time, and
-    during `drain` up to its share of the cluster's CPUs at once. An actor that dies is
+    background (see `set_background`) outside `drain` unless `background` is false (no trials
+    beside them). A CPU actor scores one checkpoint at a time, and during `drain` up to its
+    share of the cluster's CPUs at once, in the foreground. An actor that dies is
     replaced and the checkpoint it held is redone up to `max_retries` times, then recorded as
     failed rows.
     """
@@ -90,6 +109,7 @@ class ScoringPool:
         gpus_per_actor: float = 0.0,
         max_retries: int = 1,
         batch: int = SCORING_BATCH,
+        background: bool = True,
     ):
         if num_actors < 1:
             raise ValueError(f"resources.scoring_actors must be at least 1, got {num_actors}")
@@ -104,6 +124,8 @@ class ScoringPool:
         self._batch = batch if gpus_per_actor else 1
         self._resources = {"num_cpus": cpus_per_actor, "num_gpus": gpus_per_actor}
         self._threads = max(1, round(cpus_per_actor))
+        self._background = background and not gpus_per_actor
+        self._draining = False
         cpus = int(ray.cluster_resources().get("CPU", 1))
         self._drain_slots = 1 if gpus_per_actor else max(1, cpus // (num_actors * self._threads))
         self._slots = 1
@@ -152,7 +174,7 @@ class ScoringPool:
         if not every_s > 0:
             raise ValueError(f"every_s must be a positive number of seconds, got {every_s}")
         deadline = None if timeout is None else time.monotonic() + timeout
-        self._slots = self._drain_slots  # nothing else to leave the CPUs to
+        self._slots, self._draining = self._drain_slots, True  # nothing else to leave the CPUs to
         # Largest first, so the slots finish together rather than one scoring a big checkpoint
         # alone at the end (sizes are looked up here, not in `submit`, which must never wait on
         # storage; checkpoints in an object store keep the order they landed in).
@@ -177,7 +199,7 @@ class ScoringPool:
                 elif deadline is not None and time.monotonic() >= deadline:
                     break
         finally:
-            self._slots = 1
+            self._slots, self._draining = 1, False
         return self.stats()
 
     def stats(self) -> dict:
@@ -216,7 +238,7 @@ class ScoringPool:
         # could land on the dying node before Ray declares it dead.
         return ScoringActor.options(
             **self._resources, max_concurrency=self._drain_slots, max_restarts=3, max_task_retries=3
-        ).remote(threads=self._threads, background=not self._resources["num_gpus"])
+        ).remote(threads=self._threads, background=self._background)
 
     def _hand_out(self) -> None:
         load = Counter(task.slot for task in self._running.values())
@@ -229,7 +251,8 @@ class ScoringPool:
     def _dispatch(self, jobs: list[_Job], slot: int) -> None:
         for job in jobs:
             job.attempts += 1
-        ref = self._actors[slot].score.remote([job.source for job in jobs], self.table_root, self.settings)
+        ref = self._actors[slot].score.remote([job.source for job in jobs], self.table_root, self.settings,
+                                              background=self._background and not self._draining)
         self._running[ref] = _Task(slot, self._generation[slot], tuple(jobs))
 
     def _finish(self, ref: ray.ObjectRef) -> None:
