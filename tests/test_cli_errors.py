@@ -229,8 +229,8 @@ def test_a_spec_file_of_any_content_gets_a_clean_message_quickly(name, tmp_path,
     content, expected = FILES[name]
     path = tmp_path / name
     path.write_bytes(content)
-    started = time.monotonic()
+    started = time.process_time()  # CPU time: a bomb's cost, whatever else loads the machine
     code, text = run_cli(capsys, "run", path, "--dry-run")
     assert code == 2 and expected in text and "Traceback" not in text, text[:2000]
     assert str(path) in text and len(text) < 2000  # named, and never an expanded bomb
-    assert time.monotonic() - started < 10
+    assert time.process_time() - started < 10

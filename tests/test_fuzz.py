@@ -89,7 +89,7 @@ def documents(draw):
     return doc
 
 
-@settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=600, deadline=None)
 @given(documents())
 def test_any_spec_document_is_a_plan_or_a_spec_error(doc):
     try:
@@ -165,7 +165,8 @@ def command_lines(draw, root: Path, existing: Path):
     return [str(a) for a in argv]
 
 
-@settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=250, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 @given(data=st.data())
 def test_any_command_line_is_a_plan_or_a_clean_error_and_leaves_a_sweep_alone(world, capsys, data):
     root, existing = world
