@@ -885,3 +885,20 @@ def test_the_planner_counts_the_weights_a_scoring_call_holds(data):
         score_checkpoints(checkpoints, data, settings, inputs)
     loaded = sum(4 * t.numel() for population, _ in checkpoints for t in population.parameters())
     assert live.peak + loaded <= planner.scoring_weight_bytes(bundles, checkpoints=2) <= 1.4 * (live.peak + loaded)
+
+
+def test_train_only_measures_leave_an_untrained_checkpoint_scored_without_rows(tmp_path):
+    # Jiang et al.'s measures are for trained networks: a setting of only those has no rows for
+    # `init`, and that checkpoint is still scored (not redone by every `sweep score`).
+    bundle = make_bundle(members=2)
+    nets = make_nets(bundle)
+    init = write_checkpoint(tmp_path / "init", bundle, nets, tag="init")
+    end = write_checkpoint(tmp_path / "end", bundle, nets, tag="end")
+    settings = dataclasses.replace(SETTINGS, metrics=("spectral_margin",))
+    tables = str(tmp_path / "tables")
+    summaries = Scorer("cpu").score_many([str(init), str(end)], tables, settings)
+    assert [s["message"] for s in summaries] == ["", ""]
+    scores = TableWriter(tables).read("scores")
+    assert set(scores["checkpoint"]) == {"end"} and set(scores["metric"]) == {"spectral_margin"}
+    assert (scores["status"] == "ok").all() and len(scores) == 2
+    assert unscored(tables, [str(init), str(end)]) == []

@@ -226,9 +226,11 @@ def _expected(root: dict, node: dict) -> str:
 
 
 def _number(node: dict) -> str:
-    low, high = node.get("minimum", node.get("exclusiveMinimum")), node.get("maximum")
+    low, high = node.get("minimum", node.get("exclusiveMinimum")), node.get("maximum", node.get("exclusiveMaximum"))
     if low is not None and high is not None:
-        return f"a number in {'[' if 'minimum' in node else '('}{low}, {high}]"
+        return f"a number in {'[' if 'minimum' in node else '('}{low}, {high}{']' if 'maximum' in node else ')'}"
+    if high is not None:
+        return f"a number {'≤' if 'maximum' in node else '<'} {high}"
     if "exclusiveMinimum" in node:
         return "a positive number" if low == 0 else f"a number > {low}"
     return "a number" if low is None else f"a number ≥ {low}"

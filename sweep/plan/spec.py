@@ -248,6 +248,13 @@ class Resources:
     def uses_gpus(self) -> bool:
         return self.gpus_per_trial == AUTO or self.gpus_per_trial > 0
 
+    @model_validator(mode="after")
+    def _trials_ask_for_something(self) -> Resources:
+        if not self.cpus_per_trial and not self.uses_gpus:  # Ray cannot place a trial that asks for nothing
+            raise invalid("0 with no GPU per trial: a trial needs a share of a CPU (e.g. 1) or of a GPU "
+                          "(resources.gpus_per_trial)", "cpus_per_trial")
+        return self
+
 
 @section
 class SweepSpec:

@@ -86,6 +86,8 @@ def _score_rows(meta, ids, keyed, settings, messages: Mapping[int, str], failed:
     """One row per (split, metric, stats) of `keyed` × member, in that order; built as one
     table, since a table per metric costs more than its statistics."""
     m, r = len(ids), len(keyed)
+    if not r:  # only train-point measures, at `init`: nothing to say, and scored all the same
+        return build("scores", {name: [] for name in SCHEMAS["scores"].names}, 0)
     splits, metrics, stats = zip(*keyed)
     columns = {
         "network_id": list(ids) * r,

@@ -73,9 +73,10 @@ def _load_population(source, meta: dict) -> mc.MLP | mc.ConvNet:
 
 def write_rows(writer: TableWriter, key: str, tables: Mapping[str, pa.Table]) -> None:
     """Write a checkpoint's rows; `scores` last, so a checkpoint counts as scored only when
-    everything else is on the storage."""
+    everything else is on the storage (its file marks it scored even without rows: train-point
+    measures alone say nothing at `init`)."""
     for name in sorted(tables, key=lambda table: table == "scores"):
-        writer.write(name, key, tables[name])
+        writer.write(name, key, tables[name], keep_key=name == "scores")
 
 
 def record_failure(table_root: str, source, settings: ScoringSettings, message: str) -> str:

@@ -82,10 +82,11 @@ class TableWriter:
         self.root = os.fspath(root)
         self._fs, self._path = storage.resolve(self.root)
 
-    def write(self, table: str, key: str, rows: Rows) -> int:
+    def write(self, table: str, key: str, rows: Rows, *, keep_key: bool = False) -> int:
         """Replace the rows stored under `key` with `rows`, atomically; returns the row count.
 
-        No rows removes the key's file, so a re-score that produces fewer tables leaves no stale rows.
+        No rows removes the key's file, so a re-score that produces fewer tables leaves no stale
+        rows; with `keep_key`, an empty file stays instead (the key is done, with nothing to say).
         """
         if not _KEY.fullmatch(key):
             raise ValueError(
@@ -93,7 +94,7 @@ class TableWriter:
                 " and start with a letter or digit"
             )
         data = to_arrow(table, rows)
-        if data.num_rows == 0:
+        if data.num_rows == 0 and not keep_key:
             storage.delete(self._fs, self._file(table, key))
         else:
             storage.write_atomic(self._fs, self._file(table, key), lambda stream: pq.write_table(data, stream))
