@@ -97,6 +97,31 @@ def test_a_sweep_folder_on_unreachable_storage():
     assert_refused(code, text, seconds, "sweep.json")
 
 
+@pytest.mark.parametrize("command", ["status", "report"])
+def test_a_sweep_folder_whose_bucket_cannot_be_found(command):
+    # Without an endpoint, opening an s3:// URI first asks AWS for the bucket's region.
+    code, text, seconds = sweep(command, "s3://sensitivity-sweep-no-such-bucket.invalid/sweeps/x",
+                                AWS_EC2_METADATA_DISABLED="true")
+    assert_refused(code, text, seconds, "cannot reach the storage of s3://sensitivity-sweep-no-such-bucket.invalid/")
+
+
+def test_gcs_calls_give_up_within_seconds_unless_the_uri_says_otherwise():
+    # pyarrow's default retries a GCS call for 15 minutes: a machine without network or
+    # credentials would wait that long in silence.
+    from datetime import timedelta
+
+    from sweep.plan import storage
+
+    def limit(uri):
+        fs, path = storage.resolve(uri)
+        assert path == "bucket/sweeps/x"
+        return fs.__reduce__()[1][0]["retry_time_limit"]  # the options the file system was made with
+
+    assert limit("gs://bucket/sweeps/x") == timedelta(seconds=storage.GCS_RETRY_LIMIT_S)
+    assert limit("gs://bucket/sweeps/x?retry_limit_seconds=300") == timedelta(seconds=300)
+    assert limit("gs://bucket/sweeps/x?scheme=http") == timedelta(seconds=storage.GCS_RETRY_LIMIT_S)
+
+
 def calls(tree: ast.AST, module: str, function: str) -> list[ast.Call]:
     return [node for node in ast.walk(tree)
             if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)

@@ -34,14 +34,23 @@ def check_uri(uri: str | os.PathLike) -> None:
             pass
 
 
+# pyarrow retries a failing GCS call for 15 minutes by default, so a command on a machine without
+# network or credentials would say nothing that long; S3's retries end within seconds.
+GCS_RETRY_LIMIT_S = 15
+
+
 def resolve(uri: str | os.PathLike) -> tuple[pafs.FileSystem, str]:
     """The file system and the path inside it for a local path (relative allowed) or a URI;
-    ValueError for a URI whose scheme pyarrow does not know."""
+    ValueError for a URI whose scheme pyarrow does not know, OSError for an object store that
+    cannot be reached (s3:// asks for the bucket's region)."""
     text = os.fspath(uri)
     if "://" not in text:
         return pafs.LocalFileSystem(), os.path.abspath(text)
+    opened = text
+    if text.partition("://")[0] in ("gs", "gcs") and "retry_limit_seconds=" not in text:
+        opened += ("&" if "?" in text else "?") + f"retry_limit_seconds={GCS_RETRY_LIMIT_S}"
     try:
-        return pafs.FileSystem.from_uri(text)
+        return pafs.FileSystem.from_uri(opened)
     except pa.ArrowInvalid:
         raise ValueError(f"storage {text}: pyarrow cannot open {text.partition('://')[0]}:// URIs; use a local or "
                          f"shared folder, or a URI starting with {', '.join(s + '://' for s in SCHEMES)}") from None

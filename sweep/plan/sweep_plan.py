@@ -83,6 +83,9 @@ def load_plan(sweep_dir: str) -> SweepPlan:
         fs, path = storage.resolve(where)
     except ValueError as exc:  # callers report what they cannot read as not found, with its message
         raise FileNotFoundError(str(exc)) from None
+    except OSError as exc:
+        raise FileNotFoundError(f"cannot reach the storage of {sweep_dir}: {exc}; check the path, and the network "
+                                "and credentials for its storage") from None
     try:
         text = storage.read_bytes(fs, f"{path}/{SWEEP_FILE}")
     except FileNotFoundError:
