@@ -146,3 +146,18 @@ def test_checkpoints_and_specs_are_loaded_safely():
     from sweep.plan import spec
 
     assert issubclass(spec._SpecLoader, yaml.SafeLoader)  # the spec's loader (duplicate keys refused)
+
+
+@pytest.mark.parametrize("args", [["presets"], ["schema"], ["run", "paper-capacity", "--dry-run"]],
+                         ids=["presets", "schema", "dry-run"])
+def test_output_into_a_pipe_its_reader_closed_ends_quietly(args):
+    # `sweep presets | head -1`: the reader left; here before the first line, so every write meets it.
+    read, write = os.pipe()
+    os.close(read)
+    try:
+        done = subprocess.run([sys.executable, "-m", "sweep.command.cli", *args], stdout=write, stderr=subprocess.PIPE,
+                              cwd=ROOT, env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}, timeout=120)
+    finally:
+        os.close(write)
+    errors = done.stderr.decode()
+    assert done.returncode == 128 + 13 and "Traceback" not in errors, errors  # 141, as for a program SIGPIPE ended

@@ -12,6 +12,7 @@ import hashlib
 import json
 import logging
 import os
+import signal
 import socket
 import sys
 import tempfile
@@ -47,6 +48,9 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as exc:
         print(f"sweep: error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # `sweep presets | head`: the reader has what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit's flush cannot fail again
+        return 128 + signal.SIGPIPE
     except KeyboardInterrupt:  # before the command's own handlers were installed, or after them
         path = getattr(args, "path", None)
         if path:
