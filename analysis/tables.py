@@ -12,6 +12,7 @@ from pyarrow import fs as pafs
 
 from analysis.columns import (FINAL_CHECKPOINT, POINT_COLUMNS, SCORE_COLUMNS, SLICE_COLUMNS, TRAJECTORY_COLUMNS,
                               require_checkpoint)
+from sweep.plan.storage import resolve
 
 # Where a metric's network-level value lives, in order of preference.
 SPLIT_PREFERENCE: tuple[str, ...] = ("test", "weights", "train")
@@ -33,14 +34,6 @@ class Tables:
 def empty_frame(columns: dict[str, str]) -> pd.DataFrame:
     """A frame with no rows and the documented columns and dtypes."""
     return pd.DataFrame({name: pd.Series(dtype=dtype) for name, dtype in columns.items()})
-
-
-def resolve(path: str | os.PathLike) -> tuple[pafs.FileSystem, str]:
-    """The file system and in-file-system path of a local path or an s3:// / gs:// URI."""
-    text = os.fspath(path)
-    if "://" in text:
-        return pafs.FileSystem.from_uri(text)
-    return pafs.LocalFileSystem(), os.path.abspath(text)
 
 
 def tables_dir(path: str | os.PathLike) -> tuple[pafs.FileSystem, str]:

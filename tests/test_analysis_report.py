@@ -109,13 +109,14 @@ def test_cli_prints_the_table_and_fails_clearly_on_a_bad_path(sweep, tmp_path):
 
 
 def test_analysis_imports_neither_torch_nor_ray():
-    """Of the sweep it reads only the tables' schemas (pyarrow alone), so it installs and runs
-    where the sweep's machinery does not."""
+    """Of the sweep it uses only the tables' schemas and how a path or URI is opened (pyarrow
+    alone), so it installs and runs where the sweep's machinery does not."""
     code = ("import sys, analysis, analysis.report, analysis.__main__; "
             "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'ray', 'sweep', 'metrics_core')))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           timeout=120, check=True)
-    assert done.stdout.strip() == "['sweep', 'sweep.scoring', 'sweep.scoring.table_schemas']"
+    assert done.stdout.strip() == ("['sweep', 'sweep.plan', 'sweep.plan.storage', 'sweep.scoring', "
+                                   "'sweep.scoring.table_schemas']")
 
 
 def test_statistics_use_the_networks_at_full_train_accuracy_and_list_the_others(sweep, report, tmp_path):

@@ -90,6 +90,13 @@ def test_resume_and_score_on_an_unreachable_address(command, sweep_folder):
     assert_refused(code, text, seconds, "nothing answers at --address " + address)
 
 
+def test_a_report_of_a_sweep_that_finished_no_bundle_says_so(sweep_folder):
+    # Stopped before any bundle ended (Ctrl-C early): the path is right, the report has nothing yet.
+    code, text, seconds = sweep("report", str(sweep_folder))
+    assert_refused(code, text, seconds, f"no bundle of {sweep_folder} has finished training yet",
+                   f"sweep resume {sweep_folder}")
+
+
 def test_a_sweep_folder_on_unreachable_storage():
     # No credentials and no network are needed to be told so: the bucket's region cannot be found.
     code, text, seconds = sweep("status", "s3://sensitivity-sweep-no-such-bucket.invalid/sweeps/x",

@@ -542,9 +542,16 @@ def cmd_score(args) -> int:
 
 def cmd_report(args) -> int:
     try:
-        sweep_plan.load_plan(args.path)  # a sweep's folder, before anything is written into it
+        plan = sweep_plan.load_plan(args.path)  # a sweep's folder, before anything is written into it
     except FileNotFoundError as exc:
         raise UsageError(str(exc)) from None
+    try:
+        trained = len(TableWriter(plan.table_root).read("networks"))
+    except (OSError, pyarrow.ArrowException) as exc:
+        raise UsageError(damaged_table_message(exc, plan.sweep_dir)) from None
+    if not trained:
+        raise UsageError(f"no bundle of {args.path} has finished training yet, so there is nothing to report; "
+                         f"`sweep status {args.path}` says where it stands, `sweep resume {args.path}` continues it")
     _report(sweep_plan.resolve_storage(args.path), bootstrap=not args.no_bootstrap,
             include_unconverged=args.include_unconverged)
     return 0
