@@ -3,7 +3,11 @@
 Each finding states its effect on a scale where "no effect" is a known value (`null`: 0 for log
 ratios and correlations, 0.5 for an AUROC) and the direction the paper found (`expected`: +1 or
 −1). The verdict compares the interval with the null: entirely on the paper's side is
-`reproduced`, entirely on the other `contradicted`, spanning it `inconclusive`; a sweep without
+`reproduced`, entirely on the other `contradicted`, spanning it `inconclusive`; where the finding
+has a test of no effect (a correlation's p, exact over every pairing of a few networks; a Wilcoxon
+signed-rank test of per-network values), a side also needs that test to reject it at 5%, since a
+percentile bootstrap over a handful of networks is narrower than they warrant (four networks
+ranked perfectly: [1, 1], while p = 2/4! = 0.083); a sweep without
 the data a finding needs gives `not measured` and says which grid factor or score setting would
 measure it. Intervals are 95% percentile bootstraps (scipy.stats.bootstrap, seed 0) of the median
 over networks (or factor pairs), or the correlations' own intervals.
@@ -46,10 +50,14 @@ class Finding:
     note: str = ""  # for "not measured": what would measure it
 
 
-def verdict(ci_low: float, ci_high: float, null: float, expected: int) -> str:
+ALPHA = 0.05
+
+
+def verdict(ci_low: float, ci_high: float, null: float, expected: int, p: float = math.nan) -> str:
     """`reproduced` when the whole interval lies on the `expected` side of `null`, `contradicted`
-    when it lies on the other, else `inconclusive` (the interval spans no effect)."""
-    if not (np.isfinite(ci_low) and np.isfinite(ci_high)):
+    when it lies on the other, else `inconclusive` (the interval spans no effect); with a test's
+    two-sided `p`, either side also needs p < ALPHA."""
+    if not (np.isfinite(ci_low) and np.isfinite(ci_high)) or p >= ALPHA:
         return "inconclusive"
     if ci_low > null:
         return "reproduced" if expected > 0 else "contradicted"
@@ -68,7 +76,17 @@ def median_effect(id: str, claim: str, scale: str, values: np.ndarray, null: flo
                                 random_state=np.random.default_rng(0)).confidence_interval
     low, high = (float(v) if np.isfinite(v) else float(np.median(values)) for v in (low, high))
     effect = float(np.median(values))
-    return Finding(id, claim, effect, low, high, len(values), verdict(low, high, null, expected), scale)
+    differences = values - null
+    p = stats.wilcoxon(differences).pvalue if differences.any() else 1.0
+    return Finding(id, claim, effect, low, high, len(values), verdict(low, high, null, expected, p), scale,
+                   untested(low, high, null, expected, p, len(values)))
+
+
+def untested(low: float, high: float, null: float, expected: int, p: float, n: int) -> str:
+    """The note of an interval that excludes no effect while the test over `n` does not."""
+    if verdict(low, high, null, expected) != "inconclusive" and p >= ALPHA:
+        return f"the interval excludes no effect, but its test over {n} does not (p = {p:.2g} ≥ {ALPHA:g})"
+    return ""
 
 
 def not_measured(id: str, claim: str, scale: str, how: str) -> Finding:
@@ -214,8 +232,9 @@ def ranks_gap(correlations: pd.DataFrame, metric: str, id: str, claim: str, expe
                    "the report was written with --no-bootstrap")
         return Finding(id, claim, float(row["rho"]), None, None, int(row["n"]), "inconclusive", scale,
                        f"no interval ({why})")
+    p = float(row.get("rho_p", math.nan))  # tables from before p entered the verdict have none
     return Finding(id, claim, float(row["rho"]), float(low), float(high), int(row["n"]),
-                   verdict(low, high, 0.0, expected), scale)
+                   verdict(low, high, 0.0, expected, p), scale, untested(low, high, 0.0, expected, p, int(row["n"])))
 
 
 def train_loss_tracks_less(wide: pd.DataFrame) -> Finding:

@@ -12,7 +12,7 @@ import pandas as pd
 
 from analysis import figures
 from analysis.columns import HYPERPARAMS, metric_columns
-from analysis.correlations import DEFAULT_RESAMPLES, POOLED, correlations
+from analysis.correlations import DEFAULT_RESAMPLES, EXACT_P_MAX_NETWORKS, POOLED, correlations
 from analysis.factors import FACTORS, factor_pairs, paired_factors
 from analysis.findings import Finding, findings, markdown_rows, write_json
 from analysis.granulated import PSI, granulated_kendall, varying_hyperparams
@@ -191,8 +191,9 @@ def _markdown(tables: Tables, report: Report, drawn: dict[str, list[Path]], boot
         "",
         "Each effect with its 95% interval (bootstrap of the median over networks or pairs, or the "
         "correlation's own) and a verdict: the interval entirely on the paper's side of no effect is "
-        "*reproduced*, entirely on the other *contradicted*, spanning it *inconclusive*. Also in "
-        "`findings.json`.",
+        "*reproduced*, entirely on the other *contradicted*, spanning it *inconclusive*; where the finding "
+        "has a test of no effect (the correlation's p, a Wilcoxon signed-rank test of the values), a side "
+        "also needs p < 0.05. Also in `findings.json`.",
         "",
         _markdown_table(markdown_rows(list(report.findings))),
         "",
@@ -202,8 +203,10 @@ def _markdown(tables: Tables, report: Report, drawn: dict[str, list[Path]], boot
         "Spearman ρ and Kendall τ across networks of each metric with the gap (train accuracy − "
         "test accuracy) and with the loss gap (test − train loss), per data set"
         + (" and pooled. " if (report.correlations.iloc[:, 0].astype(str) == POOLED).any() else ". ")
-        + ("Intervals: 95% percentile bootstrap over networks." if bootstrap else
-           "Bootstrap intervals were skipped (`--no-bootstrap`)."),
+        + ("Intervals: 95% percentile bootstrap over networks. " if bootstrap else
+           "Bootstrap intervals were skipped (`--no-bootstrap`). ")
+        + f"p(ρ): exact over every pairing of up to {EXACT_P_MAX_NETWORKS} networks, else scipy's t "
+          "approximation; p(τ): scipy's (exact below 50 networks without ties); neither below 1/n!.",
         "",
     ]
     for target in report.correlations["target"].unique():

@@ -10,7 +10,7 @@ import pytest
 from scipy import stats
 
 from analysis import correlations
-from analysis.correlations import ResampleStatistics, bootstrap_intervals
+from analysis.correlations import EXACT_P_MAX_NETWORKS, ResampleStatistics, bootstrap_intervals
 
 
 def table(n: int = 40, seed: int = 0) -> pd.DataFrame:
@@ -207,3 +207,41 @@ def test_correlations_split_or_pool_by_architecture():
                      & (result["target"] == "gap")].iloc[0]
         assert got["rho"] == pytest.approx(stats.spearmanr(part["jacobian_softmax"], part["gap"]).statistic, abs=1e-12)
         assert got["n"] == len(part)
+
+
+def pairings_p(x: np.ndarray, y: np.ndarray) -> float:
+    """Two-sided p by brute force: the share of all n! pairings of x with y whose |ρ| is at least
+    the observed one."""
+    import itertools
+
+    observed = abs(stats.spearmanr(x, y).statistic)
+    values = [abs(stats.spearmanr(x[list(order)], y).statistic) for order in itertools.permutations(range(len(x)))]
+    return float(np.mean(np.asarray(values) >= observed - 1e-12))
+
+
+@pytest.mark.parametrize("x,y", [
+    ([1, 2, 3, 4], [1, 2, 3, 4]),  # perfect: 2 of 24 pairings, p = 0.083, not 0
+    ([1, 2, 3, 4, 5], [2, 1, 4, 3, 5]),
+    ([1, 1, 2, 3, 5, 8, 13], [3, 1, 4, 1, 5, 9, 2]),  # ties in both
+    ([0.3, 0.1, 0.4, 0.15, 0.9, 0.26, 0.5], [7, 6, 5, 4, 3, 2, 1]),
+])
+def test_a_few_networks_get_the_exact_p_of_every_pairing(x, y):
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    got = correlations(pd.DataFrame({"dataset": "digits", "m": x, "gap": y}), metrics=["m"], targets=("gap",),
+                       bootstrap=False).iloc[0]
+    assert got["rho_p"] == pytest.approx(pairings_p(x, y), rel=1e-9)
+    assert got["rho"] == pytest.approx(stats.spearmanr(x, y).statistic, abs=1e-12)
+
+
+def test_perfect_rankings_never_get_a_p_of_zero():
+    import math
+
+    for n in (EXACT_P_MAX_NETWORKS, EXACT_P_MAX_NETWORKS + 1, 40):
+        gap = np.arange(n, dtype=float)
+        got = correlations(pd.DataFrame({"dataset": "digits", "m": gap ** 2, "gap": gap}), metrics=["m"],
+                           targets=("gap",), bootstrap=False).iloc[0]
+        # exact up to EXACT_P_MAX_NETWORKS (2 of n! pairings); beyond, never below 1/n! (the least
+        # any pairing test could give: the observed pairing is one of them)
+        assert got["rho_p"] >= 1 / math.factorial(n) and got["tau_p"] >= 1 / math.factorial(n)
+        if n <= EXACT_P_MAX_NETWORKS:
+            assert got["rho_p"] == pytest.approx(2 / math.factorial(n), rel=1e-9)

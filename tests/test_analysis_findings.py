@@ -184,3 +184,21 @@ def test_unscored_networks_are_not_measured_for_want_of_scoring_not_of_grid_keys
     found = fd.findings(wide.assign(random_label_fraction=0.0), scored, trajectories,
                         correlations(wide, metrics=[], by=None), per_point(pd.DataFrame(columns=["checkpoint", "split"])))
     assert "add random_label_fractions" in next(f for f in found if f.id == "random_labels_raise_jacobian").note
+
+
+def test_a_handful_of_networks_needs_its_test_as_well_as_its_interval():
+    # Four networks ranked perfectly: every bootstrap resample ranks them perfectly too ([1, 1]),
+    # yet 2 of the 4! pairings do as well (p = 0.083).
+    rows = pd.DataFrame([{"dataset": "digits", "metric": "jacobian_softmax", "target": "gap", "n": 4,
+                          "rho": 1.0, "rho_lo": 1.0, "rho_hi": 1.0, "rho_p": 2 / 24, "note": ""}])
+    found = fd.ranks_gap(rows, "jacobian_softmax", "jacobian_ranks_gap", "claim")
+    assert found.verdict == "inconclusive" and "p = 0.083" in found.note and "over 4" in found.note
+    assert fd.ranks_gap(rows.assign(rho_p=0.01), "jacobian_softmax", "id", "claim").verdict == "reproduced"
+    # A median of three values all above no effect: the signed-rank test's p is 2/2³ = 0.25.
+    three = fd.median_effect("id", "claim", "scale", np.array([0.2, 0.5, 0.9]), 0.0, +1)
+    assert (three.ci_low > 0, three.verdict) == (True, "inconclusive") and "p = 0.25" in three.note
+    ten = np.linspace(0.1, 1.0, 10)
+    from scipy import stats
+
+    assert stats.wilcoxon(ten).pvalue < fd.ALPHA
+    assert fd.median_effect("id", "claim", "scale", ten, 0.0, +1).verdict == "reproduced"
