@@ -115,6 +115,10 @@ def test_storage_that_is_a_file(tmp_path, capsys):
     blocker.write_text("")
     code, text = run_cli(capsys, "run", spec_file(tmp_path, GOOD), "--storage", blocker / "sub")
     assert code == 2 and "not writable" in text
+    # a dry run writes nothing, and says what the real run would refuse
+    code, text = run_cli(capsys, "run", spec_file(tmp_path, GOOD), "--storage", blocker / "sub", "--dry-run")
+    assert code == 0 and f"a real run would stop here: storage {blocker / 'sub'} is not writable" in text, text
+    assert blocker.is_file() and sorted(p.name for p in tmp_path.iterdir()) == ["file", "spec.yaml"]
 
 
 @pytest.mark.parametrize("command", ["status", "resume", "score", "report"])

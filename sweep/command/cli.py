@@ -367,6 +367,7 @@ def cmd_run(args) -> int:
             if not args.dry_run:
                 raise UsageError(problems[-1])
     if args.dry_run:
+        problems += filter(None, [sweep_plan.local_write_problem(plan.storage)])
         print(plan_summary(spec, bundles, card, cpus=os.cpu_count()))
         for problem in problems:
             print(f"sweep: warning: a real run would stop here: {problem}", file=sys.stderr)

@@ -150,6 +150,22 @@ def checkpoints(plan: SweepPlan) -> list[tuple[str, str]]:
     ]
 
 
+def local_write_problem(where: str) -> str | None:
+    """Why a local storage folder could not take the sweep, found without writing anything (a
+    dry run's look); None where it could, or for an object store (a dry run stays offline)."""
+    if "://" in where:
+        return None
+    path = Path(where).absolute()
+    existing = next(p for p in (path, *path.parents) if p.exists())
+    if not existing.is_dir():
+        why = f"{existing} is a file"
+    elif not os.access(existing, os.W_OK | os.X_OK):
+        why = f"{existing} does not let this user write"
+    else:
+        return None
+    return f"storage {where} is not writable ({why}); pass --storage with a folder you can write to"
+
+
 def ensure_writable(where: str) -> None:
     """Fail before Ray starts when the storage cannot take the sweep."""
     fs, path = storage.resolve(where)
