@@ -25,6 +25,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="also networks stopped at the budget short of 100%% train accuracy (default: the "
                              "paper's protocol, networks at 100%%)")
     args = parser.parse_args(argv)
+    if args.resamples < 1:
+        parser.error(f"--resamples must be at least 1, got {args.resamples} (--no-bootstrap skips the intervals)")
     try:
         report = build_report(args.path, args.out, bootstrap=not args.no_bootstrap,
                               n_resamples=args.resamples, include_unconverged=args.include_unconverged)

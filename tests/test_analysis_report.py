@@ -106,6 +106,9 @@ def test_cli_prints_the_table_and_fails_clearly_on_a_bad_path(sweep, tmp_path):
     assert bad.returncode == 2
     assert "no networks table" in bad.stderr and str(tmp_path / "missing") in bad.stderr
     assert "Traceback" not in bad.stderr
+    none = subprocess.run([sys.executable, "-m", "analysis", str(sweep), "--resamples", "0"],
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert none.returncode == 2 and "--resamples must be at least 1, got 0" in none.stderr, none.stderr
 
 
 def test_analysis_imports_neither_torch_nor_ray():

@@ -97,6 +97,13 @@ def test_a_report_of_a_sweep_that_finished_no_bundle_says_so(sweep_folder):
                    f"sweep resume {sweep_folder}")
 
 
+def test_a_bad_scoring_flag_is_named_as_the_flag(sweep_folder):
+    before = (sweep_folder / "sweep.json").read_bytes()
+    code, text, seconds = sweep("score", str(sweep_folder), "--metrics", "loss", "jacobain_softmax")
+    assert_refused(code, text, seconds, "--metrics: scoring.metrics[1]: unknown value 'jacobain_softmax'")
+    assert (sweep_folder / "sweep.json").read_bytes() == before  # its settings untouched
+
+
 def test_a_sweep_folder_on_unreachable_storage():
     # No credentials and no network are needed to be told so: the bucket's region cannot be found.
     code, text, seconds = sweep("status", "s3://sensitivity-sweep-no-such-bucket.invalid/sweeps/x",

@@ -224,6 +224,8 @@ FILES = {  # file name: (content, what the message says)
                         "could not determine a constructor"),
     "custom-tag.yaml": (GOOD.replace("name: ok", "name: !secret ok").encode(), "could not determine a constructor"),
     "bad.toml": (b"name = \n", "not valid TOML"),
+    "yaml-inside.toml": (b"name: ok\ndatasets: [digits]\n", "reads as YAML, not TOML"),
+    "toml-inside.yaml": (b'name = "ok"\n[[datasets]]\nname = "digits"\n', "reads as TOML, not YAML"),
     "binary.toml": (b"\x00\x01name = 'x'", "binary data"),
 }
 

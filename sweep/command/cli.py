@@ -513,8 +513,9 @@ def cmd_score(args) -> int:
         overrides["metrics"] = tuple(args.metrics)
     try:
         settings = settings.replace(**overrides) if overrides else settings
-    except ValueError as exc:
-        raise UsageError(str(exc)) from None
+    except ValueError as exc:  # named by the spec key it sets, which the user gave as a flag
+        flags = " ".join(f"--{key}" for key in ("points", "metrics") if key in overrides)
+        raise UsageError(f"{flags}: {exc}") from None
     rescore = args.rescore or bool(overrides)
 
     def score():

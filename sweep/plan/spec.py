@@ -365,6 +365,20 @@ def parse_spec(raw: Any) -> SweepSpec:
 MAX_SPEC_BYTES = 1 << 20  # a spec is a few kilobytes of text
 
 
+def _looks_like_yaml(text: str, origin: str) -> bool:
+    try:
+        return isinstance(_load_yaml(text, origin), dict)
+    except (yaml.YAMLError, SpecError, RecursionError):
+        return False
+
+
+def _looks_like_toml(text: str) -> bool:
+    try:
+        return bool(tomllib.loads(text))
+    except tomllib.TOMLDecodeError:
+        return False
+
+
 class _SpecLoader(yaml.SafeLoader):
     """YAML's safe subset, refusing a key given twice (YAML would keep the last silently), and
     reading 1e-3 and 1.0e3 as numbers, as YAML 1.2 and TOML do (PyYAML's 1.1 rules read them as
@@ -438,8 +452,14 @@ def load_spec(source: str | os.PathLike) -> SweepSpec:
         if raw is None or raw == {}:
             raise SpecError("the spec is empty; it needs name, datasets, grid and budget (start from "
                             "sweep/presets/digits.yaml)")
+        if kind == "YAML" and isinstance(raw, str) and _looks_like_toml(text):
+            raise SpecError("this reads as TOML, not YAML (the file's suffix picks the parser); rename it to "
+                            ".toml, or write it in YAML")
         return parse_spec(raw)
     except (yaml.YAMLError, tomllib.TOMLDecodeError) as exc:
+        if kind == "TOML" and _looks_like_yaml(text, origin):
+            raise SpecError(f"{origin}: this reads as YAML, not TOML (the file's suffix picks the parser); rename it "
+                            f"to .yaml, or write it in TOML ({exc})") from None
         raise SpecError(f"{origin}: not valid {kind}: {exc}") from None
     except SpecError as exc:
         raise SpecError("\n".join(f"{origin}: {line}" for line in str(exc).splitlines())) from None
