@@ -225,6 +225,7 @@ FILES = {  # file name: (content, what the message says)
     "custom-tag.yaml": (GOOD.replace("name: ok", "name: !secret ok").encode(), "could not determine a constructor"),
     "bad.toml": (b"name = \n", "not valid TOML"),
     "yaml-inside.toml": (b"name: ok\ndatasets: [digits]\n", "reads as YAML, not TOML"),
+    "toml-with-comments.yaml": (b'# my sweep\nname = "ok"\n\n[grid]\nwidths = [8]\n', "reads as TOML, not YAML"),
     "toml-inside.yaml": (b'name = "ok"\n[[datasets]]\nname = "digits"\n', "reads as TOML, not YAML"),
     "binary.toml": (b"\x00\x01name = 'x'", "binary data"),
 }

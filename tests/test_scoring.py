@@ -902,3 +902,9 @@ def test_train_only_measures_leave_an_untrained_checkpoint_scored_without_rows(t
     assert set(scores["checkpoint"]) == {"end"} and set(scores["metric"]) == {"spectral_margin"}
     assert (scores["status"] == "ok").all() and len(scores) == 2
     assert unscored(tables, [str(init), str(end)]) == []
+    # one that fails has no failed rows to hold its failure: it stays unscored, to be tried again
+    (init / "population.pt").write_bytes(b"not a checkpoint")
+    again = str(tmp_path / "again")
+    [summary] = Scorer("cpu").score_many([str(init)], again, settings)
+    assert summary["message"].startswith("scoring failed") or "population.pt" in summary["message"]
+    assert unscored(again, [str(init)]) == [str(init)]

@@ -67,6 +67,8 @@ MALFORMED = [
     (with_change("resources.bundle_size", 0), "resources.bundle_size: expected a positive integer"),
     (with_change("resources.gpus", 1), "resources.gpus: unknown key"),
     (with_change("resources.cpus_per_trial", 0), "resources.cpus_per_trial: 0 with no GPU per trial"),
+    (with_change("scoring", {"train_points": 0, "metrics": ["spectral_margin"]}),
+     "scoring.train_points: 0, but metrics asks only for spectral_margin"),
     (with_change("scoring", {"sharpness_target": 1.5}), "scoring.sharpness_target: expected a number in (0, 1), got 1.5"),
     (with_change("scoring", {"metrics": ["jacobian"]}), "scoring.metrics[0]: unknown value"),
     (with_change("grid", DELETE), "grid: required key is missing"),
@@ -304,7 +306,7 @@ def test_the_json_schema_accepts_what_the_parser_accepts_and_refuses_what_it_ref
     """`sweep schema` is what editors check spec files with: jsonschema, an independent validator,
     must agree with the parser on every preset and on each malformed spec above (except the rules
     a schema cannot say: a data set's size, learning rates for every optimizer, distinct values, a
-    trial's CPUs given its GPUs)."""
+    trial's CPUs given its GPUs, train points given the metrics)."""
     jsonschema = pytest.importorskip("jsonschema")
     assert main(["schema"]) == 0
     schema = json.loads(capsys.readouterr().out)
@@ -314,7 +316,8 @@ def test_the_json_schema_accepts_what_the_parser_accepts_and_refuses_what_it_ref
         raw = yaml.safe_load(preset_path(name).read_text())
         assert not list(validator.iter_errors(raw)), name
     assert not list(validator.iter_errors(VALID))
-    beyond_a_schema = ("train_size: digits has", "learning_rates.adam: missing", "duplicate", "with no GPU per trial")
+    beyond_a_schema = ("train_size: digits has", "learning_rates.adam: missing", "duplicate", "with no GPU per trial",
+                       "metrics asks only for")
     for raw, message in MALFORMED:
         if not any(rule in message for rule in beyond_a_schema):
             assert list(validator.iter_errors(raw)), message

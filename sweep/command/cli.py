@@ -12,6 +12,7 @@ import hashlib
 import json
 import logging
 import os
+import select
 import signal
 import socket
 import sys
@@ -48,8 +49,9 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as exc:
         print(f"sweep: error: {exc}", file=sys.stderr)
         return 2
-    except BrokenPipeError:  # `sweep presets | head`: the reader has what it wanted
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit's flush cannot fail again
+    except BrokenPipeError:
+        if not stdout_gone():
+            raise
         return 128 + signal.SIGPIPE
     except KeyboardInterrupt:  # before the command's own handlers were installed, or after them
         path = getattr(args, "path", None)
@@ -61,6 +63,21 @@ def main(argv: list[str] | None = None) -> int:
             print("sweep: interrupted; if it printed a sweep folder, `sweep status FOLDER` says what finished "
                   "and `sweep resume FOLDER` continues it; if not, nothing started", file=sys.stderr)
         return 130
+
+
+def stdout_gone() -> bool:
+    """Whether the pipe that broke is stdout's (`sweep presets | head`: its reader has what it
+    wanted: polling its write end says POLLERR); stdout then goes to /dev/null, so that the
+    flush at exit cannot fail again."""
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        broken = any(events & select.POLLERR for _, events in poller.poll(0))
+    except (AttributeError, OSError, ValueError):  # no poll (Windows), or a stdout without a descriptor
+        return False
+    if broken:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return broken
 
 
 VERBOSE_HELP = "show Ray's and Ray Tune's own messages here (default: in the sweep's log file, sweep.log)"

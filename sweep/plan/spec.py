@@ -457,6 +457,9 @@ def load_spec(source: str | os.PathLike) -> SweepSpec:
                             ".toml, or write it in YAML")
         return parse_spec(raw)
     except (yaml.YAMLError, tomllib.TOMLDecodeError) as exc:
+        if kind == "YAML" and _looks_like_toml(text):
+            raise SpecError(f"{origin}: this reads as TOML, not YAML (the file's suffix picks the parser); rename it "
+                            f"to .toml, or write it in YAML ({exc})") from None
         if kind == "TOML" and _looks_like_yaml(text, origin):
             raise SpecError(f"{origin}: this reads as YAML, not TOML (the file's suffix picks the parser); rename it "
                             f"to .yaml, or write it in TOML ({exc})") from None

@@ -156,7 +156,7 @@ def local_write_problem(where: str) -> str | None:
     if "://" in where:
         return None
     path = Path(where).absolute()
-    existing = next(p for p in (path, *path.parents) if p.exists())
+    existing = next(p for p in (path, *path.parents) if os.path.exists(p))  # False, not an error, where it may not look
     if not existing.is_dir():
         why = f"{existing} is a file"
     elif not os.access(existing, os.W_OK | os.X_OK):

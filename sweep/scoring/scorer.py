@@ -71,12 +71,12 @@ def _load_population(source, meta: dict) -> mc.MLP | mc.ConvNet:
         ) from None
 
 
-def write_rows(writer: TableWriter, key: str, tables: Mapping[str, pa.Table]) -> None:
+def write_rows(writer: TableWriter, key: str, tables: Mapping[str, pa.Table], *, scored: bool = True) -> None:
     """Write a checkpoint's rows; `scores` last, so a checkpoint counts as scored only when
-    everything else is on the storage (its file marks it scored even without rows: train-point
-    measures alone say nothing at `init`)."""
+    everything else is on the storage. A `scored` one keeps its `scores` file even without rows
+    (train-point measures alone say nothing at `init`); a failure without rows leaves it unscored."""
     for name in sorted(tables, key=lambda table: table == "scores"):
-        writer.write(name, key, tables[name], keep_key=name == "scores")
+        writer.write(name, key, tables[name], keep_key=scored and name == "scores")
 
 
 def record_failure(table_root: str, source, settings: ScoringSettings, message: str) -> str:
@@ -88,7 +88,7 @@ def record_failure(table_root: str, source, settings: ScoringSettings, message: 
         return f"{label(source)}: {message} ({error})"
     key = checkpoint_key(meta["bundle_id"], meta["tag"])
     try:
-        write_rows(TableWriter(table_root), key, failure_rows(meta, settings, message))
+        write_rows(TableWriter(table_root), key, failure_rows(meta, settings, message), scored=False)
     except OSError as error:
         return f"{key}: {message}; {_unwritten(error)}"
     return f"{key}: {message}"
@@ -149,7 +149,7 @@ class Scorer:
                 continue
             except CheckpointError as error:
                 summary["message"] = _failure(error)
-                self._write(table_root, summary, failure_rows(meta, settings, summary["message"]))
+                self._write(table_root, summary, failure_rows(meta, settings, summary["message"]), scored=False)
                 continue
             loaded.setdefault(data_spec, []).append((len(summaries) - 1, population, meta))
         for data_spec, items in loaded.items():
@@ -159,17 +159,18 @@ class Scorer:
             except Exception as error:  # noqa: BLE001 - the data set itself failed: every checkpoint of it
                 results = [_failure(error)] * len(items)
             for (index, _, meta), result in zip(items, results):
-                if isinstance(result, str):  # recorded as failed rows, never lost
+                scored = not isinstance(result, str)
+                if not scored:  # recorded as failed rows, never lost
                     summaries[index]["message"] = result
                     result = failure_rows(meta, settings, result)
-                self._write(table_root, summaries[index], result)
+                self._write(table_root, summaries[index], result, scored=scored)
         seconds = time.perf_counter() - started
         return [{**summary, "seconds": seconds} for summary in summaries]
 
     @staticmethod
-    def _write(table_root: str, summary: dict, tables: Mapping[str, pa.Table]) -> None:
+    def _write(table_root: str, summary: dict, tables: Mapping[str, pa.Table], *, scored: bool = True) -> None:
         try:
-            write_rows(TableWriter(table_root), summary["key"], tables)
+            write_rows(TableWriter(table_root), summary["key"], tables, scored=scored)
         except OSError as error:  # never a task error: that would mark the other checkpoints of the call failed
             summary["message"] = "; ".join(filter(None, [summary["message"], _unwritten(error)]))
             return

@@ -8,7 +8,7 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, Field, Strict
+from pydantic import AfterValidator, Field, Strict, model_validator
 
 from sweep.plan.schema import Count, Flag, PositiveInt, PositiveNumber, at_least, grid_list, invalid, section, validate
 
@@ -42,7 +42,8 @@ class ScoringSettings:
     points: PositiveInt = 1000
     """test points scored per network (the same points for every network of a data set)"""
     train_points: Count = 1000
-    """training points scored per network the same way; 0: no train split"""
+    """training points scored per network the same way; 0: no train split (so none of the train-point
+    measures: spectral_margin, frobenius_margin and the PAC-Bayes ones)"""
     transitions_k: at_least(3) = 256
     """points on each closed trajectory whose linear-region codes are compared (k)"""
     trajectory: Literal["ellipse", "circle"] = "ellipse"
@@ -76,6 +77,13 @@ class ScoringSettings:
     """points per chunk, which bounds memory; null: sized to the device"""
     seed: Count = 0
     """chooses the scored points"""
+
+    @model_validator(mode="after")
+    def _something_to_measure(self) -> ScoringSettings:
+        if not self.train_points and set(self.metrics) <= set(TRAIN_METRICS):  # no checkpoint would get a row
+            raise invalid(f"0, but metrics asks only for {', '.join(self.metrics)}, which are measured on training "
+                          "points; give train_points above 0, or add metrics of test points", "train_points")
+        return self
 
     @classmethod
     def from_dict(cls, values: Mapping, where: str = "scoring") -> ScoringSettings:
