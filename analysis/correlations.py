@@ -48,7 +48,9 @@ def correlations(
     group (or no grouping). Networks whose status is diverged or failed, and
     networks missing the metric or the target, are excluded and counted in `n_excluded`.
     Intervals are 95% percentile bootstrap intervals (scipy.stats.bootstrap, resampling networks
-    in (metric, target) pairs, `n_resamples` resamples from `seed`); p-values are scipy's.
+    in (metric, target) pairs, `n_resamples` resamples from `seed`). p(ρ) is exact over every
+    pairing of up to EXACT_P_MAX_NETWORKS networks (`spearman_exact_p`), else scipy's t
+    approximation; p(τ) is scipy's; neither is below 1/n!.
     Where a statistic is undefined (fewer than 3 networks, a constant column) it is NaN and
     `note` says why.
     """

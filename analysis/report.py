@@ -206,7 +206,7 @@ def _markdown(tables: Tables, report: Report, drawn: dict[str, list[Path]], boot
         + ("Intervals: 95% percentile bootstrap over networks. " if bootstrap else
            "Bootstrap intervals were skipped (`--no-bootstrap`). ")
         + f"p(ρ): exact over every pairing of up to {EXACT_P_MAX_NETWORKS} networks, else scipy's t "
-          "approximation; p(τ): scipy's (exact below 50 networks without ties); neither below 1/n!.",
+          "approximation; p(τ): scipy's (exact for up to 33 networks without ties); neither below 1/n!.",
         "",
     ]
     for target in report.correlations["target"].unique():

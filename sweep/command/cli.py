@@ -445,13 +445,15 @@ def guarded(plan, command: str, args, body, *, rescore: bool = False):
                     result = None
                 if not interrupts.requested():
                     return result, None
+                if not own_ray:  # an embedding program's process and Ray: it decides what comes next
+                    return None, interrupted(plan, command, rescore=rescore)
                 interrupts.settle()
                 code = interrupted(plan, command, rescore=rescore)
-                if own_ray:  # now, not at exit, where a further signal would meet Ray's handler mid-shutdown
-                    import ray
+                # now, not at exit, where a further signal would meet Ray's handler mid-shutdown
+                import ray
 
-                    ray.shutdown()
-                    restore.update(before_ray)
+                ray.shutdown()
+                restore.update(before_ray)
                 return None, code
     except locks.SweepLocked as exc:
         raise UsageError(str(exc)) from None

@@ -5,8 +5,9 @@ signal, SIGUSR1, so it snapshots the experiment with every unfinished trial stil
 a Tune stopper would mark them finished instead), the scoring pool hands out no more
 checkpoints, and the command reports what finished and how to continue (exit 128 + the
 signal: 130 for SIGINT, 143 for SIGTERM). A second signal stops at once; one that comes after
-the command has stopped, while it reports and shuts down the Ray it started, is ignored (it is
-stopping already). Either way nothing is lost: checkpoints and table files are written whole or not at all, so `sweep resume` picks up
+the command has stopped, while it reports and shuts down the Ray it started, ends the process
+there and then, with the same status and no traceback from inside Ray's shutdown. Either way
+nothing is lost: checkpoints and table files are written whole or not at all, so `sweep resume` picks up
 from the last checkpoint of each bundle and scores what was not scored.
 """
 
@@ -54,11 +55,16 @@ def tell_tune() -> None:
 
 
 def settle() -> None:
-    """The command has stopped for a signal: ignore further ones while it says so and lets Ray
-    go (a signal inside Ray's shutdown would end it with a traceback instead)."""
+    """The command has stopped for a signal and this process is leaving (it says so and lets the
+    Ray it started go): a further signal ends it at once, quietly (raised inside Ray's shutdown,
+    it would end it with a traceback; ignored, a hung shutdown would hold the user)."""
     if _catching:
         for s in SIGNALS:
-            signal.signal(s, signal.SIG_IGN)
+            signal.signal(s, _exit_now)
+
+
+def _exit_now(signum, frame) -> None:
+    os._exit(exit_code())
 
 
 @contextlib.contextmanager
