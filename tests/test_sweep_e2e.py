@@ -280,6 +280,20 @@ def test_a_checkpoint_from_another_sweep_is_left_out_of_scoring_with_a_message(s
     assert len(after) == len(before) and not set(after["network_id"]) & set(stranger.network_ids)
 
 
+def test_status_of_a_copy_without_the_bundle_folders_says_where_its_scores_are(sweep_dir, tmp_path, capsys):
+    # README: `aws s3 sync … --exclude "bundle-*"` copies the tables but not the checkpoints
+    import shutil
+
+    copy = tmp_path / "tables-only"
+    shutil.copytree(sweep_dir, copy, ignore=shutil.ignore_patterns("bundle-*"))
+    keys = len(list((copy / "tables" / "scores").glob("*.parquet")))
+    assert main(["status", str(copy)]) == 0
+    out = capsys.readouterr().out
+    assert f"checkpoints: 0 written, 0 scored; the tables hold the scores of {keys} checkpoint(s) whose files" in out
+    assert main(["status", str(sweep_dir)]) == 0
+    assert "whose files are not here" not in capsys.readouterr().out
+
+
 def test_a_checkpoint_whose_scoring_failed_is_counted_and_scored_again(sweep_dir, tmp_path, capsys):
     import shutil
 

@@ -35,7 +35,18 @@ def describe(plan: SweepPlan, scoring: Scoring | None = None) -> str:
         f"  networks: {len(networks)} of {plan.networks} recorded"
         + "".join(f", {int(counts.get(s, 0))} {s}" for s in ("converged", "budget", "diverged", "failed")),
         f"  checkpoints: {len(found)} written, {len(found) - len(waiting)} scored"
-        + (f" ({len(failed)} with a network whose scoring failed, or an unreadable scores file)" if failed else ""),
+        + (f" ({len(failed)} with a network whose scoring failed, or an unreadable scores file)" if failed else "")
+        + _without_checkpoints(plan, found),
         f"  tables: {plan.table_root}",
     ]
     return "\n".join(lines)
+
+
+def _without_checkpoints(plan: SweepPlan, found: list) -> str:
+    """A copy of a sweep without its bundle folders (README: `aws s3 sync … --exclude "bundle-*"`)
+    has its scores but no checkpoints: said, rather than a bare "0 written, 0 scored"."""
+    if found:
+        return ""
+    scored = len(TableWriter(plan.table_root).keys("scores"))
+    return (f"; the tables hold the scores of {scored} checkpoint(s) whose files are not here (a copy without the "
+            "bundle folders: `sweep report` works on it, `sweep score` needs them)") if scored else ""
