@@ -325,7 +325,14 @@ def test_ray_packs_the_planners_shares_without_overfilling_a_card(tmp_path, ray_
         import ray
 
         started = time.time()
-        time.sleep(6.0)  # long enough that trials overlap however late Ray starts each worker
+        (Path(config["log"]) / f"started-{config['bundle']['bundle_id']}").touch()
+        # Held while trials still start (a worker started late on a loaded machine must still
+        # meet the others), then 3 s more: at least 6 s, at most 60.
+        while time.time() - started < 60:
+            last = max(p.stat().st_mtime for p in Path(config["log"]).glob("started-*"))
+            if time.time() - started >= 6 and time.time() - last >= 3:
+                break
+            time.sleep(0.2)
         record = {"bundle": config["bundle"]["bundle_id"], "gpus": ray.get_gpu_ids(), "start": started,
                   "end": time.time()}
         (Path(config["log"]) / f"{record['bundle']}.json").write_text(json.dumps(record))
@@ -337,7 +344,7 @@ def test_ray_packs_the_planners_shares_without_overfilling_a_card(tmp_path, ray_
         run_config=tune.RunConfig(name="packed", storage_path=str(tmp_path), verbose=0),
     )
     assert not any(r.error for r in tuner.fit())
-    records = [json.loads(p.read_text()) for p in log.iterdir()]
+    records = [json.loads(p.read_text()) for p in log.glob("*.json")]
     assert len(records) == len(bundles)
     need = {b.bundle_id: planner.estimate_bundle_bytes(b, card) for b in bundles}
     shapes = {b.bundle_id: (b.width, b.depth) for b in bundles}
