@@ -391,6 +391,14 @@ def test_a_killed_driver_is_resumed_without_retraining(reference, tmp_path, env)
     assert_same_tables(sweep_dir, reference)
 
 
+def wait_until_training(driver: Session, sweep_dir: Path) -> None:
+    """Until a bundle has a checkpoint past `init`: the sweep is mid-way, to be interrupted."""
+    deadline = time.monotonic() + RUN_TIMEOUT_S
+    while driver.proc.poll() is None and time.monotonic() < deadline and not in_training(sweep_dir):
+        time.sleep(0.05)
+    assert driver.proc.poll() is None, f"the sweep ended before it could be interrupted:\n{driver.output()}"
+
+
 @pytest.mark.parametrize("signals", [(signal.SIGINT,), (signal.SIGTERM, signal.SIGTERM)],
                          ids=["ctrl-c", "sigterm-twice"])
 def test_an_interrupted_run_says_so_and_resume_completes_it(signals, reference, tmp_path, env):
@@ -398,10 +406,7 @@ def test_an_interrupted_run_says_so_and_resume_completes_it(signals, reference, 
     # started); `kill PID` only the driver. A second signal stops at once.
     driver, sweep_dir = start_sweep(tmp_path, "stopped", env)
     try:
-        deadline = time.monotonic() + RUN_TIMEOUT_S
-        while driver.proc.poll() is None and time.monotonic() < deadline and not in_training(sweep_dir):
-            time.sleep(0.05)
-        assert driver.proc.poll() is None, f"the sweep ended before it could be interrupted:\n{driver.output()}"
+        wait_until_training(driver, sweep_dir)
         for sig in signals:
             if sig == signal.SIGINT:
                 os.killpg(driver.proc.pid, sig)
@@ -428,13 +433,10 @@ def test_an_interrupted_run_says_so_and_resume_completes_it(signals, reference, 
 
 def test_signals_while_an_interrupted_run_shuts_down_leave_no_traceback(tmp_path, env):
     # A `kill` repeated (a supervisor's retries, a second Ctrl-C) can land after the command has
-    # said it stopped, while the local Ray it started shuts down: it is stopping already.
+    # said it stopped, while the local Ray it started shuts down: it ends there, quietly.
     driver, sweep_dir = start_sweep(tmp_path, "stopping", env)
     try:
-        deadline = time.monotonic() + RUN_TIMEOUT_S
-        while driver.proc.poll() is None and time.monotonic() < deadline and not in_training(sweep_dir):
-            time.sleep(0.05)
-        assert driver.proc.poll() is None, f"the sweep ended before it could be interrupted:\n{driver.output()}"
+        wait_until_training(driver, sweep_dir)
         os.kill(driver.proc.pid, signal.SIGTERM)
         deadline = time.monotonic() + 90
         while driver.proc.poll() is None and "sweep: continue with:" not in driver.output() \
