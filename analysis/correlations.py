@@ -99,6 +99,8 @@ def rank_correlation(
     if bootstrap:
         (rho_lo, tau_lo), (rho_hi, tau_hi), undefined = bootstrap_intervals(x, y, n_resamples, seed)
         result.update(rho_lo=rho_lo, rho_hi=rho_hi, tau_lo=tau_lo, tau_hi=tau_hi)
+        if len(x) <= EXACT_P_MAX_NETWORKS:  # e.g. four networks ranked perfectly: [1, 1], while p = 0.083
+            notes.append(f"a bootstrap over {len(x)} networks is narrower than they warrant; p(ρ) is exact")
         if not np.isfinite([rho_lo, rho_hi, tau_lo, tau_hi]).all():
             notes.append(f"bootstrap interval undefined: {undefined} of {n_resamples} resamples drew a constant "
                          f"column (more than {MAX_UNDEFINED_SHARE:.0%})")

@@ -231,6 +231,10 @@ def test_a_few_networks_get_the_exact_p_of_every_pairing(x, y):
                        bootstrap=False).iloc[0]
     assert got["rho_p"] == pytest.approx(pairings_p(x, y), rel=1e-9)
     assert got["rho"] == pytest.approx(stats.spearmanr(x, y).statistic, abs=1e-12)
+    # with an interval, the note says how little a bootstrap over so few is worth
+    frame = pd.DataFrame({"dataset": "digits", "m": x, "gap": y})
+    noted = correlations(frame, metrics=["m"], targets=("gap",), n_resamples=200).iloc[0]["note"]
+    assert f"a bootstrap over {len(x)} networks is narrower than they warrant" in noted
 
 
 def test_perfect_rankings_never_get_a_p_of_zero():
