@@ -93,7 +93,7 @@ def rank_correlation(
         rho = stats.spearmanr(x, y)
         tau = stats.kendalltau(x, y)
     # Neither p can be below 1/n!: the observed pairing is one of the n! a permutation test weighs.
-    least = 1 / math.factorial(len(x)) if len(x) <= 170 else 0.0
+    least = 1 / math.factorial(len(x))  # 0.0 where n! is beyond a float
     rho_p = spearman_exact_p(x, y) if len(x) <= EXACT_P_MAX_NETWORKS else max(rho.pvalue, least)
     result.update(rho=rho.statistic, rho_p=rho_p, tau=tau.statistic, tau_p=max(tau.pvalue, least))
     if bootstrap:

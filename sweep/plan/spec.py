@@ -365,6 +365,12 @@ def parse_spec(raw: Any) -> SweepSpec:
 MAX_SPEC_BYTES = 1 << 20  # a spec is a few kilobytes of text
 
 
+def _other_language(kind: str) -> str:
+    other, suffix = ("TOML", ".toml") if kind == "YAML" else ("YAML", ".yaml")
+    return (f"this reads as {other}, not {kind} (the file's suffix picks the parser); rename it to {suffix}, "
+            f"or write it in {kind}")
+
+
 def _looks_like_yaml(text: str, origin: str) -> bool:
     try:
         return isinstance(_load_yaml(text, origin), dict)
@@ -452,18 +458,13 @@ def load_spec(source: str | os.PathLike) -> SweepSpec:
         if raw is None or raw == {}:
             raise SpecError("the spec is empty; it needs name, datasets, grid and budget (start from "
                             "sweep/presets/digits.yaml)")
-        if kind == "YAML" and isinstance(raw, str) and _looks_like_toml(text):
-            raise SpecError("this reads as TOML, not YAML (the file's suffix picks the parser); rename it to "
-                            ".toml, or write it in YAML")
+        if kind == "YAML" and isinstance(raw, str) and _looks_like_toml(text):  # YAML reads TOML as one string
+            raise SpecError(_other_language(kind))
         return parse_spec(raw)
     except (yaml.YAMLError, tomllib.TOMLDecodeError) as exc:
-        if kind == "YAML" and _looks_like_toml(text):
-            raise SpecError(f"{origin}: this reads as TOML, not YAML (the file's suffix picks the parser); rename it "
-                            f"to .toml, or write it in YAML ({exc})") from None
-        if kind == "TOML" and _looks_like_yaml(text, origin):
-            raise SpecError(f"{origin}: this reads as YAML, not TOML (the file's suffix picks the parser); rename it "
-                            f"to .yaml, or write it in TOML ({exc})") from None
-        raise SpecError(f"{origin}: not valid {kind}: {exc}") from None
+        other = _looks_like_toml(text) if kind == "YAML" else _looks_like_yaml(text, origin)
+        raise SpecError(f"{origin}: " + (f"{_other_language(kind)} ({exc})" if other else f"not valid {kind}: {exc}")
+                        ) from None
     except SpecError as exc:
         raise SpecError("\n".join(f"{origin}: {line}" for line in str(exc).splitlines())) from None
     except RecursionError:

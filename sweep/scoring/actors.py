@@ -49,7 +49,7 @@ def set_background(background: bool) -> bool:
     if hasattr(os, "nice"):
         if background:
             os.nice(19)
-        return True if background else os.getpriority(os.PRIO_PROCESS, 0) >= 19
+        return background or os.getpriority(os.PRIO_PROCESS, 0) >= 19
     return False
 
 
