@@ -12,7 +12,7 @@ import yaml
 from PIL import Image
 
 from sweep.plan.networks import BundleConfig, NetworkConfig, limit_networks, merged_batch_sizes, networks
-from sweep.plan.planner import expand, plan_summary
+from sweep.plan.planner import expand, plan_summary, points_notes
 from sweep.command.cli import main
 from sweep.plan.presets import list_presets, preset_path
 from sweep.plan.spec import SpecError, _load_yaml, load_spec, parse_spec
@@ -422,6 +422,12 @@ def test_a_batch_of_at_least_the_training_set_is_the_full_batch(tmp_path):
             "train once at the full batch, not once for each")
     assert merged_batch_sizes(both) == [note] and merged_batch_sizes(parse_spec(sized)) == []
     assert f"note: {note}" in plan_summary(both, expand(both))
+    # Points beyond a split are all of it: said once per data set, for the split that is short.
+    scored = parse_spec({**sized, "scoring": {"points": 600, "train_points": 200}})
+    note = "scoring.train_points: 200 is more than the 100 training points of digits, so all 100 are scored"
+    assert points_notes(600, 200, [b.dataset for b in expand(scored)]) == [
+        "scoring.points: 600 is more than the 500 test points of digits, so all 500 are scored", note]
+    assert f"note: {note}" in plan_summary(scored, expand(scored))
     # An image folder's training examples are counted from its files.
     folder = tmp_path / "images"
     for split, count in (("train", 12), ("test", 4)):

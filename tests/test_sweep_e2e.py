@@ -171,21 +171,24 @@ def test_rescoring_never_duplicates_rows(sweep_dir):
     np.testing.assert_allclose(merged["mean"], merged["mean_again"], rtol=1e-6)
 
 
-def test_scoring_settings_given_to_score_are_the_sweeps_from_then_on(sweep_dir, tmp_path):
+def test_scoring_settings_given_to_score_are_the_sweeps_from_then_on(sweep_dir, tmp_path, capsys):
     import shutil
 
     copy = tmp_path / "tiny"
     shutil.copytree(sweep_dir, copy)
-    assert main(["score", str(copy), "--points", "30", "--metrics", "loss", "jacobian_softmax"]) == 0
+    # 400 points: more than the 300 training examples the spec keeps, so all 300 of those are scored
+    assert main(["score", str(copy), "--points", "400", "--metrics", "loss", "jacobian_softmax"]) == 0
+    assert ("[sweep] note: scoring.train_points: 400 is more than the 300 training points of digits, so all 300 "
+            "are scored") in capsys.readouterr().out
     saved = json.loads((copy / "sweep.json").read_text())["scoring"]
-    assert saved["points"] == saved["train_points"] == 30 and saved["metrics"] == ["loss", "jacobian_softmax"]
+    assert saved["points"] == saved["train_points"] == 400 and saved["metrics"] == ["loss", "jacobian_softmax"]
     # a checkpoint scored later (its file lost, as a resume would score a new one) gets them too
     lost = sorted((copy / "tables" / "scores").glob("*--end.parquet"))[0]
     lost.unlink()
     assert main(["score", str(copy)]) == 0
     rescored = pd.read_parquet(lost)
     assert set(rescored["metric"]) <= {"loss", "jacobian_softmax"} and "jacobian_softmax" in set(rescored["metric"])
-    assert (rescored.loc[rescored["split"] != "weights", "n_points"] == 30).all()
+    assert rescored.groupby("split")["n_points"].unique().to_dict() == {"test": [400], "train": [300]}
     everything = pd.read_parquet(copy / "tables" / "scores")
     assert set(everything["metric"]) == set(rescored["metric"])
 
@@ -231,6 +234,22 @@ def test_report_and_loader(sweep_dir):
         assert found[absent]["verdict"] == "not measured" and found[absent]["effect"] is None
     assert found["jacobian_train_below_test"]["verdict"] != "not measured" and found["jacobian_train_below_test"]["n"] > 0
     assert "pooled" not in set(pd.read_csv(sweep_dir / "report" / "correlations.csv")["dataset"])
+
+
+def test_the_readmes_python_runs_on_a_sweep_and_on_both_kinds_of_network(sweep_dir):
+    import re
+
+    reading, metrics = re.findall(r"```python\n(.*?)```", (Path(__file__).parents[1] / "README.md").read_text(),
+                                  re.DOTALL)
+    found = {}
+    exec(re.sub(r'"sweeps/[^"]+"', repr(str(sweep_dir)), reading), found)
+    assert len(found["kept"]) + len(found["left_out"]) == len(found["t"].wide) == 8
+    torch.manual_seed(0)
+    nn = torch.nn
+    fc = nn.Sequential(nn.Linear(64, 16), nn.ReLU(), nn.Linear(16, 10))
+    cnn = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(64, 10))
+    for net, shape in ((fc, (64,)), (cnn, (1, 8, 8))):
+        exec(metrics, {"net": net, "x": torch.randn(6, *shape), "x_train": torch.randn(20, *shape)})
 
 
 def test_failed_trial_resumes_exactly(ray_session, tmp_path):

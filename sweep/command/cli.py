@@ -26,7 +26,7 @@ import pyarrow.fs
 from sweep.command import interrupts, locks
 from sweep.command.status import describe, scoring_state
 from sweep.plan import costs, planner, storage, sweep_plan
-from sweep.plan.networks import limit_networks
+from sweep.plan.networks import BundleConfig, limit_networks
 from sweep.plan.planner import plan_summary
 from sweep.plan.presets import list_presets, preset_path
 from sweep.plan.spec import MAX_GPU_MEMORY_GIB, SpecError, check_sweep_name, load_spec, spec_schema
@@ -536,6 +536,9 @@ def cmd_score(args) -> int:
         flags = " ".join(f"--{key}" for key in ("points", "metrics") if key in overrides)
         raise UsageError(f"{flags}: {exc}") from None
     rescore = args.rescore or bool(overrides)
+    datasets = [BundleConfig.from_dict(b).dataset for b in plan.bundles]
+    for note in planner.points_notes(settings.points, settings.train_points, datasets):
+        print(f"[sweep] note: {note}")
 
     def score():
         if overrides:

@@ -423,8 +423,10 @@ def scoring_share(spec: SweepSpec, bundles: list[BundleConfig], card: Card | Non
 
 def plan_notes(spec: SweepSpec, bundles: list[BundleConfig], card: Card | None) -> list[str]:
     """What the plan does that the spec does not say and a run should print: batch sizes merged
-    into a full batch, and a fixed scoring share below the memory one checkpoint's scoring takes."""
-    notes = merged_batch_sizes(spec)
+    into a full batch, more points asked for than a split holds, and a fixed scoring share below
+    the memory one checkpoint's scoring takes."""
+    notes = merged_batch_sizes(spec) + points_notes(spec.scoring.points, spec.scoring.train_points,
+                                                    [b.dataset for b in bundles])
     share = spec.resources.gpus_per_scoring_actor
     if card and spec.resources.scoring_actors != 0 and share != AUTO and share > 0:
         need = scoring_bytes(bundles, 1)
@@ -435,6 +437,20 @@ def plan_notes(spec: SweepSpec, bundles: list[BundleConfig], card: Card | None) 
                 "takes for one checkpoint of this sweep's largest bundle (its context, chunks, data sets and weights), "
                 "so it may run out of memory; use auto (its share from that memory) or a larger share")
     return notes
+
+
+def points_notes(points: int, train_points: int, datasets) -> list[str]:
+    """Where `points` or `train_points` is more than a data set's split holds: every point of that
+    split is scored instead (sweep.scoring.inputs.fixed_points), which the tables' counts show."""
+    notes = []
+    for data in dict.fromkeys(datasets):
+        info = dataset_info(data)
+        for key, asked, held, split in (("points", points, info.test_size, "test"),
+                                        ("train_points", train_points, info.train_size, "training")):
+            if held and asked > held:
+                notes.append(f"scoring.{key}: {asked} is more than the {held} {split} points of {data.name}, "
+                             f"so all {held} are scored")
+    return list(dict.fromkeys(notes))  # bundles share data sets, and data sets of one name may share a split
 
 
 def estimate_bundle_work(bundle: BundleConfig, budget: Budget) -> float:
