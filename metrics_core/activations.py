@@ -119,6 +119,13 @@ class Activation:
             return 4.0 * e / (1.0 + e) ** 2
         return torch.sigmoid(h) * torch.sigmoid(-h)
 
+    def with_exact_grad(self, h: Tensor) -> Tensor:
+        """forward(h), differentiated by `derivative`: autograd's own tanh' and sigmoid' (from the
+        output, 1 − y² and y(1 − y)) lose their digits as the unit saturates and are 0 beyond it."""
+        if self.piecewise_linear or not (h.requires_grad and torch.is_grad_enabled()):
+            return self.forward(h)
+        return _ExactGrad.apply(h, self)
+
     def pieces(self, h: Tensor) -> Tensor:
         """int8 piece index per unit: relu/leaky_relu 1 iff h > 0; hard_tanh/relu6 0 at or
         below the lower bound, 1 strictly inside, 2 at or above the upper bound (the same
@@ -164,3 +171,20 @@ class Activation:
             f"unsupported module {type(module).__name__}: activations must be one of "
             "ReLU, LeakyReLU, Hardtanh, ReLU6, Tanh, Sigmoid"
         )
+
+
+class _ExactGrad(torch.autograd.Function):
+    @staticmethod
+    def forward(h: Tensor, activation: Activation) -> Tensor:
+        return activation.forward(h)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:
+        h, activation = inputs
+        ctx.save_for_backward(h)
+        ctx.activation = activation
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:
+        (h,) = ctx.saved_tensors
+        return grad * ctx.activation.derivative(h), None

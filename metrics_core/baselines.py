@@ -29,12 +29,10 @@ def param_count(net: Net) -> Tensor:
     """Weights and biases per network (int64): an nn.Module's own parameters (a layer without
     a bias adds none); a population's every weight, bias and batch-norm scale and shift, as the
     sweep's networks have them."""
-    population = as_population(net)
-    if isinstance(net, nn.Module):
-        count = sum(p.numel() for p in net.parameters())
-    else:
-        count = sum(t[0].numel() for t in population.parameters())
-    return _per_model(net, torch.full((population.num_models,), count, dtype=torch.int64))
+    if isinstance(net, nn.Module):  # any module, convolutional too: its count needs no input shape
+        return torch.tensor(sum(p.numel() for p in net.parameters()), dtype=torch.int64)
+    count = sum(t[0].numel() for t in net.parameters())
+    return torch.full((net.num_models,), count, dtype=torch.int64)
 
 
 @exact

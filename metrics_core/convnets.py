@@ -31,6 +31,7 @@ from torch import Tensor, nn
 from .activations import Activation
 
 PoolKind = Literal["max", "avg"]
+MAX_POOL_SIZE = 11  # 121 positions: the largest window whose choice fits an int8
 
 
 @dataclass(frozen=True, eq=False)  # tensors have no truth value: compare by identity
@@ -327,13 +328,13 @@ def conv(layer: Conv, x: Tensor, *, shared: bool = False, bias: bool = True) -> 
                     groups=1 if shared else m)
 
 
-def _spatial(layer: Layer, net: ConvNet, h: Tensor, shared: bool) -> Tensor:
+def _spatial(layer: Layer, h: Tensor, shared: bool, act) -> Tensor:
     if isinstance(layer, Conv):
         return conv(layer, h, shared=shared)
     if isinstance(layer, Norm):
         return torch.addcmul(layer.shift.reshape(1, -1, 1, 1), h, layer.scale.reshape(1, -1, 1, 1))
     if isinstance(layer, Act):
-        return net.activation.forward(h)
+        return act(h)
     if layer.kind == "max":
         return F.max_pool2d(h, layer.size)
     return F.avg_pool2d(h, layer.size)
@@ -342,6 +343,9 @@ def _spatial(layer: Layer, net: ConvNet, h: Tensor, shared: bool) -> Tensor:
 def window_choices(h: Tensor, size: int) -> Tensor:
     """The position (0 … size²−1, row-major) of each size×size window's first maximum, int8
     [n, C, H//size, W//size]; −1 where the window holds a NaN."""
+    if size > MAX_POOL_SIZE:
+        raise ValueError(f"linear-region codes take max-pool windows of at most {MAX_POOL_SIZE}×{MAX_POOL_SIZE} "
+                         f"(a window's choice is one byte of the code), got {size}×{size}")
     n, c, height, width = h.shape
     windows = h[..., : height - height % size, : width - width % size]
     windows = windows.unfold(2, size, size).unfold(3, size, size).flatten(-2)
@@ -372,6 +376,8 @@ def run(net: ConvNet, x: Tensor, *, codes: bool = False,
     m = net.num_models
     shared = x.dim() == 4
     h = x if shared else fold(x)
+    # Measuring differentiates with the saturation-safe derivative; training keeps autograd's own.
+    act = net.activation.forward if batch_stats is not None else net.activation.with_exact_grad
     parts: list[Tensor] = []
     stats = iter(batch_stats or ())
     for layer in net.layers:
@@ -389,7 +395,7 @@ def run(net: ConvNet, x: Tensor, *, codes: bool = False,
                 reduced = h.mean((2, 3)) if isinstance(layer, GlobalAvgPool) else h
                 h = reduced.reshape(h.shape[0], m, -1).transpose(0, 1)
             else:
-                h = _spatial(layer, net, h, shared)
+                h = _spatial(layer, h, shared, act)
                 shared = False
             continue
         if isinstance(layer, Dense):
@@ -397,7 +403,7 @@ def run(net: ConvNet, x: Tensor, *, codes: bool = False,
         else:  # Act on [M, n, F]
             if codes:
                 parts.append(_pieces(net.activation, h))
-            h = net.activation.forward(h)
+            h = act(h)
     return h, parts
 
 

@@ -231,8 +231,8 @@ def transition_counts(
 
     trajectory="ellipse": the ellipse through x (at θ = 0, the first sample) and two partners, given as
     `partners` [N, 2, d] ([M, N, 2, d] for per-model x) or drawn from `pool` [P, d] with
-    `generator`. trajectory="circle": the circle of `radius` centred at x in a random plane
-    drawn with `generator`. Results [N] or [M, N] in x's dtype; NaN for smooth activations
+    `generator`. trajectory="circle": the circle of `radius` through x (at θ = 0) in a random
+    plane through x drawn with `generator`. Results [N] or [M, N] in x's dtype; NaN for smooth activations
     and for points where the network is not finite.
     """
     b = batch(net, x)
@@ -279,8 +279,9 @@ def transition_counts(
         per_point = mlp.num_models * (16 * mlp.hidden_sizes[0] + (2 * k * sum(mlp.hidden_sizes) if deeper else 0))
     for start, stop in chunks(b.num_points, chunk_size, per_point + 3 * mlp.input_dim, mlp.device):
         xc = b.rows(start, stop)
-        if trajectory == "circle":
-            centre, axes = xc, planes[start:stop] if b.shared else planes[:, start:stop]
+        if trajectory == "circle":  # through x, at θ = 0, as `trajectories.circle`
+            axes = planes[start:stop] if b.shared else planes[:, start:stop]
+            centre = xc - axes[..., 0, :]
         else:
             centre, axes = ellipse_axes(xc, partners[start:stop] if b.shared else partners[:, start:stop])
         if isinstance(mlp, ConvNet):

@@ -86,9 +86,9 @@ def circle(
     generator: torch.Generator | None = None,
     directions: Tensor | None = None,
 ) -> Tensor:
-    """k points x + r(u cos θ_i + v sin θ_i): the circle of radius r centred at x in the plane
-    spanned by orthonormal u, v (`directions` [..., 2, d], or drawn with `generator`).
-    x [..., d] -> [..., k, d]."""
+    """k points x + r(u (cos θ_i − 1) + v sin θ_i): the circle of radius r through x (its first
+    point, θ_0 = 0; centred at x − r·u) in the plane through x spanned by orthonormal u, v
+    (`directions` [..., 2, d], or drawn with `generator`). x [..., d] -> [..., k, d]."""
     if not radius > 0:
         raise ValueError(f"the circle radius must be positive, got {radius}")
     if (generator is None) == (directions is None):
@@ -97,4 +97,4 @@ def circle(
         directions = random_planes(x, generator)
     theta = angles(k, x).unsqueeze(-1)
     u, v = directions.unsqueeze(-3).unbind(-2)
-    return x.unsqueeze(-2) + radius * (u * theta.cos() + v * theta.sin())
+    return x.unsqueeze(-2) + radius * (u * (theta.cos() - 1) + v * theta.sin())

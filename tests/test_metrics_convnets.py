@@ -104,6 +104,24 @@ def test_jacobian_norms_stay_exact_where_the_softmax_saturates():
     assert_relative(logit[0], logit_ref, 1e-4)
 
 
+@pytest.mark.parametrize("activation, bias", [(nn.Tanh, 11.0), (nn.Sigmoid, 20.0), (nn.Tanh, 7.0)])
+def test_jacobian_norms_stay_exact_where_smooth_units_saturate(activation, bias):
+    # Every first-layer unit sits where autograd's 1 − tanh² (s(1 − s)) is 0 in float32 (or has
+    # lost most of its digits, at 7): the norms are small but not 0.
+    nets = [nin(activation=activation, seed=s) for s in range(2)]
+    for net in nets:
+        with torch.no_grad():
+            net[0].weight.mul_(0.1)
+            net[0].bias.fill_(bias)
+    x = torch.randn(4, *SHAPE)
+    soft, logit = jacobian_norms(stack_convnets(nets, SHAPE), x, "both")
+    for member, net in enumerate(nets):
+        soft_ref, logit_ref = reference_norms(OnePoint(net), x)
+        assert logit_ref.min() > 0
+        assert_relative(soft[member], soft_ref, 1e-4)
+        assert_relative(logit[member], logit_ref, 1e-4)
+
+
 def test_jacobian_norms_stay_exact_where_every_logit_shares_a_large_part():
     # The head's rows share a direction 100 times their differences, which the softmax ignores.
     nets = [vgg(activation=lambda: nn.LeakyReLU(0.1), seed=s) for s in range(2)]
@@ -173,6 +191,20 @@ def test_codes_hold_every_unit_and_max_pool_choice():
     with torch.no_grad():
         expected = [brute_code(net, p) for p in x]
     assert code.tolist() == expected
+
+
+def test_codes_refuse_max_pools_whose_choices_do_not_fit_a_byte():
+    # 11×11 (121 positions) fits an int8; 12×12 would wrap to negative choices, read as non-finite
+    for size in (11, 12):
+        net = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), nn.ReLU(), nn.MaxPool2d(size), nn.Flatten(),
+                            nn.Linear(2, 3))
+        x = torch.randn(4, 1, size, size)
+        if size == 11:
+            assert (codes(net, x) >= 0).all()
+            continue
+        with pytest.raises(ValueError, match="max-pool windows of at most 11×11"):
+            codes(net, x)
+        jacobian_norms(net, x)  # the norms need no code
 
 
 @pytest.mark.parametrize("family", ["vgg", "nin", "pool3"])
@@ -274,7 +306,7 @@ def test_weight_baselines_match_references(family):
     norms = operator_norms(population)
     for member, original in enumerate(nets):
         params = [p for p in original.parameters()]
-        assert param_count(population)[member] == sum(p.numel() for p in params)
+        assert param_count(population)[member] == param_count(original) == sum(p.numel() for p in params)
         net = folded(original)
         weights = [m.weight for m in net if isinstance(m, nn.Conv2d | nn.Linear)]
         torch.testing.assert_close(weight_norm_sq(population)[member], sum(w.square().sum() for w in weights))
@@ -328,7 +360,7 @@ def test_conv_spectral_norms_on_large_maps_match_arpack(channels, stride, shape)
         assert got[member].item() == pytest.approx(math.sqrt(top), rel=1e-11)
 
 
-def test_path_norm_sums_every_path():
+def test_path_norm_is_jiangs_squared_network_at_ones():
     net = nin(seed=2)
     squared = copy.deepcopy(net).double()
     with torch.no_grad():

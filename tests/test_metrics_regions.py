@@ -126,7 +126,9 @@ def test_circle_transitions_match_brute_force():
         expected = []
         for i in range(4):
             u, v = planes[i]
-            circle = [x[i] + 2.0 * (u * math.cos(2 * math.pi * j / 32) + v * math.sin(2 * math.pi * j / 32)) for j in range(32)]
+            # through x: centred one radius from it along u
+            circle = [x[i] + 2.0 * (u * (math.cos(2 * math.pi * j / 32) - 1) + v * math.sin(2 * math.pi * j / 32))
+                      for j in range(32)]
             expected.append(brute_transitions(net, circle))
     assert got.tolist() == expected
 

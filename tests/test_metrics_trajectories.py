@@ -54,11 +54,15 @@ def test_random_ellipse_anchors_follow_mean_and_std():
     assert torch.equal(z, again)
 
 
-def test_circle_lies_at_radius_in_a_plane():
+def test_circle_passes_through_x_at_radius_in_a_plane():
     x = torch.randn(3, 8, dtype=torch.float64)
     z = circle(x, 0.7, 16, generator=torch.Generator().manual_seed(1))
     assert z.shape == (3, 16, 8)
-    torch.testing.assert_close((z - x.unsqueeze(1)).norm(dim=-1), torch.full((3, 16), 0.7, dtype=torch.float64))
+    torch.testing.assert_close(z[:, 0], x, rtol=0, atol=1e-15)  # SPEC: a closed trajectory through x
+    centre = z.mean(1)  # of points evenly spaced in angle
+    torch.testing.assert_close((z - centre.unsqueeze(1)).norm(dim=-1), torch.full((3, 16), 0.7, dtype=torch.float64))
+    # opposite x, one diameter away
+    torch.testing.assert_close((z[:, 8] - x).norm(dim=-1), torch.full((3,), 1.4, dtype=torch.float64))
     offsets = z - x.unsqueeze(1)
     assert torch.linalg.matrix_rank(offsets).tolist() == [2, 2, 2]
     with pytest.raises(ValueError, match="positive"):

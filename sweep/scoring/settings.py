@@ -47,7 +47,8 @@ class ScoringSettings:
     transitions_k: at_least(3) = 256
     """points on each closed trajectory whose linear-region codes are compared (k)"""
     trajectory: Literal["ellipse", "circle"] = "ellipse"
-    """ellipse: through the point and two others of its split; circle: of circle_radius in a random plane"""
+    """ellipse: through the point and two others of its split; circle: of circle_radius through the point, in a
+    random plane"""
     circle_radius: PositiveNumber = 1.0
     """the circle trajectory's radius, in input units"""
     metrics: grid_list(Metric) = METRICS
