@@ -6,7 +6,11 @@ import argparse
 import sys
 
 from analysis.correlations import DEFAULT_RESAMPLES
+from analysis.findings import N_RESAMPLES
 from analysis.report import build_report, format_correlation_table
+
+
+MIN_RESAMPLES = 100
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -20,13 +24,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-bootstrap", action="store_true",
                         help="skip the bootstrap confidence intervals (much faster)")
     parser.add_argument("--resamples", type=int, default=DEFAULT_RESAMPLES,
-                        help=f"bootstrap resamples (default {DEFAULT_RESAMPLES})")
+                        help=f"bootstrap resamples of the correlations' intervals (default {DEFAULT_RESAMPLES}, at "
+                             f"least {MIN_RESAMPLES}; the findings' intervals take {N_RESAMPLES})")
     parser.add_argument("--include-unconverged", action="store_true",
                         help="also networks stopped at the budget short of 100%% train accuracy (default: the "
                              "paper's protocol, networks at 100%%)")
     args = parser.parse_args(argv)
-    if args.resamples < 1:
-        parser.error(f"--resamples must be at least 1, got {args.resamples} (--no-bootstrap skips the intervals)")
+    if args.resamples < MIN_RESAMPLES:  # fewer leave a 95% interval's tails a resample or two, or none
+        parser.error(f"--resamples must be at least {MIN_RESAMPLES}, got {args.resamples} (--no-bootstrap skips "
+                     "the intervals)")
     try:
         report = build_report(args.path, args.out, bootstrap=not args.no_bootstrap,
                               n_resamples=args.resamples, include_unconverged=args.include_unconverged)

@@ -157,15 +157,18 @@ def parallel_coordinates(wide: pd.DataFrame, hyperparams: Sequence[str], path: P
     scaled, ticks = [], []
     for column in columns:
         values = trained[column]
-        if column in LOG_SCALE or column == metric:
+        logged = column in LOG_SCALE or column == metric
+        if logged:
             values = np.log10(values.astype(float).where(values.astype(float) > 0))
         if pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values):
             low, high = np.nanmin(values), np.nanmax(values)
             scaled.append((values.astype(float) - low) / (high - low or 1.0))
-            ticks.append([(0.0, f"{low:.3g}"), (1.0, f"{high:.3g}")])
-        else:  # categories, booleans: evenly spaced levels
-            levels = sorted(values.astype(str).unique())
-            code = values.astype(str).map({v: i for i, v in enumerate(levels)}).astype(float)
+            shown = (10.0 ** low, 10.0 ** high) if logged else (low, high)  # the values, on a log axis
+            ticks.append([(0.0, f"{shown[0]:.3g}"), (1.0, f"{shown[1]:.3g}")])
+        else:  # categories, booleans: evenly spaced levels; a null (a column older files lack) is one
+            text = pd.Series([str(v) if pd.notna(v) else "null" for v in values], index=values.index)
+            levels = sorted(text.unique())
+            code = text.map({v: i for i, v in enumerate(levels)}).astype(float)
             scaled.append(code / max(len(levels) - 1, 1))
             ticks.append([(i / max(len(levels) - 1, 1), v) for i, v in enumerate(levels)])
     with matplotlib.rc_context(STYLE):

@@ -122,19 +122,8 @@ def format_correlation_table(df: pd.DataFrame) -> str:
     """The correlation table as aligned text for the terminal."""
     if df.empty:
         return "no correlations: the sweep has no metric columns or no networks"
-    group = df.columns[0]
-    text = pd.DataFrame({
-        group: df[group].astype(str),
-        "metric": df["metric"],
-        "target": df["target"],
-        "n": df["n"].astype(str),
-        "excluded": df["n_excluded"].astype(str),
-        "Spearman ρ [95% CI]": [_estimate(r, "rho") for r in df.itertuples()],
-        "p(ρ)": df["rho_p"].map(_p_value),
-        "Kendall τ [95% CI]": [_estimate(r, "tau") for r in df.itertuples()],
-        "p(τ)": df["tau_p"].map(_p_value),
-        "note": df["note"].astype("string").fillna(""),
-    })
+    text = _correlation_rows(df, target=True).astype(str)
+    text["note"] = df["note"].astype("string").fillna("").to_numpy()
     return text.to_string(index=False, justify="left")
 
 
@@ -320,16 +309,18 @@ def _figure_lines(title: str | None, paths: list[Path]) -> list[str]:
     return lines
 
 
-def _correlation_rows(df: pd.DataFrame) -> pd.DataFrame:
+def _correlation_rows(df: pd.DataFrame, target: bool = False) -> pd.DataFrame:
     group = df.columns[0]
+    ci = " [95% CI]" if df[["rho_lo", "tau_lo"]].notna().to_numpy().any() else ""  # none with --no-bootstrap
     return pd.DataFrame({
         group: df[group].astype(str),
         "metric": df["metric"],
+        **({"target": df["target"]} if target else {}),
         "n": df["n"],
-        "excluded": df["n_excluded"],
-        "Spearman ρ [95% CI]": [_estimate(r, "rho") for r in df.itertuples()],
+        "no value": df["n_excluded"],  # networks in the statistics missing the metric or the target
+        f"Spearman ρ{ci}": [_estimate(r, "rho") for r in df.itertuples()],
         "p(ρ)": df["rho_p"].map(_p_value),
-        "Kendall τ [95% CI]": [_estimate(r, "tau") for r in df.itertuples()],
+        f"Kendall τ{ci}": [_estimate(r, "tau") for r in df.itertuples()],
         "p(τ)": df["tau_p"].map(_p_value),
         "note": df["note"],
     })

@@ -14,6 +14,9 @@ from analysis.columns import (FINAL_CHECKPOINT, POINT_COLUMNS, SCORE_COLUMNS, SL
                               require_checkpoint)
 from sweep.plan.storage import resolve
 
+# Columns added since the first sweeps, null in (or absent from) the files those wrote: the value
+# every network of theirs had, so that old and new bundles of one sweep group together.
+LEGACY_VALUES = {"architecture": "fc", "precision": "fp32"}
 # Where a metric's network-level value lives, in order of preference.
 SPLIT_PREFERENCE: tuple[str, ...] = ("test", "weights", "train")
 
@@ -42,6 +45,17 @@ def tables_dir(path: str | os.PathLike) -> tuple[pafs.FileSystem, str]:
     for candidate in (f"{base.rstrip('/')}/tables", base.rstrip("/")):
         if _is_dir(filesystem, f"{candidate}/networks"):
             return filesystem, candidate
+    kind = filesystem.get_file_info(base).type if os.fspath(path) else pafs.FileType.NotFound
+    if kind in (pafs.FileType.NotFound, pafs.FileType.File):
+        raise FileNotFoundError(f"{os.fspath(path)!r} {'is a file' if kind == pafs.FileType.File else 'does not exist'}: "
+                                "pass the directory `sweep run` wrote (<storage>/<sweep name>, which holds sweep.json "
+                                "and tables/)")
+    if _is_dir(filesystem, base):
+        sweeps = sorted(info.base_name for info in filesystem.get_file_info(pafs.FileSelector(base))
+                        if _is_dir(filesystem, f"{info.path}/tables/networks"))
+        if sweeps:
+            raise FileNotFoundError(f"{os.fspath(path)!r} is a storage folder that holds the sweeps "
+                                    f"{', '.join(sweeps)}: pass one of them, e.g. {os.fspath(path).rstrip('/')}/{sweeps[0]}")
     raise FileNotFoundError(
         f"no networks table at {os.fspath(path)!r}: expected {os.fspath(path)}/tables/networks/ "
         f"(a sweep directory) or {os.fspath(path)}/networks/ (its tables directory). "
@@ -61,6 +75,7 @@ def load(path: str | os.PathLike, checkpoint: str = FINAL_CHECKPOINT) -> Tables:
             f"the networks table at {root}/networks holds no Parquet files; "
             "the sweep has not finished any trial yet, or the path is wrong"
         )
+    networks = with_legacy_values(networks)
     scores = _read_or_empty(filesystem, f"{root}/scores", SCORE_COLUMNS)
     return Tables(
         path=_with_scheme(path, root),
@@ -78,7 +93,10 @@ def read_table(filesystem: pafs.FileSystem, directory: str) -> pd.DataFrame | No
 
     Files whose names start with `.` or `_` (writers' temporary files) are skipped. Files are
     read one by one and concatenated with permissive type promotion, so a file whose column is
-    all null, or whose dictionary index type differs, still joins the others.
+    all null, or whose dictionary index type differs, still joins the others. A sweep writes each
+    network's rows of a checkpoint (`networks`: each network's row) into one file, so a network
+    (and checkpoint) in two files, or a file without those columns, is a copy or a stranger that
+    would count rows twice or add empty ones: an OSError names the files.
     """
     if not _is_dir(filesystem, directory):
         return None
@@ -99,11 +117,40 @@ def read_table(filesystem: pafs.FileSystem, directory: str) -> pd.DataFrame | No
                 f"cannot read {file}: {error}. The file is damaged or not Parquet; delete it and "
                 "re-run the trial or `sweep score` that writes it."
             ) from error
+    _check_one_file_per_unit(directory, files, parts)
     try:
         table = pa.concat_tables(parts, promote_options="permissive")
     except pa.ArrowException as error:
         raise OSError(f"the files under {directory} have incompatible columns: {error}") from error
     return table.to_pandas()
+
+
+def with_legacy_values(networks: pd.DataFrame) -> pd.DataFrame:
+    """`networks` with the LEGACY_VALUES where its files predate their columns."""
+    networks = networks.copy()
+    for column, value in LEGACY_VALUES.items():
+        known = networks[column].astype(object) if column in networks else pd.Series(None, networks.index, object)
+        networks[column] = known.where(known.notna(), value).astype("category")
+    return networks
+
+
+def _check_one_file_per_unit(directory: str, files: list[str], parts: list[pa.Table]) -> None:
+    unit = ["network_id"] if directory.rstrip("/").endswith("/networks") else ["network_id", "checkpoint"]
+    table = directory.rstrip("/").rsplit("/", 1)[-1]
+    first_file: dict[tuple, str] = {}
+    for file, part in zip(files, parts):
+        missing = [column for column in unit if column not in part.column_names]
+        if missing:
+            raise OSError(f"{file} is not a file of the {table} table (it has no {' or '.join(missing)} column); "
+                          "move it out of the sweep's tables folder")
+        units = part.select(unit).group_by(unit).aggregate([]).to_pylist()
+        for key in map(lambda row: tuple(str(row[c]) for c in unit), units):
+            if key in first_file:
+                raise OSError(
+                    f"the {table} table holds network {' at checkpoint '.join(key)} twice, in {first_file[key]} and in {file}: a copied "
+                    "or renamed file, or the tables of two sweeps in one folder; keep one of them (to study several "
+                    "sweeps together, load each with analysis.load and concatenate the frames)")
+            first_file[key] = file
 
 
 def wide_table(networks: pd.DataFrame, scores: pd.DataFrame, checkpoint: str = FINAL_CHECKPOINT

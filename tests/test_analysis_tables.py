@@ -131,12 +131,51 @@ def test_missing_networks_table_names_the_path(tmp_path):
         analysis.load(tmp_path)
 
 
+def test_a_storage_folder_names_the_sweeps_it_holds(sweep):
+    path, _ = sweep
+    with pytest.raises(FileNotFoundError, match=rf"is a storage folder that holds the sweeps demo: pass one of them, "
+                                                rf"e.g. {path}"):
+        analysis.load(path.parent)
+
+
 def test_damaged_file_names_the_file(tmp_path):
     write(networks_frame(2), tmp_path / "tables" / "networks" / "good.parquet")
     bad = tmp_path / "tables" / "networks" / "bad.parquet"
     bad.write_bytes(b"not parquet at all")
     with pytest.raises(OSError, match="bad.parquet"):
         analysis.load(tmp_path)
+
+
+def test_a_network_in_two_files_or_a_file_of_another_table_is_named(sweep):
+    # A copy would count the network twice (or, in the scores, its points); a stranger adds empty rows.
+    path, nets = sweep
+    tables = path / "tables"
+    first = nets["network_id"].iloc[0]
+    backup = tables / "networks" / "backup" / "b0.parquet"
+    write(pd.read_parquet(tables / "networks" / "b0.parquet"), backup)
+    with pytest.raises(OSError, match=rf"networks table holds network {first} twice, in .*b0.parquet and in "
+                                      rf".*backup/b0.parquet: a copied or renamed file"):
+        analysis.load(path)
+    backup.unlink()
+    write(pd.read_parquet(tables / "scores" / "b0--end.parquet").iloc[:3], tables / "scores" / "copy.parquet")
+    with pytest.raises(OSError, match=rf"scores table holds network {first} at checkpoint end twice"):
+        analysis.load(path)
+    write(pd.DataFrame({"foo": [1, 2]}), tables / "scores" / "copy.parquet")
+    with pytest.raises(OSError, match=r"copy.parquet is not a file of the scores table \(it has no network_id or "
+                                      r"checkpoint column\); move it out"):
+        analysis.load(path)
+    (tables / "scores" / "copy.parquet").unlink()
+    assert len(analysis.load(path).networks) == 4
+
+
+def test_files_written_before_the_architecture_and_precision_columns_read_as_fc_fp32(sweep):
+    path, nets = sweep
+    old = path / "tables" / "networks" / "b0.parquet"
+    write(pd.read_parquet(old).drop(columns=["architecture", "precision"]), old)
+    loaded = analysis.load(path).networks.set_index("network_id")
+    assert loaded["architecture"].dtype == "category" and loaded["precision"].dtype == "category"
+    assert loaded["architecture"].tolist() == ["fc"] * 2 + nets["architecture"].iloc[2:].astype(str).tolist()
+    assert loaded["precision"].tolist() == ["fp32"] * 2 + nets["precision"].iloc[2:].astype(str).tolist()
 
 
 def test_temporary_files_are_skipped_and_null_columns_promoted(tmp_path):
