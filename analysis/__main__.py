@@ -20,7 +20,8 @@ def main(argv: list[str] | None = None) -> int:
                     "report/report.md with tables and figures.")
     parser.add_argument("path", help="sweep directory (<storage>/<name>) or its tables/ directory; "
                                      "local, s3:// or gs://")
-    parser.add_argument("--out", help="report directory (default: <sweep>/report)")
+    parser.add_argument("--out", help="report directory (default: <sweep>/report; ./<sweep name>-report for an "
+                                      "s3:// or gs:// sweep)")
     parser.add_argument("--no-bootstrap", action="store_true",
                         help="skip the bootstrap confidence intervals (much faster)")
     parser.add_argument("--resamples", type=int, default=DEFAULT_RESAMPLES,

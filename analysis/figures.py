@@ -45,7 +45,7 @@ def gap_vs_capacity(wide: pd.DataFrame, path: Path) -> Path:
         figure, axes = _figure(1, max(len(columns), 1))
         for ax, column in zip(axes[0], columns):
             _scatter_by_dataset(ax, trained, column, "gap")
-        figure.suptitle(f"Generalization gap vs capacity and fit ({len(trained)} trained networks)")
+        figure.suptitle(f"Generalization gap vs capacity and fit ({len(trained)} networks in the statistics)")
         return _save(figure, path)
 
 
@@ -245,7 +245,7 @@ def slice_figure(slices: pd.DataFrame, path: Path, max_slices: int = 2) -> Path 
                              f"{_region_count(match.iloc[0])} linear regions "
                              f"({_LAYERS.get(str(match.iloc[0]['layers']), 'hidden layers')})")
         figure.suptitle(f"Linear regions on a plane through 3 training points "
-                        f"(network {chosen['network_id'].iloc[0][:12]})")
+                        f"(network {chosen['network_id'].iloc[0]})")
         return _save(figure, path)
 
 

@@ -97,7 +97,8 @@ def build_report(sweep_path: str | os.PathLike, out_dir: str | os.PathLike | Non
     drawn["granulated"] = [psi] if psi is not None else []
     timings["figures"] = time.perf_counter() - clock
 
-    left_out = left_out[[c for c in dict.fromkeys(("network_id", "reason", *HYPERPARAMS, "train_acc", "epochs"))
+    left_out = left_out[[c for c in dict.fromkeys(("network_id", "reason", *HYPERPARAMS, "train_acc", "epochs",
+                                                   "message"))
                          if c in left_out.columns]]
     for name, frame in (("correlations", corr), ("granulated_kendall", granulated), ("robustness", robustness),
                         ("paired_factors", factors), ("per_point", points),
@@ -112,8 +113,8 @@ def build_report(sweep_path: str | os.PathLike, out_dir: str | os.PathLike | Non
 
 
 def default_out_dir(tables: Tables) -> Path:
-    sweep_dir = tables.path.rstrip("/").rsplit("/", 1)[0]
-    if "://" in sweep_dir:
+    sweep_dir = tables.path.rstrip("/").rsplit("/", 1)[0].removeprefix("file://")
+    if "://" in sweep_dir:  # object storage: beside where the command runs
         return Path.cwd() / f"{sweep_dir.rsplit('/', 1)[-1]}-report"
     return Path(sweep_dir) / "report"
 
@@ -285,7 +286,8 @@ def _unlisted_lines(tables) -> list[str]:
     if not unlisted:
         return []
     return [f"Not in the statistics either: {len(unlisted)} network(s) with scores but no row in the `networks` "
-            "table (a bundle's `networks/<bundle>.parquet` is missing; training the bundle again writes it)."]
+            "table (a bundle's `networks/<bundle>.parquet` is missing; `sweep resume` writes it again from the bundle's end "
+            "checkpoint)."]
 
 
 def _left_out_lines(report: Report) -> list[str]:
@@ -294,6 +296,7 @@ def _left_out_lines(report: Report) -> list[str]:
     if not len(left):
         return []
     shown = left.head(LEFT_OUT_LISTED)
+    shown = shown.assign(**{c: shown[c].round(4) for c in ("train_acc", "epochs") if c in shown})  # the csv: all digits
     text = pd.DataFrame({c: [str(v) for v in shown[c]] for c in shown.columns})
     lines = ["## Networks left out of the statistics", "", _markdown_table(text.rename(columns={"network_id": "network"})),
              ""]

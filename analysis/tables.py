@@ -114,8 +114,9 @@ def read_table(filesystem: pafs.FileSystem, directory: str) -> pd.DataFrame | No
             parts.append(pq.read_table(file, filesystem=filesystem))
         except (OSError, pa.ArrowException) as error:
             raise OSError(
-                f"cannot read {file}: {error}. The file is damaged or not Parquet; delete it and "
-                "re-run the trial or `sweep score` that writes it."
+                f"cannot read {file}: {str(error).rstrip('.')}. The file is damaged or not Parquet; copy it again if it came "
+                "from another storage, or delete it and run `sweep resume` on the sweep, which writes it again "
+                "from the checkpoints."
             ) from error
     _check_one_file_per_unit(directory, files, parts)
     try:

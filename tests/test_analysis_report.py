@@ -139,6 +139,9 @@ def test_statistics_use_the_networks_at_full_train_accuracy_and_list_the_others(
     left = pd.read_csv(report.path.parent / "left_out.csv")
     assert sorted(left["network_id"]) == sorted(wide.loc[~full, "network_id"])
     assert dict(left["reason"].value_counts()) == dict(wide.loc[~full, "status"].astype(str).value_counts())
+    # why a network diverged or failed is there too
+    messages = wide.set_index("network_id")["message"].astype("string").fillna("")
+    assert (left.set_index("network_id")["message"].astype("string").fillna("") == messages[left["network_id"]]).all()
     text = report.path.read_text()
     assert f"In the statistics: {full.sum()} of {len(wide)} networks" in text
     assert f"Left out: {(~full).sum()} (" in text and "`sweep report --include-unconverged`" in text

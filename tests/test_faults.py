@@ -573,17 +573,28 @@ def test_a_corrupted_checkpoint_is_recorded_as_failed_rows(damaged, reference):
     assert failed["mean"].isna().all() and failed["message"].str.contains(str(damaged["population"])).all()
 
 
-def test_a_truncated_networks_file_is_named_by_status_and_load(reference, tmp_path):
+def test_a_truncated_networks_file_is_named_by_status_and_load(reference, tmp_path, env):
     import analysis
 
     sweep_dir = tmp_path / "ref"
     shutil.copytree(reference, sweep_dir)
     damaged_file = sorted((sweep_dir / "tables" / "networks").glob("*.parquet"))[0]
+    rows = pd.read_parquet(damaged_file)
     damaged_file.write_bytes(damaged_file.read_bytes()[:200])
     done = subprocess.run(sweep_argv("status", str(sweep_dir)), capture_output=True, text=True, timeout=60)
     assert done.returncode == 2 and str(damaged_file) in done.stderr and "Traceback" not in done.stderr, done.stderr
+    assert f"delete it and run `sweep resume {sweep_dir}`" in done.stderr
     with pytest.raises(OSError, match=str(damaged_file)):
         analysis.load(sweep_dir)
+    # The advice works: the finished bundle is not trained again, its rows come back from its end checkpoint.
+    damaged_file.unlink()
+    done = subprocess.run(sweep_argv("status", str(sweep_dir)), capture_output=True, text=True, timeout=60)
+    assert (f"1 finished bundle(s) have scores but no networks file (deleted or not copied): `sweep resume "
+            f"{sweep_dir}` writes it again") in done.stdout, done.stdout
+    code, output = resume_sweep(sweep_dir, tmp_path, env)
+    assert code == 0, output[-3000:]
+    assert "wrote the networks file of 1 finished bundle(s) again, from their end checkpoints" in output
+    pd.testing.assert_frame_equal(pd.read_parquet(damaged_file), rows)
 
 
 def test_a_truncated_networks_file_at_the_end_of_a_run_is_named(reference, tmp_path, capsys):
@@ -598,7 +609,7 @@ def test_a_truncated_networks_file_at_the_end_of_a_run_is_named(reference, tmp_p
     plan = load_plan(str(sweep_dir))
     assert cli.finish(plan, [], time.monotonic(), report=False) == 1
     ended = capsys.readouterr().err
-    assert str(damaged_file) in ended and f"sweep score {sweep_dir}" in ended, ended
+    assert str(damaged_file) in ended and f"sweep resume {sweep_dir}" in ended, ended
     assert cli.interrupted(plan, "resume") == 128 + signal.SIGINT
     stopped = capsys.readouterr().err
     assert str(damaged_file) in stopped and f"continue with: sweep resume {sweep_dir}" in stopped, stopped

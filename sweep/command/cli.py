@@ -416,6 +416,10 @@ def cmd_resume(args) -> int:
         except FileNotFoundError as exc:
             raise UsageError(str(exc)) from None
         if not interrupts.requested():
+            restored = runner.restore_network_rows(plan)
+            if restored:
+                print(f"[sweep] wrote the networks file of {restored} finished bundle(s) again, from their end "
+                      "checkpoints")
             summary = runner.score(plan, runner.scoring_pool_kwargs(plan)["settings"])
             print(f"[sweep] scored {summary['scored']} checkpoint(s) left unscored or failed")
             for failure in summary["failures"]:
@@ -510,8 +514,9 @@ def damaged_table_message(exc: Exception, path: str) -> str:
     """Our writes are atomic, so an unreadable table file was cut short or altered outside the sweep."""
     return (
         f"a table file cannot be read: {str(exc).rstrip('.')}. Copy it again if it came from another "
-        f"storage; otherwise delete it and run `sweep score {path}` (scores, points, trajectories, slices "
-        "are rewritten from the checkpoints; a networks file comes back only by running that bundle again)"
+        f"storage; otherwise delete it and run `sweep resume {path}`, which writes it again from the "
+        "checkpoints (a networks file from its bundle's end checkpoint; scores, points, trajectories and "
+        "slices by scoring)"
     )
 
 

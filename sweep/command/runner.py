@@ -13,6 +13,7 @@ from sweep.plan.spec import AUTO, Budget
 from sweep.plan.sweep_plan import SWEEP_FILE, SweepPlan, checkpoints, save_plan
 from sweep.scoring.actors import ScoringPool
 from sweep.scoring.settings import ScoringSettings
+from sweep.scoring.table_writer import TableWriter
 from sweep.training.checkpoints import unscored
 
 # How a sweep starts Ray on this machine when no cluster is given. Ray starts workers at nice
@@ -48,13 +49,17 @@ def _trial_dirname(trial) -> str:
 def trial_resources(plan: SweepPlan):
     """config -> the trial's resources: its CPUs and its bundle's share of a card (Ray never lets
     the shares on one card pass 1, so the planner's shares keep each card within its memory)."""
-    cpus, shares, default = plan.resources["cpus_per_trial"], dict(plan.gpu_shares), plan.resources["gpus_per_trial"]
 
     def resources(config: dict):
-        gpus = shares.get(config["bundle"]["bundle_id"], default)
+        cpus, gpus = bundle_resources(plan, config["bundle"]["bundle_id"])
         return tune.PlacementGroupFactory([{"CPU": cpus, "GPU": gpus}])
 
     return resources
+
+
+def bundle_resources(plan: SweepPlan, bundle_id: str) -> tuple[float, float]:
+    """(CPUs, share of a card) of the bundle's trial."""
+    return plan.resources["cpus_per_trial"], plan.gpu_shares.get(bundle_id, plan.resources["gpus_per_trial"])
 
 
 def _trainable(plan: SweepPlan):
@@ -122,6 +127,24 @@ def run(plan: SweepPlan, *, score: bool = True, max_failures: int = 2, extra_con
         run_config=_run_config(plan, score=score, max_failures=max_failures, progress_stream=progress_stream),
     )
     return tuner.fit()
+
+
+def restore_network_rows(plan: SweepPlan) -> int:
+    """Write again, from their `end` checkpoints, the `networks` files of finished bundles that
+    have none (deleted as damaged, or lost with a copy): Tune never runs a finished trial again.
+    One Ray task per bundle, on its trial's resources; returns the bundles restored."""
+    from sweep.training.trainable import rebuild_network_rows
+
+    have = set(TableWriter(plan.table_root).keys("networks"))
+    lacking = [bundle for bundle in plan.bundles if bundle["bundle_id"] not in have]
+    if not lacking:
+        return 0
+    task, config = ray.remote(rebuild_network_rows), param_space(plan)
+    refs = []
+    for bundle in lacking:
+        cpus, gpus = bundle_resources(plan, bundle["bundle_id"])
+        refs.append(task.options(num_cpus=cpus, num_gpus=gpus).remote({**config, "bundle": bundle}))
+    return sum(1 for rows in ray.get(refs) if rows)
 
 
 def score(plan: SweepPlan, settings, *, rescore: bool = False) -> dict:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 from sweep.plan.sweep_plan import SweepPlan, checkpoints
-from sweep.scoring.table_writer import TableWriter
+from sweep.scoring.table_writer import TableWriter, checkpoint_key
 from sweep.training.checkpoints import unscored
 
 
@@ -39,7 +39,18 @@ def describe(plan: SweepPlan, scoring: Scoring | None = None) -> str:
         + _without_checkpoints(plan, found),
         f"  tables: {plan.table_root}",
     ]
+    lost = _finished_without_rows(plan, done_bundles)
+    if lost:
+        lines.append(f"  {lost} finished bundle(s) have scores but no networks file (deleted or not copied): `sweep "
+                     f"resume {plan.sweep_dir}` writes it again from their end checkpoints")
     return "\n".join(lines)
+
+
+def _finished_without_rows(plan: SweepPlan, recorded: set) -> int:
+    """Bundles of the plan whose `end` checkpoint is scored while the networks table lacks them."""
+    scored = set(TableWriter(plan.table_root).keys("scores"))
+    return sum(1 for bundle in plan.bundles
+               if bundle["bundle_id"] not in recorded and checkpoint_key(bundle["bundle_id"], "end") in scored)
 
 
 def _without_checkpoints(plan: SweepPlan, found: list) -> str:

@@ -148,6 +148,12 @@ def finished_meta(sweep_dir: str, bundle_id: str) -> dict | None:
     bundle ended leaves it marked running; `sweep resume` then restarts it, and it must not train
     (and write) again what is already on the storage.
     """
+    found = end_checkpoint(sweep_dir, bundle_id)
+    return None if found is None else found[0]
+
+
+def end_checkpoint(sweep_dir: str, bundle_id: str) -> tuple[dict, dict] | None:
+    """(meta.json, the population file's contents) of the bundle's readable `end` checkpoint."""
     fs, path = storage.resolve(sweep_dir)
     bundle_dir = f"{path}/bundle-{bundle_id}"
     for checkpoint in storage.list_dirs(fs, bundle_dir, "checkpoint_"):
@@ -157,8 +163,26 @@ def finished_meta(sweep_dir: str, bundle_id: str) -> dict | None:
             if meta.get("tag") != "end":
                 continue
             # Files are copied one by one: an upload cut short by the loss is not a finished bundle.
-            torch.load(io.BytesIO(storage.read_bytes(fs, f"{directory}/{POPULATION_FILE}")), weights_only=True)
+            population = torch.load(io.BytesIO(storage.read_bytes(fs, f"{directory}/{POPULATION_FILE}")),
+                                    weights_only=True)
         except Exception:  # noqa: BLE001 - unreadable for whatever reason: train it again
             continue
-        return meta
+        return meta, population
     return None
+
+
+def rebuild_network_rows(config: dict) -> int:
+    """Write a finished bundle's `networks` file again from its `end` checkpoint (`config` as a
+    trial's), which holds the trainer's whole state: the rows it wrote when it finished. A
+    trial Tune has finished never runs again, so a lost or damaged file would stay lost.
+    Returns the rows written (0 without a readable `end` checkpoint)."""
+    bundle = BundleConfig.from_dict(config["bundle"])
+    found = end_checkpoint(config["sweep_dir"], bundle.bundle_id)
+    if found is None:
+        return 0
+    torch.set_num_threads(max(1, int(config.get("cpus_per_trial", 1))))
+    device = _device(config)
+    trainer = PopulationTrainer(bundle, load_dataset(bundle.members[0].dataset, device=device),
+                                Budget(**config["budget"]), device=device)
+    trainer.load_state_dict(found[1]["trainer"])
+    return TableWriter(config["table_root"]).write("networks", bundle.bundle_id, trainer.network_rows(config["sweep"]))
