@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 
 from analysis import figures
-from analysis.columns import HYPERPARAMS, metric_columns
+from analysis.columns import EXCLUDED_STATUSES, FINAL_CHECKPOINT, HYPERPARAMS, metric_columns
 from analysis.correlations import DEFAULT_RESAMPLES, EXACT_P_MAX_NETWORKS, POOLED, correlations
 from analysis.factors import FACTORS, factor_pairs, paired_factors
 from analysis.findings import Finding, findings, markdown_rows, write_json
@@ -176,6 +176,7 @@ def _markdown(tables: Tables, report: Report, drawn: dict[str, list[Path]], boot
         f"Data sets: {', '.join(datasets) or 'none'}  ",
         *_protocol_lines(report, len(networks)),
         *_unlisted_lines(tables),
+        *_unscored_lines(tables),
         "",
         "## The paper's findings on this sweep",
         "",
@@ -277,6 +278,20 @@ def _protocol_lines(report: Report, total: int) -> list[str]:
              f"Left out: {len(left)}" + (" (" + ", ".join(f"{n} {r}" for r, n in reasons.items()) + ")" if len(left)
                                          else "") + "."]
     return lines
+
+
+def _unscored_lines(tables) -> list[str]:
+    """Trained networks without scores at the final checkpoint: the statistics count them as
+    missing their metrics, which says nothing of why or what to do."""
+    networks, scores = tables.networks, tables.scores
+    trained = set(networks.loc[~networks["status"].astype(str).isin(EXCLUDED_STATUSES), "network_id"].astype(str))
+    scored = set(scores.loc[scores["checkpoint"].astype(str) == FINAL_CHECKPOINT, "network_id"].astype(str))
+    unscored = trained - scored
+    if not unscored:
+        return []
+    return [f"Unscored: {len(unscored)} trained network(s) have no scores at the `{FINAL_CHECKPOINT}` checkpoint (its "
+            "scoring was cut short or has not run; the tables below count them as missing their metrics): score "
+            "them with `sweep score` on the sweep.  "]
 
 
 def _unlisted_lines(tables) -> list[str]:

@@ -201,3 +201,20 @@ def test_the_sweep_figure_draws_a_null_category_as_its_own_level(sweep, tmp_path
     wide["optimizer"] = pd.Categorical([None] * 5 + wide["optimizer"].astype(str).tolist()[5:])
     path = figures.parallel_coordinates(wide, ["optimizer", "width"], tmp_path / "p.png")
     assert imread(path).shape[0] > 100
+
+
+def test_trained_networks_without_final_scores_are_named_with_the_command_that_scores_them(sweep, tmp_path):
+    import shutil
+
+    import pyarrow.parquet as pq
+
+    copy = tmp_path / "copy"
+    shutil.copytree(sweep, copy)
+    lost = sorted((copy / "tables" / "scores").glob("*--end.parquet"))[0]
+    ids = set(pq.read_table(lost).column("network_id").to_pylist())
+    networks = pd.read_parquet(copy / "tables" / "networks").set_index("network_id")
+    trained = {i for i in ids if networks.loc[i, "status"] not in ("diverged", "failed")}
+    lost.unlink()
+    text = build_report(copy, tmp_path / "out", bootstrap=False).path.read_text()
+    assert f"Unscored: {len(trained)} trained network(s) have no scores at the `end` checkpoint" in text
+    assert "Unscored" not in build_report(sweep, tmp_path / "whole", bootstrap=False).path.read_text()
