@@ -62,7 +62,8 @@ def correlations(
         if by not in df.columns:
             raise ValueError(
                 f"cannot group by {by!r}: no such column; use one of {list(df.columns)}")
-        groups = [(key, part) for key, part in df.groupby(by, observed=True, sort=True)]
+        # by name: a category's own order is the order its Parquet files were read in
+        groups = sorted(df.groupby(by, observed=True), key=lambda group: str(group[0]))
     # Pooled rows only where they pool something: with one group they would repeat its rows.
     pooled = [] if len(groups) == 1 and len(groups[0][1]) == len(df) else [(POOLED, df)]
     rows = []

@@ -115,7 +115,11 @@ def findings(wide: pd.DataFrame, scores: pd.DataFrame, trajectories: pd.DataFram
                   "with it).", expected=-1),
         train_loss_tracks_less(wide),
     ]
-    if ids and not scores["network_id"].astype(str).isin(ids).any():  # unscored: whatever the spec asked for
+    if not ids:  # whatever the spec asked for: the protocol left every network out
+        found = [replace(f, note="no network is in the statistics (the report lists those left out and why); train "
+                                 "them longer, or report them with `sweep report --include-unconverged`")
+                 for f in found]
+    elif not scores["network_id"].astype(str).isin(ids).any():  # unscored: whatever the spec asked for
         found = [replace(f, note="no checkpoint of these networks has scores yet; score them with `sweep score PATH`")
                  if f.verdict == "not measured" else f for f in found]
     return found

@@ -196,6 +196,11 @@ def test_one_data_set_has_no_pooled_rows_repeating_it():
     two = pd.concat([df, df.assign(dataset="mnist")])
     assert list(correlations(two, metrics=["m"], targets=["gap"], bootstrap=False)["dataset"]) == ["digits", "mnist",
                                                                                                      "pooled"]
+    # by name, whatever order the files were read in (a category's order)
+    read = pd.concat([df.assign(dataset="mnist"), df])
+    read["dataset"] = pd.Categorical(read["dataset"], categories=["mnist", "digits"])
+    assert list(correlations(read, metrics=["m"], targets=["gap"], bootstrap=False)["dataset"]) == ["digits", "mnist",
+                                                                                                      "pooled"]
 
 
 def test_correlations_split_or_pool_by_architecture():

@@ -184,6 +184,12 @@ def test_unscored_networks_are_not_measured_for_want_of_scoring_not_of_grid_keys
     found = fd.findings(wide.assign(random_label_fraction=0.0), scored, trajectories,
                         correlations(wide, metrics=[], by=None), per_point(pd.DataFrame(columns=["checkpoint", "split"])))
     assert "add random_label_fractions" in next(f for f in found if f.id == "random_labels_raise_jacobian").note
+    # No network in the statistics: that, not the spec, is why nothing is measured.
+    found = fd.findings(wide.iloc[:0], scored, trajectories, correlations(wide.iloc[:0], metrics=[], by=None),
+                        per_point(pd.DataFrame(columns=["checkpoint", "split"])))
+    assert {f.verdict for f in found} == {"not measured"}
+    assert all(f.note.startswith("no network is in the statistics") and "--include-unconverged" in f.note
+               for f in found), [f.note for f in found]
 
 
 def test_a_handful_of_networks_needs_its_test_as_well_as_its_interval():
