@@ -218,3 +218,18 @@ def test_trained_networks_without_final_scores_are_named_with_the_command_that_s
     text = build_report(copy, tmp_path / "out", bootstrap=False).path.read_text()
     assert f"Unscored: {len(trained)} trained network(s) have no scores at the `end` checkpoint" in text
     assert "Unscored" not in build_report(sweep, tmp_path / "whole", bootstrap=False).path.read_text()
+
+
+def test_a_slice_of_pixel_wide_regions_is_drawn_in_colours_not_black(tmp_path):
+    # Nearly every pixel a boundary (a convolutional network's codes at a coarse grid): drawing them
+    # black would leave black squares; the regions' colours are shown instead.
+    from analysis import figures
+
+    grid = 16
+    rows = [{"network_id": "n0", "checkpoint": checkpoint, "slice": 0, "layers": "last", "grid": grid,
+             "region": np.arange(grid * grid, dtype=np.int32), "boundary": np.ones(grid * grid, bool),
+             "anchors": [0.0, 0.0, 1.0, 0.0, 0.0, 1.0], "extent": [-1.0, 2.0, -1.0, 2.0]}
+            for checkpoint in ("init", "end")]
+    pixels = imread(figures.slice_figure(pd.DataFrame(rows), tmp_path / "s.png"))[..., :3]
+    black = (pixels < 0.05).all(-1).mean()
+    assert black < 0.05, f"{black:.0%} of the figure is black"

@@ -94,7 +94,7 @@ def test_cpu_sweeps_keep_todays_bundles():
 
 def test_a_network_too_large_for_the_card_is_refused_before_anything_starts(tmp_path, capsys):
     with pytest.raises(SpecError, match=r"one network cifar10 3072→60000×3 .* needs about .* GiB to train, "
-                                        r"more than the 8 GiB card"):
+                                        r"more than the 7.4 GiB a trial may use of the 8 GiB card"):
         planner.expand(cifar_spec(widths=(60000,), depths=(3,)), Card(8, "test"))
     with pytest.raises(SpecError, match=r"resources.bundle_size: a bundle of 20 networks .* use bundle_size: auto"):
         planner.expand(cifar_spec(bundle_size=20), Card(8, "test"))
@@ -107,7 +107,16 @@ def test_a_network_too_large_for_the_card_is_refused_before_anything_starts(tmp_
                                 "budget": {"max_epochs": 1}, "resources": {"gpus_per_trial": "auto"}}))
     code = main(["run", str(spec), "--gpu-memory", "8", "--dry-run"])
     err = capsys.readouterr().err
-    assert code == 2 and "needs about" in err and "Traceback" not in err
+    assert code == 2 and f"sweep: error: {spec}: grid: one network" in err and "Traceback" not in err, err
+
+
+def test_the_card_a_preset_says_it_needs_is_enough_and_a_smaller_one_is_refused(capsys):
+    # cnn-factors' description: "cards of 64 GiB or more" (a full-batch NiN needs about 55 GiB).
+    assert "cards of 64 GiB or more" in load_spec("cnn-factors").description
+    assert main(["run", "cnn-factors", "--dry-run", "--gpu-memory", "64"]) == 0
+    capsys.readouterr()
+    assert main(["run", "cnn-factors", "--dry-run", "--gpu-memory", "56"]) == 2
+    assert "more than the 51.5 GiB a trial may use of the 56 GiB card" in capsys.readouterr().err
 
 
 def test_a_trial_that_cannot_share_a_card_with_its_scoring_actor_is_refused(tmp_path, capsys):
@@ -128,6 +137,8 @@ def test_a_trial_that_cannot_share_a_card_with_its_scoring_actor_is_refused(tmp_
     code = main(["run", str(spec), "--dry-run"])
     err = capsys.readouterr().err
     assert code == 2 and "more than one card together" in err and "Traceback" not in err, err
+    # its bundles hold one network each: a smaller bundle_size cannot help
+    assert {len(b.members) for b in bundles} == {1} and "bundle_size" not in err and "use bigger cards" in err
     # without scoring during the run there is no actor to share the card with
     assert main(["run", str(spec), "--dry-run", "--no-score"]) == 0
     spec.write_text(spec.read_text().replace('"scoring_actors": "auto"', '"scoring_actors": 1'))

@@ -29,7 +29,7 @@ from sweep.plan import costs, planner, storage, sweep_plan
 from sweep.plan.networks import BundleConfig, limit_networks
 from sweep.plan.planner import plan_summary
 from sweep.plan.presets import list_presets, preset_path
-from sweep.plan.spec import MAX_GPU_MEMORY_GIB, SpecError, check_sweep_name, load_spec, spec_schema
+from sweep.plan.spec import MAX_GPU_MEMORY_GIB, SpecError, check_sweep_name, load_spec, spec_origin, spec_schema
 from sweep.scoring.settings import ScoringSettings
 from sweep.scoring.table_writer import TableWriter
 from sweep.training import checkpoints
@@ -201,12 +201,15 @@ def plan_run(args):
                 "the spec asks for GPUs but their memory is unknown (no card on this machine): set "
                 "resources.gpu_memory_gib in the spec or pass --gpu-memory GIB (e.g. 24 for an A10G, 80 for an "
                 "A100 80GB or H100, 141 for an H200)")
-        bundles = planner.expand(spec, card)
-        if args.max_networks is not None:
-            bundles = limit_networks(bundles, args.max_networks)
-        shares = planner.gpu_shares(spec, bundles, card)
-        scoring_share = planner.scoring_share(spec, bundles, card)
-        planner.check_scoring_room(spec, bundles, shares, scoring_share, scored=not args.no_score)
+        try:  # what the spec asks of these cards: named by the spec, as its own errors are
+            bundles = planner.expand(spec, card)
+            if args.max_networks is not None:
+                bundles = limit_networks(bundles, args.max_networks)
+            shares = planner.gpu_shares(spec, bundles, card)
+            scoring_share = planner.scoring_share(spec, bundles, card)
+            planner.check_scoring_room(spec, bundles, shares, scoring_share, scored=not args.no_score)
+        except SpecError as exc:
+            raise SpecError(f"{spec_origin(args.source)}: {exc}") from None
     except (SpecError, FileNotFoundError) as exc:
         raise UsageError(str(exc)) from None
     for data_spec in sorted({m.dataset for b in bundles for m in b.members}, key=str):

@@ -338,8 +338,9 @@ def check_fits(spec: SweepSpec, bundles: list[BundleConfig], card: Card) -> None
             if alone > card.usable_bytes:
                 raise SpecError(
                     f"grid: one network {_shape_name(bundle)} ({bundle.optimizer}, batch {bundle.batch_size or 'full'}) "
-                    f"needs about {alone / gib:.1f} GiB to train, more than the {card.memory_gib:g} GiB card "
-                    f"({card.source}) holds; use smaller widths or batch sizes, or bigger cards")
+                    f"needs about {alone / gib:.1f} GiB to train, more than the {card.usable_bytes / gib:.1f} GiB a "
+                    f"trial may use of the {card.memory_gib:g} GiB card ({card.source}; the rest is the allocator's slack)"
+                    "; use smaller widths or batch sizes, or bigger cards")
             raise SpecError(
                 f"resources.bundle_size: a bundle of {len(bundle.members)} networks {_shape_name(bundle)} needs about "
                 f"{need / gib:.1f} GiB, more than the {card.memory_gib:g} GiB card ({card.source}) holds; "
@@ -406,8 +407,9 @@ def check_scoring_room(spec: SweepSpec, bundles: list[BundleConfig], shares: dic
         raise SpecError(
             f"resources: a trial of {len(bundle.members)} networks {_shape_name(bundle)} takes {shares[bundle.bundle_id]:g} "
             f"of a card and each card's scoring actor {scoring:g}, more than one card together ({len(crowded)} "
-            "bundle(s) so), so Ray would never start it; use a smaller resources.bundle_size, a smaller "
-            "gpus_per_scoring_actor, or scoring_actors: 0 and `sweep score` once training ends")
+            "bundle(s) so), so Ray would never start it; use "
+            + ("a smaller resources.bundle_size, " if len(bundle.members) > 1 else "bigger cards, ")
+            + "a smaller gpus_per_scoring_actor, or scoring_actors: 0 and `sweep score` once training ends")
 
 
 def scoring_share(spec: SweepSpec, bundles: list[BundleConfig], card: Card | None) -> float:

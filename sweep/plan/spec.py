@@ -341,15 +341,23 @@ class SweepSpec:
 
 
     def _check_stages(self) -> None:
-        """A 2×2 pool after each stage halves the map (a strided convolution never empties it)."""
-        if set(self.grid.poolings) == {"conv"}:
-            return
+        """Each stage halves the map: 2×2 pools (rounding down) leave no pixels past log2 of the
+        side; stride-2 convolutions (rounding up) reach 1×1 there, and each stage after it would only
+        double the channels."""
+        stages = max(self.grid.stages)
         for data in self.datasets:
             shape = dataset_info(data).image_shape
-            most = min(shape[1:]).bit_length() - 1 if shape else None
-            if most is not None and max(self.grid.stages) > most:
-                raise invalid(f"{max(self.grid.stages)} stages of 2×2 pools leave no pixels of {data.name}'s "
-                              f"{shape[1]}×{shape[2]} images; use at most {most}", "grid.stages")
+            if shape is None:
+                continue
+            side, size = min(shape[1:]), f"{data.name}'s {shape[1]}×{shape[2]} images"
+            if set(self.grid.poolings) - {"conv"} and stages > side.bit_length() - 1:
+                raise invalid(f"{stages} stages of 2×2 pools leave no pixels of {size}; use at most "
+                              f"{side.bit_length() - 1}", "grid.stages")
+            if "conv" in self.grid.poolings and stages > (side - 1).bit_length():
+                most = (side - 1).bit_length()
+                raise invalid(f"{stages} stages of stride-2 convolutions shrink {size} to 1×1 after {most}, and each "
+                              "stage past that only doubles the channels; use at most "
+                              f"{most}", "grid.stages")
 
 
 def spec_schema() -> dict:
@@ -435,23 +443,31 @@ def _spec_text(path: Path) -> str:
                         "save it as UTF-8") from None
 
 
+def spec_origin(source: str | os.PathLike) -> str:
+    """How messages name a spec: its file's path, or `preset NAME` (a file wins where it has a
+    spec's suffix or exists; a folder named like a preset, say ./digits, does not hide the preset)."""
+    path = Path(source)
+    preset = preset_path(path.name) if str(source) == path.name else None
+    is_preset = preset is not None and preset.is_file()
+    if path.suffix.lower() in (".yaml", ".yml", ".toml") or path.is_file() or (path.exists() and not is_preset):
+        return str(path)
+    return f"preset {source}"
+
+
 def load_spec(source: str | os.PathLike) -> SweepSpec:
     """Load a preset by name or a .yaml/.yml/.toml spec file; raises SpecError."""
     path = Path(source)
     suffix = path.suffix.lower()
-    preset = preset_path(path.name) if str(source) == path.name else None
-    is_preset = preset is not None and preset.is_file()
-    # a folder named like a preset (say ./digits) must not hide the preset
-    if suffix in (".yaml", ".yml", ".toml") or path.is_file() or (path.exists() and not is_preset):
+    origin = spec_origin(source)
+    if origin == str(path):
         text = _spec_text(path)
-        origin = str(path)
     else:
-        if not is_preset:
+        preset = preset_path(path.name)
+        if str(source) != path.name or not preset.is_file():
             names = ", ".join(name for name, _ in list_presets())
             raise SpecError(f"unknown preset {str(source)!r}; available presets: {names} "
                             "(or give a path to a .yaml/.yml/.toml spec file)")
         text = preset.read_text()
-        origin = f"preset {source}"
     kind = "TOML" if suffix == ".toml" else "YAML"
     try:
         raw = tomllib.loads(text) if kind == "TOML" else _load_yaml(text, origin)
