@@ -65,6 +65,9 @@ def test_dips_at_anchors_and_same_class_transitions(direction):
     assert dip.verdict == expected(direction, -1) and dip.effect == pytest.approx(effect, abs=0.05)
     same = fd.same_class_fewer_transitions(table, ids)
     assert same.verdict == expected(direction, -1)
+    # Planted at init too: the note gives init's median, so a reader sees how much training added.
+    at_init = float(same.note.split("at init the same median is ")[1].split(",")[0])
+    assert at_init == pytest.approx(same.effect, abs=0.02)
     # A dip that is there at init already is no effect of training.
     assert fd.dips_at_anchors(trajectories(-1.0, -1.0, 0.0), ids).verdict == "inconclusive"
 
