@@ -424,6 +424,11 @@ def test_an_interrupted_run_says_so_and_resume_completes_it(signals, reference, 
     # Ray's and Tune's own hints went to the sweep's log, not the terminal.
     assert "Tuner.restore" not in output and "Configuration for experiment" not in output
     assert "[sweep] Ray's own messages:" in output and (sweep_dir / "sweep.log").is_file()
+    # Bundles cut short have checkpoints and no networks rows yet: status says they started.
+    started = len({p.parent.name for p in sweep_dir.glob("bundle-*/checkpoint_*")}
+                  - {f"bundle-{p.stem}" for p in (sweep_dir / "tables" / "networks").glob("*.parquet")})
+    status = subprocess.run(sweep_argv("status", str(sweep_dir)), capture_output=True, text=True, timeout=60).stdout
+    assert (f", {started} started (their networks are recorded when they finish)" in status) == bool(started), status
 
     code, output = resume_sweep(sweep_dir, tmp_path, env)
     assert code == 0, output[-3000:]

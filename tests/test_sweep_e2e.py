@@ -447,3 +447,35 @@ def test_a_convolutional_sweep_trains_scores_and_reports(ray_session, tmp_path):
     # The report ranks the networks that reached 100% train accuracy by their gap.
     report = (sweep_dir / "report" / "report.md").read_text()
     assert "jacobian_softmax" in report and (nets["status"] == "converged").sum() >= 4
+
+
+def test_errors_ray_publishes_to_the_driver_go_to_the_sweep_log(ray_session, tmp_path, capsys):
+    # A stopped sweep kills its scoring actors mid-task; Ray's driver prints what its raylets publish
+    # about that ("Task … failed. There are 3 retries remaining") whatever log_to_driver says.
+    import time
+
+    import ray
+
+    from sweep.command.cli import route_ray_logs
+
+    log = tmp_path / "sweep.log"
+    route_ray_logs(str(log))
+
+    @ray.remote(max_restarts=1, max_task_retries=3, num_cpus=0)
+    class Slow:
+        def work(self):
+            time.sleep(3)
+            return 1
+
+    actor = Slow.remote()
+    ray.get(actor.__ray_ready__.remote())
+    pending = actor.work.remote()
+    time.sleep(0.5)
+    ray.kill(actor, no_restart=False)
+    assert ray.get(pending, timeout=60) == 1  # retried on the restarted actor
+    deadline = time.monotonic() + 30
+    while "(raylet) Task Slow.work failed" not in log.read_text() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert "(raylet) Task Slow.work failed" in log.read_text()
+    assert "(raylet)" not in capsys.readouterr().out
+    ray.kill(actor)

@@ -282,9 +282,6 @@ def start_ray(address: str | None, log_file: str | None = None) -> None:
 def ray_log_file(plan, verbose: bool) -> str | None:
     """sweep.log in the sweep's folder (a local file beside it for cloud storage); None with
     --verbose."""
-
-
-
     if verbose:
         return None
     fs, path = storage.resolve(plan.sweep_dir)
@@ -308,7 +305,28 @@ def route_ray_logs(log_file: str) -> None:
             logger.removeHandler(old)
             old.close()
         logger.addHandler(handler)
+    _route_ray_errors(logging.getLogger("ray"))
     print(f"[sweep] Ray's own messages: {log_file} (--verbose shows them here)", flush=True)
+
+
+def _route_ray_errors(logger: logging.Logger) -> None:
+    """Ray's driver prints the errors its raylets publish (a task retried, an actor killed, as
+    when a stopped sweep lets its scoring actors go) to stdout whatever `log_to_driver` says:
+    its listener thread looks `print_to_stdstream` up in its module, so they go to `logger`."""
+    from ray._private import worker
+
+    printer = getattr(worker, "print_to_stdstream", None)
+    if printer is None or getattr(printer, "routed", False):
+        return
+
+    def to_log(data, ignore_prefix: bool) -> None:
+        if data.get("pid") != "raylet":
+            return printer(data, ignore_prefix)
+        for line in data.get("lines", []):
+            logger.warning("(raylet) %s", line)
+
+    to_log.routed = True
+    worker.print_to_stdstream = to_log
 
 
 def interrupted(plan, command: str, *, rescore: bool = False) -> int:

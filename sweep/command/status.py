@@ -29,9 +29,12 @@ def describe(plan: SweepPlan, scoring: Scoring | None = None) -> str:
     done_bundles = set(networks["bundle_id"]) if len(networks) else set()
     counts = networks["status"].value_counts() if len(networks) else {}
     found, waiting, failed = scoring or scoring_state(plan)
+    lost = _finished_without_rows(plan, done_bundles)
+    started = len({bundle_id for bundle_id, _ in found} - done_bundles - lost)  # their rows come when they finish
     lines = [
         f"sweep {plan.name} at {plan.sweep_dir}",
-        f"  bundles: {len(done_bundles)} of {len(plan.bundles)} finished",
+        f"  bundles: {len(done_bundles)} of {len(plan.bundles)} finished"
+        + (f", {started} started (their networks are recorded when they finish)" if started else ""),
         f"  networks: {len(networks)} of {plan.networks} recorded"
         + "".join(f", {int(counts.get(s, 0))} {s}" for s in ("converged", "budget", "diverged", "failed")),
         f"  checkpoints: {len(found)} written, {len(found) - len(waiting)} scored"
@@ -39,18 +42,17 @@ def describe(plan: SweepPlan, scoring: Scoring | None = None) -> str:
         + _without_checkpoints(plan, found),
         f"  tables: {plan.table_root}",
     ]
-    lost = _finished_without_rows(plan, done_bundles)
     if lost:
-        lines.append(f"  {lost} finished bundle(s) have scores but no networks file (deleted or not copied): `sweep "
+        lines.append(f"  {len(lost)} finished bundle(s) have scores but no networks file (deleted or not copied): `sweep "
                      f"resume {plan.sweep_dir}` writes it again from their end checkpoints")
     return "\n".join(lines)
 
 
-def _finished_without_rows(plan: SweepPlan, recorded: set) -> int:
+def _finished_without_rows(plan: SweepPlan, recorded: set) -> set[str]:
     """Bundles of the plan whose `end` checkpoint is scored while the networks table lacks them."""
     scored = set(TableWriter(plan.table_root).keys("scores"))
-    return sum(1 for bundle in plan.bundles
-               if bundle["bundle_id"] not in recorded and checkpoint_key(bundle["bundle_id"], "end") in scored)
+    return {bundle["bundle_id"] for bundle in plan.bundles
+            if bundle["bundle_id"] not in recorded and checkpoint_key(bundle["bundle_id"], "end") in scored}
 
 
 def _without_checkpoints(plan: SweepPlan, found: list) -> str:
