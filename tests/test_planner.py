@@ -634,6 +634,9 @@ def test_presets_show_the_cost_model_not_hand_typed_guesses(capsys):
             trials = min(math.floor(os.cpu_count() / spec.resources.cpus_per_trial), len(bundles))
             assert (f"on {os.cpu_count()} CPU core(s), {trials} trial(s) at once: training about "
                     f"{costs.hours(run.training_s / trials)}") in out
+            # and what a local sweep takes beside training and scoring, as measured on the reference CPU
+            start = costs.reference_cpu().sweep_start_s
+            assert start and f"and about {costs.hours(start)} to start Ray and Tune, the trials and the end" in out
     assert sum(planner.card_for(load_spec(name), assume=True) is None for name, _ in list_presets()) == 2
 
 

@@ -74,6 +74,9 @@ class Calibration:
     conv_scoring_flops_per_s: float | None = None  # Jacobian norms
     conv_codes_flops_per_s: float | None = None  # forward passes whose activation codes are compared
     conv_measured: str = ""
+    # A local sweep's own seconds beside its training and scoring (Ray's and Tune's start, the
+    # trials' start, checkpoints, the end), where measured: what a sweep that trains nothing takes.
+    sweep_start_s: float | None = None
 
 
 @functools.lru_cache(maxsize=1)
@@ -102,6 +105,7 @@ def calibration(key: str) -> Calibration:
         conv_scoring_flops_per_s=conv["scoring_tflops"] * 1e12 if "scoring_tflops" in conv else None,
         conv_codes_flops_per_s=conv["codes_tflops"] * 1e12 if "codes_tflops" in conv else None,
         conv_measured=conv.get("measured", ""),
+        sweep_start_s=entry.get("sweep_start", {}).get("seconds"),
     )
 
 

@@ -546,9 +546,12 @@ def cpu_projection_text(spec: SweepSpec, bundles: list[BundleConfig], run: costs
     """`run` spread over `cpus` cores, as many trials at once as their `cpus_per_trial` allow."""
     cores = max(1, cpus or 1)
     trials = min(max(1, math.floor(cores / max(spec.resources.cpus_per_trial, 1e-9))), len(bundles))
+    start = run.device.sweep_start_s
     return (f"on {cores} CPU core(s), {trials} trial(s) at once: training about {costs.hours(run.training_s / trials)} "
             f"({costs.hours(run.training_budget_s / trials)} if every network runs its budget), "
-            f"scoring about {costs.hours(run.scoring_s / cores)} of all cores")
+            f"scoring about {costs.hours(run.scoring_s / cores)} of all cores"
+            + (f", and about {costs.hours(start)} to start Ray and Tune, the trials and the end (a local sweep that "
+               "trains nothing)" if start else ""))
 
 
 def projection_lines(spec: SweepSpec, bundles: list[BundleConfig], card: Card | None,
