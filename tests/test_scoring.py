@@ -371,6 +371,21 @@ def test_slice_anchors_span_a_plane_where_the_images_repeat(data):
     assert scoring_inputs(same, settings.replace(slices=False)).slice_anchors.shape == (0, 3, x.shape[1])
 
 
+def test_transition_partners_are_other_images_where_the_images_repeat(data):
+    # Every other test image a copy of the first: an ellipse through two copies folds onto a segment.
+    x = data.x_test.clone()
+    x[::2] = x[0]
+    probe = scoring_inputs(dataclasses.replace(data, x_test=x), SETTINGS.replace(points=200)).probes[0]
+    assert not (probe.partners == probe.x[:, None]).all(-1).any()
+    assert not (probe.partners[:, 0] == probe.partners[:, 1]).all(-1).any()
+    # Without copies the draws are what they were: the same points, partners and later draws.
+    plain = scoring_inputs(data, SETTINGS).probes[0]
+    index = torch.as_tensor(plain.index)
+    generator = torch.Generator().manual_seed(SETTINGS.seed)
+    assert torch.equal(plain.partners, data.x_test[sweep.scoring.inputs._partner_indices(index, len(data.x_test),
+                                                                                         generator)])
+
+
 def test_a_train_split_without_three_points_of_a_class_is_named(data):
     # Eight points of distinct classes, where same-class ellipses need three of one class.
     first = [int(torch.nonzero(data.y_train == c)[0]) for c in range(8)]

@@ -57,7 +57,7 @@ def scoring_inputs(data, settings: ScoringSettings) -> ScoringInputs:
     probes = []
     for offset, (split, x, y, n) in enumerate(splits):
         index = fixed_points(len(x), n, settings.seed + offset)
-        partners = _partner_indices(torch.as_tensor(index), len(x), generator).to(x.device)
+        partners = _distinct_partners(x, torch.as_tensor(index), generator).to(x.device)
         probes.append(Probe(split, index, x[index], y[index], x[partners]))
     ellipses: dict[str, Tensor] = {}
     if settings.trajectories:
@@ -80,6 +80,22 @@ def _slice_anchors(x: Tensor, generator: torch.Generator, tries: int = 100) -> T
         return anchors
     raise ValueError(f"no three of the {len(x)} training points spanning a plane in {tries} draws (are the images "
                      "copies of a few?); set scoring.slices: false")
+
+
+def _distinct_partners(x: Tensor, index: Tensor, generator: torch.Generator, tries: int = 100) -> Tensor:
+    """`_partner_indices`, drawn again where a partner's image is its point's or the other
+    partner's (a data set may hold copies): such an ellipse folds onto a segment. Without copies
+    the draws, and so every later draw, are the same as without the check."""
+    partners = _partner_indices(index, len(x), generator)
+    for _ in range(tries):
+        chosen, point = x[partners.to(x.device)], x[index.to(x.device)]
+        same = (chosen == point.unsqueeze(1)).all(-1).any(-1) | (chosen[:, 0] == chosen[:, 1]).all(-1)
+        if not same.any():
+            return partners
+        again = same.cpu()
+        partners[again] = _partner_indices(index[again], len(x), generator)
+    raise ValueError(f"no two other distinct images for each scored point in {tries} draws (are the {len(x)} "
+                     "images copies of a few?)")
 
 
 def _partner_indices(index: Tensor, num_points: int, generator: torch.Generator) -> Tensor:
