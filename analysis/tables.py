@@ -41,6 +41,16 @@ def empty_frame(columns: dict[str, str]) -> pd.DataFrame:
 
 def tables_dir(path: str | os.PathLike) -> tuple[pafs.FileSystem, str]:
     """Find `tables/` given a sweep directory (`<storage>/<name>`) or the tables directory."""
+    try:
+        return _tables_dir(path)
+    except FileNotFoundError:
+        raise
+    except OSError as error:  # object storage: the region, the network, the credentials
+        raise OSError(f"cannot reach the storage of {os.fspath(path)}: {error}; check its path, network and "
+                      "credentials") from error
+
+
+def _tables_dir(path: str | os.PathLike) -> tuple[pafs.FileSystem, str]:
     filesystem, base = resolve(path)
     for candidate in (f"{base.rstrip('/')}/tables", base.rstrip("/")):
         if _is_dir(filesystem, f"{candidate}/networks"):

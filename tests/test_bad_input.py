@@ -177,3 +177,15 @@ def test_output_into_a_pipe_its_reader_closed_ends_quietly(args):
         os.close(write)
     errors = done.stderr.decode()
     assert done.returncode == 128 + 13 and "Traceback" not in errors, errors  # 141, as for a program SIGPIPE ended
+
+
+def test_analysis_of_a_sweep_whose_bucket_cannot_be_found():
+    # As `sweep report`: offline the bucket's region cannot be found; online its folder does not exist.
+    uri = "s3://sensitivity-sweep-no-such-bucket.invalid/sweeps/x"
+    values = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    started = time.monotonic()
+    done = subprocess.run([sys.executable, "-m", "analysis", uri], capture_output=True, text=True, cwd=ROOT,
+                          env={**values, "AWS_EC2_METADATA_DISABLED": "true"}, timeout=300)
+    text = done.stdout + done.stderr
+    assert_refused(done.returncode, text, time.monotonic() - started, uri)
+    assert f"cannot reach the storage of {uri}" in text or "does not exist" in text, text
