@@ -241,11 +241,10 @@ def slice_figure(slices: pd.DataFrame, path: Path, max_slices: int = 2) -> Path 
                     ax.set_axis_off()
                     continue
                 _draw_slice(ax, match.iloc[0])
-                crowded = np.mean(match.iloc[0]["boundary"]) > MAX_DRAWN_BOUNDARY
                 ax.set_title(f"slice {number}, {CHECKPOINT_LABELS.get(checkpoint, checkpoint)}\n"
                              f"{_region_count(match.iloc[0])} linear regions "
                              f"({_LAYERS.get(str(match.iloc[0]['layers']), 'hidden layers')})"
-                             + ("\nmostly a pixel wide: colours only, no boundaries" if crowded else ""))
+                             + ("\nmostly a pixel wide: colours only, no boundaries" if _crowded(match.iloc[0]) else ""))
         figure.suptitle(f"Linear regions on a plane through 3 training points "
                         f"(network {chosen['network_id'].iloc[0]})")
         return _save(figure, path)
@@ -260,7 +259,7 @@ def _draw_slice(ax: Axes, row: pd.Series) -> None:
     # Neighbouring regions get well-separated colours from a 20-colour qualitative map.
     colours = (index.reshape(grid, grid) * 7) % 20
     # Where most pixels are boundaries (regions about a pixel wide), black lines would hide them all.
-    image = np.where(boundary, np.nan, colours) if boundary.mean() <= MAX_DRAWN_BOUNDARY else colours
+    image = colours if _crowded(row) else np.where(boundary, np.nan, colours)
     ax.imshow(image, origin="lower", extent=(u_min, u_max, v_min, v_max), cmap=_REGION_CMAP,
               vmin=0, vmax=19, interpolation="nearest", aspect="auto")
     ax.set_facecolor("black")
@@ -274,6 +273,10 @@ def _draw_slice(ax: Axes, row: pd.Series) -> None:
 
 _LAYERS = {"last": "last hidden layer", "all": "all hidden layers"}
 MAX_DRAWN_BOUNDARY = 0.5  # share of a slice's pixels above which its boundaries are not drawn
+
+
+def _crowded(row: pd.Series) -> bool:
+    return float(np.mean(row["boundary"])) > MAX_DRAWN_BOUNDARY
 _REGION_CMAP = ListedColormap(matplotlib.colormaps["tab20"].colors)
 
 

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 
 from analysis import figures
-from analysis.columns import EXCLUDED_STATUSES, FINAL_CHECKPOINT, HYPERPARAMS, metric_columns
+from analysis.columns import FINAL_CHECKPOINT, HYPERPARAMS, metric_columns
 from analysis.correlations import DEFAULT_RESAMPLES, EXACT_P_MAX_NETWORKS, POOLED, correlations
 from analysis.factors import FACTORS, factor_pairs, paired_factors
 from analysis.findings import Finding, findings, markdown_rows, write_json
@@ -176,7 +176,7 @@ def _markdown(tables: Tables, report: Report, drawn: dict[str, list[Path]], boot
         f"Data sets: {', '.join(datasets) or 'none'}  ",
         *_protocol_lines(report, len(networks)),
         *_unlisted_lines(tables),
-        *_unscored_lines(tables),
+        *_unscored_lines(tables, report),
         "",
         "## The paper's findings on this sweep",
         "",
@@ -280,18 +280,17 @@ def _protocol_lines(report: Report, total: int) -> list[str]:
     return lines
 
 
-def _unscored_lines(tables) -> list[str]:
-    """Trained networks without scores at the final checkpoint: the statistics count them as
-    missing their metrics, which says nothing of why or what to do."""
-    networks, scores = tables.networks, tables.scores
-    trained = set(networks.loc[~networks["status"].astype(str).isin(EXCLUDED_STATUSES), "network_id"].astype(str))
-    scored = set(scores.loc[scores["checkpoint"].astype(str) == FINAL_CHECKPOINT, "network_id"].astype(str))
-    unscored = trained - scored
+def _unscored_lines(tables, report: Report) -> list[str]:
+    """Networks in the statistics without scores at the final checkpoint: the statistics count
+    them as missing their metrics, which says nothing of why or what to do."""
+    kept = set(tables.networks["network_id"].astype(str)) - set(report.left_out["network_id"].astype(str))
+    scores = tables.scores
+    unscored = kept - set(scores.loc[scores["checkpoint"].astype(str) == FINAL_CHECKPOINT, "network_id"].astype(str))
     if not unscored:
         return []
-    return [f"Unscored: {len(unscored)} trained network(s) have no scores at the `{FINAL_CHECKPOINT}` checkpoint (its "
-            "scoring was cut short or has not run; the tables below count them as missing their metrics): score "
-            "them with `sweep score` on the sweep.  "]
+    return [f"Unscored: {len(unscored)} network(s) in the statistics have no scores at the `{FINAL_CHECKPOINT}` "
+            "checkpoint (its scoring was cut short or has not run; the tables below count them as missing their "
+            "metrics): score them with `sweep score` on the sweep.  "]
 
 
 def _unlisted_lines(tables) -> list[str]:
@@ -301,8 +300,8 @@ def _unlisted_lines(tables) -> list[str]:
     if not unlisted:
         return []
     return [f"Not in the statistics either: {len(unlisted)} network(s) with scores but no row in the `networks` "
-            "table (a bundle's `networks/<bundle>.parquet` is missing; `sweep resume` writes it again from the bundle's end "
-            "checkpoint)."]
+            "table (a bundle's `networks/<bundle>.parquet` is missing: copy it again from the sweep's storage, or run "
+            "`sweep resume` where the bundle's checkpoints are, which writes it again from its end checkpoint)."]
 
 
 def _left_out_lines(report: Report) -> list[str]:

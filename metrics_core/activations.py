@@ -174,6 +174,8 @@ class Activation:
 
 
 class _ExactGrad(torch.autograd.Function):
+    generate_vmap_rule = True  # composes with torch.func's vmap, jacrev, jacfwd and hessian
+
     @staticmethod
     def forward(h: Tensor, activation: Activation) -> Tensor:
         return activation.forward(h)
@@ -182,9 +184,15 @@ class _ExactGrad(torch.autograd.Function):
     def setup_context(ctx, inputs, output) -> None:
         h, activation = inputs
         ctx.save_for_backward(h)
+        ctx.save_for_forward(h)
         ctx.activation = activation
 
     @staticmethod
     def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:
         (h,) = ctx.saved_tensors
         return grad * ctx.activation.derivative(h), None
+
+    @staticmethod
+    def jvp(ctx, tangent: Tensor, _) -> Tensor:
+        (h,) = ctx.saved_tensors
+        return tangent * ctx.activation.derivative(h)

@@ -425,10 +425,6 @@ def test_an_interrupted_run_says_so_and_resume_completes_it(signals, reference, 
     assert "Tuner.restore" not in output and "Configuration for experiment" not in output
     assert "[sweep] Ray's own messages:" in output and (sweep_dir / "sweep.log").is_file()
     # Bundles cut short have checkpoints and no networks rows yet: status says they started.
-    started = len({p.parent.name for p in sweep_dir.glob("bundle-*/checkpoint_*")}
-                  - {f"bundle-{p.stem}" for p in (sweep_dir / "tables" / "networks").glob("*.parquet")})
-    status = subprocess.run(sweep_argv("status", str(sweep_dir)), capture_output=True, text=True, timeout=60).stdout
-    assert (f", {started} started (their networks are recorded when they finish)" in status) == bool(started), status
 
     code, output = resume_sweep(sweep_dir, tmp_path, env)
     assert code == 0, output[-3000:]
@@ -594,12 +590,39 @@ def test_a_truncated_networks_file_is_named_by_status_and_load(reference, tmp_pa
     # The advice works: the finished bundle is not trained again, its rows come back from its end checkpoint.
     damaged_file.unlink()
     done = subprocess.run(sweep_argv("status", str(sweep_dir)), capture_output=True, text=True, timeout=60)
-    assert (f"1 finished bundle(s) have scores but no networks file (deleted or not copied): `sweep resume "
-            f"{sweep_dir}` writes it again") in done.stdout, done.stdout
+    assert "bundles: 4 of 4 finished\n" in done.stdout, done.stdout
+    assert (f"1 finished bundle(s) have no networks file (deleted or not copied): `sweep resume {sweep_dir}` writes "
+            "it again") in done.stdout, done.stdout
+    # A bundle without its end checkpoint has not finished: it started, and its rows come when it does.
+    unfinished = tmp_path / "unfinished"
+    shutil.copytree(sweep_dir, unfinished)
+    bundle = unfinished / f"bundle-{damaged_file.stem}"
+    shutil.rmtree(sorted(bundle.glob("checkpoint_*"))[-1])
+    (unfinished / "tables" / "scores" / f"{damaged_file.stem}--end.parquet").unlink()
+    done = subprocess.run(sweep_argv("status", str(unfinished)), capture_output=True, text=True, timeout=60)
+    assert "bundles: 3 of 4 finished, 1 started (their networks are recorded when they finish)" in done.stdout, \
+        done.stdout
+    assert "no networks file" not in done.stdout
     code, output = resume_sweep(sweep_dir, tmp_path, env)
     assert code == 0, output[-3000:]
     assert "wrote the networks file of 1 finished bundle(s) again, from their end checkpoints" in output
     pd.testing.assert_frame_equal(pd.read_parquet(damaged_file), rows)
+    # An end checkpoint that cannot give the rows (here: written by another version) is named, the
+    # resume goes on to its scoring and report, and exits 1.
+    import torch
+
+    from sweep.training.checkpoints import POPULATION_FILE
+
+    damaged_file.unlink()
+    end = sorted((sweep_dir / f"bundle-{damaged_file.stem}").glob("checkpoint_*"))[-1] / POPULATION_FILE
+    population = torch.load(end, weights_only=True)
+    population["trainer"]["format"] = 999
+    torch.save(population, end)
+    code, output = resume_sweep(sweep_dir, tmp_path, env)
+    assert code == 1, output[-3000:]
+    assert (f"could not write a networks file again from its end checkpoint: bundle {damaged_file.stem}: trainer "
+            "state has format 999") in output and "Traceback" not in output, output[-3000:]
+    assert "scored 0 checkpoint(s) left unscored or failed" in output
 
 
 def test_a_truncated_networks_file_at_the_end_of_a_run_is_named(reference, tmp_path, capsys):

@@ -122,6 +122,25 @@ def test_jacobian_norms_stay_exact_where_smooth_units_saturate(activation, bias)
         assert_relative(logit[member], logit_ref, 1e-4)
 
 
+def test_run_composes_with_torch_func_transforms_for_smooth_units():
+    # The saturation-safe tanh derivative is a custom autograd function: vmap, jacrev, jacfwd and
+    # hessian still go through it (STYLE: transforms compose).
+    net = nin(activation=nn.Tanh, seed=1).double()
+    population = as_convnet(net, SHAPE)
+    x = torch.randn(3, math.prod(SHAPE), dtype=torch.float64)
+
+    def logits(point):
+        return run(population, point.reshape(1, *SHAPE))[0][0, 0]
+
+    reference = torch.stack([torch.autograd.functional.jacobian(lambda p: net(p.reshape(1, *SHAPE))[0], point)
+                             for point in x])
+    torch.testing.assert_close(torch.func.vmap(torch.func.jacrev(logits))(x), reference)
+    torch.testing.assert_close(torch.func.jacfwd(logits)(x[0]), reference[0])
+    hessian = torch.func.hessian(lambda point: logits(point)[0])(x[0])
+    expected = torch.autograd.functional.hessian(lambda point: net(point.reshape(1, *SHAPE))[0, 0], x[0])
+    torch.testing.assert_close(hessian, expected)
+
+
 def test_jacobian_norms_stay_exact_where_every_logit_shares_a_large_part():
     # The head's rows share a direction 100 times their differences, which the softmax ignores.
     nets = [vgg(activation=lambda: nn.LeakyReLU(0.1), seed=s) for s in range(2)]

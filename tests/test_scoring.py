@@ -211,6 +211,16 @@ def test_transitions_match_a_brute_force_walk_along_the_ellipse(data):
         assert mine.transitions.iloc[i] == expected
 
 
+def test_circle_transitions_record_that_they_pass_through_the_point(data):
+    bundle = make_bundle(members=2)
+    nets = make_nets(bundle)
+    settings = SETTINGS.replace(trajectory="circle", circle_radius=0.5, metrics=("transitions",))
+    scores = scored(mc.stack(nets), meta_of(bundle), data, settings)["scores"]
+    rows = scores[(scores.split == "test") & (scores.metric == "transitions")]
+    assert set(rows["params"]) == {'{"k": 32, "trajectory": "circle", "radius": 0.5, "through": "point"}'}
+    assert rows["mean"].notna().all() and (rows["mean"] > 0).all()
+
+
 def test_smooth_networks_have_nan_transitions_never_zero(data):
     bundle = make_bundle(activation="tanh", members=2)
     frames = scored(mc.stack(make_nets(bundle)), meta_of(bundle), data, SETTINGS.replace(slices=True))

@@ -359,7 +359,7 @@ def test_convolutional_keys_need_the_cnn_architecture_and_images_that_hold_the_s
     assert parse_spec({**cnn, "grid": {**cnn["grid"], "stages": [3], "poolings": ["conv"]}}).grid.stages == (3,)
     for stages in (4, 1000):
         with pytest.raises(SpecError, match=rf"grid.stages: {stages} stages of stride-2 convolutions shrink digits's "
-                                            r"8×8 images to 1×1 after 3, .* use at most 3"):
+                                            r"8×8 images to their smallest \(1×1; 2×2 with even kernels\) after 3, .* use at most 3"):
             parse_spec({**cnn, "grid": {**cnn["grid"], "stages": [stages], "poolings": ["conv"]}})
     with pytest.raises(SpecError, match=r"architecture: unknown value 'rnn'; choose one of fc, cnn"):
         parse_spec({**VALID, "architecture": "rnn"})

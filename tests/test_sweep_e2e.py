@@ -449,17 +449,22 @@ def test_a_convolutional_sweep_trains_scores_and_reports(ray_session, tmp_path):
     assert "jacobian_softmax" in report and (nets["status"] == "converged").sum() >= 4
 
 
-def test_errors_ray_publishes_to_the_driver_go_to_the_sweep_log(ray_session, tmp_path, capsys):
+def test_ray_retry_notices_go_to_the_sweep_log_and_other_errors_stay_in_the_terminal(ray_session, tmp_path, capsys):
     # A stopped sweep kills its scoring actors mid-task; Ray's driver prints what its raylets publish
     # about that ("Task … failed. There are 3 retries remaining") whatever log_to_driver says.
     import time
 
     import ray
 
-    from sweep.command.cli import route_ray_logs
+    import logging
+
+    from sweep.command.cli import route_ray_retries
 
     log = tmp_path / "sweep.log"
-    route_ray_logs(str(log))
+    logger = logging.getLogger("sweep-test-raylet")
+    handler = logging.FileHandler(log)
+    logger.addHandler(handler)
+    route_ray_retries(logger)  # as `sweep run` does where it starts Ray itself (this session's Ray is started)
 
     @ray.remote(max_restarts=1, max_task_retries=3, num_cpus=0)
     class Slow:
@@ -479,3 +484,12 @@ def test_errors_ray_publishes_to_the_driver_go_to_the_sweep_log(ray_session, tmp
     assert "(raylet) Task Slow.work failed" in log.read_text()
     assert "(raylet)" not in capsys.readouterr().out
     ray.kill(actor)
+    # Any other error a raylet publishes (a node lost, a worker crashed) stays in the terminal.
+    from ray._private import worker
+
+    worker.print_to_stdstream({"lines": ["A worker died unexpectedly"], "pid": "raylet", "is_err": False},
+                              ignore_prefix=False)
+    assert "A worker died unexpectedly" in capsys.readouterr().out
+    assert "A worker died" not in log.read_text()
+    logger.removeHandler(handler)
+    handler.close()

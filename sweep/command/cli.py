@@ -164,9 +164,8 @@ def cmd_presets(args) -> int:
 def _spec_text(source: str) -> tuple[str, str]:
     """The spec's text and suffix, so a resume re-reads exactly what was run."""
     path = Path(source)
-    if path.is_file():
+    if spec_origin(source) == str(path):  # a file, as load_spec read it
         return path.read_text(), path.suffix
-
     return preset_path(source).read_text(), ".yaml"
 
 
@@ -261,6 +260,8 @@ def start_ray(address: str | None, log_file: str | None = None) -> None:
         route_ray_logs(log_file)
     if ray.is_initialized():  # an embedding program (or a test session) already chose its Ray
         return
+    if log_file:
+        route_ray_retries(logging.getLogger("ray"))
     try:
         if address:
             ray.init(address=address, log_to_driver=False)
@@ -305,28 +306,34 @@ def route_ray_logs(log_file: str) -> None:
             logger.removeHandler(old)
             old.close()
         logger.addHandler(handler)
-    _route_ray_errors(logging.getLogger("ray"))
     print(f"[sweep] Ray's own messages: {log_file} (--verbose shows them here)", flush=True)
 
 
-def _route_ray_errors(logger: logging.Logger) -> None:
-    """Ray's driver prints the errors its raylets publish (a task retried, an actor killed, as
-    when a stopped sweep lets its scoring actors go) to stdout whatever `log_to_driver` says:
-    its listener thread looks `print_to_stdstream` up in its module, so they go to `logger`."""
+RAY_RETRY_NOTICES = ("retries remaining", "ray.kill")  # Ray retrying a task, a stopped sweep killing its actors
+
+
+def route_ray_retries(logger: logging.Logger) -> None:
+    """Ray's driver prints what its raylets publish to stdout whatever `log_to_driver` says; the
+    notices of a task it retries (as when a stopped sweep lets its scoring actors go) go to
+    `logger` instead, and every other error (a node lost, a worker crashed) stays in the terminal.
+    Ray's listener thread looks `print_to_stdstream` up in its module at each message."""
     from ray._private import worker
 
     printer = getattr(worker, "print_to_stdstream", None)
     if printer is None or getattr(printer, "routed", False):
         return
 
-    def to_log(data, ignore_prefix: bool) -> None:
-        if data.get("pid") != "raylet":
-            return printer(data, ignore_prefix)
-        for line in data.get("lines", []):
+    def routed(data, *args, **kwargs):
+        lines = data.get("lines", []) if isinstance(data, dict) and data.get("pid") == "raylet" else []
+        notices = [line for line in lines if any(notice in line for notice in RAY_RETRY_NOTICES)]
+        for line in notices:
             logger.warning("(raylet) %s", line)
+        if len(notices) < len(lines) or not lines:
+            return printer({**data, "lines": [line for line in lines if line not in notices]} if lines else data,
+                           *args, **kwargs)
 
-    to_log.routed = True
-    worker.print_to_stdstream = to_log
+    routed.routed = True
+    worker.print_to_stdstream = routed
 
 
 def interrupted(plan, command: str, *, rescore: bool = False) -> int:
@@ -437,19 +444,25 @@ def cmd_resume(args) -> int:
         except FileNotFoundError as exc:
             raise UsageError(str(exc)) from None
         if not interrupts.requested():
-            restored = runner.restore_network_rows(plan)
+            restored, unrestored = runner.restore_network_rows(plan)
             if restored:
                 print(f"[sweep] wrote the networks file of {restored} finished bundle(s) again, from their end "
                       "checkpoints")
+            for failure in unrestored:
+                print(f"sweep: could not write a networks file again from its end checkpoint: {failure}; copy it "
+                      "from the sweep's storage if it is there", file=sys.stderr)
+                lost.append(failure)
             summary = runner.score(plan, runner.scoring_pool_kwargs(plan)["settings"])
             print(f"[sweep] scored {summary['scored']} checkpoint(s) left unscored or failed")
             for failure in summary["failures"]:
                 print(f"sweep: scoring failed: {failure}", file=sys.stderr)
         return results
 
-    started = time.monotonic()
+    started, lost = time.monotonic(), []
     results, code = guarded(plan, "resume", args, resume)
-    return code if code is not None else finish(plan, results, started, report=not args.no_report)
+    if code is not None:
+        return code
+    return max(finish(plan, results, started, report=not args.no_report), 1 if lost else 0)
 
 
 def guarded(plan, command: str, args, body, *, rescore: bool = False):

@@ -129,22 +129,28 @@ def run(plan: SweepPlan, *, score: bool = True, max_failures: int = 2, extra_con
     return tuner.fit()
 
 
-def restore_network_rows(plan: SweepPlan) -> int:
+def restore_network_rows(plan: SweepPlan) -> tuple[int, list[str]]:
     """Write again, from their `end` checkpoints, the `networks` files of finished bundles that
     have none (deleted as damaged, or lost with a copy): Tune never runs a finished trial again.
-    One Ray task per bundle, on its trial's resources; returns the bundles restored."""
-    from sweep.training.trainable import rebuild_network_rows
+    One Ray task per such bundle, on one CPU whatever the trial had (the trainer's state is CPU
+    tensors, and a card share the cluster no longer has would leave it waiting): its losses and
+    accuracies then agree with a card's to float32 rounding. Returns (bundles restored, why
+    others could not be)."""
+    from sweep.training.trainable import finished_meta, rebuild_network_rows
 
     have = set(TableWriter(plan.table_root).keys("networks"))
-    lacking = [bundle for bundle in plan.bundles if bundle["bundle_id"] not in have]
-    if not lacking:
-        return 0
-    task, config = ray.remote(rebuild_network_rows), param_space(plan)
-    refs = []
-    for bundle in lacking:
-        cpus, gpus = bundle_resources(plan, bundle["bundle_id"])
-        refs.append(task.options(num_cpus=cpus, num_gpus=gpus).remote({**config, "bundle": bundle}))
-    return sum(1 for rows in ray.get(refs) if rows)
+    lacking = [bundle for bundle in plan.bundles
+               if bundle["bundle_id"] not in have and finished_meta(plan.sweep_dir, bundle["bundle_id"]) is not None]
+    task = ray.remote(num_cpus=1, num_gpus=0)(rebuild_network_rows)
+    config = {**param_space(plan), "cpus_per_trial": 1, "gpus_per_trial": 0}
+    refs = {bundle["bundle_id"]: task.remote({**config, "bundle": bundle}) for bundle in lacking}
+    restored, failures = 0, []
+    for bundle_id, ref in refs.items():
+        try:
+            restored += bool(ray.get(ref))
+        except ray.exceptions.RayError as exc:  # one bundle's: the others and the scoring go on
+            failures.append(f"bundle {bundle_id}: {getattr(exc, 'cause', None) or exc}")
+    return restored, failures
 
 
 def score(plan: SweepPlan, settings, *, rescore: bool = False) -> dict:

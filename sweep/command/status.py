@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from typing import NamedTuple
 
+from sweep.plan import storage
 from sweep.plan.sweep_plan import SweepPlan, checkpoints
 from sweep.scoring.table_writer import TableWriter, checkpoint_key
-from sweep.training.checkpoints import unscored
+from sweep.training.checkpoints import META_FILE, unscored
 
 
 class Scoring(NamedTuple):
@@ -29,11 +31,11 @@ def describe(plan: SweepPlan, scoring: Scoring | None = None) -> str:
     done_bundles = set(networks["bundle_id"]) if len(networks) else set()
     counts = networks["status"].value_counts() if len(networks) else {}
     found, waiting, failed = scoring or scoring_state(plan)
-    lost = _finished_without_rows(plan, done_bundles)
-    started = len({bundle_id for bundle_id, _ in found} - done_bundles - lost)  # their rows come when they finish
+    ended, copied = _finished_without_rows(plan, done_bundles, found)
+    started = len({bundle_id for bundle_id, _ in found} - done_bundles - ended)  # rows come when they finish
     lines = [
         f"sweep {plan.name} at {plan.sweep_dir}",
-        f"  bundles: {len(done_bundles)} of {len(plan.bundles)} finished"
+        f"  bundles: {len(done_bundles | ended | copied)} of {len(plan.bundles)} finished"
         + (f", {started} started (their networks are recorded when they finish)" if started else ""),
         f"  networks: {len(networks)} of {plan.networks} recorded"
         + "".join(f", {int(counts.get(s, 0))} {s}" for s in ("converged", "budget", "diverged", "failed")),
@@ -42,17 +44,34 @@ def describe(plan: SweepPlan, scoring: Scoring | None = None) -> str:
         + _without_checkpoints(plan, found),
         f"  tables: {plan.table_root}",
     ]
-    if lost:
-        lines.append(f"  {len(lost)} finished bundle(s) have scores but no networks file (deleted or not copied): `sweep "
-                     f"resume {plan.sweep_dir}` writes it again from their end checkpoints")
+    if ended:
+        lines.append(f"  {len(ended)} finished bundle(s) have no networks file (deleted or not copied): `sweep resume "
+                     f"{plan.sweep_dir}` writes it again from their end checkpoints")
+    if copied:
+        lines.append(f"  {len(copied)} finished bundle(s) have scores but neither a networks file nor their checkpoints "
+                     "here: copy tables/networks/<bundle>.parquet again from the sweep's storage")
     return "\n".join(lines)
 
 
-def _finished_without_rows(plan: SweepPlan, recorded: set) -> set[str]:
-    """Bundles of the plan whose `end` checkpoint is scored while the networks table lacks them."""
+def _finished_without_rows(plan: SweepPlan, recorded: set, found: list) -> tuple[set[str], set[str]]:
+    """Finished bundles of the plan that the networks table lacks: (those with an `end` checkpoint
+    here, those whose `end` checkpoint has scores but is not here)."""
+    fs, root = storage.resolve(plan.sweep_dir)
+    last = {bundle_id: uri.rstrip("/").rsplit("/", 1)[-1] for bundle_id, uri in found}  # `end` comes last
+    ended = set()
+    for bundle_id, checkpoint in last.items():
+        if bundle_id in recorded:
+            continue
+        try:
+            meta = json.loads(storage.read_bytes(fs, f"{root}/bundle-{bundle_id}/{checkpoint}/{META_FILE}"))
+        except (OSError, ValueError):  # unreadable: not known to have finished
+            continue
+        if meta.get("tag") == "end":
+            ended.add(bundle_id)
     scored = set(TableWriter(plan.table_root).keys("scores"))
-    return {bundle["bundle_id"] for bundle in plan.bundles
-            if bundle["bundle_id"] not in recorded and checkpoint_key(bundle["bundle_id"], "end") in scored}
+    copied = {bundle["bundle_id"] for bundle in plan.bundles
+              if bundle["bundle_id"] not in recorded | set(last) and checkpoint_key(bundle["bundle_id"], "end") in scored}
+    return ended, copied
 
 
 def _without_checkpoints(plan: SweepPlan, found: list) -> str:

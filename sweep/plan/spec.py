@@ -342,8 +342,8 @@ class SweepSpec:
 
     def _check_stages(self) -> None:
         """Each stage halves the map: 2×2 pools (rounding down) leave no pixels past log2 of the
-        side; stride-2 convolutions (rounding up) reach 1×1 there, and each stage after it would only
-        double the channels."""
+        side; stride-2 convolutions (rounding up) reach 1×1 there (2×2 with even kernels, whose
+        padding k//2 adds a pixel), and each stage after it would only double the channels."""
         stages = max(self.grid.stages)
         for data in self.datasets:
             shape = dataset_info(data).image_shape
@@ -355,7 +355,8 @@ class SweepSpec:
                               f"{side.bit_length() - 1}", "grid.stages")
             if "conv" in self.grid.poolings and stages > (side - 1).bit_length():
                 most = (side - 1).bit_length()
-                raise invalid(f"{stages} stages of stride-2 convolutions shrink {size} to 1×1 after {most}, and each "
+                raise invalid(f"{stages} stages of stride-2 convolutions shrink {size} to their smallest (1×1; 2×2 "
+                              f"with even kernels) after {most}, and each "
                               "stage past that only doubles the channels; use at most "
                               f"{most}", "grid.stages")
 

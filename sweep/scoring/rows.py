@@ -38,8 +38,8 @@ def _score_keys(settings: ScoringSettings, trained: bool = True) -> list[tuple[s
 def _params(metric: str, settings: ScoringSettings) -> str:
     if metric == "transitions":
         params = {"k": settings.transitions_k, "trajectory": settings.trajectory}
-        if settings.trajectory == "circle":
-            params["radius"] = settings.circle_radius
+        if settings.trajectory == "circle":  # through the point: sweeps scored before had it centred there
+            params.update(radius=settings.circle_radius, through="point")
         return json.dumps(params)
     if metric in ("pacbayes_sharpness", "pacbayes_mag_flatness"):
         return json.dumps({"samples": settings.sharpness_samples, "depth": settings.sharpness_search_depth,
