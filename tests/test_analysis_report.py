@@ -163,16 +163,26 @@ def test_statistics_use_the_networks_at_full_train_accuracy_and_list_the_others(
     assert set(everyone.left_out["reason"]) <= {"diverged", "failed"}
 
 
-def test_a_sweep_missing_a_networks_file_or_varying_only_seeds_still_gets_its_report(sweep, tmp_path):
+def copy_without_a_file(sweep: Path, tmp_path: Path, table: str, pattern: str) -> tuple[Path, set]:
+    """A copy of the sweep whose first `table` file matching `pattern` is gone; its network ids."""
     import shutil
 
     import pyarrow.parquet as pq
 
     copy = tmp_path / "copy"
     shutil.copytree(sweep, copy)
-    lost = sorted((copy / "tables" / "networks").glob("*.parquet"))[0]
-    lost_ids = set(pq.read_table(lost).column("network_id").to_pylist())
+    lost = sorted((copy / "tables" / table).glob(pattern))[0]
+    ids = set(pq.read_table(lost).column("network_id").to_pylist())
     lost.unlink()
+    return copy, ids
+
+
+def test_a_sweep_missing_a_networks_file_or_varying_only_seeds_still_gets_its_report(sweep, tmp_path):
+    import shutil
+
+    import pyarrow.parquet as pq
+
+    copy, lost_ids = copy_without_a_file(sweep, tmp_path, "networks", "*.parquet")
     text = build_report(copy, tmp_path / "lost", bootstrap=False).path.read_text()
     assert f"Not in the statistics either: {len(lost_ids)} network(s) with scores but no row" in text
     # One setting, its seeds only: no hyperparameter varies, so no ψ, Ψ or sign-error environment.
@@ -204,15 +214,7 @@ def test_the_sweep_figure_draws_a_null_category_as_its_own_level(sweep, tmp_path
 
 
 def test_trained_networks_without_final_scores_are_named_with_the_command_that_scores_them(sweep, tmp_path):
-    import shutil
-
-    import pyarrow.parquet as pq
-
-    copy = tmp_path / "copy"
-    shutil.copytree(sweep, copy)
-    lost = sorted((copy / "tables" / "scores").glob("*--end.parquet"))[0]
-    ids = set(pq.read_table(lost).column("network_id").to_pylist())
-    lost.unlink()
+    copy, ids = copy_without_a_file(sweep, tmp_path, "scores", "*--end.parquet")
     report = build_report(copy, tmp_path / "out", bootstrap=False)
     kept = ids - set(report.left_out["network_id"])  # those at the budget are left out anyway
     assert 0 < len(kept) < len(ids)
