@@ -272,12 +272,12 @@ def _draw_slice(ax: Axes, row: pd.Series) -> None:
 
 
 _LAYERS = {"last": "last hidden layer", "all": "all hidden layers"}
+_REGION_CMAP = ListedColormap(matplotlib.colormaps["tab20"].colors)
 MAX_DRAWN_BOUNDARY = 0.5  # share of a slice's pixels above which its boundaries are not drawn
 
 
 def _crowded(row: pd.Series) -> bool:
     return float(np.mean(row["boundary"])) > MAX_DRAWN_BOUNDARY
-_REGION_CMAP = ListedColormap(matplotlib.colormaps["tab20"].colors)
 
 
 def _region_count(row: pd.Series) -> int:

@@ -60,7 +60,7 @@ def _tables_dir(path: str | os.PathLike) -> tuple[pafs.FileSystem, str]:
         raise FileNotFoundError(f"{os.fspath(path)!r} {'is a file' if kind == pafs.FileType.File else 'does not exist'}: "
                                 "pass the directory `sweep run` wrote (<storage>/<sweep name>, which holds sweep.json "
                                 "and tables/)")
-    if _is_dir(filesystem, base):
+    if kind == pafs.FileType.Directory:
         sweeps = sorted(info.base_name for info in filesystem.get_file_info(pafs.FileSelector(base))
                         if _is_dir(filesystem, f"{info.path}/tables/networks"))
         if sweeps:
@@ -154,8 +154,8 @@ def _check_one_file_per_unit(directory: str, files: list[str], parts: list[pa.Ta
         if missing:
             raise OSError(f"{file} is not a file of the {table} table (it has no {' or '.join(missing)} column); "
                           "move it out of the sweep's tables folder")
-        units = part.select(unit).group_by(unit).aggregate([]).to_pylist()
-        for key in map(lambda row: tuple(str(row[c]) for c in unit), units):
+        for row in part.select(unit).group_by(unit).aggregate([]).to_pylist():
+            key = tuple(str(row[column]) for column in unit)
             if key in first_file:
                 raise OSError(
                     f"the {table} table holds network {' at checkpoint '.join(key)} twice, in {first_file[key]} and in {file}: a copied "

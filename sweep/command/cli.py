@@ -324,13 +324,15 @@ def route_ray_retries(logger: logging.Logger) -> None:
         return
 
     def routed(data, *args, **kwargs):
-        lines = data.get("lines", []) if isinstance(data, dict) and data.get("pid") == "raylet" else []
-        notices = [line for line in lines if any(notice in line for notice in RAY_RETRY_NOTICES)]
-        for line in notices:
-            logger.warning("(raylet) %s", line)
-        if len(notices) < len(lines) or not lines:
-            return printer({**data, "lines": [line for line in lines if line not in notices]} if lines else data,
-                           *args, **kwargs)
+        if isinstance(data, dict) and data.get("pid") == "raylet":
+            lines = data.get("lines", [])
+            notices = [line for line in lines if any(notice in line for notice in RAY_RETRY_NOTICES)]
+            for line in notices:
+                logger.warning("(raylet) %s", line)
+            if notices and len(notices) == len(lines):
+                return None
+            data = {**data, "lines": [line for line in lines if line not in notices]}
+        return printer(data, *args, **kwargs)
 
     routed.routed = True
     worker.print_to_stdstream = routed

@@ -6,6 +6,7 @@ import ray
 from ray import tune
 
 from sweep.command.callbacks import FailedTrialCallback, ProgressCallback, ScoringCallback, drain_printer
+from sweep.command.status import finished_without_rows
 from sweep.plan import costs
 from sweep.plan.networks import BundleConfig
 from sweep.plan.planner import SCORING_BATCH
@@ -136,11 +137,10 @@ def restore_network_rows(plan: SweepPlan) -> tuple[int, list[str]]:
     tensors, and a card share the cluster no longer has would leave it waiting): its losses and
     accuracies then agree with a card's to float32 rounding. Returns (bundles restored, why
     others could not be)."""
-    from sweep.training.trainable import finished_meta, rebuild_network_rows
+    from sweep.training.trainable import rebuild_network_rows
 
-    have = set(TableWriter(plan.table_root).keys("networks"))
-    lacking = [bundle for bundle in plan.bundles
-               if bundle["bundle_id"] not in have and finished_meta(plan.sweep_dir, bundle["bundle_id"]) is not None]
+    ended, _ = finished_without_rows(plan, set(TableWriter(plan.table_root).keys("networks")), checkpoints(plan))
+    lacking = [bundle for bundle in plan.bundles if bundle["bundle_id"] in ended]
     task = ray.remote(num_cpus=1, num_gpus=0)(rebuild_network_rows)
     config = {**param_space(plan), "cpus_per_trial": 1, "gpus_per_trial": 0}
     refs = {bundle["bundle_id"]: task.remote({**config, "bundle": bundle}) for bundle in lacking}

@@ -31,7 +31,7 @@ def describe(plan: SweepPlan, scoring: Scoring | None = None) -> str:
     done_bundles = set(networks["bundle_id"]) if len(networks) else set()
     counts = networks["status"].value_counts() if len(networks) else {}
     found, waiting, failed = scoring or scoring_state(plan)
-    ended, copied = _finished_without_rows(plan, done_bundles, found)
+    ended, copied = finished_without_rows(plan, done_bundles, found)
     started = len({bundle_id for bundle_id, _ in found} - done_bundles - ended)  # rows come when they finish
     lines = [
         f"sweep {plan.name} at {plan.sweep_dir}",
@@ -53,7 +53,7 @@ def describe(plan: SweepPlan, scoring: Scoring | None = None) -> str:
     return "\n".join(lines)
 
 
-def _finished_without_rows(plan: SweepPlan, recorded: set, found: list) -> tuple[set[str], set[str]]:
+def finished_without_rows(plan: SweepPlan, recorded: set, found: list) -> tuple[set[str], set[str]]:
     """Finished bundles of the plan that the networks table lacks: (those with an `end` checkpoint
     here, those whose `end` checkpoint has scores but is not here)."""
     fs, root = storage.resolve(plan.sweep_dir)

@@ -87,9 +87,9 @@ def _distinct_partners(x: Tensor, index: Tensor, generator: torch.Generator, tri
     partner's (a data set may hold copies): such an ellipse folds onto a segment. Without copies
     the draws, and so every later draw, are the same as without the check; a split of a few
     distinct images keeps what its last draw gave (its transitions count along such segments)."""
-    partners = _partner_indices(index, len(x), generator)
+    partners, point = _partner_indices(index, len(x), generator), x[index.to(x.device)]
     for _ in range(tries):
-        chosen, point = x[partners.to(x.device)], x[index.to(x.device)]
+        chosen = x[partners.to(x.device)]
         same = (chosen == point.unsqueeze(1)).all(-1).any(-1) | (chosen[:, 0] == chosen[:, 1]).all(-1)
         if not same.any():
             return partners
