@@ -5,12 +5,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-from analysis.correlations import DEFAULT_RESAMPLES
+from analysis.correlations import DEFAULT_RESAMPLES, MIN_RESAMPLES
 from analysis.findings import N_RESAMPLES
 from analysis.report import build_report, format_correlation_table
 
-
-MIN_RESAMPLES = 100
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -31,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="also networks stopped at the budget short of 100%% train accuracy (default: the "
                              "paper's protocol, networks at 100%%)")
     args = parser.parse_args(argv)
-    if args.resamples < MIN_RESAMPLES:  # fewer leave a 95% interval's tails a resample or two, or none
+    if args.resamples < MIN_RESAMPLES:
         parser.error(f"--resamples must be at least {MIN_RESAMPLES}, got {args.resamples} (--no-bootstrap skips "
                      "the intervals)")
     try:

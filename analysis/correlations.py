@@ -17,6 +17,8 @@ from analysis.columns import EXCLUDED_STATUSES, TARGETS, metric_columns, require
 POOLED = "pooled"
 MIN_NETWORKS = 3
 DEFAULT_RESAMPLES = 1000
+# Fewer leave a 95% interval's tails a resample or two, or none.
+MIN_RESAMPLES = 100
 CONFIDENCE = 0.95
 # Resamples without a correlation (one value of a column drawn) beyond this share leave no interval.
 MAX_UNDEFINED_SHARE = 0.05
@@ -54,6 +56,9 @@ def correlations(
     Where a statistic is undefined (fewer than 3 networks, a constant column) it is NaN and
     `note` says why.
     """
+    if bootstrap and n_resamples < MIN_RESAMPLES:
+        raise ValueError(f"n_resamples must be at least {MIN_RESAMPLES}, got {n_resamples} (bootstrap=False skips "
+                         "the intervals)")
     metrics = list(metric_columns(df) if metrics is None else metrics)
     require_columns(df, [*metrics, *targets])
     group_column = by or "dataset"

@@ -10,7 +10,8 @@ percentile bootstrap over a handful of networks is narrower than they warrant (f
 ranked perfectly: [1, 1], while p = 2/4! = 0.083); a sweep without
 the data a finding needs gives `not measured` and says which grid factor or score setting would
 measure it. Intervals are 95% percentile bootstraps (scipy.stats.bootstrap, seed 0) of the median
-over networks (or factor pairs), or the correlations' own intervals.
+over networks (or factor pairs), or the correlations' own intervals; a correlation without one
+(`--no-bootstrap`) has its verdict from its test alone.
 
     >>> verdict(0.2, 0.5, null=0.0, expected=+1), verdict(-0.5, -0.1, 0.0, +1), verdict(-0.1, 0.3, 0.0, +1)
     ('reproduced', 'contradicted', 'inconclusive')
@@ -242,12 +243,14 @@ def ranks_gap(correlations: pd.DataFrame, metric: str, id: str, claim: str, expe
     if not np.isfinite(row["rho"]):
         return not_measured(id, claim, scale, f"{row['note'] or 'too few networks'}")
     low, high = row["rho_lo"], row["rho_hi"]
-    if not (np.isfinite(low) and np.isfinite(high)):  # no interval, no verdict
+    p = float(row.get("rho_p", math.nan))  # tables from before p entered the verdict have none
+    if not (np.isfinite(low) and np.isfinite(high)):  # the verdict rests on the test alone, where there is one
         why = next((part for part in str(row["note"]).split("; ") if part.startswith("bootstrap interval")),
                    "the report was written with --no-bootstrap")
-        return Finding(id, claim, float(row["rho"]), None, None, int(row["n"]), "inconclusive", scale,
-                       f"no interval ({why})")
-    p = float(row.get("rho_p", math.nan))  # tables from before p entered the verdict have none
+        rho = float(row["rho"])
+        side = verdict(rho, rho, 0.0, expected, p) if np.isfinite(p) else "inconclusive"
+        test = f"; the verdict rests on p(ρ) = {p:.2g} alone" if np.isfinite(p) else ""
+        return Finding(id, claim, rho, None, None, int(row["n"]), side, scale, f"no interval ({why}){test}")
     return Finding(id, claim, float(row["rho"]), float(low), float(high), int(row["n"]),
                    verdict(low, high, 0.0, expected, p), scale, untested(low, high, 0.0, expected, p, int(row["n"])))
 

@@ -254,3 +254,9 @@ def test_perfect_rankings_never_get_a_p_of_zero():
         assert got["rho_p"] >= 1 / math.factorial(n) and got["tau_p"] >= 1 / math.factorial(n)
         if n <= EXACT_P_MAX_NETWORKS:
             assert got["rho_p"] == pytest.approx(2 / math.factorial(n), rel=1e-9)
+
+
+def test_too_few_resamples_for_a_95_interval_are_refused():
+    with pytest.raises(ValueError, match="n_resamples must be at least 100, got 50"):
+        correlations(table(20, seed=1), n_resamples=50)
+    assert len(correlations(table(20, seed=1), n_resamples=50, bootstrap=False))

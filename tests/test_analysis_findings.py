@@ -8,6 +8,7 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+from scipy import stats
 
 from analysis import findings as fd
 
@@ -119,7 +120,6 @@ def test_bigger_networks_generalize_better_expects_a_negative_correlation():
                                             ("-train_loss", "contradicted")])
 def test_train_loss_against_the_jacobian_with_a_paired_bootstrap(tracks, verdict):
     # "-train_loss": a train loss that falls as the gap grows tracks it too
-    from scipy import stats
 
     rng = np.random.default_rng(7)
     gap = rng.random(N)
@@ -151,6 +151,22 @@ def test_without_a_bootstrap_a_correlation_shows_no_empty_interval():
     why = "bootstrap interval undefined: 90 of 1000 resamples drew a constant column (more than 5%)"
     found = fd.ranks_gap(rows.assign(note=f"excluded 2 diverged/failed; {why}"), "jacobian_softmax", "id", "claim")
     assert found.verdict == "inconclusive" and found.note == f"no interval ({why})"
+
+
+@pytest.mark.parametrize("sign,noise_sd,verdict", [(+1, 0.3, "reproduced"), (-1, 0.3, "contradicted"),
+                                                     (+1, 30.0, "inconclusive")])
+def test_without_a_bootstrap_a_correlation_has_its_verdict_from_its_test(sign, noise_sd, verdict):
+    from analysis.correlations import correlations
+    rng = np.random.default_rng(5)
+    gap = rng.random(N)
+    wide = pd.DataFrame({"gap": gap, "jacobian_softmax": sign * gap + rng.normal(0, noise_sd, N)})
+    rows = correlations(wide, metrics=["jacobian_softmax"], targets=("gap",), by=None, bootstrap=False)
+    found = fd.ranks_gap(rows, "jacobian_softmax", "jacobian_ranks_gap", "claim")
+    reference = stats.spearmanr(wide["jacobian_softmax"], gap)
+    assert found.effect == pytest.approx(reference.statistic, abs=1e-12) and found.ci_low is None
+    assert (reference.pvalue < fd.ALPHA) == (verdict != "inconclusive") and found.verdict == verdict
+    assert found.note == f"no interval (the report was written with --no-bootstrap); the verdict rests on " \
+                         f"p(ρ) = {reference.pvalue:.2g} alone"
 
 
 @pytest.mark.parametrize("auroc,verdict", [(0.8, "reproduced"), (0.2, "contradicted"), (0.5, "inconclusive")])
@@ -207,7 +223,6 @@ def test_a_handful_of_networks_needs_its_test_as_well_as_its_interval():
     three = fd.median_effect("id", "claim", "scale", np.array([0.2, 0.5, 0.9]), 0.0, +1)
     assert (three.ci_low > 0, three.verdict) == (True, "inconclusive") and "p = 0.25" in three.note
     ten = np.linspace(0.1, 1.0, 10)
-    from scipy import stats
 
     assert stats.wilcoxon(ten).pvalue < fd.ALPHA
     assert fd.median_effect("id", "claim", "scale", ten, 0.0, +1).verdict == "reproduced"

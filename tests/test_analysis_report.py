@@ -27,7 +27,7 @@ def sweep(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def report(sweep):
-    return build_report(sweep, n_resamples=50)
+    return build_report(sweep, n_resamples=100)
 
 
 def test_report_lands_in_the_sweep_and_every_figure_it_shows_is_a_png(sweep, report):
@@ -50,7 +50,7 @@ def test_report_states_its_tables_and_the_bootstrap_time(report):
                     "## Granulated Kendall coefficient", "## Paired factor studies",
                     "## Per point", "## Trajectory profiles", "## Slices", "## Timing"):
         assert heading in text
-    assert re.search(r"\| correlations with bootstrap \(50 resamples\) \| \d+\.\d\d \|", text)
+    assert re.search(r"\| correlations with bootstrap \(100 resamples\) \| \d+\.\d\d \|", text)
     assert len(json.loads((report.path.parent / "findings.json").read_text())) == len(report.findings) == 12
     assert "### Conditional mutual information and robust sign-error" in text
     robustness = pd.read_csv(report.path.parent / "robustness.csv")
