@@ -305,14 +305,25 @@ def write_json(found: list[Finding], path: Path) -> None:
     path.write_text(json.dumps(records, indent=1) + "\n", encoding="utf-8")
 
 
-def markdown_rows(found: list[Finding]) -> pd.DataFrame:
-    def number(value):
-        return "" if value is None else f"{value:+.3g}"
+def effect_text(f: Finding) -> str:
+    """The effect and its interval with the same decimals, three significant digits of the largest.
 
+    >>> effect_text(Finding("id", "claim", 0.92, 0.9021, 0.977, 19, "reproduced", "scale"))
+    '+0.920 [+0.902, +0.977]'
+    """
+    values = [v for v in (f.effect, f.ci_low, f.ci_high) if v is not None]
+    if not values:
+        return ""
+    largest = max((abs(v) for v in values if np.isfinite(v) and v), default=1.0)
+    decimals = max(0, 2 - math.floor(math.log10(largest)))
+    text = [f"{v:+.{decimals}f}" for v in values]
+    return text[0] if len(text) == 1 else f"{text[0]} [{text[1]}, {text[2]}]"
+
+
+def markdown_rows(found: list[Finding]) -> pd.DataFrame:
     return pd.DataFrame({
         "finding": [f"`{f.id}`: {f.claim}" for f in found],
-        "effect [95% CI]": ["" if f.effect is None else number(f.effect) if f.ci_low is None
-                            else f"{number(f.effect)} [{number(f.ci_low)}, {number(f.ci_high)}]" for f in found],
+        "effect [95% CI]": [effect_text(f) for f in found],
         "n": [str(f.n) if f.n else "" for f in found],
         "verdict": [f.verdict + (f": {f.note}" if f.note else "") for f in found],
         "effect measures": [f.scale for f in found],

@@ -146,7 +146,7 @@ def test_without_a_bootstrap_a_correlation_shows_no_empty_interval():
     found = fd.ranks_gap(rows, "jacobian_softmax", "jacobian_ranks_gap", "claim")
     assert found.verdict == "inconclusive" and "--no-bootstrap" in found.note
     shown = fd.markdown_rows([found]).iloc[0]
-    assert shown["effect [95% CI]"] == "+0.85" and shown["verdict"].startswith("inconclusive: no interval")
+    assert shown["effect [95% CI]"] == "+0.850" and shown["verdict"].startswith("inconclusive: no interval")
     # a bootstrap that ran but left no interval says so, not that it was never asked for
     why = "bootstrap interval undefined: 90 of 1000 resamples drew a constant column (more than 5%)"
     found = fd.ranks_gap(rows.assign(note=f"excluded 2 diverged/failed; {why}"), "jacobian_softmax", "id", "claim")
