@@ -90,6 +90,7 @@ def synthetic_networks(spec: SyntheticSweep, rng: np.random.Generator) -> pd.Dat
     df["batch_norm"] = False
     df["augmentation_shift"] = np.where(df["augmentation"], 4, 0)  # a 32×32 image's usual shift
     df["augmentation_flips"] = df["augmentation"]
+    df["random_labels"] = pd.Categorical(np.where(df["random_label_fraction"] > 0, "uniform", None))
     for column in ("family", "pooling", "head"):
         df[column] = pd.Categorical([None] * len(df), categories=["-"])  # a string dictionary, all null
     d = df["dataset"].map(INPUT_SIZE)

@@ -137,11 +137,20 @@ def read_table(filesystem: pafs.FileSystem, directory: str) -> pd.DataFrame | No
 
 
 def with_legacy_values(networks: pd.DataFrame) -> pd.DataFrame:
-    """`networks` with the LEGACY_VALUES where its files predate their columns."""
+    """`networks` with the LEGACY_VALUES where its files predate their columns, and `other_class`
+    as the random-label draw of networks with random labels from before it was recorded (the only
+    draw there was)."""
     networks = networks.copy()
+
+    def known(column: str) -> pd.Series:
+        return networks[column].astype(object) if column in networks else pd.Series(None, networks.index, object)
+
     for column, value in LEGACY_VALUES.items():
-        known = networks[column].astype(object) if column in networks else pd.Series(None, networks.index, object)
-        networks[column] = known.where(known.notna(), value).astype("category")
+        networks[column] = known(column).where(known(column).notna(), value).astype("category")
+    if "random_label_fraction" in networks:
+        drawn = known("random_labels")
+        networks["random_labels"] = drawn.where(drawn.notna() | ~(networks["random_label_fraction"] > 0),
+                                                "other_class").astype("category")
     return networks
 
 

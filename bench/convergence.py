@@ -5,6 +5,7 @@ learning rates: what a preset's budget, learning rates and augmentation need.
     python bench/convergence.py --widths 200,500 --depths 2,4 --activations relu,tanh --epochs 2000
     python bench/convergence.py --threads 1 --augmentations none,flips,shift2+flips --lrs 0.003,0.01
     python bench/convergence.py --batch full --random-labels 0,0.5 --augmentations none,flips --epochs 2000
+    python bench/convergence.py --random-labels 0.5 --random-draws uniform,other_class --augmentations none --lrs 0.003
     python bench/convergence.py --preset cnn-factors --only seed=0 --only batch_size=128 --epochs 100
 
 Each (shape, activation, augmentation) is one population (`PopulationTrainer`, as a trial trains
@@ -83,6 +84,8 @@ def main() -> None:
     parser.add_argument("--seeds", default="0")
     parser.add_argument("--batch", default="128", help="examples per step, or `full`")
     parser.add_argument("--random-labels", default="0", help="fractions of training labels replaced at random")
+    parser.add_argument("--random-draws", default="uniform",
+                        help="how replaced labels are drawn (training.random_labels): uniform, other_class, or both")
     parser.add_argument("--augmentations", default="none,flips,shift2+flips,shift4+flips")
     parser.add_argument("--epochs", type=int, help="the epoch budget (default 400; with --preset, the preset's)")
     parser.add_argument("--every", type=int, default=10, help="epochs between progress lines")
@@ -146,11 +149,13 @@ def grid_populations(args, cifar10) -> tuple[dict[str, list[NetworkConfig]], Bud
     for width, depth, activation, aug in itertools.product(numbers(args.widths, int), numbers(args.depths, int),
                                                            args.activations.split(","),
                                                            args.augmentations.split(",")):
+        draws = args.random_draws.split(",")
         populations[f"{width}x{depth} {activation} {aug}"] = [
             NetworkConfig(data, width, depth, activation, args.optimizer, lr, batch, random, seed=seed,
-                          init="torch_default", **augmentation(aug))
-            for random, lr, seed in itertools.product(numbers(args.random_labels), numbers(args.lrs),
-                                                      numbers(args.seeds, int))]
+                          init="torch_default", **augmentation(aug), **({"random_labels": draw} if random else {}))
+            for random, draw, lr, seed in itertools.product(numbers(args.random_labels), draws, numbers(args.lrs),
+                                                            numbers(args.seeds, int))
+            if random or draw == draws[0]]  # true labels are drawn once
     return populations, Budget(max_epochs=args.epochs or 400, stop_at_full_train_acc=True)
 
 
@@ -195,7 +200,8 @@ def accuracies(trainer: PopulationTrainer) -> str:
 
 
 def member(config: NetworkConfig) -> str:
-    noise = f" random {config.random_label_fraction:g}" if config.random_label_fraction else ""
+    noise = (f" random {config.random_label_fraction:g} {config.random_labels}" if config.random_label_fraction
+             else "")
     return f"lr {config.learning_rate:g}{noise}"
 
 

@@ -200,3 +200,13 @@ def test_remote_style_uri_with_a_local_scheme(sweep):
     tables = analysis.load(f"file://{path}")
     assert len(tables.networks) == len(nets)
     assert tables.path == f"file://{path / 'tables'}"
+
+
+def test_networks_with_random_labels_from_before_the_draw_was_recorded_drew_other_classes(tmp_path):
+    nets = networks_frame(8).assign(random_label_fraction=[0.0, 0.5] * 4)
+    directory = tmp_path / "tables" / "networks"
+    write(nets.iloc[:4].drop(columns="random_labels"), directory / "old.parquet")
+    write(nets.iloc[4:].assign(random_labels=pd.Categorical([None, "uniform"] * 2)), directory / "new.parquet")
+    loaded = analysis.load(tmp_path).networks.set_index("network_id").loc[nets["network_id"]]
+    assert loaded["random_labels"].astype(object).where(loaded["random_labels"].notna(), None).tolist() == \
+           [None, "other_class"] * 2 + [None, "uniform"] * 2

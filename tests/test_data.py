@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from scipy import stats
 
 from sweep.plan.spec import DataSpec
 from sweep.training.data import DataError, augment, check_available, draw_augmentation, load_dataset, random_labels
@@ -68,18 +69,53 @@ def test_digits_is_deterministic_and_cached():
     assert torch.equal(again.x_train, small.x_train) and torch.equal(again.y_test, small.y_test)
 
 
-def test_random_labels_exact_fraction_and_seeded():
+def test_other_class_random_labels_are_wrong_in_exactly_the_fraction_and_seeded():
     y = torch.arange(1000) % 10
     gen = lambda seed: torch.Generator().manual_seed(seed)  # noqa: E731
     for fraction in (0.0, 0.1, 0.25, 1.0):
-        noisy = random_labels(y, fraction, 10, gen(0))
+        noisy = random_labels(y, fraction, 10, gen(0), "other_class")
         assert int((noisy != y).sum()) == round(fraction * 1000)
         assert noisy.min() >= 0 and noisy.max() < 10
-    assert torch.equal(random_labels(y, 0.3, 10, gen(1)), random_labels(y, 0.3, 10, gen(1)))
-    assert not torch.equal(random_labels(y, 0.3, 10, gen(1)), random_labels(y, 0.3, 10, gen(2)))
+    assert torch.equal(random_labels(y, 0.3, 10, gen(1), "other_class"), random_labels(y, 0.3, 10, gen(1), "other_class"))
+    assert not torch.equal(random_labels(y, 0.3, 10, gen(1), "other_class"),
+                           random_labels(y, 0.3, 10, gen(2), "other_class"))
     # New classes are spread over the other nine classes.
-    noisy = random_labels(y, 1.0, 10, gen(3))
+    noisy = random_labels(y, 1.0, 10, gen(3), "other_class")
     assert torch.bincount((noisy - y) % 10, minlength=10)[1:].min() > 60
+
+
+def test_uniform_random_labels_are_independent_of_the_true_class():
+    # Zhang et al.'s random labels: a replaced label is any class with probability 1/C, whatever
+    # the true class, so about 1/C of the replaced labels are still right.
+    n, classes = 20000, 10
+    y = torch.arange(n) % classes
+    gen = torch.Generator().manual_seed(4)
+    noisy = random_labels(y, 0.5, classes, gen)
+    replaced = torch.randperm(n, generator=torch.Generator().manual_seed(4))[:n // 2]
+    assert torch.equal(noisy[~torch.isin(torch.arange(n), replaced)], y[~torch.isin(torch.arange(n), replaced)])
+    counts = np.zeros((classes, classes))  # true class × drawn class, over the replaced labels
+    np.add.at(counts, (y[replaced].numpy(), noisy[replaced].numpy()), 1)
+    assert stats.chi2_contingency(counts).pvalue > 0.01  # the draw does not depend on the true class
+    assert stats.chisquare(counts.sum(axis=0)).pvalue > 0.01  # and is uniform over the classes
+    assert int((noisy[replaced] == y[replaced]).sum()) == pytest.approx(n // 2 / classes, rel=0.1)
+    with pytest.raises(ValueError, match="unknown random-label draw 'flip': use uniform or other_class"):
+        random_labels(y, 0.5, classes, gen, "flip")
+
+
+@pytest.mark.parametrize("draw", ["uniform", "other_class"])
+def test_a_network_learns_the_labels_its_spec_draws(draw):
+    from sweep.plan.networks import networks
+    from sweep.plan.spec import parse_spec
+    from sweep.training.population import member_labels
+    spec = parse_spec({"name": "labels", "datasets": ["digits"], "budget": {"max_epochs": 1},
+                       "grid": {"widths": [8], "depths": [1], "learning_rates": [0.1], "random_label_fractions": [1.0]},
+                       "training": {"random_labels": draw}})
+    net, = networks(spec)
+    data = load_dataset(net.dataset)
+    labels = member_labels(net, data)
+    assert torch.equal(labels, random_labels(data.y_train, 1.0, 10, net.generator("labels"), draw))
+    right = float((labels == data.y_train).float().mean())
+    assert right == 0.0 if draw == "other_class" else right == pytest.approx(0.1, abs=0.03)
 
 
 def test_augment_matches_a_per_image_loop():

@@ -271,7 +271,7 @@ def test_row_has_the_hyperparameter_columns():
                         "augmentation", "width", "depth", "activation", "optimizer",
                         "learning_rate", "batch_size", "full_batch", "seed", "init", "precision",
                         "architecture", "family", "stages", "kernel_size", "pooling", "head", "batch_norm",
-                        "augmentation_shift", "augmentation_flips"}
+                        "augmentation_shift", "augmentation_flips", "random_labels"}
     assert row["dataset"] == "digits" and row["full_batch"] is False
 
 
@@ -363,6 +363,30 @@ def test_convolutional_keys_need_the_cnn_architecture_and_images_that_hold_the_s
             parse_spec({**cnn, "grid": {**cnn["grid"], "stages": [stages], "poolings": ["conv"]}})
     with pytest.raises(SpecError, match=r"architecture: unknown value 'rnn'; choose one of fc, cnn"):
         parse_spec({**VALID, "architecture": "rnn"})
+
+
+def test_random_label_draw_is_a_training_setting_of_networks_with_random_labels_only():
+    uniform = networks(parse_spec(VALID))
+    other = networks(parse_spec({**VALID, "training": {"random_labels": "other_class"}}))
+    # Networks with true labels are the same networks (same ids) whatever the setting says.
+    assert [n.network_id for n in uniform if not n.random_label_fraction] == \
+           [n.network_id for n in other if not n.random_label_fraction]
+    assert not {n.network_id for n in uniform if n.random_label_fraction} & \
+           {n.network_id for n in other if n.random_label_fraction}
+    # other_class is what sweeps before the option drew: their sweep.json's networks, without the
+    # key, load as those networks, with the same ids.
+    for net in other:
+        old = NetworkConfig.from_dict({k: v for k, v in net.to_dict().items() if k != "random_labels"})
+        assert old.random_labels == "other_class" and old.network_id == net.network_id
+    assert {(r["random_label_fraction"], r["random_labels"]) for r in (n.row() for n in uniform)} == {
+        (0.0, None), (0.5, "uniform")}
+    other_spec = parse_spec({**VALID, "training": {"random_labels": "other_class"}})
+    assert "; random labels other class" in plan_summary(other_spec, expand(other_spec)).splitlines()[1]
+    true_only = parse_spec(with_change("grid.random_label_fractions", [0.0]))
+    assert "random labels" not in plan_summary(true_only, expand(true_only))
+    with pytest.raises(SpecError, match=r"training.random_labels: unknown value 'flip'; choose one of uniform, "
+                                        r"other_class"):
+        parse_spec({**VALID, "training": {"random_labels": "flip"}})
 
 
 def test_augmentation_strength_is_a_training_setting_of_augmented_networks_only():

@@ -45,6 +45,9 @@ class NetworkConfig:
     # whether natural images are flipped; without augmentation always None and True.
     augmentation_shift: int | None = None
     augmentation_flips: bool = True
+    # Networks with random labels: how a replaced label is drawn (`training.random_labels`); without
+    # random labels always "other_class", the only draw of sweeps before the option, so their ids stay.
+    random_labels: str = "other_class"
 
     @property
     def network_id(self) -> str:
@@ -109,12 +112,13 @@ class NetworkConfig:
             "batch_norm": self.batch_norm,
             "augmentation_shift": shift,
             "augmentation_flips": flips,
+            "random_labels": self.random_labels if self.random_label_fraction else None,
         }
 
 
 _ID_DEFAULTS = {"precision": "fp32", "architecture": "fc", "family": None, "stages": None, "kernel_size": None,
                 "pooling": None, "head": None, "batch_norm": False, "augmentation_shift": None,
-                "augmentation_flips": True}
+                "augmentation_flips": True, "random_labels": "other_class"}
 
 
 
@@ -214,9 +218,10 @@ def networks(spec: SweepSpec) -> list[NetworkConfig]:
                 g.widths, g.depths, _conv_shapes(spec), g.activations, g.rates, _batch_sizes(spec, data),
                 g.random_label_fractions, g.augmentation, g.inits):
             augmentation = _augmentation_keys(spec, data) if aug else {}
+            labels = {"random_labels": spec.training.random_labels} if rlf else {}
             for lr, seed in itertools.product(lrs, g.seeds):
                 out.append(NetworkConfig(data, width, depth, act, opt, lr, batch, rlf, aug, seed,
-                                         init, spec.training.precision, **shape, **augmentation))
+                                         init, spec.training.precision, **shape, **augmentation, **labels))
     return out
 
 

@@ -495,7 +495,9 @@ def plan_summary(spec: SweepSpec, bundles: list[BundleConfig], card: Card | None
         f"data: {', '.join(d.name for d in spec.datasets)}; budget: {spec.budget.max_epochs} "
         f"epochs" + (f" / {spec.budget.max_steps} steps" if spec.budget.max_steps else "")
         + (", stop at 100% train accuracy" if spec.budget.stop_at_full_train_acc else "")
-        + f"; training precision {spec.training.precision}",
+        + f"; training precision {spec.training.precision}"
+        + (f"; random labels {spec.training.random_labels.replace('_', ' ')}" if any(spec.grid.random_label_fractions)
+           else ""),
         f"resources per trial: {spec.resources.cpus_per_trial:g} CPU, "
         + (f"a share of one {card.memory_gib:g} GiB card ({card.source})" if card else "no GPU")
         + f"; scoring actors: {spec.resources.scoring_actors}"

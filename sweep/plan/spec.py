@@ -33,6 +33,7 @@ ACTIVATIONS = ("relu", "leaky_relu", "hard_tanh", "relu6", "tanh", "sigmoid")
 OPTIMIZERS = ("sgd", "momentum", "adam", "rmsprop")
 INITS = ("torch_default", "he_normal", "lecun_normal", "glorot_uniform")
 PRECISIONS = ("fp32", "tf32", "bf16")
+RANDOM_LABELS = ("uniform", "other_class")
 ARCHITECTURES = ("fc", "cnn")
 FAMILIES = ("vgg", "nin")
 POOLINGS = ("max", "avg", "conv")
@@ -203,6 +204,11 @@ class TrainingSpec:
     precision: Literal[PRECISIONS] = "fp32"
     """fp32: true float32 matmuls; tf32: TF32 tensor-core matmuls on GPUs that have them (float32
     elsewhere); bf16: bfloat16 autocast for the matmuls, float32 weights and optimizer state"""
+    random_labels: Literal[RANDOM_LABELS] = "uniform"
+    """networks with random labels (grid.random_label_fractions above 0): how a replaced label is
+    drawn. uniform: a uniformly random class, independent of the image (Zhang et al. 2017: about 1/C
+    of the replaced labels are still right); other_class: a uniformly random other class (symmetric
+    label noise: exactly the fraction is wrong, and the labels tell which class an image is not)"""
     augmentation_shift: Count | None = None
     """networks with augmentation: the largest translation in pixels (zero padding, then a crop);
     null: the data set's usual one (1 for 8×8 digits, 3 for 28×28 images, 4 for 32×32); 0: flips only"""

@@ -38,6 +38,7 @@ SCHEMAS: dict[str, pa.Schema] = {
             ("batch_norm", pa.bool_()),
             ("augmentation_shift", pa.int64()),
             ("augmentation_flips", pa.bool_()),
+            ("random_labels", CATEGORY),
             ("param_count", pa.int64()),
             pa.field("status", CATEGORY, nullable=False),
             ("steps", pa.int64()),

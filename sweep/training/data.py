@@ -235,13 +235,14 @@ def load_dataset(spec: DataSpec, device: str | torch.device = "cpu") -> Dataset:
     return _load_on(spec, str(torch.device(device)))
 
 
-def random_labels(y: torch.Tensor, fraction: float, num_classes: int,
-                  generator: torch.Generator) -> torch.Tensor:
-    """A copy of `y` with exactly round(fraction·N) labels replaced by a different class.
+def random_labels(y: torch.Tensor, fraction: float, num_classes: int, generator: torch.Generator,
+                  draw: str = "uniform") -> torch.Tensor:
+    """A copy of `y` with exactly round(fraction·N) labels replaced by random classes.
 
     The replaced positions and their new classes come from `generator` (a network's own
-    ``labels`` stream). New classes are uniform over the *other* classes, so exactly that many
-    labels are wrong (uniform over all classes would leave about 1/C of them unchanged).
+    ``labels`` stream). `draw` "uniform": new classes uniform over all classes, independent of the
+    image (about 1/C of them equal the true one); "other_class": uniform over the *other* classes,
+    so exactly that many labels are wrong.
     """
     n = len(y)
     count = round(fraction * n)
@@ -249,8 +250,13 @@ def random_labels(y: torch.Tensor, fraction: float, num_classes: int,
     if count == 0:
         return labels
     where = torch.randperm(n, generator=generator)[:count].to(y.device)
-    shift = torch.randint(1, num_classes, (count,), generator=generator).to(y.device)
-    labels[where] = (y[where] + shift) % num_classes
+    if draw == "uniform":
+        labels[where] = torch.randint(0, num_classes, (count,), generator=generator).to(y.device)
+    elif draw == "other_class":
+        shift = torch.randint(1, num_classes, (count,), generator=generator).to(y.device)
+        labels[where] = (y[where] + shift) % num_classes
+    else:
+        raise ValueError(f"unknown random-label draw {draw!r}: use uniform or other_class")
     return labels
 
 

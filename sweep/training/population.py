@@ -107,7 +107,7 @@ def epoch_order(config: NetworkConfig, epoch: int, n: int) -> torch.Tensor:
 def member_labels(config: NetworkConfig, data: Dataset) -> torch.Tensor:
     """The training labels a network learns: true labels with its random-label fraction."""
     return random_labels(data.y_train, config.random_label_fraction, data.num_classes,
-                         config.generator("labels"))
+                         config.generator("labels"), config.random_labels)
 
 
 def epoch_augmentation(config: NetworkConfig, epoch: int, data: Dataset):
