@@ -125,8 +125,7 @@ def read_table(filesystem: pafs.FileSystem, directory: str) -> pd.DataFrame | No
         except (OSError, pa.ArrowException) as error:
             raise OSError(
                 f"cannot read {file}: {str(error).rstrip('.')}. The file is damaged or not Parquet; copy it again if it came "
-                "from another storage, or delete it and run `sweep resume` on the sweep, which writes it again "
-                "from the checkpoints."
+                f"from another storage, or {_rewrite_advice(directory, file)}."
             ) from error
     _check_one_file_per_unit(directory, files, parts)
     try:
@@ -152,6 +151,16 @@ def with_legacy_values(networks: pd.DataFrame) -> pd.DataFrame:
         networks["random_labels"] = drawn.where(drawn.notna() | ~(networks["random_label_fraction"] > 0),
                                                 "other_class").astype("category")
     return networks
+
+
+def _rewrite_advice(directory: str, file: str) -> str:
+    """How to have a table file written again: a checkpoint counts as scored while its `scores`
+    file is there, so the other files of its scoring come back only with that one deleted too."""
+    tables, table = directory.rstrip("/").rsplit("/", 1)
+    if table in ("points", "trajectories", "slices"):
+        return (f"delete it and its checkpoint's {tables}/scores/{file.rsplit('/', 1)[-1]}, then run `sweep resume` "
+                "on the sweep, which scores the checkpoint again and writes both")
+    return "delete it and run `sweep resume` on the sweep, which writes it again from the checkpoints"
 
 
 def _check_one_file_per_unit(directory: str, files: list[str], parts: list[pa.Table]) -> None:

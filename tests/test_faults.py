@@ -18,6 +18,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -432,6 +433,63 @@ def test_an_interrupted_run_says_so_and_resume_completes_it(signals, reference, 
     assert_same_tables(sweep_dir, reference)
 
 
+def sigterm_once(driver: Session, ready, delay: float = 0.0) -> tuple[int, str]:
+    """SIGTERM to the driver `delay` seconds after `ready()` holds; its exit status and output."""
+    try:
+        deadline = time.monotonic() + RUN_TIMEOUT_S
+        while driver.proc.poll() is None and not ready() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(delay)
+        os.kill(driver.proc.pid, signal.SIGTERM)
+        code = driver.wait(timeout=90)
+    finally:
+        driver.end()
+    return code, driver.output()
+
+
+def test_a_run_stopped_while_ray_starts_says_so_and_resume_completes_it(reference, tmp_path, env):
+    driver, sweep_dir = start_sweep(tmp_path, "starting", env)
+    # The plan is written under the lock just before Ray starts, which takes seconds.
+    code, output = sigterm_once(driver, (sweep_dir / "sweep.json").exists, delay=0.3)
+    assert code == 128 + signal.SIGTERM, output[-3000:]
+    assert re.search(r"sweep: interrupted \(SIGTERM\): 0 of \d+ bundle\(s\) finished training", output), output[-3000:]
+    assert f"sweep: continue with: sweep resume {sweep_dir}" in output and "Traceback" not in output, output[-3000:]
+    code, output = resume_sweep(sweep_dir, tmp_path, env)
+    assert code == 0, output[-3000:]
+    assert_same_tables(sweep_dir, reference)
+
+
+def test_a_signal_after_the_work_says_how_to_write_the_report(tmp_path, env):
+    argv = sweep_argv("run", str(write_spec(tmp_path)), "--storage", str(tmp_path), "--name", "reporting")
+    driver = Session(argv, tmp_path / "run.log", {**env, "PYTHONUNBUFFERED": "1"})
+    code, output = sigterm_once(driver, lambda: "[sweep] finished in" in driver.output())
+    assert code == 128 + signal.SIGTERM, output[-3000:]
+    assert f"sweep: interrupted (SIGTERM) after its work was done (the tables are written); `sweep report " \
+           f"{tmp_path / 'reporting'}` writes the report" in output, output[-3000:]
+    assert "Traceback" not in output and "Exception ignored" not in output, output[-3000:]
+
+
+def test_a_copied_sweep_resumes_into_its_own_folder_and_leaves_the_original_alone(reference, tmp_path, env):
+    # Copied elsewhere (fetched from a cluster, a backup) and renamed: Tune's saved trial configs
+    # and callbacks still name the original folder; the resumed copy must write only its own.
+    driver, sweep_dir = start_sweep(tmp_path, "original", env)
+    try:
+        wait_until_training(driver, sweep_dir)
+        os.killpg(driver.proc.pid, signal.SIGINT)
+        assert driver.wait(timeout=90) == 128 + signal.SIGINT, driver.output()[-3000:]
+    finally:
+        driver.end()
+    copy = tmp_path / "elsewhere" / "copy"
+    shutil.copytree(sweep_dir, copy, symlinks=True)
+    original = {str(p.relative_to(sweep_dir)): p.stat().st_mtime_ns for p in sweep_dir.rglob("*")}
+
+    code, output = resume_sweep(copy, tmp_path, env)
+    assert code == 0, output[-3000:]
+    assert {str(p.relative_to(sweep_dir)): p.stat().st_mtime_ns for p in sweep_dir.rglob("*")} == original
+    assert all(tags == TAGS for tags in tags_by_bundle(copy).values())
+    assert_same_tables(copy, reference)
+
+
 def test_signals_while_an_interrupted_run_shuts_down_leave_no_traceback(tmp_path, env):
     # A `kill` repeated (a supervisor's retries, a second Ctrl-C) can land after the command has
     # said it stopped, while the local Ray it started shuts down: it ends there, quietly.
@@ -534,13 +592,19 @@ def damaged(reference, tmp_path_factory, env):
 
     report = command("report", str(sweep_dir), "--no-bootstrap")
     truncated.unlink()  # what the message advises
+    # A damaged points file: its checkpoint counts as scored while its scores file is there.
+    points = sorted((tables / "points").glob("*--end.parquet"))[-1]
+    points.write_bytes(points.read_bytes()[:200])
+    points_report = command("report", str(sweep_dir), "--no-bootstrap")
+    points.unlink()  # what the message advises
+    (tables / "scores" / points.name).unlink()
     session = Session(sweep_argv("score", str(sweep_dir)), sweep_dir.parent / "score.log", env)
     try:
         score = (session.wait(), session.output())
     finally:
         session.end()
     return {"dir": sweep_dir, "truncated": truncated, "population": population, "key": corrupt_key,
-            "report": report, "score": score}
+            "report": report, "score": score, "points": points, "points_report": points_report}
 
 
 def key_rows(sweep_dir: Path, key: str) -> pd.DataFrame:
@@ -560,6 +624,20 @@ def test_a_truncated_table_file_is_named_and_rescoring_restores_it(damaged, refe
     restored, expected = key_rows(damaged["dir"], key), key_rows(reference, key)
     assert len(restored) == len(expected) > 0 and (restored["status"] == "ok").all()
     np.testing.assert_allclose(restored["mean"], expected["mean"], rtol=1e-5)
+
+
+def test_a_damaged_points_file_is_written_again_as_its_message_says(damaged, reference):
+    code, text = damaged["points_report"]
+    name = damaged["points"].name
+    assert code == 2 and str(damaged["points"]) in text and "Traceback" not in text, text
+    assert f"delete it and its checkpoint's {damaged['dir'] / 'tables' / 'scores' / name}, then run `sweep " \
+           "resume`" in " ".join(text.split()), text
+    restored = pd.read_parquet(damaged["dir"] / "tables" / "points" / name)
+    expected = pd.read_parquet(reference / "tables" / "points" / name)
+    assert len(restored) == len(expected) > 0
+    pd.testing.assert_frame_equal(restored.drop(columns=restored.select_dtypes(float).columns),
+                                  expected.drop(columns=expected.select_dtypes(float).columns))
+    np.testing.assert_allclose(restored.select_dtypes(float), expected.select_dtypes(float), rtol=1e-4, atol=1e-6)
 
 
 def test_a_corrupted_checkpoint_is_recorded_as_failed_rows(damaged, reference):

@@ -427,7 +427,8 @@ def cmd_run(args) -> int:
     for note in planner.plan_notes(spec, bundles, card):
         print(f"[sweep] note: {note}")
     started = time.monotonic()
-    results, code = guarded(plan, "run", args, lambda: runner.run(plan, score=not args.no_score))
+    results, code = guarded(plan, "run", args, lambda: runner.run(plan, score=not args.no_score),
+                            first=lambda: sweep_plan.save_plan(plan))  # a sweep stopped as Ray starts resumes from it
     scored = not args.no_score and spec.resources.scoring_actors != 0  # 0: no scoring during the run
     return code if code is not None else finish(plan, results, started, report=not args.no_report, scored=scored)
 
@@ -467,23 +468,35 @@ def cmd_resume(args) -> int:
     return max(finish(plan, results, started, report=not args.no_report), 1 if lost else 0)
 
 
-def guarded(plan, command: str, args, body, *, rescore: bool = False):
+def guarded(plan, command: str, args, body, *, rescore: bool = False, first=None):
     """`body()` with the sweep's lock held, Ray started (its own messages to sweep.log unless
     --verbose) and interrupts caught: (its result, None), or (None, the exit status) when a
     signal stopped it, having said what finished and how to continue (`rescore`: a `sweep score`
-    of every checkpoint)."""
+    of every checkpoint). `first()` runs with the lock held, before Ray starts."""
     if args.address and not ray_started():
         check_reachable(args.address)  # before the lock and the log file: a mistyped address leaves no sweep folder
     try:
         with locks.holding(plan.sweep_dir, command):
+            if first is not None:
+                first()
             own_ray, before_ray = not ray_started(), interrupts.handlers()
-            start_ray(args.address, ray_log_file(plan, args.verbose))
-            with interrupts.catching() as restore:  # after ray.init, which installs a SIGTERM handler of its own
+            with interrupts.catching() as restore:  # from before Ray starts: it takes seconds
                 try:
-                    result = body()
+                    start_ray(args.address, ray_log_file(plan, args.verbose))
+                except SystemExit:  # ray.init's first step installs a SIGTERM handler that exits
+                    interrupts.stopped_by(signal.SIGTERM)
+                except KeyboardInterrupt:
+                    pass
+                interrupts.install()  # over ray.init's own SIGTERM handler
+                try:
+                    result = None if interrupts.requested() else body()
                 except KeyboardInterrupt:
                     result = None
                 if not interrupts.requested():
+                    if own_ray:
+                        restore.update(interrupts.when_done(
+                            f"after its work was done (the tables are written); `sweep report {plan.sweep_dir}` "
+                            "writes the report"))
                     return result, None
                 if not own_ray:  # an embedding program's process and Ray: it decides what comes next
                     return None, interrupted(plan, command, rescore=rescore)
@@ -551,8 +564,9 @@ def damaged_table_message(exc: Exception, path: str) -> str:
     return (
         f"a table file cannot be read: {str(exc).rstrip('.')}. Copy it again if it came from another "
         f"storage; otherwise delete it and run `sweep resume {path}`, which writes it again from the "
-        "checkpoints (a networks file from its bundle's end checkpoint; scores, points, trajectories and "
-        "slices by scoring)"
+        "checkpoints (a networks file from its bundle's end checkpoint; a scores file by scoring its checkpoint "
+        "again, which writes its points, trajectories and slices files too: delete a damaged one of those "
+        "with the scores file of the same name)"
     )
 
 

@@ -13,9 +13,11 @@ from the last checkpoint of each bundle and scores what was not scored.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
 import signal
+import sys
 import threading
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
@@ -65,6 +67,39 @@ def settle() -> None:
 
 def _exit_now(signum, frame) -> None:
     os._exit(exit_code())
+
+
+def stopped_by(signum: int) -> None:
+    """Record a signal that stopped the command without reaching its handler."""
+    if not _received:
+        _received.append(signum)
+
+
+def install() -> None:
+    """Put the handlers back over one installed meanwhile (ray.init installs a SIGTERM handler)."""
+    if _catching:
+        for s in SIGNALS:
+            signal.signal(s, _handle)
+
+
+def when_done(message: str) -> dict:
+    """Handlers for after the command's work, while it says how it ended and reports: a signal
+    then ends it with `message` and 128 + the signal, Ray shutting down at exit; one that comes
+    while the process exits ends it there, quietly (raised inside Ray's shutdown, it would print
+    a traceback and leave with status 0)."""
+    def stop(signum, frame) -> None:
+        print(f"sweep: interrupted ({signal.Signals(signum).name}) {message}", file=sys.stderr, flush=True)
+        sys.exit(128 + signum)
+
+    def exit_now(signum, frame) -> None:
+        os._exit(128 + signum)
+
+    @atexit.register  # atexit runs the last registered first: before Ray's shutdown
+    def exiting() -> None:
+        for s in SIGNALS:
+            signal.signal(s, exit_now)
+
+    return {s: stop for s in SIGNALS}
 
 
 @contextlib.contextmanager

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import ray
 from ray import tune
 
@@ -67,7 +69,14 @@ def _trainable(plan: SweepPlan):
     # Imported here: the trainable imports torch, which `sweep score` and `status` never need.
     from sweep.training.trainable import train_bundle
 
-    return tune.with_resources(train_bundle, trial_resources(plan))
+    where = {"sweep_dir": plan.sweep_dir, "table_root": plan.table_root}
+
+    @functools.wraps(train_bundle)  # Tune restores a trainable only under its first name
+    def train(config: dict) -> None:
+        # Where the sweep is now, not where Tune's saved trial configs say it was (a moved or copied sweep).
+        train_bundle({**config, **where})
+
+    return tune.with_resources(train, trial_resources(plan))
 
 
 def progress_weights(plan: SweepPlan) -> dict[str, tuple[float, float]]:
@@ -181,4 +190,8 @@ def resume(plan: SweepPlan):
     if not tune.Tuner.can_restore(plan.sweep_dir):
         return run(plan)
     tuner = tune.Tuner.restore(plan.sweep_dir, trainable=_trainable(plan), resume_errored=True)
+    # Tune restores the callbacks it saved when the sweep started, with the tables' location and
+    # scoring settings of then; they are made again from the plan as it is now (moved or copied,
+    # or rescored with new settings). Ray has no public way to (ray-project/ray#41364).
+    tuner._local_tuner.get_run_config().callbacks = _run_config(plan, score=True, max_failures=2).callbacks
     return tuner.fit()
