@@ -184,7 +184,8 @@ def _markdown(tables: Tables, report: Report, drawn: dict[str, list[Path]], boot
         "correlation's own) and a verdict: the interval entirely on the paper's side of no effect is "
         "*reproduced*, entirely on the other *contradicted*, spanning it *inconclusive*; where the finding "
         "has a test of no effect (the correlation's p, a Wilcoxon signed-rank test of the values), a side "
-        "also needs p < 0.05. Also in `findings.json`.",
+        "also needs p < 0.05, and a correlation without an interval (`--no-bootstrap`) takes its side from "
+        "that test alone. Also in `findings.json`.",
         "",
         _markdown_table(markdown_rows(list(report.findings))),
         "",

@@ -71,6 +71,21 @@ def test_run_on_an_unreachable_address(tmp_path, spec_file):
     assert [p.name for p in tmp_path.iterdir()] == ["spec.yaml"]  # refused before anything was written
 
 
+def test_a_run_whose_ray_cannot_start_leaves_its_name_free(tmp_path, spec_file, monkeypatch, capsys):
+    # The plan is written before Ray starts (a sweep stopped then resumes from it); a Ray that
+    # cannot start (refused credentials, a version mismatch) must not leave the name taken.
+    from sweep.command import cli
+
+    def refused(address, log_file=None):
+        raise cli.UsageError("could not connect to Ray at a local Ray instance: refused")
+
+    monkeypatch.setattr(cli, "start_ray", refused)
+    for _ in range(2):
+        assert cli.main(["run", str(spec_file), "--storage", str(tmp_path), "--name", "again"]) == 2
+        assert "could not connect to Ray" in capsys.readouterr().err
+        assert not (tmp_path / "again" / "sweep.json").exists()
+
+
 def test_auto_address_from_the_environment_that_answers_nothing(tmp_path, spec_file):
     address = dead_address()
     code, text, seconds = sweep("run", str(spec_file), "--storage", str(tmp_path), "--address", "auto",

@@ -45,7 +45,8 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     args = build_parser().parse_args(argv)
     try:
-        return args.func(args) or 0
+        with interrupts.restored():  # a program calling main keeps its own handlers
+            return args.func(args) or 0
     except UsageError as exc:
         print(f"sweep: error: {exc}", file=sys.stderr)
         return 2
@@ -427,8 +428,12 @@ def cmd_run(args) -> int:
     for note in planner.plan_notes(spec, bundles, card):
         print(f"[sweep] note: {note}")
     started = time.monotonic()
-    results, code = guarded(plan, "run", args, lambda: runner.run(plan, score=not args.no_score),
-                            first=lambda: sweep_plan.save_plan(plan))  # a sweep stopped as Ray starts resumes from it
+
+    def first():  # a sweep stopped while Ray starts is resumed from its plan
+        sweep_plan.save_plan(plan)
+        return lambda: sweep_plan.delete_plan(plan)  # Ray could not start: a plain rerun may take the name
+
+    results, code = guarded(plan, "run", args, lambda: runner.run(plan, score=not args.no_score), first=first)
     scored = not args.no_score and spec.resources.scoring_actors != 0  # 0: no scoring during the run
     return code if code is not None else finish(plan, results, started, report=not args.no_report, scored=scored)
 
@@ -472,14 +477,14 @@ def guarded(plan, command: str, args, body, *, rescore: bool = False, first=None
     """`body()` with the sweep's lock held, Ray started (its own messages to sweep.log unless
     --verbose) and interrupts caught: (its result, None), or (None, the exit status) when a
     signal stopped it, having said what finished and how to continue (`rescore`: a `sweep score`
-    of every checkpoint). `first()` runs with the lock held, before Ray starts."""
+    of every checkpoint). `first()` runs with the lock held, before Ray starts; what it returns is
+    called if Ray cannot start."""
     if args.address and not ray_started():
         check_reachable(args.address)  # before the lock and the log file: a mistyped address leaves no sweep folder
     try:
         with locks.holding(plan.sweep_dir, command):
-            if first is not None:
-                first()
-            own_ray, before_ray = not ray_started(), interrupts.handlers()
+            undo = first() if first is not None else None
+            own_ray = not ray_started()
             with interrupts.catching() as restore:  # from before Ray starts: it takes seconds
                 try:
                     start_ray(args.address, ray_log_file(plan, args.verbose))
@@ -487,6 +492,10 @@ def guarded(plan, command: str, args, body, *, rescore: bool = False, first=None
                     interrupts.stopped_by(signal.SIGTERM)
                 except KeyboardInterrupt:
                     pass
+                except Exception:
+                    if undo is not None:
+                        undo()
+                    raise
                 interrupts.install()  # over ray.init's own SIGTERM handler
                 try:
                     result = None if interrupts.requested() else body()
@@ -506,7 +515,6 @@ def guarded(plan, command: str, args, body, *, rescore: bool = False, first=None
                 import ray
 
                 ray.shutdown()
-                restore.update(before_ray)
                 return None, code
     except locks.SweepLocked as exc:
         raise UsageError(str(exc)) from None

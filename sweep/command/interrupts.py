@@ -91,15 +91,35 @@ def when_done(message: str) -> dict:
         print(f"sweep: interrupted ({signal.Signals(signum).name}) {message}", file=sys.stderr, flush=True)
         sys.exit(128 + signum)
 
-    def exit_now(signum, frame) -> None:
-        os._exit(128 + signum)
-
-    @atexit.register  # atexit runs the last registered first: before Ray's shutdown
-    def exiting() -> None:
-        for s in SIGNALS:
-            signal.signal(s, exit_now)
-
+    if not _quiet_at_exit:  # atexit runs the last registered first: before Ray's shutdown
+        atexit.register(_exit_quietly)
+        _quiet_at_exit.append(True)
     return {s: stop for s in SIGNALS}
+
+
+_quiet_at_exit: list[bool] = []
+
+
+def _exit_quietly() -> None:
+    if threading.current_thread() is threading.main_thread():
+        for s in SIGNALS:
+            signal.signal(s, _exit_with_signal)
+
+
+def _exit_with_signal(signum, frame) -> None:
+    os._exit(128 + signum)
+
+
+@contextlib.contextmanager
+def restored():
+    """The handlers of before, put back afterwards (main thread only, where they can be set)."""
+    before = handlers()
+    try:
+        yield
+    finally:
+        if threading.current_thread() is threading.main_thread():
+            for s, handler in before.items():
+                signal.signal(s, handler)
 
 
 @contextlib.contextmanager

@@ -69,11 +69,11 @@ def _trainable(plan: SweepPlan):
     # Imported here: the trainable imports torch, which `sweep score` and `status` never need.
     from sweep.training.trainable import train_bundle
 
-    where = {"sweep_dir": plan.sweep_dir, "table_root": plan.table_root}
+    where = {"sweep": plan.name, "sweep_dir": plan.sweep_dir, "table_root": plan.table_root}
 
     @functools.wraps(train_bundle)  # Tune restores a trainable only under its first name
     def train(config: dict) -> None:
-        # Where the sweep is now, not where Tune's saved trial configs say it was (a moved or copied sweep).
+        # Where the sweep is now and its name there, not what Tune's saved trial configs say (a moved or copied sweep).
         train_bundle({**config, **where})
 
     return tune.with_resources(train, trial_resources(plan))
@@ -192,6 +192,10 @@ def resume(plan: SweepPlan):
     tuner = tune.Tuner.restore(plan.sweep_dir, trainable=_trainable(plan), resume_errored=True)
     # Tune restores the callbacks it saved when the sweep started, with the tables' location and
     # scoring settings of then; they are made again from the plan as it is now (moved or copied,
-    # or rescored with new settings). Ray has no public way to (ray-project/ray#41364).
-    tuner._local_tuner.get_run_config().callbacks = _run_config(plan, score=True, max_failures=2).callbacks
+    # or rescored with new settings), scoring during training as the run did or did not (--no-score).
+    # Ray has no public way to (ray-project/ray#41364); a Ray Client tuner has no local one.
+    if tuner._local_tuner is not None:
+        run_config = tuner._local_tuner.get_run_config()
+        score = any(isinstance(callback, ScoringCallback) for callback in run_config.callbacks or [])
+        run_config.callbacks = _run_config(plan, score=score, max_failures=2).callbacks
     return tuner.fit()

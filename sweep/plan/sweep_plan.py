@@ -69,6 +69,11 @@ def save_plan(plan: SweepPlan) -> None:
     storage.write_atomic(fs, f"{path}/{SWEEP_FILE}", lambda stream: stream.write(plan.to_json().encode()))
 
 
+def delete_plan(plan: SweepPlan) -> None:
+    fs, path = storage.resolve(plan.sweep_dir)
+    storage.delete(fs, f"{path}/{SWEEP_FILE}")
+
+
 def plan_exists(sweep_dir: str) -> bool:
     """Whether the folder already holds a sweep (its sweep.json)."""
     fs, path = storage.resolve(sweep_dir)
