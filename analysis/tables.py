@@ -145,7 +145,8 @@ def with_legacy_values(networks: pd.DataFrame) -> pd.DataFrame:
         return networks[column].astype(object) if column in networks else pd.Series(None, networks.index, object)
 
     for column, value in LEGACY_VALUES.items():
-        networks[column] = known(column).where(known(column).notna(), value).astype("category")
+        values = known(column)
+        networks[column] = values.where(values.notna(), value).astype("category")
     if "random_label_fraction" in networks:
         drawn = known("random_labels")
         networks["random_labels"] = drawn.where(drawn.notna() | ~(networks["random_label_fraction"] > 0),

@@ -428,12 +428,7 @@ def cmd_run(args) -> int:
     for note in planner.plan_notes(spec, bundles, card):
         print(f"[sweep] note: {note}")
     started = time.monotonic()
-
-    def first():  # a sweep stopped while Ray starts is resumed from its plan
-        sweep_plan.save_plan(plan)
-        return lambda: sweep_plan.delete_plan(plan)  # Ray could not start: a plain rerun may take the name
-
-    results, code = guarded(plan, "run", args, lambda: runner.run(plan, score=not args.no_score), first=first)
+    results, code = guarded(plan, "run", args, lambda: runner.run(plan, score=not args.no_score), new_sweep=True)
     scored = not args.no_score and spec.resources.scoring_actors != 0  # 0: no scoring during the run
     return code if code is not None else finish(plan, results, started, report=not args.no_report, scored=scored)
 
@@ -473,17 +468,19 @@ def cmd_resume(args) -> int:
     return max(finish(plan, results, started, report=not args.no_report), 1 if lost else 0)
 
 
-def guarded(plan, command: str, args, body, *, rescore: bool = False, first=None):
+def guarded(plan, command: str, args, body, *, rescore: bool = False, new_sweep: bool = False):
     """`body()` with the sweep's lock held, Ray started (its own messages to sweep.log unless
     --verbose) and interrupts caught: (its result, None), or (None, the exit status) when a
     signal stopped it, having said what finished and how to continue (`rescore`: a `sweep score`
-    of every checkpoint). `first()` runs with the lock held, before Ray starts; what it returns is
-    called if Ray cannot start."""
+    of every checkpoint). A `new_sweep`'s plan is written with the lock held, before Ray starts (a
+    sweep stopped while Ray starts resumes from it), and removed if Ray cannot start (a plain rerun
+    may take the name)."""
     if args.address and not ray_started():
         check_reachable(args.address)  # before the lock and the log file: a mistyped address leaves no sweep folder
     try:
         with locks.holding(plan.sweep_dir, command):
-            undo = first() if first is not None else None
+            if new_sweep:
+                sweep_plan.save_plan(plan)
             own_ray = not ray_started()
             with interrupts.catching() as restore:  # from before Ray starts: it takes seconds
                 try:
@@ -493,8 +490,8 @@ def guarded(plan, command: str, args, body, *, rescore: bool = False, first=None
                 except KeyboardInterrupt:
                     pass
                 except Exception:
-                    if undo is not None:
-                        undo()
+                    if new_sweep:
+                        sweep_plan.delete_plan(plan)
                     raise
                 interrupts.install()  # over ray.init's own SIGTERM handler
                 try:

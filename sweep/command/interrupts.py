@@ -66,7 +66,7 @@ def settle() -> None:
 
 
 def _exit_now(signum, frame) -> None:
-    os._exit(exit_code())
+    os._exit(128 + (requested() or signum))
 
 
 def stopped_by(signum: int) -> None:
@@ -103,11 +103,7 @@ _quiet_at_exit: list[bool] = []
 def _exit_quietly() -> None:
     if threading.current_thread() is threading.main_thread():
         for s in SIGNALS:
-            signal.signal(s, _exit_with_signal)
-
-
-def _exit_with_signal(signum, frame) -> None:
-    os._exit(128 + signum)
+            signal.signal(s, _exit_now)
 
 
 @contextlib.contextmanager

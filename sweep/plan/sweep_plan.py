@@ -70,6 +70,7 @@ def save_plan(plan: SweepPlan) -> None:
 
 
 def delete_plan(plan: SweepPlan) -> None:
+    """Remove a plan written for a sweep that never started."""
     fs, path = storage.resolve(plan.sweep_dir)
     storage.delete(fs, f"{path}/{SWEEP_FILE}")
 
