@@ -21,6 +21,7 @@ from analysis.protocol import select
 from analysis.robustness import conditional_mutual_information, robust_sign_error
 from analysis.tables import Tables, load
 from analysis.manifold import trajectory_profiles
+from sweep.scoring.table_schemas import differing_settings
 
 # Quantities shown in the paired-factor scatters, besides the gap, when present.
 FACTOR_FIGURE_METRICS: tuple[str, ...] = ("jacobian_softmax", "transitions")
@@ -177,6 +178,7 @@ def _markdown(tables: Tables, report: Report, drawn: dict[str, list[Path]], boot
         *_protocol_lines(report, len(networks)),
         *_unlisted_lines(tables),
         *_unscored_lines(tables, report),
+        *_other_settings_lines(tables),
         "",
         "## The paper's findings on this sweep",
         "",
@@ -292,6 +294,23 @@ def _unscored_lines(tables, report: Report) -> list[str]:
     return [f"Unscored: {len(unscored)} network(s) in the statistics have no scores at the `{FINAL_CHECKPOINT}` "
             "checkpoint (its scoring was cut short or has not run; the tables below count them as missing their "
             "metrics): score them with `sweep score` on the sweep.  "]
+
+
+def _other_settings_lines(tables) -> list[str]:
+    """Checkpoints scored with other settings than the sweep's: their values are not comparable
+    with the rest, so `analysis.load` set them aside; said, with what differs."""
+    other = tables.other_settings
+    if other is None or other.empty:
+        return []
+    units = other.drop_duplicates(["network_id", "checkpoint"])
+    differences = {f"{name} {then} (the sweep's: {now})"
+                   for record in other["settings"].astype(str).unique()
+                   for name, (then, now) in differing_settings(record, tables.settings).items()}
+    return [f"Scored with other settings: {len(units)} checkpoint(s) of {units['network_id'].nunique()} network(s) "
+            f"were scored with other scoring settings than the sweep's ({'; '.join(sorted(differences))}): a rescore "
+            "with new settings cut short, or one that did not find their checkpoints. Their rows are left out of "
+            "every statistic, as if unscored: `sweep score` on the sweep scores again those whose checkpoints it finds, "
+            "and `sweep status` counts the others.  "]
 
 
 def _unlisted_lines(tables) -> list[str]:

@@ -145,6 +145,7 @@ def _scores(bundle: pd.DataFrame, checkpoint: str, rng: np.random.Generator) -> 
             "metric": metric, "mean": mean, "median": mean, "std": np.abs(mean) * 0.1,
             "n_points": 0 if split == "weights" else 1000,
             "params": '{"k": 256, "trajectory": "ellipse"}' if metric == "transitions" else "{}",
+            "settings": None,  # no sweep.json: scored with whatever settings
             "status": "ok", "message": "",
         }))
     return pd.concat(frames, ignore_index=True)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import pandas as pd
@@ -13,6 +15,7 @@ from pyarrow import fs as pafs
 from analysis.columns import (FINAL_CHECKPOINT, POINT_COLUMNS, SCORE_COLUMNS, SLICE_COLUMNS, TRAJECTORY_COLUMNS,
                               require_checkpoint)
 from sweep.plan.storage import resolve
+from sweep.scoring.table_schemas import same_settings
 
 # Columns added since the first sweeps, null in (or absent from) the files those wrote: the value
 # every network of theirs had, so that old and new bundles of one sweep group together.
@@ -23,7 +26,12 @@ SPLIT_PREFERENCE: tuple[str, ...] = ("test", "weights", "train")
 
 @dataclass(frozen=True, eq=False)
 class Tables:
-    """A sweep's tables. `wide` is `networks` with one column per final-checkpoint metric."""
+    """A sweep's tables. `wide` is `networks` with one column per final-checkpoint metric.
+
+    `scores`, `points`, `trajectories` and `slices` hold what was scored with the sweep's scoring
+    settings, `settings` (its sweep.json's; where there is none, those most checkpoints were scored
+    with). `other_settings` holds the `scores` rows of checkpoints scored with others (a rescore
+    with new settings cut short): their rows of the other tables are left out too."""
 
     path: str
     networks: pd.DataFrame
@@ -32,6 +40,8 @@ class Tables:
     points: pd.DataFrame
     trajectories: pd.DataFrame
     slices: pd.DataFrame
+    settings: Mapping | None = None
+    other_settings: pd.DataFrame | None = None
 
 
 def empty_frame(columns: dict[str, str]) -> pd.DataFrame:
@@ -87,15 +97,53 @@ def load(path: str | os.PathLike, checkpoint: str = FINAL_CHECKPOINT) -> Tables:
         )
     networks = with_legacy_values(networks)
     scores = _read_or_empty(filesystem, f"{root}/scores", SCORE_COLUMNS)
+    settings = _plan_settings(filesystem, root)
+    scores, other, settings = split_by_settings(scores, settings)
+    aside = pd.MultiIndex.from_frame(other[["network_id", "checkpoint"]].astype(str))
+
+    def kept(frame: pd.DataFrame) -> pd.DataFrame:
+        if aside.empty:
+            return frame
+        return frame[~pd.MultiIndex.from_frame(frame[["network_id", "checkpoint"]].astype(str)).isin(aside)]
+
     return Tables(
         path=_with_scheme(path, root),
         networks=networks,
         scores=scores,
         wide=wide_table(networks, scores, checkpoint),
-        points=_read_or_empty(filesystem, f"{root}/points", POINT_COLUMNS),
-        trajectories=_read_or_empty(filesystem, f"{root}/trajectories", TRAJECTORY_COLUMNS),
-        slices=_read_or_empty(filesystem, f"{root}/slices", SLICE_COLUMNS),
+        points=kept(_read_or_empty(filesystem, f"{root}/points", POINT_COLUMNS)),
+        trajectories=kept(_read_or_empty(filesystem, f"{root}/trajectories", TRAJECTORY_COLUMNS)),
+        slices=kept(_read_or_empty(filesystem, f"{root}/slices", SLICE_COLUMNS)),
+        settings=settings,
+        other_settings=other,
     )
+
+
+def split_by_settings(scores: pd.DataFrame, settings: Mapping | None) -> tuple[pd.DataFrame, pd.DataFrame,
+                                                                                 Mapping | None]:
+    """(`scores` rows scored with `settings`, those scored with others, the settings kept).
+    Without `settings` (no sweep.json), those that most checkpoints were scored with. Rows that
+    predate the `settings` column count as scored with any."""
+    records = scores["settings"] if "settings" in scores else pd.Series(None, scores.index, object)
+    distinct = [str(record) for record in records.dropna().unique()]
+    if settings is None and len(distinct) > 1:
+        units = scores.assign(settings=records.astype(object)).dropna(subset=["settings"])
+        counts = units.drop_duplicates(["network_id", "checkpoint"])["settings"].value_counts()
+        settings = json.loads(counts.index[0])
+    if settings is None:
+        return scores, scores.iloc[:0], None
+    other = records.astype(object).isin([record for record in distinct if not same_settings(record, settings)])
+    return scores[~other], scores[other], settings
+
+
+def _plan_settings(filesystem: pafs.FileSystem, root: str) -> Mapping | None:
+    """The scoring settings in the sweep.json beside `tables/`; None where it is not there or
+    cannot be read (tables copied alone)."""
+    try:
+        with filesystem.open_input_stream(f"{root.rstrip('/').rsplit('/', 1)[0]}/sweep.json") as stream:
+            return json.loads(stream.read())["scoring"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def read_table(filesystem: pafs.FileSystem, directory: str) -> pd.DataFrame | None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pandas as pd
 import pyarrow as pa
@@ -19,12 +21,12 @@ def networks_frame(n: int = 4) -> pd.DataFrame:
                                np.random.default_rng(0))
 
 
-def score_rows(network_ids, checkpoint, split, metric, means, params="{}") -> pd.DataFrame:
+def score_rows(network_ids, checkpoint, split, metric, means, params="{}", settings=None) -> pd.DataFrame:
     n = len(network_ids)
     return pd.DataFrame({
         "network_id": list(network_ids), "checkpoint": checkpoint, "step": 10, "split": split,
         "metric": metric, "mean": means, "median": means, "std": 0.0, "n_points": 5,
-        "params": params, "status": "ok", "message": "",
+        "params": params, "settings": settings, "status": "ok", "message": "",
     }).astype({**SCORE_COLUMNS, "mean": float}).iloc[:n]
 
 
@@ -210,3 +212,49 @@ def test_networks_with_random_labels_from_before_the_draw_was_recorded_drew_othe
     loaded = analysis.load(tmp_path).networks.set_index("network_id").loc[nets["network_id"]]
     assert loaded["random_labels"].astype(object).where(loaded["random_labels"].notna(), None).tolist() == \
            [None, "other_class"] * 2 + [None, "uniform"] * 2
+
+
+def test_checkpoints_scored_with_other_settings_are_set_aside_with_their_other_rows(sweep):
+    # Network 0's end checkpoint and network 1's init were scored before a rescore with 500 points
+    # that did not reach them; the sweep's sweep.json says 500, or (copied without it) most rows do.
+    path, nets = sweep
+    ids = nets["network_id"].tolist()
+    old, new = (json.dumps({"points": points, "seed": 0}, sort_keys=True) for points in (1000, 500))
+    (path / "tables" / "scores" / "b0--end.parquet").unlink()
+    for name, frame in {
+        "ends": score_rows(ids[1:], "end", "test", "jacobian_softmax", [2.0, 3.0, 4.0], settings=new),
+        "old-end": score_rows(ids[:1], "end", "test", "jacobian_softmax", [1.0], settings=old),
+        "inits": score_rows([ids[0], *ids[2:]], "init", "test", "jacobian_softmax", [7.0] * 3, settings=new),
+        "old-init": score_rows(ids[1:2], "init", "test", "jacobian_softmax", [6.0], settings=old),
+    }.items():
+        write(frame, path / "tables" / "scores" / f"{name}.parquet")
+    points = pd.DataFrame({"network_id": [ids[0], ids[0], ids[1]], "checkpoint": ["end", "init", "end"],
+                           "split": "test", "point_index": [0, 0, 0], "label": 1, "prediction": 1, "loss": 0.5,
+                           "jacobian_softmax": 1.0, "jacobian_logits": 2.0, "transitions": 3.0})
+    write(points.astype({c: d for c, d in POINT_COLUMNS.items() if c in points}), path / "tables" / "points" / "p.parquet")
+
+    for plan in ({"scoring": {"points": 500, "seed": 0, "chunk_size": 64}}, None):
+        (path / "sweep.json").unlink(missing_ok=True)
+        if plan is not None:
+            (path / "sweep.json").write_text(json.dumps(plan))
+        tables = analysis.load(path)
+        assert tables.settings["points"] == 500
+        aside = tables.other_settings
+        assert sorted(zip(aside["network_id"], aside["checkpoint"].astype(str))) == sorted(
+            [(ids[0], "end"), (ids[1], "init")])
+        assert set(tables.scores["settings"].astype(str)) == {new}
+        wide = tables.wide.set_index("network_id").loc[ids]
+        np.testing.assert_array_equal(wide["jacobian_softmax"], [np.nan, 2.0, 3.0, 4.0])
+        assert list(zip(tables.points["network_id"], tables.points["checkpoint"].astype(str))) == [
+            (ids[0], "init"), (ids[1], "end")]
+    # sweep.json asks for the settings fewer checkpoints have: those are kept
+    (path / "sweep.json").write_text(json.dumps({"scoring": {"points": 1000, "seed": 0}}))
+    tables = analysis.load(path)
+    assert sorted(zip(tables.scores["network_id"], tables.scores["checkpoint"].astype(str))) == sorted(
+        [(ids[0], "end"), (ids[1], "init")])
+    # rows from before settings were recorded count as scored with the sweep's
+    for name in ("ends", "old-end", "inits", "old-init"):
+        file = path / "tables" / "scores" / f"{name}.parquet"
+        pd.read_parquet(file).drop(columns="settings").to_parquet(file, index=False)
+    tables = analysis.load(path)
+    assert tables.other_settings.empty and len(tables.scores) == 8

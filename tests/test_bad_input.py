@@ -86,6 +86,21 @@ def test_a_run_whose_ray_cannot_start_leaves_its_name_free(tmp_path, spec_file, 
         assert not (tmp_path / "again" / "sweep.json").exists()
 
 
+def test_new_scoring_settings_are_not_kept_when_ray_cannot_start(sweep_folder, monkeypatch, capsys):
+    # They are saved before Ray starts (a rescore stopped then is taken up with them); a Ray that
+    # cannot start leaves sweep.json as it was, so that nothing looks scored with other settings.
+    from sweep.command import cli
+
+    def refused(address, log_file=None):
+        raise cli.UsageError("could not connect to Ray at a local Ray instance: refused")
+
+    monkeypatch.setattr(cli, "start_ray", refused)
+    before = (sweep_folder / "sweep.json").read_bytes()
+    assert cli.main(["score", str(sweep_folder), "--points", "7"]) == 2
+    assert "could not connect to Ray" in capsys.readouterr().err
+    assert (sweep_folder / "sweep.json").read_bytes() == before
+
+
 def test_auto_address_from_the_environment_that_answers_nothing(tmp_path, spec_file):
     address = dead_address()
     code, text, seconds = sweep("run", str(spec_file), "--storage", str(tmp_path), "--address", "auto",

@@ -547,6 +547,43 @@ def test_an_interrupted_score_says_so_and_scoring_again_completes_it(reference, 
     assert_same_tables(sweep_dir, reference)
 
 
+def test_a_rescore_with_new_settings_cut_short_is_finished_by_a_plain_score(reference, tmp_path, env):
+    # Stopped part of the way, the tables hold both settings; `sweep score` (no --rescore, no
+    # settings) scores the checkpoints still holding the old ones, and only those.
+    sweep_dir = tmp_path / "ref"
+    shutil.copytree(reference, sweep_dir)
+    scores = sweep_dir / "tables" / "scores"
+    written = {path: path.stat().st_mtime_ns for path in scores.glob("*.parquet")}
+    scorer = Session(sweep_argv("score", str(sweep_dir), "--points", "20"), tmp_path / "score.log", env)
+    try:
+        deadline = time.monotonic() + RUN_TIMEOUT_S
+        while scorer.proc.poll() is None and time.monotonic() < deadline and \
+                all(path.stat().st_mtime_ns == mtime for path, mtime in written.items()):
+            time.sleep(0.05)
+        assert scorer.proc.poll() is None, f"scoring ended before it could be interrupted:\n{scorer.output()}"
+        os.killpg(scorer.proc.pid, signal.SIGINT)
+        assert scorer.wait(timeout=90) == 130, scorer.output()[-3000:]
+    finally:
+        scorer.end()
+    output = scorer.output()
+    assert f"sweep: continue with: sweep score {sweep_dir}\n" in output, output[-3000:]
+    settings = {path.stem: set(pd.read_parquet(path)["n_points"]) for path in scores.glob("*.parquet")}
+    old = sorted(key for key, n_points in settings.items() if 50 in n_points)
+    assert 0 < len(old) < len(settings), output[-3000:]  # stopped part of the way
+    status = subprocess.run(sweep_argv("status", str(sweep_dir)), capture_output=True, text=True, env=env, timeout=120)
+    assert (f"{len(old)} checkpoint(s) scored with other settings than sweep.json's scoring (counted as not "
+            "scored)") in status.stdout, status.stdout + status.stderr
+    again = Session(sweep_argv("score", str(sweep_dir)), tmp_path / "again.log", env)
+    try:
+        assert again.wait() == 0, again.output()[-3000:]
+    finally:
+        again.end()
+    assert f"[sweep] scored {len(old)} of {len(settings)} checkpoint(s)" in again.output()
+    rows = pd.read_parquet(scores)
+    assert set(rows["n_points"]) == {0, 20} and (rows["status"] == "ok").all()
+    assert rows["settings"].astype(str).nunique() == 1 and json.loads(rows["settings"].iloc[0])["points"] == 20
+
+
 @pytest.mark.parametrize("error", ["ENOSPC", "EIO"])
 def test_a_storage_that_fails_writes_leaves_no_partial_file_and_resume_completes(error, reference, tmp_path, env):
     # Every write of a `networks` file fails (disk full, I/O error) in every process of the sweep:

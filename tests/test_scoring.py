@@ -527,14 +527,47 @@ def test_scorer_writes_rows_and_records_a_corrupt_checkpoint(tmp_path, data, mon
     assert TableWriter(tables).failed_keys() == [f"{bad.bundle_id}--end"]
     found = [str(tmp_path / "good"), str(tmp_path / "bad")]
     assert unscored(tables, found) == [] and unscored(tables, found, failed=True) == [str(tmp_path / "bad")]
-    # one scan of the table finds them, file by file only where a file is damaged
-    read_table = sweep.scoring.table_writer.pq.read_table
-    monkeypatch.setattr(sweep.scoring.table_writer.pq, "read_table", None)
-    assert TableWriter(tables).failed_keys() == [f"{bad.bundle_id}--end"]
-    monkeypatch.setattr(sweep.scoring.table_writer.pq, "read_table", read_table)
+    # one scan of the table finds them (one dataset of every file), file by file only where a file is damaged
+    opened = []
+    dataset = sweep.scoring.table_writer.pads.dataset
+    monkeypatch.setattr(sweep.scoring.table_writer.pads, "dataset", lambda files, **kw: opened.append(files) or
+                        dataset(files, **kw))
+    assert TableWriter(tables).failed_keys() == [f"{bad.bundle_id}--end"] and len(opened) == 1
     # a scores file cut short is taken again too (scoring writes it anew), and reads raise nowhere
     (tables / "scores" / f"{good.bundle_id}--end.parquet").write_bytes(b"cut short")
     assert TableWriter(tables).failed_keys() == sorted([f"{good.bundle_id}--end", f"{bad.bundle_id}--end"])
+    assert len(opened) == 1 + 1 + 2  # the scan that failed, then each file
+
+
+def test_checkpoints_scored_with_other_settings_are_found_and_taken_again(tmp_path, data):
+    tables = tmp_path / "tables"
+    first, second, legacy = make_bundle(members=2), make_bundle(members=2, seed0=10), make_bundle(members=2, seed0=20)
+    found = [str(write_checkpoint(tmp_path / name, bundle, make_nets(bundle)))
+             for name, bundle in (("first", first), ("second", second), ("legacy", legacy))]
+    fewer = SETTINGS.replace(points=SETTINGS.points - 2)
+    scorer = Scorer("cpu")
+    for source, settings in zip(found, (SETTINGS, fewer, SETTINGS)):
+        scorer.score(source, str(tables), settings)
+    # a file written before the column was recorded: scored with whatever settings were asked
+    legacy_file = tables / "scores" / f"{legacy.bundle_id}--end.parquet"
+    pd.read_parquet(legacy_file).drop(columns="settings").to_parquet(legacy_file, index=False)
+    recorded = pd.read_parquet(tables / "scores" / f"{first.bundle_id}--end.parquet")["settings"].unique()
+    assert len(recorded) == 1
+    assert json.loads(recorded[0]) == {k: list(v) if isinstance(v, tuple) else v
+                                       for k, v in dataclasses.asdict(SETTINGS).items() if k != "chunk_size"}
+    writer = TableWriter(tables)
+    plan_scoring = json.loads(json.dumps(dataclasses.asdict(SETTINGS)))  # as sweep.json holds it
+    assert writer.stale_keys(plan_scoring) == [f"{second.bundle_id}--end"]
+    assert writer.stale_keys(dataclasses.asdict(fewer)) == [f"{first.bundle_id}--end"]
+    # a setting that changes no value, or that one side does not know (added since), changes nothing
+    assert writer.stale_keys({**plan_scoring, "chunk_size": 7}) == [f"{second.bundle_id}--end"]
+    older = {k: v for k, v in plan_scoring.items() if k != "sharpness_target"}
+    assert writer.stale_keys({**older, "a_setting_from_later": 1}) == [f"{second.bundle_id}--end"]
+    assert unscored(tables, found) == [] and unscored(tables, found, stale=writer.stale_keys(plan_scoring)) == [found[1]]
+    # a damaged file is not said to hold other settings (failed_keys takes it), and hides no other
+    (tables / "scores" / f"{first.bundle_id}--end.parquet").write_bytes(b"cut short")
+    assert writer.stale_keys(plan_scoring) == [f"{second.bundle_id}--end"]
+    assert writer.stale_keys(dataclasses.asdict(fewer)) == []
 
 
 def test_one_bad_checkpoint_in_a_batched_call_fails_only_itself(tmp_path, data, caplog):

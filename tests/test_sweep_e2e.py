@@ -193,6 +193,68 @@ def test_scoring_settings_given_to_score_are_the_sweeps_from_then_on(sweep_dir, 
     assert set(everything["metric"]) == set(rescored["metric"])
 
 
+def test_checkpoints_left_with_the_old_settings_by_a_rescore_cut_short_are_found_and_scored_again(
+        sweep_dir, tmp_path, capsys):
+    # What a `sweep score --points 30` killed part of the way (SIGKILL: no message) leaves: some
+    # checkpoints' files of the new settings, the others' of the old; and one bundle's folder gone
+    # before the rescore, so its end checkpoint keeps the old settings whatever is run.
+    import shutil
+
+    from analysis.report import build_report
+
+    copy, rescored = tmp_path / "tiny", tmp_path / "rescored"
+    shutil.copytree(sweep_dir, rescored)
+    assert main(["score", str(rescored), "--points", "30"]) == 0
+    shutil.copytree(rescored, copy)
+    keys = sorted(path.stem for path in (copy / "tables" / "scores").glob("*.parquet"))
+    bundles = sorted({key.split("--")[0] for key in keys})
+    old = [f"{bundles[0]}--init", f"{bundles[1]}--init", f"{bundles[1]}--end"]
+    for key in old:
+        for table in ("scores", "points", "trajectories", "slices"):
+            if (sweep_dir / "tables" / table / f"{key}.parquet").exists():
+                shutil.copy(sweep_dir / "tables" / table / f"{key}.parquet", copy / "tables" / table)
+    gone = [path for path in copy.glob("bundle-*/checkpoint_*") if json.loads((path / "meta.json").read_text())["tag"]
+            == "end" and json.loads((path / "meta.json").read_text())["bundle_id"] == bundles[1]]
+    assert len(gone) == 1
+    shutil.rmtree(gone[0])
+    capsys.readouterr()
+
+    assert main(["status", str(copy)]) == 0
+    status = capsys.readouterr().out
+    assert f"checkpoints: {len(keys) - 1} written, {len(keys) - 3} scored" in status
+    assert (f"3 checkpoint(s) scored with other settings than sweep.json's scoring (counted as not scored): "
+            f"`sweep score {copy}` scores them again; 1 of them have no checkpoint here") in status
+
+    # The analysis leaves them out of every table, keeping their scores rows aside, and says so.
+    tables = analysis.load(copy)
+    aside = tables.other_settings.drop_duplicates(["network_id", "checkpoint"])
+    assert len(aside) == 3 * 4  # 4 networks a bundle
+    assert set(tables.other_settings["n_points"]) == {0, 40, 60}  # the weights', the old train and test points
+    assert tables.settings["points"] == 30 and set(tables.scores["n_points"]) == {0, 30}
+    for table in ("scores", "points", "trajectories", "slices"):
+        frame = getattr(tables, table)
+        units = set(zip(frame["network_id"].astype(str), frame["checkpoint"].astype(str)))
+        assert not units & set(zip(aside["network_id"].astype(str), aside["checkpoint"].astype(str))), table
+    reference = analysis.load(rescored)
+    lost = aside.loc[aside["checkpoint"].astype(str) == "end", "network_id"]
+    assert tables.wide.loc[tables.wide["network_id"].isin(lost), "jacobian_softmax"].isna().all()
+    kept = ~reference.wide["network_id"].isin(lost)
+    pd.testing.assert_frame_equal(tables.wide[kept].reset_index(drop=True), reference.wide[kept].reset_index(drop=True))
+    report = build_report(copy, tmp_path / "report", bootstrap=False)
+    text = report.path.read_text()
+    assert ("Scored with other settings: 12 checkpoint(s) of 8 network(s) were scored with other scoring settings than "
+            "the sweep's (points 60 (the sweep's: 30); train_points 40 (the sweep's: 30))") in text
+
+    # A plain `sweep score` scores again the two whose checkpoints are here, and only those.
+    assert main(["score", str(copy)]) == 0
+    assert f"[sweep] scored 2 of {len(keys) - 1} checkpoint(s)" in capsys.readouterr().out
+    for key in old[:2]:
+        pd.testing.assert_frame_equal(pd.read_parquet(copy / "tables" / "scores" / f"{key}.parquet"),
+                                      pd.read_parquet(rescored / "tables" / "scores" / f"{key}.parquet"))
+    assert main(["status", str(copy)]) == 0
+    assert "1 checkpoint(s) scored with other settings" in capsys.readouterr().out
+
+
 def test_a_bundle_whose_end_checkpoint_is_stored_is_not_trained_again(sweep_dir, tmp_path, capsys):
     # As after a driver killed before Tune's snapshot marked its bundles finished: here Tune's
     # state is gone altogether, so `sweep resume` starts every trial again.

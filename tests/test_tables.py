@@ -33,6 +33,7 @@ def score_rows(network_ids, checkpoint="end", metric="jacobian_softmax", mean=1.
             "std": float("nan"),
             "n_points": 100,
             "params": "{}",
+            "settings": '{"points": 100}',
             "status": "ok",
             "message": "",
         }
@@ -202,7 +203,7 @@ def test_built_columns_store_what_the_same_records_store(tmp_path):
     rows = score_rows(["a", "b"]) + score_rows(["a", "b"], metric="loss", mean=5.0)
     rows[3]["median"] = float("nan")  # a diverged network's
     columns = {name: np.array([row[name] for row in rows]) for name in ("network_id", "metric", "mean", "median", "n_points")}
-    columns.update(checkpoint="end", step=10, split="test", std=None, params="{}", status="ok", message="")
+    columns.update(checkpoint="end", step=10, split="test", std=None, params="{}", settings='{"points": 100}', status="ok", message="")
     tables = TableWriter(tmp_path)
     tables.write("scores", "built", build("scores", columns, len(rows)))
     tables.write("scores", "records", rows)

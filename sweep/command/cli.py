@@ -343,7 +343,8 @@ def interrupted(plan, command: str, *, rescore: bool = False) -> int:
     """Say what the interrupted command finished and how to continue; the exit status."""
 
     found = sweep_plan.checkpoints(plan)
-    scored = len(found) - len(checkpoints.unscored(plan.table_root, found))
+    stale = TableWriter(plan.table_root).stale_keys(plan.scoring)
+    scored = len(found) - len(checkpoints.unscored(plan.table_root, found, stale=stale))
     if command == "score" and rescore:
         what, again = "scoring every checkpoint again was cut short", f"sweep score {plan.sweep_dir} --rescore"
     elif command == "score":
@@ -428,7 +429,7 @@ def cmd_run(args) -> int:
     for note in planner.plan_notes(spec, bundles, card):
         print(f"[sweep] note: {note}")
     started = time.monotonic()
-    results, code = guarded(plan, "run", args, lambda: runner.run(plan, score=not args.no_score), new_sweep=True)
+    results, code = guarded(plan, "run", args, lambda: runner.run(plan, score=not args.no_score), save=True)
     scored = not args.no_score and spec.resources.scoring_actors != 0  # 0: no scoring during the run
     return code if code is not None else finish(plan, results, started, report=not args.no_report, scored=scored)
 
@@ -456,7 +457,8 @@ def cmd_resume(args) -> int:
                       "from the sweep's storage if it is there", file=sys.stderr)
                 lost.append(failure)
             summary = runner.score(plan, runner.scoring_pool_kwargs(plan)["settings"])
-            print(f"[sweep] scored {summary['scored']} checkpoint(s) left unscored or failed")
+            print(f"[sweep] scored {summary['scored']} checkpoint(s) left unscored, failed or scored with other "
+                  "settings")
             for failure in summary["failures"]:
                 print(f"sweep: scoring failed: {failure}", file=sys.stderr)
         return results
@@ -468,18 +470,20 @@ def cmd_resume(args) -> int:
     return max(finish(plan, results, started, report=not args.no_report), 1 if lost else 0)
 
 
-def guarded(plan, command: str, args, body, *, rescore: bool = False, new_sweep: bool = False):
+def guarded(plan, command: str, args, body, *, rescore: bool = False, save: bool = False):
     """`body()` with the sweep's lock held, Ray started (its own messages to sweep.log unless
     --verbose) and interrupts caught: (its result, None), or (None, the exit status) when a
     signal stopped it, having said what finished and how to continue (`rescore`: a `sweep score`
-    of every checkpoint). A `new_sweep`'s plan is written with the lock held, before Ray starts (a
-    sweep stopped while Ray starts resumes from it), and removed if Ray cannot start (a plain rerun
-    may take the name)."""
+    of every checkpoint). With `save`, the plan (a new sweep's, or new scoring settings) is written
+    with the lock held, before Ray starts, so that a command stopped while Ray starts continues from
+    it; if Ray cannot start, the folder's sweep.json is put back as it was (a new sweep's removed, so
+    that a plain rerun may take the name)."""
     if args.address and not ray_started():
         check_reachable(args.address)  # before the lock and the log file: a mistyped address leaves no sweep folder
     try:
         with locks.holding(plan.sweep_dir, command):
-            if new_sweep:
+            if save:
+                before = sweep_plan.plan_bytes(plan.sweep_dir)
                 sweep_plan.save_plan(plan)
             own_ray = not ray_started()
             with interrupts.catching() as restore:  # from before Ray starts: it takes seconds
@@ -490,8 +494,8 @@ def guarded(plan, command: str, args, body, *, rescore: bool = False, new_sweep:
                 except KeyboardInterrupt:
                     pass
                 except Exception:
-                    if new_sweep:
-                        sweep_plan.delete_plan(plan)
+                    if save:
+                        sweep_plan.put_back_plan(plan.sweep_dir, before)
                     raise
                 interrupts.install()  # over ray.init's own SIGTERM handler
                 try:
@@ -600,22 +604,24 @@ def cmd_score(args) -> int:
     for note in planner.points_notes(settings.points, settings.train_points, datasets):
         print(f"[sweep] note: {note}")
 
+    # New settings are saved before Ray starts (by `guarded`), so that whatever scores this sweep
+    # next (a resume, a later `sweep score`) uses them and finds the checkpoints still scored with
+    # the old ones: a rescore with new settings cut short is taken up by a plain `sweep score`.
+    plan = dataclasses.replace(plan, scoring=dataclasses.asdict(settings)) if overrides else plan
+
     def score():
         if overrides:
-            # Saved first, so that whatever scores this sweep next (a resume, a later `sweep score`)
-            # uses them: the tables then hold one set of settings.
-            sweep_plan.save_plan(dataclasses.replace(plan, scoring=dataclasses.asdict(settings)))
             print(f"[sweep] scoring settings saved to {plan.sweep_dir}/{sweep_plan.SWEEP_FILE}: "
                   + f"points {settings.points}, metrics {' '.join(settings.metrics)}")
         try:
             return runner.score(plan, settings, rescore=rescore)
         except Exception:
             if overrides:  # saved, and some checkpoints may still hold scores of the old settings
-                print(f"sweep: the new scoring settings are saved; score every checkpoint with them: sweep score "
-                      f"{plan.sweep_dir} --rescore", file=sys.stderr)
+                print(f"sweep: the new scoring settings are saved; score the checkpoints that still hold scores of "
+                      f"the old ones with: sweep score {plan.sweep_dir}", file=sys.stderr)
             raise
 
-    summary, code = guarded(plan, "score", args, score, rescore=rescore)
+    summary, code = guarded(plan, "score", args, score, rescore=args.rescore, save=bool(overrides))
     if code is not None:
         return code
     print(f"[sweep] scored {summary['scored']} of {summary['checkpoints']} checkpoint(s) -> {plan.table_root}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 import ray
@@ -163,10 +164,15 @@ def restore_network_rows(plan: SweepPlan) -> tuple[int, list[str]]:
 
 
 def score(plan: SweepPlan, settings, *, rescore: bool = False) -> dict:
-    """Score the sweep's checkpoints that have no scores yet or whose scoring failed for a
-    network (all of them with `rescore`), printing progress every 10 s."""
+    """Score the sweep's checkpoints that have no scores yet, whose scoring failed for a network,
+    or that were scored with other settings than `settings` (all of them with `rescore`),
+    printing progress every 10 s."""
     found = checkpoints(plan)
-    todo = found if rescore else unscored(plan.table_root, found, failed=True)
+    if rescore:
+        todo = found
+    else:
+        stale = TableWriter(plan.table_root).stale_keys(dataclasses.asdict(settings))
+        todo = unscored(plan.table_root, found, failed=True, stale=stale)
     known = {bundle["bundle_id"] for bundle in plan.bundles}
     foreign = [uri for bundle_id, uri in todo if bundle_id not in known]
     todo = [(bundle_id, uri) for bundle_id, uri in todo if bundle_id in known]

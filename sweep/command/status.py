@@ -6,23 +6,30 @@ import json
 from typing import NamedTuple
 
 from sweep.plan import storage
-from sweep.plan.sweep_plan import SweepPlan, checkpoints
+from sweep.plan.sweep_plan import SWEEP_FILE, SweepPlan, checkpoints
 from sweep.scoring.table_writer import TableWriter, checkpoint_key
-from sweep.training.checkpoints import META_FILE, unscored
+from sweep.training.checkpoints import META_FILE, table_keys, unscored
 
 
 class Scoring(NamedTuple):
-    """The sweep's checkpoints, those without a `scores` file, and the keys of `scores` files
-    with failed rows (or unreadable): what `status` counts and `run`/`resume` report."""
+    """The sweep's checkpoints, those without scores of the plan's settings (none, or of other
+    settings), and the keys of `scores` files with failed rows (or unreadable) and of those
+    scored with other settings: what `status` counts and `run`/`resume` report."""
 
     found: list
     waiting: list
     failed: list[str]
+    stale: list[str]
+    stale_here: int  # of `stale`, those whose checkpoint is among `found`
 
 
 def scoring_state(plan: SweepPlan) -> Scoring:
     found = checkpoints(plan)
-    return Scoring(found, unscored(plan.table_root, found), TableWriter(plan.table_root).failed_keys())
+    keys = table_keys(found)
+    tables = TableWriter(plan.table_root)
+    stale = tables.stale_keys(plan.scoring)
+    return Scoring(found, unscored(plan.table_root, found, stale=stale, keys=keys), tables.failed_keys(), stale,
+                   len(set(stale) & set(keys)))
 
 
 def describe(plan: SweepPlan, scoring: Scoring | None = None) -> str:
@@ -30,7 +37,7 @@ def describe(plan: SweepPlan, scoring: Scoring | None = None) -> str:
     networks = TableWriter(plan.table_root).read("networks")
     done_bundles = set(networks["bundle_id"]) if len(networks) else set()
     counts = networks["status"].value_counts() if len(networks) else {}
-    found, waiting, failed = scoring or scoring_state(plan)
+    found, waiting, failed, stale, stale_here = scoring or scoring_state(plan)
     ended, copied = finished_without_rows(plan, done_bundles, found)
     started = len({bundle_id for bundle_id, _ in found} - done_bundles - ended)  # rows come when they finish
     lines = [
@@ -42,6 +49,7 @@ def describe(plan: SweepPlan, scoring: Scoring | None = None) -> str:
         f"  checkpoints: {len(found)} written, {len(found) - len(waiting)} scored"
         + (f" ({len(failed)} with a network whose scoring failed, or an unreadable scores file)" if failed else "")
         + _without_checkpoints(plan, found),
+        *_stale_lines(plan, len(stale), stale_here),
         f"  tables: {plan.table_root}",
     ]
     if ended:
@@ -51,6 +59,18 @@ def describe(plan: SweepPlan, scoring: Scoring | None = None) -> str:
         lines.append(f"  {len(copied)} finished bundle(s) have scores but neither a networks file nor their checkpoints "
                      "here: copy tables/networks/<bundle>.parquet again from the sweep's storage")
     return "\n".join(lines)
+
+
+def _stale_lines(plan: SweepPlan, stale: int, here: int) -> list[str]:
+    """Scores of other settings than the plan's (a rescore with new settings cut short, or one that
+    found a bundle's checkpoints gone) mix two sets of settings in one table."""
+    if not stale:
+        return []
+    gone = stale - here
+    return [f"  {stale} checkpoint(s) scored with other settings than {SWEEP_FILE}'s scoring (counted as not "
+            f"scored): `sweep score {plan.sweep_dir}` scores them again"
+            + (f"; {gone} of them have no checkpoint here: copy their bundle folders back, or delete their "
+               "files in tables/scores, points, trajectories and slices" if gone else "")]
 
 
 def finished_without_rows(plan: SweepPlan, recorded: set, found: list) -> tuple[set[str], set[str]]:

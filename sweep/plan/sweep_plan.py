@@ -69,10 +69,23 @@ def save_plan(plan: SweepPlan) -> None:
     storage.write_atomic(fs, f"{path}/{SWEEP_FILE}", lambda stream: stream.write(plan.to_json().encode()))
 
 
-def delete_plan(plan: SweepPlan) -> None:
-    """Remove a plan written for a sweep that never started."""
-    fs, path = storage.resolve(plan.sweep_dir)
-    storage.delete(fs, f"{path}/{SWEEP_FILE}")
+def plan_bytes(sweep_dir: str) -> bytes | None:
+    """The sweep.json a folder holds now, as it is; None when it holds none."""
+    fs, path = storage.resolve(sweep_dir)
+    try:
+        return storage.read_bytes(fs, f"{path}/{SWEEP_FILE}")
+    except FileNotFoundError:
+        return None
+
+
+def put_back_plan(sweep_dir: str, saved: bytes | None) -> None:
+    """Undo a `save_plan` whose command could not start: the sweep.json read before it
+    (`plan_bytes`) again, or none."""
+    fs, path = storage.resolve(sweep_dir)
+    if saved is None:
+        storage.delete(fs, f"{path}/{SWEEP_FILE}")
+    else:
+        storage.write_atomic(fs, f"{path}/{SWEEP_FILE}", lambda stream: stream.write(saved))
 
 
 def plan_exists(sweep_dir: str) -> bool:

@@ -3,6 +3,7 @@ including the failed rows of what could not be measured."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from collections.abc import Mapping, Sequence
@@ -15,6 +16,7 @@ from torch import Tensor
 import metrics_core as mc
 from sweep.scoring.settings import (INIT_METRICS, POINT_METRICS, TRAIN_METRICS, UNTRAINED_TAGS, WEIGHT_METRICS,
                                     ScoringSettings)
+from sweep.scoring.table_schemas import recorded_settings
 from sweep.scoring.table_writer import SCHEMAS, build
 
 
@@ -97,6 +99,7 @@ def _score_rows(meta, ids, keyed, settings, messages: Mapping[int, str], failed:
         "metric": np.repeat(metrics, m),
         **{name: np.concatenate([s[name] for s in stats]) for name in ("mean", "median", "std", "n_points")},
         "params": np.repeat([_params(metric, settings) for metric in metrics], m),
+        "settings": recorded_settings(dataclasses.asdict(settings)),
         "status": ["failed" if i in failed else "ok" for i in range(m)] * r,
         "message": [messages.get(i, "") for i in range(m)] * r,
     }

@@ -4,6 +4,9 @@ Only pyarrow: the analysis reads it without torch or Ray."""
 
 from __future__ import annotations
 
+import json
+from collections.abc import Mapping
+
 import pyarrow as pa
 
 CATEGORY = pa.dictionary(pa.int32(), pa.string())
@@ -65,6 +68,7 @@ SCHEMAS: dict[str, pa.Schema] = {
             ("std", pa.float64()),
             ("n_points", pa.int64()),
             ("params", pa.string()),
+            ("settings", CATEGORY),
             pa.field("status", CATEGORY, nullable=False),
             ("message", pa.string()),
         ]
@@ -110,6 +114,31 @@ SCHEMAS: dict[str, pa.Schema] = {
     ),
 }
 TABLES = tuple(SCHEMAS)
+
+# Scoring settings that change no value (chunk_size bounds memory alone): not in `settings`.
+UNRECORDED_SETTINGS = frozenset({"chunk_size"})
+
+
+def recorded_settings(settings: Mapping) -> str:
+    """The scoring settings (a `ScoringSettings` as a mapping) as `scores.settings` records them:
+    JSON, keys sorted."""
+    return json.dumps({name: list(value) if isinstance(value, tuple) else value
+                       for name, value in settings.items() if name not in UNRECORDED_SETTINGS}, sort_keys=True)
+
+
+def same_settings(record: str | None, settings: Mapping) -> bool:
+    """Whether rows whose `settings` column holds `record` were scored with `settings` (a sweep
+    plan's `scoring`). Rows written before the column (null) count as the same, as does a setting
+    only one side names (one added since, at its default)."""
+    if record is None:
+        return True
+    return not differing_settings(record, settings)
+
+
+def differing_settings(record: str, settings: Mapping) -> dict[str, tuple]:
+    """Setting → (recorded value, value in `settings`) for each setting both name with different values."""
+    then, now = json.loads(record), json.loads(recorded_settings(settings))
+    return {name: (then[name], now[name]) for name in sorted(then.keys() & now.keys()) if then[name] != now[name]}
 
 
 def pandas_dtypes(table: str) -> dict[str, str]:

@@ -12,12 +12,11 @@ from collections.abc import Mapping, Sequence
 
 import pandas as pd
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
 from sweep.plan import storage
-from sweep.scoring.table_schemas import SCHEMAS, TABLES
+from sweep.scoring.table_schemas import SCHEMAS, TABLES, same_settings
 
 
 _KEY = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
@@ -115,27 +114,45 @@ class TableWriter:
     def failed_keys(self) -> list[str]:
         """Keys of the `scores` files holding a failed row (a network whose scoring raised, or a
         checkpoint that could not be read) or that cannot be read themselves, sorted: what
-        `sweep score` takes again. One scan of every file's `status` (concurrent on object stores);
-        file by file only when a file is damaged."""
+        `sweep score` takes again."""
+        return sorted(key for key, statuses in self._scores_values("status").items()
+                      if statuses is None or "failed" in statuses)
+
+    def stale_keys(self, settings: Mapping) -> list[str]:
+        """Keys of the `scores` files holding rows scored with other settings than `settings` (a
+        sweep plan's `scoring`: a rescore with new settings cut short, or one that could not reach
+        the checkpoint), sorted: what `sweep score` and `sweep resume` score again."""
+        return sorted(key for key, records in self._scores_values("settings").items()
+                      if records is not None and not all(same_settings(record, settings) for record in records))
+
+    def _scores_values(self, column: str) -> dict[str, set | None]:
+        """Key → the distinct values of `column` in its `scores` file (None: the file cannot be
+        read). One scan of every file (concurrent on object stores); file by file only when a file
+        is damaged. A file from before the column holds nulls."""
         directory = self._dir("scores")
         files = [f"{directory}/{name}" for name in storage.list_files(self._fs, directory, _SUFFIX)]
         key = {path: path.rsplit("/", 1)[1][: -len(_SUFFIX)] for path in files}
-        failed = pc.field("status") == "failed"
+        scores = _schema("scores")
         try:
-            dataset = pads.dataset(files, schema=_schema("scores"), format="parquet", filesystem=self._fs)
-            table = dataset.to_table(columns=["__filename"], filter=failed)
-            return sorted({key[path] for path in table["__filename"].to_pylist()})
+            dataset = pads.dataset(files, schema=scores, format="parquet", filesystem=self._fs)
+            read = dataset.to_table(columns=["__filename", column])
+            # as text: each file's dictionary of a category column is its own, which grouping refuses
+            pairs = pa.table({"file": read["__filename"], "value": read[column].cast(pa.string())})
+            pairs = pairs.group_by(["file", "value"]).aggregate([])
+            values = {key[path]: set() for path in files}
+            for path, value in zip(pairs["file"].to_pylist(), pairs["value"].to_pylist()):
+                values[key[path]].add(value)
+            return values
         except (OSError, KeyError, pa.ArrowException):
             pass
-        out = []
+        values = {}
         for path in files:
             try:
-                rows = pq.read_table(path, columns=["status"], filters=failed, filesystem=self._fs).num_rows
+                read = pads.dataset([path], schema=scores, format="parquet", filesystem=self._fs)
+                values[key[path]] = set(read.to_table(columns=[column])[column].unique().to_pylist())
             except (OSError, pa.ArrowException):
-                rows = 1  # damaged: scoring it again writes it anew
-            if rows:
-                out.append(key[path])
-        return sorted(out)
+                values[key[path]] = None  # damaged: scoring it again writes it anew
+        return values
 
     def _dir(self, table: str) -> str:
         return f"{self._path.rstrip('/')}/{table}"

@@ -4,7 +4,7 @@ Without torch, so the driver and `sweep status` never import it."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable, Sequence
 
 from sweep.plan import storage
 from sweep.plan.networks import BundleConfig
@@ -121,20 +121,28 @@ def label(source) -> str:
     return str(getattr(source, "path", source))
 
 
-def unscored(table_root: str, checkpoints: Iterable, *, failed: bool = False) -> list:
+def unscored(table_root: str, checkpoints: Sequence, *, failed: bool = False, stale: Collection[str] = (),
+             keys: Sequence[str | None] | None = None) -> list:
     """The checkpoints whose key has no `scores` file yet (with `failed`, also those whose file
-    holds a failed row). Items are checkpoint sources (paths, URIs, `ray.tune.Checkpoint`s) or
-    `(bundle_id, source)` pairs; they come back as given. A checkpoint whose metadata cannot be
-    read counts as unscored (scoring then records why)."""
+    holds a failed row), or is in `stale` (`TableWriter.stale_keys`: scored with other settings).
+    Items are checkpoint sources (paths, URIs, `ray.tune.Checkpoint`s) or `(bundle_id, source)`
+    pairs; they come back as given. `keys`: theirs (`table_keys`), where the caller has read them.
+    A checkpoint whose metadata cannot be read counts as unscored (scoring then records why)."""
     tables = TableWriter(table_root)
-    done = set(tables.keys("scores")) - (set(tables.failed_keys()) if failed else set())
-    todo = []
+    done = set(tables.keys("scores")) - set(tables.failed_keys() if failed else ()) - set(stale)
+    keys = table_keys(checkpoints) if keys is None else keys
+    return [item for item, key in zip(checkpoints, keys, strict=True) if key not in done]
+
+
+def table_keys(checkpoints: Iterable) -> list[str | None]:
+    """The key of each checkpoint's rows in the tables (items as `unscored` takes them), from its
+    metadata; None where that cannot be read."""
+    keys = []
     for item in checkpoints:
         try:
             meta = read_meta(item[1] if isinstance(item, tuple) else item)
         except CheckpointError:
-            todo.append(item)
+            keys.append(None)
             continue
-        if checkpoint_key(meta["bundle_id"], meta["tag"]) not in done:
-            todo.append(item)
-    return todo
+        keys.append(checkpoint_key(meta["bundle_id"], meta["tag"]))
+    return keys
