@@ -2,6 +2,6 @@
 
 import sys
 
-from sweep.command.cli import main
+from sweep.command.entry import main
 
 sys.exit(main())

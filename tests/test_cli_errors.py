@@ -198,6 +198,33 @@ def test_python_dash_m_sweep_is_the_command(tmp_path):
     assert bad.returncode == 2 and "unknown preset" in bad.stderr
 
 
+def test_ctrl_c_while_the_command_loads_ends_quietly(tmp_path):
+    # The signal lands while the command's modules are still being imported (pandas is in, the
+    # rest is not): a message and 130, as later, not a traceback of the import.
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    spec = spec_file(tmp_path, GOOD)
+    for attempt in range(3):
+        proc = subprocess.Popen([sys.executable, "-m", "sweep", "run", spec, "--storage", str(tmp_path / "store")],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0"})
+        maps = Path(f"/proc/{proc.pid}/maps")
+        deadline = time.monotonic() + 60
+        while proc.poll() is None and time.monotonic() < deadline and "pandas/_libs" not in maps.read_text():
+            time.sleep(0.002)
+        loading = not (tmp_path / "store").exists()  # nothing started yet: still loading
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=120)
+        if loading:
+            break
+    assert loading, "the sweep had started before the signal could be sent"
+    assert proc.returncode == 130 and "Traceback" not in err, err
+    assert "sweep: interrupted" in err and not (tmp_path / "store").exists()
+
+
 def _alias_bomb(where: str) -> str:
     """Nine levels of nine aliases (9⁹ strings if expanded), placed where the spec parser looks."""
     items = ['&a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]']
