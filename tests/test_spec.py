@@ -1,6 +1,7 @@
 """Sweep specs: validation messages, presets, expansion and stable ids."""
 
 import copy
+import itertools
 import json
 import re
 import subprocess
@@ -356,13 +357,48 @@ def test_convolutional_keys_need_the_cnn_architecture_and_images_that_hold_the_s
                                         r"use at most 3"):
         parse_spec({**cnn, "grid": {**cnn["grid"], "stages": [4]}})
     # Stride-2 convolutions round up (8, 4, 2, 1): a fourth stage would work on 1×1 maps, doubling channels only.
-    assert parse_spec({**cnn, "grid": {**cnn["grid"], "stages": [3], "poolings": ["conv"]}}).grid.stages == (3,)
+    # (Kernels of 1: larger ones have weights that meet no pixel of the 2×2 map the third halves.)
+    assert parse_spec({**cnn, "grid": {**cnn["grid"], "stages": [3], "poolings": ["conv"], "kernel_sizes": [1]}}
+                      ).grid.stages == (3,)
     for stages in (4, 1000):
         with pytest.raises(SpecError, match=rf"grid.stages: {stages} stages of stride-2 convolutions shrink digits's "
                                             r"8×8 images to their smallest \(1×1; 2×2 with even kernels\) after 3, .* use at most 3"):
             parse_spec({**cnn, "grid": {**cnn["grid"], "stages": [stages], "poolings": ["conv"]}})
     with pytest.raises(SpecError, match=r"architecture: unknown value 'rnn'; choose one of fc, cnn"):
         parse_spec({**VALID, "architecture": "rnn"})
+
+
+def test_kernels_with_weights_that_never_meet_a_pixel_are_refused():
+    # The reference: which weights of a chain of k×k convolutions (padding k//2; a 2×2 pool, or a
+    # stride-2 convolution, after each stage) on digits' 8×8 images get a gradient, by autograd.
+    import torch
+
+    def all_train(k: int, stages: int, depth: int, pooling: str) -> bool:
+        x, weights = torch.randn(1, 1, 8, 8, dtype=torch.float64), []
+        for _ in range(stages):
+            for stride in [1] * depth + ([2] if pooling == "conv" else []):
+                weights.append(torch.randn(1, 1, k, k, dtype=torch.float64, requires_grad=True))
+                x = torch.nn.functional.conv2d(x, weights[-1], padding=k // 2, stride=stride)
+            if pooling != "conv":  # avg, not max: a max-pool's gradient skips the pixels it did not pick
+                x = torch.nn.functional.avg_pool2d(x, 2)
+        x.pow(2).sum().backward()
+        return all(bool((w.grad != 0).all()) for w in weights)
+
+    cnn = {**VALID, "architecture": "cnn"}
+    for stages, depth, pooling in itertools.product((1, 2, 3), (1, 2), ("avg", "conv")):
+        grid = {**cnn["grid"], "stages": [stages], "depths": [depth], "poolings": [pooling]}
+        for k in range(1, 19):
+            spec = {**cnn, "grid": {**grid, "kernel_sizes": [k]}}
+            if all_train(k, stages, depth, pooling):
+                assert parse_spec(spec).grid.kernel_sizes == (k,)
+            else:
+                with pytest.raises(SpecError, match=rf"grid.kernel_sizes: {k} is larger than the \d+×\d+ maps"):
+                    parse_spec(spec)
+    with pytest.raises(SpecError, match=r"grid.kernel_sizes: 9 is larger than the 4×4 maps of digits's networks of 2 "
+                                        r"stage\(s\) of depth 1 with max pooling: some of its weights only ever meet the "
+                                        r"zero padding, so they never train but count in param_count and the weight "
+                                        r"norms; use at most 7, or fewer stages"):
+        parse_spec({**cnn, "grid": {**cnn["grid"], "stages": [1, 2], "kernel_sizes": [3, 9]}})
 
 
 def test_random_label_draw_is_a_training_setting_of_networks_with_random_labels_only():

@@ -8,6 +8,7 @@ models' JSON schema for editors.
 
 from __future__ import annotations
 
+import itertools
 import os
 import re
 from pathlib import Path
@@ -313,6 +314,7 @@ class SweepSpec:
         if self.architecture == "cnn":
             total *= self.grid.conv_shapes()
             self._check_stages()
+            self._check_kernels()
         if total > MAX_NETWORKS:
             raise invalid(f"{total:,} networks exceeds the limit of {MAX_NETWORKS:,} per sweep; split the grid "
                           "into several sweeps (each with its own name)", "grid")
@@ -365,6 +367,56 @@ class SweepSpec:
                               f"with even kernels) after {most}, and each "
                               "stage past that only doubles the channels; use at most "
                               f"{most}", "grid.stages")
+
+
+    def _check_kernels(self) -> None:
+        """A kernel's weights that never meet a pixel of the maps they slide over (only the zero
+        padding, k//2 a side) never train, yet count in param_count and the weight norms (the
+        sensitivity baselines): refused, for the networks whose maps are smallest."""
+        for data, stages, depth, pooling in itertools.product(self.datasets, self.grid.stages, self.grid.depths,
+                                                               self.grid.poolings):
+            shape = dataset_info(data).image_shape
+            if shape is None:
+                continue
+            for k in self.grid.kernel_sizes:
+                side = _kernel_reaches(min(shape[1:]), k, stages, depth, pooling)
+                if side is None:
+                    continue
+                largest = next(j for j in range(1, k + 1)
+                               if _kernel_reaches(min(shape[1:]), j + 1, stages, depth, pooling) is not None)
+                raise invalid(
+                    f"{k} is larger than the {side}×{side} maps of {data.name}'s networks of {stages} stage(s) of "
+                    f"depth {depth} with {pooling} pooling: some of its weights only ever meet the zero padding, so "
+                    f"they never train but count in param_count and the weight norms; use at most {largest}, or "
+                    "fewer stages", "grid.kernel_sizes")
+
+
+def _kernel_reaches(side: int, k: int, stages: int, depth: int, pooling: str) -> int | None:
+    """None when every weight of every k×k convolution (as `conv_layers` lays them out) meets a
+    pixel of its input map; else the side of the first map where some do not."""
+
+    def conv(side: int, stride: int = 1, pooled: bool = False) -> int | None:
+        pad = k // 2
+        out = (side + 2 * pad - k) // stride + 1
+        used = out - out % 2 if pooled else out  # a 2×2 pool after it drops an odd last row
+        # weight t meets input pixel i·stride − pad + t of some output position i < used
+        meets = (max(0, -((t - pad) // stride)) <= min(used - 1, (side - 1 + pad - t) // stride) for t in range(k))
+        return out if all(meets) else None
+
+    for _ in range(stages):
+        for block in range(depth):
+            after = conv(side, pooled=pooling != "conv" and block == depth - 1)
+            if after is None:
+                return side
+            side = after
+        if pooling == "conv":
+            after = conv(side, stride=2)
+            if after is None:
+                return side
+            side = after
+        else:
+            side //= 2
+    return None
 
 
 def spec_schema() -> dict:
