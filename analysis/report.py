@@ -287,8 +287,8 @@ def _unscored_lines(tables, report: Report) -> list[str]:
     """Networks in the statistics without scores at the final checkpoint: the statistics count
     them as missing their metrics, which says nothing of why or what to do."""
     kept = set(tables.networks["network_id"].astype(str)) - set(report.left_out["network_id"].astype(str))
-    scores = tables.scores
-    unscored = kept - set(scores.loc[scores["checkpoint"].astype(str) == FINAL_CHECKPOINT, "network_id"].astype(str))
+    scored = pd.concat([tables.scores, tables.other_settings])  # those: `_other_settings_lines`
+    unscored = kept - set(scored.loc[scored["checkpoint"].astype(str) == FINAL_CHECKPOINT, "network_id"].astype(str))
     if not unscored:
         return []
     return [f"Unscored: {len(unscored)} network(s) in the statistics have no scores at the `{FINAL_CHECKPOINT}` "
@@ -300,13 +300,18 @@ def _other_settings_lines(tables) -> list[str]:
     """Checkpoints scored with other settings than the sweep's: their values are not comparable
     with the rest, so `analysis.load` set them aside; said, with what differs."""
     other = tables.other_settings
-    if other is None or other.empty:
+    if other.empty:
         return []
-    units = other.drop_duplicates(["network_id", "checkpoint"])
-    differences = {f"{name} {then} (the sweep's: {now})"
-                   for record in other["settings"].astype(str).unique()
+    units = other.drop_duplicates(["network_id", "checkpoint"]).astype({"network_id": str, "checkpoint": str})
+    bundles = units.merge(tables.networks[["network_id", "bundle_id"]].astype(str), on="network_id", how="left")
+    checkpoints = bundles.assign(bundle_id=bundles["bundle_id"].fillna(bundles["network_id"]))  # no row: its own
+    count = len(checkpoints.drop_duplicates(["bundle_id", "checkpoint"]))
+    records = other["settings"].dropna().astype(str).unique()
+    differences = {f"{name} {then} (the sweep's: {now})" for record in records
                    for name, (then, now) in differing_settings(record, tables.settings).items()}
-    return [f"Scored with other settings: {len(units)} checkpoint(s) of {units['network_id'].nunique()} network(s) "
+    if other["settings"].isna().any():
+        differences.add("scored before the settings were recorded, with others than the sweep's")
+    return [f"Scored with other settings: {count} checkpoint(s), of {units['network_id'].nunique()} network(s), "
             f"were scored with other scoring settings than the sweep's ({'; '.join(sorted(differences))}): a rescore "
             "with new settings cut short, or one that did not find their checkpoints. Their rows are left out of "
             "every statistic, as if unscored: `sweep score` on the sweep scores again those whose checkpoints it finds, "

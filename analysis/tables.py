@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pandas as pd
 import pyarrow as pa
@@ -41,7 +41,7 @@ class Tables:
     trajectories: pd.DataFrame
     slices: pd.DataFrame
     settings: Mapping | None = None
-    other_settings: pd.DataFrame | None = None
+    other_settings: pd.DataFrame = field(default_factory=pd.DataFrame)
 
 
 def empty_frame(columns: dict[str, str]) -> pd.DataFrame:
@@ -97,14 +97,13 @@ def load(path: str | os.PathLike, checkpoint: str = FINAL_CHECKPOINT) -> Tables:
         )
     networks = with_legacy_values(networks)
     scores = _read_or_empty(filesystem, f"{root}/scores", SCORE_COLUMNS)
-    settings = _plan_settings(filesystem, root)
-    scores, other, settings = split_by_settings(scores, settings)
-    aside = pd.MultiIndex.from_frame(other[["network_id", "checkpoint"]].astype(str))
+    scores, other, settings = split_by_settings(scores, *_plan_settings(filesystem, root))
+    aside = pd.MultiIndex.from_frame(other[["network_id", "checkpoint"]])
 
     def kept(frame: pd.DataFrame) -> pd.DataFrame:
         if aside.empty:
             return frame
-        return frame[~pd.MultiIndex.from_frame(frame[["network_id", "checkpoint"]].astype(str)).isin(aside)]
+        return frame[~pd.MultiIndex.from_frame(frame[["network_id", "checkpoint"]]).isin(aside)]
 
     return Tables(
         path=_with_scheme(path, root),
@@ -119,31 +118,39 @@ def load(path: str | os.PathLike, checkpoint: str = FINAL_CHECKPOINT) -> Tables:
     )
 
 
-def split_by_settings(scores: pd.DataFrame, settings: Mapping | None) -> tuple[pd.DataFrame, pd.DataFrame,
-                                                                                 Mapping | None]:
+def split_by_settings(scores: pd.DataFrame, settings: Mapping | None, unrecorded: Mapping | None = None
+                      ) -> tuple[pd.DataFrame, pd.DataFrame, Mapping | None]:
     """(`scores` rows scored with `settings`, those scored with others, the settings kept).
-    Without `settings` (no sweep.json), those that most checkpoints were scored with. Rows that
-    predate the `settings` column count as scored with any."""
+    Without `settings` (no sweep.json), those that most checkpoints were scored with (of equally
+    many, the first in JSON order). Rows that predate the `settings` column were scored with
+    `unrecorded` (sweep.json's `unrecorded_scoring`), or with `settings` where that is None."""
     records = scores["settings"] if "settings" in scores else pd.Series(None, scores.index, object)
-    distinct = [str(record) for record in records.dropna().unique()]
+    records = records.astype(object)
+    distinct = sorted(str(record) for record in records.dropna().unique())
     if settings is None and len(distinct) > 1:
-        units = scores.assign(settings=records.astype(object)).dropna(subset=["settings"])
-        counts = units.drop_duplicates(["network_id", "checkpoint"])["settings"].value_counts()
-        settings = json.loads(counts.index[0])
+        units = scores.assign(settings=records).dropna(subset=["settings"]).drop_duplicates(["network_id", "checkpoint"])
+        counts = units["settings"].value_counts()
+        settings = json.loads(min(distinct, key=lambda record: -counts[record]))
     if settings is None:
         return scores, scores.iloc[:0], None
-    other = records.astype(object).isin([record for record in distinct if not same_settings(record, settings)])
-    return scores[~other], scores[other], settings
+    other = records.isin([record for record in distinct if not same_settings(record, settings)])
+    if unrecorded is not None and not same_settings(None, settings, unrecorded):
+        other |= records.isna()
+    kept, aside = scores[~other], scores[other]
+    if "settings" in kept and isinstance(kept["settings"].dtype, pd.CategoricalDtype):  # the set-aside records are no category of it
+        kept = kept.assign(settings=kept["settings"].cat.remove_unused_categories())
+    return kept, aside, settings
 
 
-def _plan_settings(filesystem: pafs.FileSystem, root: str) -> Mapping | None:
-    """The scoring settings in the sweep.json beside `tables/`; None where it is not there or
-    cannot be read (tables copied alone)."""
+def _plan_settings(filesystem: pafs.FileSystem, root: str) -> tuple[Mapping | None, Mapping | None]:
+    """(`scoring`, `unrecorded_scoring`) of the sweep.json beside `tables/`; Nones where it is not
+    there or cannot be read (tables copied alone)."""
     try:
         with filesystem.open_input_stream(f"{root.rstrip('/').rsplit('/', 1)[0]}/sweep.json") as stream:
-            return json.loads(stream.read())["scoring"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
+            plan = json.loads(stream.read())
+        return plan["scoring"], plan.get("unrecorded_scoring")
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None, None
 
 
 def read_table(filesystem: pafs.FileSystem, directory: str) -> pd.DataFrame | None:

@@ -258,3 +258,8 @@ def test_checkpoints_scored_with_other_settings_are_set_aside_with_their_other_r
         pd.read_parquet(file).drop(columns="settings").to_parquet(file, index=False)
     tables = analysis.load(path)
     assert tables.other_settings.empty and len(tables.scores) == 8
+    # ... unless the sweep has had new settings since: then they were scored with its first
+    (path / "sweep.json").write_text(json.dumps({"scoring": {"points": 500, "seed": 0},
+                                                 "unrecorded_scoring": {"points": 1000, "seed": 0}}))
+    tables = analysis.load(path)
+    assert tables.scores.empty and len(tables.other_settings) == 8 and tables.points.empty

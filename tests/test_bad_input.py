@@ -4,7 +4,9 @@ comes from the `sweep` command as a user sees it, and a Ray that this test sessi
 started is never reused."""
 
 import ast
+import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -99,6 +101,17 @@ def test_new_scoring_settings_are_not_kept_when_ray_cannot_start(sweep_folder, m
     assert cli.main(["score", str(sweep_folder), "--points", "7"]) == 2
     assert "could not connect to Ray" in capsys.readouterr().err
     assert (sweep_folder / "sweep.json").read_bytes() == before
+
+    # Stopped while Ray starts, they are there already, and a plain `sweep score` goes on with them.
+    def stopped(address, log_file=None):
+        saved = json.loads((sweep_folder / "sweep.json").read_text())
+        assert saved["scoring"]["points"] == 7 and saved["unrecorded_scoring"] == json.loads(before)["scoring"]
+        os.kill(os.getpid(), signal.SIGINT)
+
+    monkeypatch.setattr(cli, "start_ray", stopped)
+    assert cli.main(["score", str(sweep_folder), "--points", "7"]) == 130
+    assert f"sweep: continue with: sweep score {sweep_folder}\n" in capsys.readouterr().err
+    assert json.loads((sweep_folder / "sweep.json").read_text())["scoring"]["points"] == 7
 
 
 def test_auto_address_from_the_environment_that_answers_nothing(tmp_path, spec_file):

@@ -553,7 +553,7 @@ def test_checkpoints_scored_with_other_settings_are_found_and_taken_again(tmp_pa
     pd.read_parquet(legacy_file).drop(columns="settings").to_parquet(legacy_file, index=False)
     recorded = pd.read_parquet(tables / "scores" / f"{first.bundle_id}--end.parquet")["settings"].unique()
     assert len(recorded) == 1
-    assert json.loads(recorded[0]) == {k: list(v) if isinstance(v, tuple) else v
+    assert json.loads(recorded[0]) == {k: sorted(v) if isinstance(v, tuple) else v
                                        for k, v in dataclasses.asdict(SETTINGS).items() if k != "chunk_size"}
     writer = TableWriter(tables)
     plan_scoring = json.loads(json.dumps(dataclasses.asdict(SETTINGS)))  # as sweep.json holds it
@@ -563,6 +563,12 @@ def test_checkpoints_scored_with_other_settings_are_found_and_taken_again(tmp_pa
     assert writer.stale_keys({**plan_scoring, "chunk_size": 7}) == [f"{second.bundle_id}--end"]
     older = {k: v for k, v in plan_scoring.items() if k != "sharpness_target"}
     assert writer.stale_keys({**older, "a_setting_from_later": 1}) == [f"{second.bundle_id}--end"]
+    # nor does the order of the metrics
+    assert writer.stale_keys({**plan_scoring, "metrics": plan_scoring["metrics"][::-1]}) == [f"{second.bundle_id}--end"]
+    # rows from before settings were recorded: scored with the sweep's first settings, where it has had others
+    assert writer.stale_keys(plan_scoring, unrecorded=plan_scoring) == [f"{second.bundle_id}--end"]
+    assert writer.stale_keys(plan_scoring, unrecorded=dataclasses.asdict(fewer)) == sorted(
+        [f"{second.bundle_id}--end", f"{legacy.bundle_id}--end"])
     assert unscored(tables, found) == [] and unscored(tables, found, stale=writer.stale_keys(plan_scoring)) == [found[1]]
     # a damaged file is not said to hold other settings (failed_keys takes it), and hides no other
     (tables / "scores" / f"{first.bundle_id}--end.parquet").write_bytes(b"cut short")
@@ -982,6 +988,10 @@ def test_train_only_measures_leave_an_untrained_checkpoint_scored_without_rows(t
     assert set(scores["checkpoint"]) == {"end"} and set(scores["metric"]) == {"spectral_margin"}
     assert (scores["status"] == "ok").all() and len(scores) == 2
     assert unscored(tables, [str(init), str(end)]) == []
+    # its empty file says what it was scored with: new settings with test metrics take it again
+    writer, key = TableWriter(tables), f"{bundle.bundle_id}--init"
+    assert writer.stale_keys(dataclasses.asdict(settings)) == []
+    assert writer.stale_keys(dataclasses.asdict(SETTINGS)) == sorted([key, f"{bundle.bundle_id}--end"])
     # one that fails has no failed rows to hold its failure: it stays unscored, to be tried again
     (init / "population.pt").write_bytes(b"not a checkpoint")
     again = str(tmp_path / "again")

@@ -242,7 +242,7 @@ def test_checkpoints_left_with_the_old_settings_by_a_rescore_cut_short_are_found
     pd.testing.assert_frame_equal(tables.wide[kept].reset_index(drop=True), reference.wide[kept].reset_index(drop=True))
     report = build_report(copy, tmp_path / "report", bootstrap=False)
     text = report.path.read_text()
-    assert ("Scored with other settings: 12 checkpoint(s) of 8 network(s) were scored with other scoring settings than "
+    assert ("Scored with other settings: 3 checkpoint(s), of 8 network(s), were scored with other scoring settings than "
             "the sweep's (points 60 (the sweep's: 30); train_points 40 (the sweep's: 30))") in text
 
     # A plain `sweep score` scores again the two whose checkpoints are here, and only those.

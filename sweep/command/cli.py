@@ -343,7 +343,7 @@ def interrupted(plan, command: str, *, rescore: bool = False) -> int:
     """Say what the interrupted command finished and how to continue; the exit status."""
 
     found = sweep_plan.checkpoints(plan)
-    stale = TableWriter(plan.table_root).stale_keys(plan.scoring)
+    stale = TableWriter(plan.table_root).stale_keys(plan.scoring, plan.unrecorded_scoring)
     scored = len(found) - len(checkpoints.unscored(plan.table_root, found, stale=stale))
     if command == "score" and rescore:
         what, again = "scoring every checkpoint again was cut short", f"sweep score {plan.sweep_dir} --rescore"
@@ -599,22 +599,23 @@ def cmd_score(args) -> int:
     except ValueError as exc:  # named by the spec key it sets, which the user gave as a flag
         flags = " ".join(f"--{key}" for key in ("points", "metrics") if key in overrides)
         raise UsageError(f"{flags}: {exc}") from None
-    rescore = args.rescore or bool(overrides)
     datasets = [BundleConfig.from_dict(b).dataset for b in plan.bundles]
     for note in planner.points_notes(settings.points, settings.train_points, datasets):
         print(f"[sweep] note: {note}")
 
     # New settings are saved before Ray starts (by `guarded`), so that whatever scores this sweep
-    # next (a resume, a later `sweep score`) uses them and finds the checkpoints still scored with
-    # the old ones: a rescore with new settings cut short is taken up by a plain `sweep score`.
-    plan = dataclasses.replace(plan, scoring=dataclasses.asdict(settings)) if overrides else plan
+    # next (a resume, a later `sweep score`) uses them: every checkpoint scored with the old ones
+    # is then scored again, and one cut short is taken up by a plain `sweep score`.
+    if overrides:
+        plan = dataclasses.replace(plan, scoring=dataclasses.asdict(settings),
+                                   unrecorded_scoring=plan.unrecorded_scoring or plan.scoring)
 
     def score():
         if overrides:
             print(f"[sweep] scoring settings saved to {plan.sweep_dir}/{sweep_plan.SWEEP_FILE}: "
                   + f"points {settings.points}, metrics {' '.join(settings.metrics)}")
         try:
-            return runner.score(plan, settings, rescore=rescore)
+            return runner.score(plan, settings, rescore=args.rescore)
         except Exception:
             if overrides:  # saved, and some checkpoints may still hold scores of the old settings
                 print(f"sweep: the new scoring settings are saved; score the checkpoints that still hold scores of "

@@ -171,7 +171,7 @@ def score(plan: SweepPlan, settings, *, rescore: bool = False) -> dict:
     if rescore:
         todo = found
     else:
-        stale = TableWriter(plan.table_root).stale_keys(dataclasses.asdict(settings))
+        stale = TableWriter(plan.table_root).stale_keys(dataclasses.asdict(settings), plan.unrecorded_scoring)
         todo = unscored(plan.table_root, found, failed=True, stale=stale)
     known = {bundle["bundle_id"] for bundle in plan.bundles}
     foreign = [uri for bundle_id, uri in todo if bundle_id not in known]

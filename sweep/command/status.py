@@ -27,7 +27,7 @@ def scoring_state(plan: SweepPlan) -> Scoring:
     found = checkpoints(plan)
     keys = table_keys(found)
     tables = TableWriter(plan.table_root)
-    stale = tables.stale_keys(plan.scoring)
+    stale = tables.stale_keys(plan.scoring, plan.unrecorded_scoring)
     return Scoring(found, unscored(plan.table_root, found, stale=stale, keys=keys), tables.failed_keys(), stale,
                    len(set(stale) & set(keys)))
 

@@ -34,6 +34,9 @@ class SweepPlan:
     # bundle_id -> the trial's share of one card (sweep.plan.planner); empty in sweeps planned before
     # shares were per bundle, whose trials take resources["gpus_per_trial"]
     gpu_shares: dict = dataclasses.field(default_factory=dict)
+    # The scoring settings of `scores` rows written before rows recorded theirs: `scoring` as it was
+    # when `sweep score` was first given new settings; None until then (such rows have `scoring`).
+    unrecorded_scoring: dict | None = None
 
     @property
     def sweep_dir(self) -> str:

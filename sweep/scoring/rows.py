@@ -16,7 +16,7 @@ from torch import Tensor
 import metrics_core as mc
 from sweep.scoring.settings import (INIT_METRICS, POINT_METRICS, TRAIN_METRICS, UNTRAINED_TAGS, WEIGHT_METRICS,
                                     ScoringSettings)
-from sweep.scoring.table_schemas import recorded_settings
+from sweep.scoring.table_schemas import SETTINGS_METADATA, recorded_settings
 from sweep.scoring.table_writer import SCHEMAS, build
 
 
@@ -88,8 +88,10 @@ def _score_rows(meta, ids, keyed, settings, messages: Mapping[int, str], failed:
     """One row per (split, metric, stats) of `keyed` × member, in that order; built as one
     table, since a table per metric costs more than its statistics."""
     m, r = len(ids), len(keyed)
+    record = recorded_settings(dataclasses.asdict(settings))
+    metadata = {SETTINGS_METADATA: record}  # what a file without rows was scored with
     if not r:  # only train-point measures, at `init`: nothing to say, and scored all the same
-        return build("scores", {name: [] for name in SCHEMAS["scores"].names}, 0)
+        return build("scores", {name: [] for name in SCHEMAS["scores"].names}, 0).replace_schema_metadata(metadata)
     splits, metrics, stats = zip(*keyed)
     columns = {
         "network_id": list(ids) * r,
@@ -99,11 +101,11 @@ def _score_rows(meta, ids, keyed, settings, messages: Mapping[int, str], failed:
         "metric": np.repeat(metrics, m),
         **{name: np.concatenate([s[name] for s in stats]) for name in ("mean", "median", "std", "n_points")},
         "params": np.repeat([_params(metric, settings) for metric in metrics], m),
-        "settings": recorded_settings(dataclasses.asdict(settings)),
+        "settings": record,
         "status": ["failed" if i in failed else "ok" for i in range(m)] * r,
         "message": [messages.get(i, "") for i in range(m)] * r,
     }
-    return build("scores", columns, m * r)
+    return build("scores", columns, m * r).replace_schema_metadata(metadata)
 
 
 def _per_member(ids: Sequence[str], rows: int) -> pa.Array:

@@ -117,21 +117,25 @@ TABLES = tuple(SCHEMAS)
 
 # Scoring settings that change no value (chunk_size bounds memory alone): not in `settings`.
 UNRECORDED_SETTINGS = frozenset({"chunk_size"})
+# The key of a `scores` file's metadata that holds its settings too (a file without rows has them there).
+SETTINGS_METADATA = b"settings"
 
 
 def recorded_settings(settings: Mapping) -> str:
     """The scoring settings (a `ScoringSettings` as a mapping) as `scores.settings` records them:
     JSON, keys sorted."""
-    return json.dumps({name: list(value) if isinstance(value, tuple) else value
+    # a list's order (the metrics') changes no value
+    return json.dumps({name: sorted(value) if isinstance(value, (tuple, list)) else value
                        for name, value in settings.items() if name not in UNRECORDED_SETTINGS}, sort_keys=True)
 
 
-def same_settings(record: str | None, settings: Mapping) -> bool:
+def same_settings(record: str | None, settings: Mapping, unrecorded: Mapping | None = None) -> bool:
     """Whether rows whose `settings` column holds `record` were scored with `settings` (a sweep
-    plan's `scoring`). Rows written before the column (null) count as the same, as does a setting
-    only one side names (one added since, at its default)."""
+    plan's `scoring`). Rows written before the column (null) were scored with `unrecorded` (the
+    settings the sweep had when it was first given new ones), or with `settings` where that is
+    None. A setting only one side names (one added since, at its default) is not compared."""
     if record is None:
-        return True
+        return unrecorded is None or not differing_settings(recorded_settings(unrecorded), settings)
     return not differing_settings(record, settings)
 
 

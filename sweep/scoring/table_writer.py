@@ -12,11 +12,12 @@ from collections.abc import Mapping, Sequence
 
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
 from sweep.plan import storage
-from sweep.scoring.table_schemas import SCHEMAS, TABLES, same_settings
+from sweep.scoring.table_schemas import SCHEMAS, SETTINGS_METADATA, TABLES, same_settings
 
 
 _KEY = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
@@ -93,6 +94,8 @@ class TableWriter:
                 " and start with a letter or digit"
             )
         data = to_arrow(table, rows)
+        if isinstance(rows, pa.Table) and rows.schema.metadata:  # e.g. a scores file's settings
+            data = data.replace_schema_metadata(rows.schema.metadata)
         if data.num_rows == 0 and not keep_key:
             storage.delete(self._fs, self._file(table, key))
         else:
@@ -118,30 +121,46 @@ class TableWriter:
         return sorted(key for key, statuses in self._scores_values("status").items()
                       if statuses is None or "failed" in statuses)
 
-    def stale_keys(self, settings: Mapping) -> list[str]:
+    def stale_keys(self, settings: Mapping, unrecorded: Mapping | None = None) -> list[str]:
         """Keys of the `scores` files holding rows scored with other settings than `settings` (a
         sweep plan's `scoring`: a rescore with new settings cut short, or one that could not reach
-        the checkpoint), sorted: what `sweep score` and `sweep resume` score again."""
-        return sorted(key for key, records in self._scores_values("settings").items()
-                      if records is not None and not all(same_settings(record, settings) for record in records))
+        the checkpoint), sorted: what `sweep score` and `sweep resume` score again. Rows from before
+        settings were recorded were scored with `unrecorded` (the plan's `unrecorded_scoring`), or
+        with `settings` where that is None. A file without rows says its settings in its metadata."""
+        stale = []
+        for key, records in self._scores_values("settings").items():
+            if records is not None and not records:
+                records = {self._file_settings(key)}
+            if records is not None and not all(same_settings(r, settings, unrecorded) for r in records):
+                stale.append(key)
+        return sorted(stale)
+
+    def _file_settings(self, key: str) -> str | None:
+        """The settings a `scores` file's metadata records (its rows' own where it has none)."""
+        try:
+            metadata = pq.read_schema(self._file("scores", key), filesystem=self._fs).metadata or {}
+        except (OSError, pa.ArrowException):
+            return None
+        record = metadata.get(SETTINGS_METADATA)
+        return None if record is None else record.decode()
 
     def _scores_values(self, column: str) -> dict[str, set | None]:
         """Key → the distinct values of `column` in its `scores` file (None: the file cannot be
-        read). One scan of every file (concurrent on object stores); file by file only when a file
-        is damaged. A file from before the column holds nulls."""
+        read). One streamed scan of every file (concurrent on object stores), a batch at a time,
+        so that memory does not grow with the table; file by file only when a file is damaged. A
+        file from before the column holds nulls."""
         directory = self._dir("scores")
         files = [f"{directory}/{name}" for name in storage.list_files(self._fs, directory, _SUFFIX)]
         key = {path: path.rsplit("/", 1)[1][: -len(_SUFFIX)] for path in files}
         scores = _schema("scores")
         try:
             dataset = pads.dataset(files, schema=scores, format="parquet", filesystem=self._fs)
-            read = dataset.to_table(columns=["__filename", column])
-            # as text: each file's dictionary of a category column is its own, which grouping refuses
-            pairs = pa.table({"file": read["__filename"], "value": read[column].cast(pa.string())})
-            pairs = pairs.group_by(["file", "value"]).aggregate([])
             values = {key[path]: set() for path in files}
-            for path, value in zip(pairs["file"].to_pylist(), pairs["value"].to_pylist()):
-                values[key[path]].add(value)
+            for batch in dataset.to_batches(columns=["__filename", column]):
+                names = batch.column("__filename")
+                for path in names.unique().to_pylist():
+                    rows = batch.column(column).filter(pc.equal(names, path))
+                    values[key[path]].update(rows.unique().to_pylist())
             return values
         except (OSError, KeyError, pa.ArrowException):
             pass
