@@ -128,8 +128,8 @@ def split_by_settings(scores: pd.DataFrame, settings: Mapping | None, unrecorded
     records = records.astype(object)
     distinct = sorted(str(record) for record in records.dropna().unique())
     if settings is None and len(distinct) > 1:
-        units = scores.assign(settings=records).dropna(subset=["settings"]).drop_duplicates(["network_id", "checkpoint"])
-        counts = units["settings"].value_counts()
+        units = scores.assign(settings=records).dropna(subset=["settings"])
+        counts = units.drop_duplicates(["network_id", "checkpoint"])["settings"].value_counts()
         settings = json.loads(min(distinct, key=lambda record: -counts[record]))
     if settings is None:
         return scores, scores.iloc[:0], None
@@ -137,7 +137,7 @@ def split_by_settings(scores: pd.DataFrame, settings: Mapping | None, unrecorded
     if unrecorded is not None and not same_settings(None, settings, unrecorded):
         other |= records.isna()
     kept, aside = scores[~other], scores[other]
-    if "settings" in kept and isinstance(kept["settings"].dtype, pd.CategoricalDtype):  # the set-aside records are no category of it
+    if "settings" in kept and isinstance(kept["settings"].dtype, pd.CategoricalDtype):  # drop the set-aside ones
         kept = kept.assign(settings=kept["settings"].cat.remove_unused_categories())
     return kept, aside, settings
 
