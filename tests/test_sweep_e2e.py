@@ -253,6 +253,11 @@ def test_checkpoints_left_with_the_old_settings_by_a_rescore_cut_short_are_found
                                       pd.read_parquet(rescored / "tables" / "scores" / f"{key}.parquet"))
     assert main(["status", str(copy)]) == 0
     assert "1 checkpoint(s) scored with other settings" in capsys.readouterr().out
+    # the settings it has already, given again: nothing to score, and said so
+    assert main(["score", str(copy), "--points", "30"]) == 0
+    out = capsys.readouterr().out
+    assert f"[sweep] scored 0 of {len(keys) - 1} checkpoint(s)" in out
+    assert f"every checkpoint has scores of these settings already; `sweep score {copy} --rescore`" in out
 
 
 def test_a_bundle_whose_end_checkpoint_is_stored_is_not_trained_again(sweep_dir, tmp_path, capsys):

@@ -626,6 +626,9 @@ def cmd_score(args) -> int:
     if code is not None:
         return code
     print(f"[sweep] scored {summary['scored']} of {summary['checkpoints']} checkpoint(s) -> {plan.table_root}")
+    if summary["checkpoints"] and not summary["scored"]:
+        print(f"[sweep] every checkpoint has scores of these settings already; `sweep score {plan.sweep_dir} "
+              "--rescore` scores them again")
     for failure in summary["failures"]:
         print(f"sweep: scoring failed: {failure}", file=sys.stderr)
     return 1 if summary["failures"] else 0
