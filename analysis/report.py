@@ -21,7 +21,7 @@ from analysis.protocol import select
 from analysis.robustness import conditional_mutual_information, robust_sign_error
 from analysis.tables import Tables, load
 from analysis.manifold import trajectory_profiles
-from sweep.scoring.table_schemas import differing_settings
+from sweep.scoring.table_schemas import differing_settings, recorded_settings, setting_change
 
 # Quantities shown in the paired-factor scatters, besides the gap, when present.
 FACTOR_FIGURE_METRICS: tuple[str, ...] = ("jacobian_softmax", "transitions")
@@ -43,6 +43,7 @@ class Report:
     include_unconverged: bool
     figures: tuple[Path, ...]
     timings: dict[str, float]
+    notes: tuple[str, ...] = ()  # what the statistics could not use, and what to do (report.md's header)
 
 
 def write_report(sweep_path: str | os.PathLike, out_dir: str | os.PathLike | None = None,
@@ -107,8 +108,9 @@ def build_report(sweep_path: str | os.PathLike, out_dir: str | os.PathLike | Non
         frame.to_csv(out / f"{name}.csv", index=False)
     timings["total"] = time.perf_counter() - start
     path = out / "report.md"
+    notes = (*_unlisted_lines(tables), *_unscored_lines(tables, left_out), *_other_settings_lines(tables))
     report = Report(path, corr, granulated, robustness, factors, points, points_summary, found, left_out, include_unconverged,
-                    tuple(p for paths in drawn.values() for p in paths), timings)
+                    tuple(p for paths in drawn.values() for p in paths), timings, tuple(note.rstrip() for note in notes))
     path.write_text(_markdown(tables, report, drawn, bootstrap), encoding="utf-8")
     return report
 
@@ -176,9 +178,7 @@ def _markdown(tables: Tables, report: Report, drawn: dict[str, list[Path]], boot
            else "") + "  ",
         f"Data sets: {', '.join(datasets) or 'none'}  ",
         *_protocol_lines(report, len(networks)),
-        *_unlisted_lines(tables),
-        *_unscored_lines(tables, report),
-        *_other_settings_lines(tables),
+        *(f"{note}  " for note in report.notes),
         "",
         "## The paper's findings on this sweep",
         "",
@@ -283,10 +283,10 @@ def _protocol_lines(report: Report, total: int) -> list[str]:
     return lines
 
 
-def _unscored_lines(tables, report: Report) -> list[str]:
+def _unscored_lines(tables, left_out: pd.DataFrame) -> list[str]:
     """Networks in the statistics without scores at the final checkpoint: the statistics count
     them as missing their metrics, which says nothing of why or what to do."""
-    kept = set(tables.networks["network_id"].astype(str)) - set(report.left_out["network_id"].astype(str))
+    kept = set(tables.networks["network_id"].astype(str)) - set(left_out["network_id"].astype(str))
     scored = pd.concat([tables.scores, tables.other_settings])  # those: `_other_settings_lines`
     unscored = kept - set(scored.loc[scored["checkpoint"].astype(str) == FINAL_CHECKPOINT, "network_id"].astype(str))
     if not unscored:
@@ -306,13 +306,13 @@ def _other_settings_lines(tables) -> list[str]:
     bundles = units.merge(tables.networks[["network_id", "bundle_id"]].astype(str), on="network_id", how="left")
     checkpoints = bundles.assign(bundle_id=bundles["bundle_id"].fillna(bundles["network_id"]))  # no row: its own
     count = len(checkpoints.drop_duplicates(["bundle_id", "checkpoint"]))
-    records = other["settings"].dropna().astype(str).unique()
-    differences = {f"{name} {then} (the sweep's: {now})" for record in records
-                   for name, (then, now) in differing_settings(record, tables.settings).items()}
-    if other["settings"].isna().any():
-        differences.add("scored before the settings were recorded, with others than the sweep's")
+    groups = [differing_settings(record, tables.settings) for record in other["settings"].dropna().astype(str).unique()]
+    if other["settings"].isna().any() and tables.unrecorded_settings is not None:
+        groups.append(differing_settings(recorded_settings(tables.unrecorded_settings), tables.settings))
+    differences = sorted({", ".join(setting_change(name, then, now, "the sweep's:") for name, (then, now) in group.items())
+                          for group in groups})
     return [f"Scored with other settings: {count} checkpoint(s), of {units['network_id'].nunique()} network(s), "
-            f"were scored with other scoring settings than the sweep's ({'; '.join(sorted(differences))}): a rescore "
+            f"were scored with other scoring settings than the sweep's ({'; or '.join(differences)}): a rescore "
             "with new settings cut short, or one that did not find their checkpoints. Their rows are left out of "
             "every statistic, as if unscored: `sweep score` on the sweep scores again those whose checkpoints it finds, "
             "and `sweep status` counts the others.  "]

@@ -42,6 +42,7 @@ class Tables:
     slices: pd.DataFrame
     settings: Mapping | None = None
     other_settings: pd.DataFrame = field(default_factory=pd.DataFrame)
+    unrecorded_settings: Mapping | None = None  # those of rows from before rows recorded theirs, if known
 
 
 def empty_frame(columns: dict[str, str]) -> pd.DataFrame:
@@ -97,7 +98,10 @@ def load(path: str | os.PathLike, checkpoint: str = FINAL_CHECKPOINT) -> Tables:
         )
     networks = with_legacy_values(networks)
     scores = _read_or_empty(filesystem, f"{root}/scores", SCORE_COLUMNS)
-    scores, other, settings = split_by_settings(scores, *_plan_settings(filesystem, root))
+    scores = scores.assign(**{name: pd.Series(None, scores.index, dtype) for name, dtype in SCORE_COLUMNS.items()
+                              if name not in scores})  # files from before a column
+    settings, unrecorded = _plan_settings(filesystem, root)
+    scores, other, settings = split_by_settings(scores, settings, unrecorded)
     aside = pd.MultiIndex.from_frame(other[["network_id", "checkpoint"]])
 
     def kept(frame: pd.DataFrame) -> pd.DataFrame:
@@ -115,6 +119,7 @@ def load(path: str | os.PathLike, checkpoint: str = FINAL_CHECKPOINT) -> Tables:
         slices=kept(_read_or_empty(filesystem, f"{root}/slices", SLICE_COLUMNS)),
         settings=settings,
         other_settings=other,
+        unrecorded_settings=unrecorded,
     )
 
 

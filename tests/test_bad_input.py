@@ -19,6 +19,7 @@ from specs import MINIMAL_SPEC as SPEC
 from sweep.plan import sweep_plan
 from sweep.plan.planner import expand
 from sweep.plan.spec import load_spec
+from sweep.scoring.settings import METRICS
 
 ROOT = Path(__file__).resolve().parents[1]
 # ray.init on such an address retries for minutes; the command must answer well within this.
@@ -109,9 +110,17 @@ def test_new_scoring_settings_are_not_kept_when_ray_cannot_start(sweep_folder, m
         os.kill(os.getpid(), signal.SIGINT)
 
     monkeypatch.setattr(cli, "start_ray", stopped)
-    assert cli.main(["score", str(sweep_folder), "--points", "7"]) == 130
+    assert cli.main(["score", str(sweep_folder), "--points", "7", "--metrics", "loss", "accuracy"]) == 130
     assert f"sweep: continue with: sweep score {sweep_folder}\n" in capsys.readouterr().err
-    assert json.loads((sweep_folder / "sweep.json").read_text())["scoring"]["points"] == 7
+    saved = json.loads((sweep_folder / "sweep.json").read_text())["scoring"]
+    assert saved["points"] == saved["train_points"] == 7 and saved["metrics"] == ["loss", "accuracy"]
+    # `--metrics all` is every metric; `--points` leaves a sweep without train points without them
+    (sweep_folder / "sweep.json").write_text(json.dumps({**json.loads(before), "scoring": {
+        **json.loads(before)["scoring"], "train_points": 0, "metrics": ["loss"]}}))
+    monkeypatch.setattr(cli, "start_ray", lambda address, log_file=None: os.kill(os.getpid(), signal.SIGINT))
+    assert cli.main(["score", str(sweep_folder), "--points", "9", "--metrics", "all"]) == 130
+    saved = json.loads((sweep_folder / "sweep.json").read_text())["scoring"]
+    assert saved["metrics"] == list(METRICS) and saved["points"] == 9 and saved["train_points"] == 0
 
 
 def test_auto_address_from_the_environment_that_answers_nothing(tmp_path, spec_file):

@@ -178,8 +178,11 @@ def test_scoring_settings_given_to_score_are_the_sweeps_from_then_on(sweep_dir, 
     shutil.copytree(sweep_dir, copy)
     # 400 points: more than the 300 training examples the spec keeps, so all 300 of those are scored
     assert main(["score", str(copy), "--points", "400", "--metrics", "loss", "jacobian_softmax"]) == 0
+    out = capsys.readouterr().out
     assert ("[sweep] note: scoring.train_points: 400 is more than the 300 training points of digits, so all 300 "
-            "are scored") in capsys.readouterr().out
+            "are scored") in out
+    assert (f"[sweep] scoring settings saved to {copy}/sweep.json: metrics -accuracy, -distance_from_init, ") in out
+    assert "points 400 (was 60), train_points 400 (was 40)" in out
     saved = json.loads((copy / "sweep.json").read_text())["scoring"]
     assert saved["points"] == saved["train_points"] == 400 and saved["metrics"] == ["loss", "jacobian_softmax"]
     # a checkpoint scored later (its file lost, as a resume would score a new one) gets them too
@@ -222,8 +225,13 @@ def test_checkpoints_left_with_the_old_settings_by_a_rescore_cut_short_are_found
     assert main(["status", str(copy)]) == 0
     status = capsys.readouterr().out
     assert f"checkpoints: {len(keys) - 1} written, {len(keys) - 3} scored" in status
-    assert (f"3 checkpoint(s) scored with other settings than sweep.json's scoring (counted as not scored): "
-            f"`sweep score {copy}` scores them again; 1 of them have no checkpoint here") in status
+    assert (f"2 checkpoint(s) scored with other settings than sweep.json's scoring (counted as not scored): "
+            f"`sweep score {copy}` scores them again") in status
+    gone_message = (f"1 checkpoint(s) keep scores of other settings than sweep.json's scoring, and are not here to "
+                    f"score again (their bundle folders: bundle-{bundles[1]}): copy those folders back and run "
+                    f"`sweep score {copy}`, or delete their files tables/<table>/<key>.parquet (scores, points, "
+                    f"trajectories, slices; keys {bundles[1]}--end)")
+    assert gone_message in status
 
     # The analysis leaves them out of every table, keeping their scores rows aside, and says so.
     tables = analysis.load(copy)
@@ -243,19 +251,28 @@ def test_checkpoints_left_with_the_old_settings_by_a_rescore_cut_short_are_found
     report = build_report(copy, tmp_path / "report", bootstrap=False)
     text = report.path.read_text()
     assert ("Scored with other settings: 3 checkpoint(s), of 8 network(s), were scored with other scoring settings than "
-            "the sweep's (points 60 (the sweep's: 30); train_points 40 (the sweep's: 30))") in text
+            "the sweep's (points 60 (the sweep's: 30), train_points 40 (the sweep's: 30))") in text
 
-    # A plain `sweep score` scores again the two whose checkpoints are here, and only those.
-    assert main(["score", str(copy)]) == 0
-    assert f"[sweep] scored 2 of {len(keys) - 1} checkpoint(s)" in capsys.readouterr().out
+    # A plain `sweep score` scores again the two whose checkpoints are here, and only those, and
+    # says what to do about the third (exit 1).
+    assert main(["score", str(copy)]) == 1
+    out, err = capsys.readouterr()
+    assert f"[sweep] scored 2 of {len(keys) - 1} checkpoint(s)" in out and gone_message in err
     for key in old[:2]:
         pd.testing.assert_frame_equal(pd.read_parquet(copy / "tables" / "scores" / f"{key}.parquet"),
                                       pd.read_parquet(rescored / "tables" / "scores" / f"{key}.parquet"))
     assert main(["status", str(copy)]) == 0
-    assert "1 checkpoint(s) scored with other settings" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert gone_message in out and "scored with other settings than" not in out
+    # done as it says (its files deleted), the tables hold one set of settings
+    for table in ("scores", "points", "trajectories", "slices"):
+        (copy / "tables" / table / f"{old[2]}.parquet").unlink(missing_ok=True)
+    assert main(["status", str(copy)]) == 0
+    assert "other settings" not in capsys.readouterr().out
     # the settings it has already, given again: nothing to score, and said so
     assert main(["score", str(copy), "--points", "30"]) == 0
     out = capsys.readouterr().out
+    assert "[sweep] the scoring settings given are the sweep's already" in out
     assert f"[sweep] scored 0 of {len(keys) - 1} checkpoint(s)" in out
     assert f"every checkpoint has scores of these settings already; `sweep score {copy} --rescore`" in out
 

@@ -24,13 +24,14 @@ import pyarrow
 import pyarrow.fs
 
 from sweep.command import interrupts, locks
-from sweep.command.status import describe, scoring_state
+from sweep.command.status import describe, scoring_state, stale_without_checkpoints
 from sweep.plan import costs, planner, storage, sweep_plan
 from sweep.plan.networks import BundleConfig, limit_networks
 from sweep.plan.planner import plan_summary
 from sweep.plan.presets import list_presets, preset_path
 from sweep.plan.spec import MAX_GPU_MEMORY_GIB, SpecError, check_sweep_name, load_spec, spec_origin, spec_schema
-from sweep.scoring.settings import ScoringSettings
+from sweep.scoring.settings import METRICS, ScoringSettings
+from sweep.scoring.table_schemas import differing_settings, recorded_settings, setting_change
 from sweep.scoring.table_writer import TableWriter
 from sweep.training import checkpoints
 
@@ -117,8 +118,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     score = sub.add_parser("score", help="score a sweep's checkpoints that are not yet scored")
     score.add_argument("path")
-    score.add_argument("--metrics", nargs="+", help="metrics to compute (default: the sweep's)")
-    score.add_argument("--points", type=int, help="test and train points per network")
+    score.add_argument("--metrics", nargs="+", help="metrics to compute (default: the sweep's; all: every one)")
+    score.add_argument("--points", type=int, help="test points per network, and train points where the sweep scores "
+                       "them")
     score.add_argument("--rescore", action="store_true", help="score every checkpoint again")
     score.add_argument("--address", help="Ray cluster to join (default: a local Ray)")
     score.add_argument("--verbose", action="store_true", help=VERBOSE_HELP)
@@ -591,9 +593,10 @@ def cmd_score(args) -> int:
     if args.points is not None:
         if args.points < 1:
             raise UsageError(f"--points must be at least 1, got {args.points}")
-        overrides.update(points=args.points, train_points=args.points)
+        # train points too, where the sweep scores them (0: no train split, kept)
+        overrides.update(points=args.points, train_points=args.points if settings.train_points else 0)
     if args.metrics:
-        overrides["metrics"] = tuple(args.metrics)
+        overrides["metrics"] = METRICS if args.metrics == ["all"] else tuple(args.metrics)
     try:
         settings = settings.replace(**overrides) if overrides else settings
     except ValueError as exc:  # named by the spec key it sets, which the user gave as a flag
@@ -606,32 +609,38 @@ def cmd_score(args) -> int:
     # New settings are saved before Ray starts (by `guarded`), so that whatever scores this sweep
     # next (a resume, a later `sweep score`) uses them: every checkpoint scored with the old ones
     # is then scored again, and one cut short is taken up by a plain `sweep score`.
-    if overrides:
+    changes = differing_settings(recorded_settings(plan.scoring), dataclasses.asdict(settings))
+    if changes:
         plan = dataclasses.replace(plan, scoring=dataclasses.asdict(settings),
                                    unrecorded_scoring=plan.unrecorded_scoring or plan.scoring)
 
     def score():
-        if overrides:
+        if changes:
             print(f"[sweep] scoring settings saved to {plan.sweep_dir}/{sweep_plan.SWEEP_FILE}: "
-                  + f"points {settings.points}, metrics {' '.join(settings.metrics)}")
+                  + ", ".join(setting_change(name, now, then, "was") for name, (then, now) in changes.items()))
+        elif overrides:
+            print("[sweep] the scoring settings given are the sweep's already")
         try:
             return runner.score(plan, settings, rescore=args.rescore)
         except Exception:
-            if overrides:  # saved, and some checkpoints may still hold scores of the old settings
+            if changes:  # saved, and some checkpoints may still hold scores of the old settings
                 print(f"sweep: the new scoring settings are saved; score the checkpoints that still hold scores of "
                       f"the old ones with: sweep score {plan.sweep_dir}", file=sys.stderr)
             raise
 
-    summary, code = guarded(plan, "score", args, score, rescore=args.rescore, save=bool(overrides))
+    summary, code = guarded(plan, "score", args, score, rescore=args.rescore, save=bool(changes))
     if code is not None:
         return code
     print(f"[sweep] scored {summary['scored']} of {summary['checkpoints']} checkpoint(s) -> {plan.table_root}")
-    if summary["checkpoints"] and not summary["scored"]:
+    left = TableWriter(plan.table_root).stale_keys(plan.scoring, plan.unrecorded_scoring)
+    if summary["checkpoints"] and not summary["scored"] and not left:
         print(f"[sweep] every checkpoint has scores of these settings already; `sweep score {plan.sweep_dir} "
               "--rescore` scores them again")
     for failure in summary["failures"]:
         print(f"sweep: scoring failed: {failure}", file=sys.stderr)
-    return 1 if summary["failures"] else 0
+    if left:
+        print(f"sweep: {stale_without_checkpoints(plan, left)}", file=sys.stderr)
+    return 1 if summary["failures"] or left else 0
 
 
 def cmd_report(args) -> int:
@@ -659,6 +668,8 @@ def _report(sweep_dir: str, *, bootstrap: bool, include_unconverged: bool = Fals
     except (FileNotFoundError, OSError, ValueError) as exc:
         raise UsageError(str(exc)) from None
     print(format_correlation_table(report.correlations))
+    for note in report.notes:
+        print(f"[sweep] {note}")
     reasons = report.left_out["reason"].value_counts()
     if len(reasons):
         print(f"[sweep] left out of the statistics: {len(report.left_out)} network(s) ("

@@ -20,7 +20,7 @@ class Scoring(NamedTuple):
     waiting: list
     failed: list[str]
     stale: list[str]
-    stale_here: int  # of `stale`, those whose checkpoint is among `found`
+    stale_gone: list[str]  # of `stale`, those whose checkpoint is not among `found`
 
 
 def scoring_state(plan: SweepPlan) -> Scoring:
@@ -29,7 +29,7 @@ def scoring_state(plan: SweepPlan) -> Scoring:
     tables = TableWriter(plan.table_root)
     stale = tables.stale_keys(plan.scoring, plan.unrecorded_scoring)
     return Scoring(found, unscored(plan.table_root, found, stale=stale, keys=keys), tables.failed_keys(), stale,
-                   len(set(stale) & set(keys)))
+                   sorted(set(stale) - set(keys)))
 
 
 def describe(plan: SweepPlan, scoring: Scoring | None = None) -> str:
@@ -37,7 +37,7 @@ def describe(plan: SweepPlan, scoring: Scoring | None = None) -> str:
     networks = TableWriter(plan.table_root).read("networks")
     done_bundles = set(networks["bundle_id"]) if len(networks) else set()
     counts = networks["status"].value_counts() if len(networks) else {}
-    found, waiting, failed, stale, stale_here = scoring or scoring_state(plan)
+    found, waiting, failed, stale, stale_gone = scoring or scoring_state(plan)
     ended, copied = finished_without_rows(plan, done_bundles, found)
     started = len({bundle_id for bundle_id, _ in found} - done_bundles - ended)  # rows come when they finish
     lines = [
@@ -49,7 +49,7 @@ def describe(plan: SweepPlan, scoring: Scoring | None = None) -> str:
         f"  checkpoints: {len(found)} written, {len(found) - len(waiting)} scored"
         + (f" ({len(failed)} with a network whose scoring failed, or an unreadable scores file)" if failed else "")
         + _without_checkpoints(plan, found),
-        *_stale_lines(plan, len(stale), stale_here),
+        *_stale_lines(plan, stale, stale_gone),
         f"  tables: {plan.table_root}",
     ]
     if ended:
@@ -61,16 +61,26 @@ def describe(plan: SweepPlan, scoring: Scoring | None = None) -> str:
     return "\n".join(lines)
 
 
-def _stale_lines(plan: SweepPlan, stale: int, here: int) -> list[str]:
+def _stale_lines(plan: SweepPlan, stale: list[str], gone: list[str]) -> list[str]:
     """Scores of other settings than the plan's (a rescore with new settings cut short, or one that
     found a bundle's checkpoints gone) mix two sets of settings in one table."""
-    if not stale:
-        return []
-    gone = stale - here
-    return [f"  {stale} checkpoint(s) scored with other settings than {SWEEP_FILE}'s scoring (counted as not "
-            f"scored): `sweep score {plan.sweep_dir}` scores them again"
-            + (f"; {gone} of them have no checkpoint here: copy their bundle folders back, or delete their "
-               "files in tables/scores, points, trajectories and slices" if gone else "")]
+    lines = []
+    if len(stale) > len(gone):
+        lines.append(f"  {len(stale) - len(gone)} checkpoint(s) scored with other settings than {SWEEP_FILE}'s "
+                     f"scoring (counted as not scored): `sweep score {plan.sweep_dir}` scores them again")
+    if gone:
+        lines.append(f"  {stale_without_checkpoints(plan, gone)}")
+    return lines
+
+
+def stale_without_checkpoints(plan: SweepPlan, keys: list[str]) -> str:
+    """What to do about `scores` files of other settings whose checkpoints are not here to score again."""
+    bundles = sorted({key.split("--", 1)[0] for key in keys})
+    shown = ", ".join(keys[:4]) + (f" and {len(keys) - 4} more" if len(keys) > 4 else "")
+    return (f"{len(keys)} checkpoint(s) keep scores of other settings than {SWEEP_FILE}'s scoring, and are not here "
+            f"to score again (their bundle folders: {', '.join(f'bundle-{b}' for b in bundles)}): copy those folders "
+            f"back and run `sweep score {plan.sweep_dir}`, or delete their files tables/<table>/<key>.parquet "
+            f"(scores, points, trajectories, slices; keys {shown})")
 
 
 def finished_without_rows(plan: SweepPlan, recorded: set, found: list) -> tuple[set[str], set[str]]:

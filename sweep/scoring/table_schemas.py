@@ -139,6 +139,15 @@ def same_settings(record: str | None, settings: Mapping, unrecorded: Mapping | N
     return not differing_settings(record, settings)
 
 
+def setting_change(name: str, value, other, than: str) -> str:
+    """A setting's `value` against `other` (`than` names it: "was", "the sweep's:"), as text; a
+    list's as the items it has more (+) and fewer (-)."""
+    if isinstance(value, list) and isinstance(other, list):
+        return f"{name} " + ", ".join([*(f"+{item}" for item in value if item not in other),
+                                       *(f"-{item}" for item in other if item not in value)])
+    return f"{name} {value} ({than} {other})"
+
+
 def differing_settings(record: str, settings: Mapping) -> dict[str, tuple]:
     """Setting → (recorded value, value in `settings`) for each setting both name with different values."""
     then, now = json.loads(record), json.loads(recorded_settings(settings))
