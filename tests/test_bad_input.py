@@ -92,7 +92,7 @@ def test_a_run_whose_ray_cannot_start_leaves_its_name_free(tmp_path, spec_file, 
 def test_new_scoring_settings_are_not_kept_when_ray_cannot_start(sweep_folder, monkeypatch, capsys):
     # They are saved before Ray starts (a rescore stopped then is taken up with them); a Ray that
     # cannot start leaves sweep.json as it was, so that nothing looks scored with other settings.
-    from sweep.command import cli
+    from sweep.command import cli, interrupts
 
     def refused(address, log_file=None):
         raise cli.UsageError("could not connect to Ray at a local Ray instance: refused")
@@ -119,6 +119,7 @@ def test_new_scoring_settings_are_not_kept_when_ray_cannot_start(sweep_folder, m
         **json.loads(before)["scoring"], "train_points": 0, "metrics": ["loss"]}}))
     monkeypatch.setattr(cli, "start_ray", lambda address, log_file=None: os.kill(os.getpid(), signal.SIGINT))
     assert cli.main(["score", str(sweep_folder), "--points", "9", "--metrics", "all"]) == 130
+    assert interrupts.requested() is None  # this process's next command, or scoring pool, is not stopped
     saved = json.loads((sweep_folder / "sweep.json").read_text())["scoring"]
     assert saved["metrics"] == list(METRICS) and saved["points"] == 9 and saved["train_points"] == 0
 

@@ -108,11 +108,14 @@ def _exit_quietly() -> None:
 
 @contextlib.contextmanager
 def restored():
-    """The handlers of before, put back afterwards (main thread only, where they can be set)."""
+    """The handlers of before, put back afterwards (main thread only, where they can be set), and
+    no stop asked any more: a program that runs a command again (or a scoring pool) after one
+    that was interrupted must not find it stopped before it starts."""
     before = handlers()
     try:
         yield
     finally:
+        _received.clear()
         if threading.current_thread() is threading.main_thread():
             for s, handler in before.items():
                 signal.signal(s, handler)
