@@ -51,10 +51,10 @@ def net(optimizer="momentum", lr=0.03, seed=0, width=32, depth=2, batch=64, nois
                          init, precision, augmentation_shift=shift)
 
 
-def train_alone(config: NetworkConfig, data, epochs: int) -> torch.nn.Sequential:
+def train_alone(config: NetworkConfig, data, epochs: int, losses: list | None = None) -> torch.nn.Sequential:
     """The reference: nn.Sequential + torch.optim, fed the member's batches one by one, in the
     member's precision as torch's AMP recipe has it (autocast around the forward pass and loss);
-    in float64 where `data` is."""
+    in float64 where `data` is. Each step's loss is appended to `losses` where given."""
     model = build_network(config, data).to(data.x_train.device, data.x_train.dtype)
     opt = TORCH_OPTIMIZERS[config.optimizer](model.parameters(), config.learning_rate)
     labels = member_labels(config, data)
@@ -62,11 +62,12 @@ def train_alone(config: NetworkConfig, data, epochs: int) -> torch.nn.Sequential
     batch = config.batch_size or n
     pad, _ = augmentation_of(config, data.image_shape, data.hflip)
     with mc.float32_precision(tf32=config.precision == "tf32"):
-        train_epochs(model, opt, config, data, labels, epochs, batch, pad)
+        train_epochs(model, opt, config, data, labels, epochs, batch, pad, losses)
     return model
 
 
-def train_epochs(model, opt, config: NetworkConfig, data, labels, epochs: int, batch: int, pad: int) -> None:
+def train_epochs(model, opt, config: NetworkConfig, data, labels, epochs: int, batch: int, pad: int,
+                 losses: list | None = None) -> None:
     n = len(labels)
     for epoch in range(epochs):
         order = epoch_order(config, epoch, n)
@@ -82,6 +83,8 @@ def train_epochs(model, opt, config: NetworkConfig, data, labels, epochs: int, b
                 x = x.view(len(x), *data.image_shape)
             with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=config.precision == "bf16"):
                 loss = F.cross_entropy(model(x), labels[idx])
+            if losses is not None:
+                losses.append(loss.detach())
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -306,9 +309,10 @@ def test_state_of_another_bundle_is_refused(digits):
         b.load_state_dict(a.state_dict())
 
 
-def test_diverged_member_does_not_disturb_the_others(digits):
+@pytest.mark.parametrize("lr", [1e6, 10.0])
+def test_diverged_member_does_not_disturb_the_others(digits, lr):
     good = (net("sgd", 0.2, seed=0), net("sgd", 0.1, seed=1, noise=0.2))
-    bad = net("sgd", 1e6, seed=2)
+    bad = net("sgd", lr, seed=2)
     budget = Budget(max_epochs=4, stop_at_full_train_acc=False)
     with_bad = run(PopulationTrainer(BundleConfig((good[0], bad, good[1])), digits, budget))
     without = run(PopulationTrainer(BundleConfig(good), digits, budget))
@@ -319,7 +323,13 @@ def test_diverged_member_does_not_disturb_the_others(digits):
     rows = with_bad.network_rows()
     assert len(rows) == 3  # recorded, never dropped
     assert rows[1]["status"] == "diverged" and "non-finite" in rows[1]["message"]
-    assert rows[1]["steps"] < with_bad.steps  # stopped at the end of its first epoch
+    # Its steps end with its first non-finite loss, as the same network's alone (mid-epoch here).
+    losses = []
+    train_alone(bad, digits, 1, losses)
+    first = next(i for i, loss in enumerate(losses) if not torch.isfinite(loss)) + 1
+    assert 1 < first < with_bad.steps_per_epoch
+    assert rows[1]["steps"] == first and rows[1]["epochs"] == first / with_bad.steps_per_epoch
+    assert f"non-finite loss at step {first} of epoch 1" in rows[1]["message"]
     assert all(math.isnan(rows[1][k]) for k in ("train_loss", "test_acc", "gap"))
     assert rows[0]["message"] == "" and rows[0]["train_acc"] > 0.5
 

@@ -459,8 +459,9 @@ def cmd_resume(args) -> int:
                       "from the sweep's storage if it is there", file=sys.stderr)
                 lost.append(failure)
             summary = runner.score(plan, runner.scoring_pool_kwargs(plan)["settings"])
-            print(f"[sweep] scored {summary['scored']} checkpoint(s) left unscored, failed or scored with other "
-                  "settings")
+            if summary["scored"]:  # the run's own scoring has printed its count
+                print(f"[sweep] scored {summary['scored']} checkpoint(s) left unscored, failed or scored with "
+                      "other settings")
             for failure in summary["failures"]:
                 print(f"sweep: scoring failed: {failure}", file=sys.stderr)
         return results

@@ -186,6 +186,9 @@ class PopulationTrainer:
         self._step_count = torch.full((), float(opt_step), dtype=torch.float64, device=self.device)
         self._live_labels = self.labels.index_select(0, index)
         self._epoch_loss = torch.zeros(len(live), device=self.device)
+        # Per live member, the epoch's steps before its first non-finite loss: the sum of a
+        # member's losses stays non-finite from there, so counting its finite sums needs no sync.
+        self._finite_steps = torch.zeros(len(live), dtype=torch.int64, device=self.device)
         self._graph: _StepGraph | None = None  # the live buffers changed: capture again
 
     def _sync_population(self) -> None:
@@ -284,6 +287,7 @@ class PopulationTrainer:
             grad = self._flatten(torch.autograd.grad(losses.sum(), views))
         self._update(grad)
         self._epoch_loss += losses.detach()
+        self._finite_steps += torch.isfinite(self._epoch_loss)
 
     def _graph_step(self, idx: torch.Tensor, aug) -> None:
         """`_step` through a CUDA graph: eager on a side stream for the first steps after the
@@ -318,6 +322,7 @@ class PopulationTrainer:
         order, aug = self._epoch_inputs()
         m = len(self.live)
         self._epoch_loss.zero_()
+        self._finite_steps.zero_()
         steps_before = self.steps
         for step in range(self.steps_per_epoch):
             if self.budget.max_steps is not None and self.steps >= self.budget.max_steps:
@@ -333,11 +338,10 @@ class PopulationTrainer:
             self.steps += 1
         self.epoch += 1
         model_steps = m * (self.steps - steps_before)
-        stopped = self._end_of_epoch(self._epoch_loss)
+        stopped = self._end_of_epoch(steps_before)
         self.elapsed += time.perf_counter() - started
-        for member in stopped:
-            self.stopped_at[member] = (self.steps, self.steps / self.steps_per_epoch,
-                                       self.elapsed)
+        for member, steps in stopped.items():
+            self.stopped_at[member] = (steps, steps / self.steps_per_epoch, self.elapsed)
         return {"epoch": self.epoch, "live": len(self.live), **self._counts(),
                 "model_steps": model_steps}
 
@@ -345,11 +349,13 @@ class PopulationTrainer:
         return {k: self.status.count(k) for k in ("converged", "diverged", "budget")}
 
     @torch.no_grad()
-    def _end_of_epoch(self, epoch_loss: torch.Tensor) -> list[int]:
+    def _end_of_epoch(self, steps_before: int) -> dict[int, int]:
         """Mark members that diverged, converged or ran out of budget, take them out of the
-        batched computation, and return their indices."""
+        batched computation, and return the steps each had taken at its stop, by member index:
+        a diverged member's end with the first step whose loss was not finite (the epoch's last
+        where only its parameters are)."""
         views = self._views(self._params.detach())
-        finite = torch.isfinite(epoch_loss)
+        finite = torch.isfinite(self._epoch_loss)
         for v in views:
             finite &= torch.isfinite(v).flatten(1).all(1)
         if self.budget.stop_at_full_train_acc:
@@ -362,14 +368,21 @@ class PopulationTrainer:
             full = torch.zeros_like(finite)
         out_of_budget = self.epoch >= self.budget.max_epochs or (
             self.budget.max_steps is not None and self.steps >= self.budget.max_steps)
-        keep, stopped = [], []
-        for j, (ok, converged) in enumerate(zip(finite.tolist(), full.tolist())):
+        taken = self.steps - steps_before
+        keep, stopped = [], {}
+        for j, (ok, converged, finite_steps) in enumerate(zip(finite.tolist(), full.tolist(),
+                                                             self._finite_steps.tolist())):
             member = self.live[j]
+            steps = self.steps
             if not ok:
                 self.status[member] = "diverged"
+                what = ("parameters at the end of" if finite_steps == taken
+                        else f"loss at step {finite_steps + 1} of")
+                steps = steps_before + min(finite_steps + 1, taken)
                 self.messages[member] = (
-                    f"non-finite loss or parameters in epoch {self.epoch} (learning rate "
-                    f"{self.members[member].learning_rate:g}); kept with the weights it had then")
+                    f"non-finite {what} epoch {self.epoch} (learning rate "
+                    f"{self.members[member].learning_rate:g}); kept with the weights it had at the "
+                    "epoch's end")
             elif converged:
                 self.status[member] = "converged"
             elif out_of_budget:
@@ -377,7 +390,7 @@ class PopulationTrainer:
             else:
                 keep.append(j)
                 continue
-            stopped.append(member)
+            stopped[member] = steps
         if stopped:
             self._sync_population()  # freezes the stopped members' final weights
             index = torch.tensor(keep, dtype=torch.int64, device=self.device)
