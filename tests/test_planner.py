@@ -685,6 +685,59 @@ def test_scoring_actors_auto_is_one_per_gpu_of_the_cluster(tmp_path, ray_session
     assert runner.scoring_pool_kwargs(cpu)["num_actors"] == 1
 
 
+@pytest.mark.ray
+def test_asks_no_node_of_the_cluster_can_give_are_named(tmp_path, ray_session):
+    # The session's Ray is one node of 2 CPUs (and 2 GPUs, or the machine's real ones).
+    cards = ray_session.cluster_resources()["GPU"]
+
+    def plan_of(cpus: float, gpus: float, scorer_cpus: float, scorer_gpus: float, actors=1):
+        spec = parse_spec({"name": "c", "datasets": ["digits"], "grid": {"widths": [8], "depths": [1],
+                                                                         "learning_rates": [0.1]},
+                           "budget": {"max_epochs": 1},
+                           "resources": {"cpus_per_trial": cpus, "gpus_per_trial": gpus, "gpu_memory_gib": 24,
+                                         "cpus_per_scoring_actor": scorer_cpus, "scoring_actors": actors,
+                                         "gpus_per_scoring_actor": scorer_gpus}})
+        bundles = planner.expand(spec, planner.card_for(spec))
+        return sweep_plan.make_plan(spec, bundles, name="n", storage=str(tmp_path), spec_source="-", spec_text="",
+                                    spec_suffix=".yaml", gpu_shares={}, scoring_share=None, scoring_batch=1)
+
+    assert runner.unplaceable(plan_of(2, cards, 2, cards), trials=True, scoring=True) == []
+    trial, scorer = runner.unplaceable(plan_of(3, 0, 1, cards + 1), trials=True, scoring=True)
+    assert trial.startswith("no node of the Ray cluster has the 3 CPU core(s) and 0 GPU(s) a trial asks "
+                            "(resources.cpus_per_trial and gpus_per_trial); the largest of its 1 node(s) has 2 CPU "
+                            f"core(s) and {cards:g} GPU(s)"), trial
+    assert scorer.startswith(f"no node of the Ray cluster has the 1 CPU core(s) and {cards + 1:g} GPU(s) a scoring "
+                             "actor asks"), scorer
+    # Both on one node: 2 CPUs with the cards, each within the node on its own, is one ask too many for none.
+    assert runner.unplaceable(plan_of(1, cards, 3, 0), trials=True, scoring=False) == []
+    assert len(runner.unplaceable(plan_of(1, cards, 3, 0), trials=False, scoring=True)) == 1
+    assert runner.unplaceable(plan_of(1, 0, 3, 0, actors=0), trials=True, scoring=True) == []  # no actors started
+
+
+def test_progress_says_when_no_trial_runs_for_a_while():
+    import io
+    from types import SimpleNamespace
+
+    from sweep.command.callbacks import ProgressCallback
+
+    stream = io.StringIO()
+    progress = ProgressCallback(2, 8, stream=stream, quiet_s=0.2)
+    progress.setup()
+    waiting = [SimpleNamespace(trial_id=b, status="PENDING", config={"bundle": {"bundle_id": b}}, last_result={})
+               for b in ("a", "b")]
+    progress.on_step_end(0, waiting)
+    assert stream.getvalue() == ""  # not before quiet_s
+    time.sleep(0.3)
+    progress.on_step_end(1, waiting)
+    progress.on_step_end(2, waiting)  # once a quiet period
+    lines = stream.getvalue().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("[sweep] bundles 0/2 done, 0 running, 2 waiting")
+    assert lines[0].endswith("none running: waiting for Ray to give a trial its resources (other work on the "
+                             "cluster, or no node large enough)")
+    running = [SimpleNamespace(**{**vars(waiting[0]), "status": "RUNNING"}), waiting[1]]
+    assert "none running" not in progress.line(running, 1.0)
+
+
 def test_progress_counts_each_bundle_by_its_projected_time_and_epochs():
     from types import SimpleNamespace
 

@@ -28,10 +28,11 @@ class ProgressCallback(tune.Callback):
     equally and only when finished."""
 
     def __init__(self, total_bundles: int, total_networks: int, every_s: float = 5.0, stream=None,
-                 weights: dict[str, tuple[float, float]] | None = None):
+                 weights: dict[str, tuple[float, float]] | None = None, quiet_s: float = 30.0):
         self.total_bundles = total_bundles
         self.total_networks = total_networks
         self.every_s = every_s
+        self.quiet_s = quiet_s
         self.weights = weights or {}
         self._stream = stream
         self._last: dict[str, dict] = {}
@@ -53,6 +54,12 @@ class ProgressCallback(tune.Callback):
     def on_trial_result(self, iteration, trials, trial, result, **info):
         self._last[trial.trial_id] = result
         self._print(trials)
+
+    def on_step_end(self, iteration, trials, **info):
+        # No trial reported for a while (long epochs, or none running): the line still comes, and
+        # says when the sweep waits for Ray to give a trial its resources.
+        if time.monotonic() - max(self._printed, self._started) >= self.quiet_s:
+            self._print(trials, force=True)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         self._print(trials, force=True)
@@ -88,11 +95,13 @@ class ProgressCallback(tune.Callback):
             self._baseline = (fraction, elapsed)
         gained, since = fraction - self._baseline[0], elapsed - self._baseline[1]
         eta = f"{since * (1 - fraction) / gained:.0f}s" if gained > 0 else "?"
+        stalled = (" | none running: waiting for Ray to give a trial its resources (other work on the cluster, "
+                   "or no node large enough)") if left and not running else ""
         return (
             f"[sweep] bundles {done}/{self.total_bundles} done, {running} running, {left} waiting | "
             f"networks {totals['converged']} converged, {totals['diverged']} diverged, "
             f"{totals['budget']} at budget of {self.total_networks} | "
-            f"elapsed {elapsed:.0f}s, about {eta} left"
+            f"elapsed {elapsed:.0f}s, about {eta} left{stalled}"
         )
 
 

@@ -265,9 +265,19 @@ def start_ray(address: str | None, log_file: str | None = None) -> None:
         return
     if log_file:
         route_ray_retries(logging.getLogger("ray"))
+    if not address and os.environ.get("RAY_ADDRESS"):
+        print(f"[sweep] note: RAY_ADDRESS is set ({os.environ['RAY_ADDRESS']}), but a sweep joins a cluster only "
+              "with --address (`--address auto` joins that one); starting a Ray of its own on this machine",
+              flush=True)
     try:
         if address:
-            ray.init(address=address, log_to_driver=False)
+            context = ray.init(address=address, log_to_driver=False)
+            have = ray.cluster_resources()
+            nodes = sum(1 for node in ray.nodes() if node.get("Alive"))
+            # `auto` may find any cluster on the machine: say which one
+            where = getattr(context, "address_info", {}).get("gcs_address", address)  # a Ray Client's has none
+            print(f"[sweep] joined the Ray cluster at {where}: {nodes} node(s), "
+                  f"{have.get('CPU', 0):g} CPU core(s), {have.get('GPU', 0):g} GPU(s)", flush=True)
         else:
             ray.init(**runner.LOCAL_RAY)
     except (ConnectionError, RuntimeError, ValueError, ray.exceptions.AuthenticationError) as exc:
@@ -501,6 +511,12 @@ def guarded(plan, command: str, args, body, *, rescore: bool = False, save: bool
                         sweep_plan.put_back_plan(plan.sweep_dir, before)
                     raise
                 interrupts.install()  # over ray.init's own SIGTERM handler
+                if args.address and own_ray and not interrupts.requested():
+                    from sweep.command import runner
+
+                    scoring = command == "score" or not getattr(args, "no_score", False)
+                    for problem in runner.unplaceable(plan, trials=command != "score", scoring=scoring):
+                        print(f"sweep: warning: {problem}", file=sys.stderr, flush=True)
                 try:
                     result = None if interrupts.requested() else body()
                 except KeyboardInterrupt:
