@@ -285,6 +285,9 @@ def _region_count(row: pd.Series) -> int:
 
 
 def _slice_network(slices: pd.DataFrame) -> pd.DataFrame | None:
+    """A network's slices to draw: of the last layer where there are, at two checkpoints where a
+    network has them; rows without regions (smooth activations, weights not finite) are not drawn."""
+    slices = slices[slices["region"].notna()]
     if slices.empty:
         return None
     layers = slices["layers"].astype(str)

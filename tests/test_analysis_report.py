@@ -223,6 +223,23 @@ def test_trained_networks_without_final_scores_are_named_with_the_command_that_s
     assert "Unscored" not in build_report(sweep, tmp_path / "whole", bootstrap=False).path.read_text()
 
 
+def test_slices_without_regions_are_not_drawn(tmp_path):
+    # A tanh network's slices, or a diverged one's end, have null regions; its id sorts first.
+    from analysis import figures
+
+    def row(network_id, checkpoint, region):
+        return {"network_id": network_id, "checkpoint": checkpoint, "slice": 0, "layers": "last", "grid": 4,
+                "region": region, "boundary": None if region is None else np.zeros(16, bool),
+                "anchors": [0.0, 0.0, 1.0, 0.0, 0.0, 1.0], "extent": [-1.0, 2.0, -1.0, 2.0]}
+
+    smooth = [row("a", checkpoint, None) for checkpoint in ("init", "end")]
+    assert figures.slice_figure(pd.DataFrame(smooth), tmp_path / "none.png") is None
+    relu = [row("b", checkpoint, np.arange(16, dtype=np.int32) // 8) for checkpoint in ("init", "end")]
+    diverged = [row("a", "init", np.zeros(16, np.int32)), row("a", "end", None)]
+    path = figures.slice_figure(pd.DataFrame(smooth + diverged + relu), tmp_path / "s.png")
+    assert imread(path).shape[0] > 100
+
+
 def test_a_slice_of_pixel_wide_regions_is_drawn_in_colours_not_black(tmp_path):
     # Nearly every pixel a boundary (a convolutional network's codes at a coarse grid): drawing them
     # black would leave black squares; the regions' colours are shown instead.
