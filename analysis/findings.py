@@ -120,8 +120,10 @@ def findings(wide: pd.DataFrame, scores: pd.DataFrame, trajectories: pd.DataFram
         found = [replace(f, note="no network is in the statistics (the report lists those left out and why); train "
                                  "them longer, or report them with `sweep report --include-unconverged`")
                  for f in found]
-    elif not scores["network_id"].astype(str).isin(ids).any():  # unscored: whatever the spec asked for
-        found = [replace(f, note="no checkpoint of these networks has scores yet; score them with `sweep score PATH`")
+    elif not scores.loc[scores["checkpoint"].astype(str) == FINAL, "network_id"].astype(str).isin(ids).any():
+        # unscored at the end (or scored with other settings, set aside): whatever the spec asked for
+        found = [replace(f, note=f"no `{FINAL}` checkpoint of these networks has scores of the sweep's scoring "
+                                 "settings yet; score them with `sweep score PATH`")
                  if f.verdict == "not measured" else f for f in found]
     return found
 

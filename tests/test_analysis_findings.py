@@ -198,6 +198,13 @@ def test_unscored_networks_are_not_measured_for_want_of_scoring_not_of_grid_keys
                         per_point(pd.DataFrame(columns=["checkpoint", "split"])))
     assert {f.verdict for f in found} == {"not measured"}
     assert all("score them with `sweep score PATH`" in f.note for f in found), [f.note for f in found]
+    # Scores at init only (those at the end not yet made, or made with other settings and set aside): the same.
+    at_init = pd.DataFrame({"network_id": ["a", "b"], "checkpoint": "init", "split": "test", "metric": "loss",
+                            "mean": 1.0})
+    found = fd.findings(wide, at_init, trajectories, correlations(wide, metrics=[], by=None),
+                        per_point(pd.DataFrame(columns=["checkpoint", "split"])))
+    assert all("no `end` checkpoint of these networks has scores of the sweep's scoring settings yet; score them "
+               "with `sweep score PATH`" in f.note for f in found), [f.note for f in found]
     # Once scores exist, each finding's own advice stands (here: the grid has no random labels).
     scored = pd.DataFrame({"network_id": ["a"], "checkpoint": "end", "split": "test", "metric": "loss", "mean": 1.0})
     found = fd.findings(wide.assign(random_label_fraction=0.0), scored, trajectories,
