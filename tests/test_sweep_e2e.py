@@ -377,10 +377,20 @@ def test_a_checkpoint_from_another_sweep_is_left_out_of_scoring_with_a_message(s
     (folder / "meta.json").write_text(json.dumps(meta))
     before = pd.read_parquet(copy / "tables" / "scores")
     code = main(["score", str(copy)])
-    err = capsys.readouterr().err
-    assert code == 1 and f"{folder}: its bundle is not in this sweep's plan (sweep.json)" in err, err
+    out, err = capsys.readouterr()
+    said = (f"1 checkpoint(s) in 1 bundle folder(s) not in this sweep's plan (sweep.json), left out: {folder.parent}; "
+            "they come from another sweep: move them to their own sweep's folder")
+    assert code == 1 and said in err, err
+    checkpoints = len(list(sweep_dir.glob("bundle-*/checkpoint_*")))
+    assert f"[sweep] scored 0 of {checkpoints} checkpoint(s)" in out, out
     after = pd.read_parquet(copy / "tables" / "scores")
     assert len(after) == len(before) and not set(after["network_id"]) & set(stranger.network_ids)
+    # Status counts the sweep's own bundles and checkpoints, and names the stranger.
+    assert main(["status", str(copy)]) == 0
+    out = capsys.readouterr().out
+    bundles = len(list(sweep_dir.glob("bundle-*")))
+    assert f"bundles: {bundles} of {bundles} finished\n" in out and said in out, out
+    assert f"checkpoints: {checkpoints} written, {checkpoints} scored" in out and "no networks file" not in out, out
 
 
 def test_status_of_a_copy_without_the_bundle_folders_says_where_its_scores_are(sweep_dir, tmp_path, capsys):

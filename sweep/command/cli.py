@@ -354,7 +354,7 @@ def route_ray_retries(logger: logging.Logger) -> None:
 def interrupted(plan, command: str, *, rescore: bool = False) -> int:
     """Say what the interrupted command finished and how to continue; the exit status."""
 
-    found = sweep_plan.checkpoints(plan)
+    found, _ = sweep_plan.own_checkpoints(plan)
     stale = TableWriter(plan.table_root).stale_keys(plan.scoring, plan.unrecorded_scoring)
     scored = len(found) - len(checkpoints.unscored(plan.table_root, found, stale=stale))
     if command == "score" and rescore:
@@ -565,7 +565,7 @@ def finish(plan, results, started: float, *, report: bool, scored: bool = True) 
     if failed:
         print(f"[sweep] {failed} checkpoint(s) have networks whose scoring failed (the scores table's status and "
               f"message columns say why); score them again with: sweep score {plan.sweep_dir}", file=sys.stderr)
-    code = 1 if errors or waiting or failed or damaged else 0
+    code = 1 if errors or waiting or failed or damaged or state.foreign else 0  # describe named the foreign ones
     if report:
         try:
             _report(plan.sweep_dir, bootstrap=True)
@@ -657,7 +657,9 @@ def cmd_score(args) -> int:
         print(f"sweep: scoring failed: {failure}", file=sys.stderr)
     if left:
         print(f"sweep: {stale_without_checkpoints(plan, left)}", file=sys.stderr)
-    return 1 if summary["failures"] or left else 0
+    if summary["foreign"]:
+        print(f"sweep: {sweep_plan.foreign_message(summary['foreign'])}", file=sys.stderr)
+    return 1 if summary["failures"] or left or summary["foreign"] else 0
 
 
 def cmd_report(args) -> int:

@@ -14,7 +14,7 @@ from sweep.plan import costs
 from sweep.plan.networks import BundleConfig
 from sweep.plan.planner import SCORING_BATCH
 from sweep.plan.spec import AUTO, Budget
-from sweep.plan.sweep_plan import SWEEP_FILE, SweepPlan, checkpoints, save_plan
+from sweep.plan.sweep_plan import SweepPlan, own_checkpoints, save_plan
 from sweep.scoring.actors import ScoringPool
 from sweep.scoring.settings import ScoringSettings
 from sweep.scoring.table_writer import TableWriter
@@ -174,7 +174,8 @@ def restore_network_rows(plan: SweepPlan) -> tuple[int, list[str]]:
     others could not be)."""
     from sweep.training.trainable import rebuild_network_rows
 
-    ended, _ = finished_without_rows(plan, set(TableWriter(plan.table_root).keys("networks")), checkpoints(plan))
+    ended, _ = finished_without_rows(plan, set(TableWriter(plan.table_root).keys("networks")),
+                                     own_checkpoints(plan)[0])
     lacking = [bundle for bundle in plan.bundles if bundle["bundle_id"] in ended]
     task = ray.remote(num_cpus=1, num_gpus=0)(rebuild_network_rows)
     config = {**param_space(plan), "cpus_per_trial": 1, "gpus_per_trial": 0}
@@ -191,26 +192,20 @@ def restore_network_rows(plan: SweepPlan) -> tuple[int, list[str]]:
 def score(plan: SweepPlan, settings, *, rescore: bool = False) -> dict:
     """Score the sweep's checkpoints that have no scores yet, whose scoring failed for a network,
     or that were scored with other settings than `settings` (all of them with `rescore`),
-    printing progress every 10 s."""
-    found = checkpoints(plan)
+    printing progress every 10 s. Checkpoints of bundles the plan lacks are left out, listed
+    under "foreign"."""
+    found, foreign = own_checkpoints(plan)
     if rescore:
         todo = found
     else:
         stale = TableWriter(plan.table_root).stale_keys(dataclasses.asdict(settings), plan.unrecorded_scoring)
         todo = unscored(plan.table_root, found, failed=True, stale=stale)
-    known = {bundle["bundle_id"] for bundle in plan.bundles}
-    foreign = [uri for bundle_id, uri in todo if bundle_id not in known]
-    todo = [(bundle_id, uri) for bundle_id, uri in todo if bundle_id in known]
     pool = ScoringPool(**scoring_pool_kwargs(plan, settings), background=False)  # no trials to leave the CPUs to
     for _, uri in todo:
         pool.submit(tune.Checkpoint(uri))
     stats = pool.drain(progress=drain_printer())
     pool.shutdown()
-    stats["failed"] += len(foreign)
-    stats["failures"] = [*stats["failures"], *(
-        f"{uri}: its bundle is not in this sweep's plan ({SWEEP_FILE}): it comes from another sweep; move it "
-        "to its own sweep's folder" for uri in foreign)]
-    return {"checkpoints": len(found), "scored": len(todo), **stats}
+    return {"checkpoints": len(found), "scored": len(todo), "foreign": foreign, **stats}
 
 
 def resume(plan: SweepPlan):

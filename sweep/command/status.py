@@ -6,7 +6,7 @@ import json
 from typing import NamedTuple
 
 from sweep.plan import storage
-from sweep.plan.sweep_plan import SWEEP_FILE, SweepPlan, checkpoints
+from sweep.plan.sweep_plan import SWEEP_FILE, SweepPlan, foreign_message, own_checkpoints
 from sweep.scoring.table_writer import TableWriter, checkpoint_key
 from sweep.training.checkpoints import META_FILE, table_keys, unscored
 
@@ -21,15 +21,16 @@ class Scoring(NamedTuple):
     failed: list[str]
     stale: list[str]
     stale_gone: list[str]  # of `stale`, those whose checkpoint is not among `found`
+    foreign: list[str]  # checkpoints of bundles the plan lacks (not in `found`)
 
 
 def scoring_state(plan: SweepPlan) -> Scoring:
-    found = checkpoints(plan)
+    found, foreign = own_checkpoints(plan)
     keys = table_keys(found)
     tables = TableWriter(plan.table_root)
     stale = tables.stale_keys(plan.scoring, plan.unrecorded_scoring)
     return Scoring(found, unscored(plan.table_root, found, stale=stale, keys=keys), tables.failed_keys(), stale,
-                   sorted(set(stale) - set(keys)))
+                   sorted(set(stale) - set(keys)), foreign)
 
 
 def describe(plan: SweepPlan, scoring: Scoring | None = None) -> str:
@@ -37,7 +38,7 @@ def describe(plan: SweepPlan, scoring: Scoring | None = None) -> str:
     networks = TableWriter(plan.table_root).read("networks")
     done_bundles = set(networks["bundle_id"]) if len(networks) else set()
     counts = networks["status"].value_counts() if len(networks) else {}
-    found, waiting, failed, stale, stale_gone = scoring or scoring_state(plan)
+    found, waiting, failed, stale, stale_gone, foreign = scoring or scoring_state(plan)
     ended, copied = finished_without_rows(plan, done_bundles, found)
     started = len({bundle_id for bundle_id, _ in found} - done_bundles - ended)  # rows come when they finish
     lines = [
@@ -50,6 +51,7 @@ def describe(plan: SweepPlan, scoring: Scoring | None = None) -> str:
         + (f" ({len(failed)} with a network whose scoring failed, or an unreadable scores file)" if failed else "")
         + _without_checkpoints(plan, found),
         *_stale_lines(plan, stale, stale_gone),
+        *([f"  {foreign_message(foreign)}"] if foreign else []),
         f"  tables: {plan.table_root}",
     ]
     if ended:

@@ -172,6 +172,20 @@ def checkpoints(plan: SweepPlan) -> list[tuple[str, str]]:
     ]
 
 
+def own_checkpoints(plan: SweepPlan) -> tuple[list[tuple[str, str]], list[str]]:
+    """`checkpoints(plan)` of the plan's bundles, and the URIs of the others: copied in from
+    another sweep, they are never scored, counted or trained here."""
+    known = {bundle["bundle_id"] for bundle in plan.bundles}
+    found = checkpoints(plan)
+    return [(b, uri) for b, uri in found if b in known], [uri for b, uri in found if b not in known]
+
+
+def foreign_message(uris: list[str]) -> str:
+    folders = sorted({uri.rstrip("/").rsplit("/", 1)[0] for uri in uris})
+    return (f"{len(uris)} checkpoint(s) in {len(folders)} bundle folder(s) not in this sweep's plan ({SWEEP_FILE}), "
+            f"left out: {', '.join(folders)}; they come from another sweep: move them to their own sweep's folder")
+
+
 def local_write_problem(where: str) -> str | None:
     """Why a local storage folder could not take the sweep, found without writing anything (a
     dry run's look); None where it could, or for an object store (a dry run stays offline)."""
