@@ -11,7 +11,8 @@ from PIL import Image
 from scipy import stats
 
 from sweep.plan.spec import DataSpec
-from sweep.training.data import DataError, augment, check_available, draw_augmentation, load_dataset, random_labels
+from sweep.plan.datasets import DataError, check_available
+from sweep.training.data import augment, draw_augmentation, load_dataset, random_labels
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 CIFAR = SHARED / "cifar10"

@@ -140,7 +140,8 @@ def test_a_spec_suffix_in_capitals_is_read_by_its_format(tmp_path):
 
 
 def test_cli_style_exit_before_anything_starts(tmp_path):
-    """A bad spec fails in a fresh interpreter without importing Ray or torch."""
+    """A bad spec fails in a fresh interpreter without importing Ray or torch, through the
+    command too, and a dry run (of a CIFAR-10 preset too, whose data is checked) plans without them."""
     path = tmp_path / "bad.yaml"
     path.write_text(yaml.safe_dump(with_change("grid.widths", [-3])))
     code = ("import sys; from sweep.plan.spec import load_spec, SpecError\n"
@@ -150,6 +151,13 @@ def test_cli_style_exit_before_anything_starts(tmp_path):
                             text=True, timeout=120)
     assert result.returncode == 2
     assert "grid.widths[0]" in result.stdout and "False False" in result.stdout
+    command = ("import sys; from sweep.command.cli import main\ncode = main(sys.argv[1:])\n"
+               "print('loaded', [m for m in ('ray', 'torch', 'matplotlib') if m in sys.modules]); sys.exit(code)")
+    for argv, status in (["run", str(path)], 2), (["run", "digits", "--dry-run"], 0), \
+                        (["run", "paper-capacity", "--dry-run"], 0):
+        result = subprocess.run([sys.executable, "-c", command, *argv, "--storage", str(tmp_path / "s")],
+                                capture_output=True, text=True, timeout=120)
+        assert result.returncode == status and "loaded []" in result.stdout, (argv, result.stdout, result.stderr)
 
 
 def test_toml_spec_equals_yaml(tmp_path):

@@ -175,7 +175,7 @@ def _spec_text(source: str) -> tuple[str, str]:
 def plan_run(args):
     """Validate everything the user gave before any Ray process starts. A dry run plans on a
     machine without the data or the GPUs too, and says what a real run would refuse."""
-    from sweep.training.data import DataError, check_available
+    from sweep.plan.datasets import DataError, check_available
 
     if args.name is not None:
         try:
@@ -408,8 +408,6 @@ def check_reachable(address: str) -> None:
 
 
 def cmd_run(args) -> int:
-    from sweep.command import runner
-
     plan, spec, bundles, card, problems = plan_run(args)
     # Its sweep.json would be replaced, and its tables mixed with this grid's. A dry run stays
     # offline: it looks only where the storage is a local folder.
@@ -440,6 +438,8 @@ def cmd_run(args) -> int:
     print(f"[sweep] {plan.name}: {plan.networks} networks in {len(plan.bundles)} bundles -> {plan.sweep_dir}")
     for note in planner.plan_notes(spec, bundles, card):
         print(f"[sweep] note: {note}")
+    from sweep.command import runner  # Ray: not for a refused spec or a dry run
+
     started = time.monotonic()
     results, code = guarded(plan, "run", args, lambda: runner.run(plan, score=not args.no_score), save=True)
     scored = not args.no_score and spec.resources.scoring_actors != 0  # 0: no scoring during the run

@@ -39,6 +39,73 @@ DATASETS: dict[str, DatasetInfo] = {
     "image_folder": DatasetInfo(None, None, None, None, hflip=True),
 }
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp")
+DEFAULT_DATA_ROOT = "~/.cache/sensitivity-sweep/data"
+
+
+class DataError(RuntimeError):
+    """A data set that cannot be loaded; the message says where the files go or how to fetch."""
+
+
+# torchvision layouts: (class name, folder under data_root, files that must be there)
+TORCHVISION = {
+    "mnist": ("MNIST", "MNIST/raw", ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
+                                     "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")),
+    "fashion_mnist": ("FashionMNIST", "FashionMNIST/raw",
+                      ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
+                       "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")),
+    "cifar10": ("CIFAR10", "cifar-10-batches-py",
+                tuple(f"data_batch_{i}" for i in range(1, 6)) + ("test_batch",)),
+    "cifar100": ("CIFAR100", "cifar-100-python", ("train", "test")),
+}
+
+
+def data_root(spec: DataSpec) -> Path:
+    return Path(os.path.expanduser(spec.data_root or DEFAULT_DATA_ROOT))
+
+
+def check_available(spec: DataSpec) -> None:
+    """Cheap presence check before any training; raises DataError with what to do."""
+    if spec.name == "digits":
+        return
+    if spec.name == "image_folder":
+        image_folder_splits(Path(spec.path))
+        return
+    if spec.download:
+        return
+    _, folder, files = TORCHVISION[spec.name]
+    where = data_root(spec) / folder
+    missing = [f for f in files if not (where / f).is_file()]
+    if missing:
+        raise DataError(
+            f"{spec.name}: files not found in {where} (missing {', '.join(missing)}). Put the "
+            f"data set there in torchvision's layout (data_root: {data_root(spec)}), point "
+            f"data_root at a folder that has it, or set download: true in the spec's datasets "
+            f"entry on a machine with internet.")
+
+
+def image_folder_splits(root: Path) -> tuple[Path, Path]:
+    splits = root / "train", root / "test"
+    for split in splits:
+        if not split.is_dir() or not any(p.is_dir() for p in split.iterdir()):
+            raise DataError(f"image_folder: {split} is missing or has no class folders; the "
+                            f"path must hold train/<class>/*.jpg and test/<class>/*.jpg")
+    for split in splits:
+        # torchvision's ImageFolder refuses a class without images, but only once a trial loads it
+        empty = sorted(c.name for c in split.iterdir() if c.is_dir() and next(class_images(c), None) is None)
+        if empty:
+            raise DataError(f"image_folder: {len(empty)} class folder(s) of {split} hold no images "
+                            f"({', '.join(empty[:5])}{', ...' if len(empty) > 5 else ''}); give each class "
+                            f"images ({', '.join(IMAGE_SUFFIXES)}) or remove its folder from train/ and test/")
+    # ImageFolder numbers each split's classes by their sorted names, so the splits must agree.
+    train, test = (sorted(c.name for c in split.iterdir() if c.is_dir()) for split in splits)
+    if train != test:
+        raise DataError(f"image_folder: train/ and test/ of {root} have different class folders (only in "
+                        f"train/: {sorted(set(train) - set(test))}, only in test/: {sorted(set(test) - set(train))}); "
+                        "give both the same classes")
+    if len(train) < 2:
+        raise DataError(f"image_folder: {splits[0]} has one class folder ({train[0]}); a classifier needs two "
+                        "or more")
+    return splits
 
 
 def augmentation_pad(image_shape: tuple[int, int, int]) -> int:
