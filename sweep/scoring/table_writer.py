@@ -247,6 +247,8 @@ def _fit(table: str, field: pa.Field, array: pa.Array | pa.ChunkedArray) -> pa.A
     """The column in its documented type, if its values have that meaning (see _ACCEPTS)."""
     where = f"{table}.{field.name}"
     want, got = _kind(field.type), _kind(array.type)
+    if field.nullable and len(array) and array.null_count == len(array):
+        return pa.nulls(len(array), field.type)  # pandas gives a column of nulls as float NaN
     if got != "null" and got not in _ACCEPTS[want]:
         raise TableSchemaError(f"{where}: expected {field.type}, got values of type {array.type}")
     if not field.nullable and array.null_count:
