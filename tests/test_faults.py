@@ -292,6 +292,36 @@ class ClusterHost:
         return found
 
 
+def test_a_cluster_without_a_node_for_a_trial_is_said_not_waited_on_silently(tmp_path, short_tmp, env):
+    host = ClusterHost(short_tmp / "small", tmp_path / "small.log", env, worker_cpus=[1])
+    driver = None
+    try:
+        spec = write_spec(tmp_path)
+        spec.write_text(spec.read_text().replace("cpus_per_trial: 1", "cpus_per_trial: 2"))
+        driver = Session(sweep_argv("run", str(spec), "--address", host.address, "--storage", str(tmp_path),
+                                    "--name", "big", "--no-report"), tmp_path / "big.log", env)
+        deadline = time.monotonic() + 150
+        while "none running" not in driver.output() and driver.proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.5)
+        waiting = driver.output()
+        os.kill(driver.proc.pid, signal.SIGINT)
+        code = driver.wait(timeout=120)
+        output = driver.output()
+    finally:
+        if driver is not None:
+            driver.end()
+        host.session.end()
+    assert f"[sweep] joined the Ray cluster at {host.address}: 2 node(s), 1 CPU core(s), 0 GPU(s)" in output, output
+    assert ("sweep: warning: no node of the Ray cluster has the 2 CPU core(s) and 0 GPU(s) a trial asks "
+            "(resources.cpus_per_trial and gpus_per_trial); of its 2 node(s), the most CPU cores one has are 1") \
+        in output, output[-3000:]
+    assert "scoring actor asks" not in output  # its 0 CPUs fit
+    assert "[sweep] bundles 0/4 done, 0 running, 4 waiting" in waiting and waiting.rstrip().endswith(
+        "none running: waiting for Ray to give a trial its resources (other work on the cluster, or no node large "
+        "enough)"), waiting[-3000:]
+    assert code == 128 + signal.SIGINT and "continue with: sweep resume" in output, output[-3000:]
+
+
 def test_a_lost_worker_node_costs_no_rows(reference, tmp_path, short_tmp, env):
     host = ClusterHost(short_tmp / "cluster", tmp_path / "cluster.log", env, worker_cpus=[2, 2])
     driver = None

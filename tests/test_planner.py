@@ -690,12 +690,12 @@ def test_asks_no_node_of_the_cluster_can_give_are_named(tmp_path, ray_session):
     # The session's Ray is one node of 2 CPUs (and 2 GPUs, or the machine's real ones).
     cards = ray_session.cluster_resources()["GPU"]
 
-    def plan_of(cpus: float, gpus: float, scorer_cpus: float, scorer_gpus: float, actors=1):
+    def plan_of(cpus: float, gpus: float, scorer_cpus: float, scorer_gpus: float):
         spec = parse_spec({"name": "c", "datasets": ["digits"], "grid": {"widths": [8], "depths": [1],
                                                                          "learning_rates": [0.1]},
                            "budget": {"max_epochs": 1},
                            "resources": {"cpus_per_trial": cpus, "gpus_per_trial": gpus, "gpu_memory_gib": 24,
-                                         "cpus_per_scoring_actor": scorer_cpus, "scoring_actors": actors,
+                                         "cpus_per_scoring_actor": scorer_cpus,
                                          "gpus_per_scoring_actor": scorer_gpus}})
         bundles = planner.expand(spec, planner.card_for(spec))
         return sweep_plan.make_plan(spec, bundles, name="n", storage=str(tmp_path), spec_source="-", spec_text="",
@@ -704,14 +704,13 @@ def test_asks_no_node_of_the_cluster_can_give_are_named(tmp_path, ray_session):
     assert runner.unplaceable(plan_of(2, cards, 2, cards), trials=True, scoring=True) == []
     trial, scorer = runner.unplaceable(plan_of(3, 0, 1, cards + 1), trials=True, scoring=True)
     assert trial.startswith("no node of the Ray cluster has the 3 CPU core(s) and 0 GPU(s) a trial asks "
-                            "(resources.cpus_per_trial and gpus_per_trial); the largest of its 1 node(s) has 2 CPU "
-                            f"core(s) and {cards:g} GPU(s)"), trial
+                            "(resources.cpus_per_trial and gpus_per_trial); of its 1 node(s), the most CPU cores one "
+                            f"has are 2, the most GPUs {cards:g}."), trial
     assert scorer.startswith(f"no node of the Ray cluster has the 1 CPU core(s) and {cards + 1:g} GPU(s) a scoring "
                              "actor asks"), scorer
     # Both on one node: 2 CPUs with the cards, each within the node on its own, is one ask too many for none.
     assert runner.unplaceable(plan_of(1, cards, 3, 0), trials=True, scoring=False) == []
     assert len(runner.unplaceable(plan_of(1, cards, 3, 0), trials=False, scoring=True)) == 1
-    assert runner.unplaceable(plan_of(1, 0, 3, 0, actors=0), trials=True, scoring=True) == []  # no actors started
 
 
 def test_progress_says_when_no_trial_runs_for_a_while():

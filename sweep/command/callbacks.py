@@ -27,6 +27,8 @@ class ProgressCallback(tune.Callback):
     rate at which that share has grown since this run's first progress line. Without weights, bundles count
     equally and only when finished."""
 
+    quiet_s = 30.0  # for callbacks pickled before it was an argument (a Ray Client's resume keeps them)
+
     def __init__(self, total_bundles: int, total_networks: int, every_s: float = 5.0, stream=None,
                  weights: dict[str, tuple[float, float]] | None = None, quiet_s: float = 30.0):
         self.total_bundles = total_bundles

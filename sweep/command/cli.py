@@ -514,7 +514,8 @@ def guarded(plan, command: str, args, body, *, rescore: bool = False, save: bool
                 if args.address and own_ray and not interrupts.requested():
                     from sweep.command import runner
 
-                    scoring = command == "score" or not getattr(args, "no_score", False)
+                    # score and resume's catch-up start an actor whatever scoring_actors says
+                    scoring = command != "run" or (not args.no_score and plan.resources["scoring_actors"] != 0)
                     for problem in runner.unplaceable(plan, trials=command != "score", scoring=scoring):
                         print(f"sweep: warning: {problem}", file=sys.stderr, flush=True)
                 try:

@@ -68,25 +68,25 @@ def bundle_resources(plan: SweepPlan, bundle_id: str) -> tuple[float, float]:
 
 def unplaceable(plan: SweepPlan, *, trials: bool, scoring: bool) -> list[str]:
     """What no live node of the cluster Ray is connected to could give: a trial (with `trials`)
-    or a scoring actor (with `scoring`, where the plan starts them). Ray leaves such a one waiting,
-    silently, until a node that can give it joins (an autoscaler's)."""
+    or a scoring actor (with `scoring`: where the command starts one). Ray leaves such a one
+    waiting, silently, until a node that can give it joins (an autoscaler's)."""
     nodes = [node["Resources"] for node in ray.nodes() if node.get("Alive")]
     asks = []
     if trials:
         needs = {bundle_resources(plan, bundle["bundle_id"]) for bundle in plan.bundles}
         asks.append(("a trial", "resources.cpus_per_trial and gpus_per_trial", max(needs)))
-    if scoring and plan.resources["scoring_actors"] != 0:
+    if scoring:
         asks.append(("a scoring actor", "resources.cpus_per_scoring_actor and gpus_per_scoring_actor",
                      (plan.resources["cpus_per_scoring_actor"], plan.resources["gpus_per_scoring_actor"])))
     problems = []
     for what, keys, (cpus, gpus) in asks:
         if any(node.get("CPU", 0) >= cpus and node.get("GPU", 0) >= gpus for node in nodes):
             continue
-        largest = max(nodes, key=lambda node: (node.get("CPU", 0), node.get("GPU", 0)), default={})
+        most = {key: max((node.get(key, 0) for node in nodes), default=0) for key in ("CPU", "GPU")}
         problems.append(
             f"no node of the Ray cluster has the {cpus:g} CPU core(s) and {gpus:g} GPU(s) {what} asks ({keys}); "
-            f"the largest of its {len(nodes)} node(s) has {largest.get('CPU', 0):g} CPU core(s) and "
-            f"{largest.get('GPU', 0):g} GPU(s). Ray keeps it waiting until such a node joins (an "
+            f"of its {len(nodes)} node(s), the most CPU cores one has are {most['CPU']:g}, the most GPUs "
+            f"{most['GPU']:g}. Ray keeps it waiting until such a node joins (an "
             f"autoscaler's); if none will, stop with Ctrl-C and ask for less")
     return problems
 

@@ -80,7 +80,8 @@ def _value_stats(values: Tensor, points: int = 0) -> dict[str, np.ndarray]:
 
 def network_steps(meta: Mapping, m: int) -> np.ndarray:
     """[m] each network's optimizer steps at the checkpoint: a network that stopped earlier holds
-    the weights of its last step (checkpoints written before meta.json listed them: the bundle's)."""
+    the weights of its last step (a diverged one: its steps to its first non-finite loss, with the
+    weights of that epoch's end; checkpoints written before meta.json listed them: the bundle's)."""
     return np.asarray(meta.get("network_steps") or [meta["step"]] * m, dtype=np.int64)
 
 

@@ -185,9 +185,9 @@ class PopulationTrainer:
         # a captured step advances it itself.
         self._step_count = torch.full((), float(opt_step), dtype=torch.float64, device=self.device)
         self._live_labels = self.labels.index_select(0, index)
-        self._epoch_loss = torch.zeros(len(live), device=self.device)
-        # Per live member, the epoch's steps before its first non-finite loss: the sum of a
-        # member's losses stays non-finite from there, so counting its finite sums needs no sync.
+        # Per live member, whether its losses were finite so far this epoch, and the steps before
+        # its first that was not: counted on the device, with no sync.
+        self._finite = torch.ones(len(live), dtype=torch.bool, device=self.device)
         self._finite_steps = torch.zeros(len(live), dtype=torch.int64, device=self.device)
         self._graph: _StepGraph | None = None  # the live buffers changed: capture again
 
@@ -286,8 +286,8 @@ class PopulationTrainer:
                 losses = F.cross_entropy(logits.flatten(0, 1), y.reshape(-1), reduction="none").view(m, -1).mean(1)
             grad = self._flatten(torch.autograd.grad(losses.sum(), views))
         self._update(grad)
-        self._epoch_loss += losses.detach()
-        self._finite_steps += torch.isfinite(self._epoch_loss)
+        self._finite &= torch.isfinite(losses.detach())
+        self._finite_steps += self._finite
 
     def _graph_step(self, idx: torch.Tensor, aug) -> None:
         """`_step` through a CUDA graph: eager on a side stream for the first steps after the
@@ -321,7 +321,7 @@ class PopulationTrainer:
         started = time.perf_counter()
         order, aug = self._epoch_inputs()
         m = len(self.live)
-        self._epoch_loss.zero_()
+        self._finite.fill_(True)
         self._finite_steps.zero_()
         steps_before = self.steps
         for step in range(self.steps_per_epoch):
@@ -355,7 +355,7 @@ class PopulationTrainer:
         a diverged member's end with the first step whose loss was not finite (the epoch's last
         where only its parameters are)."""
         views = self._views(self._params.detach())
-        finite = torch.isfinite(self._epoch_loss)
+        finite = self._finite.clone()
         for v in views:
             finite &= torch.isfinite(v).flatten(1).all(1)
         if self.budget.stop_at_full_train_acc:
