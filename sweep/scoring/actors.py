@@ -40,9 +40,17 @@ def set_background(background: bool) -> bool:
     if hasattr(os, "SCHED_IDLE") and os.path.isdir("/proc/self/task"):
         policy = os.SCHED_IDLE if background else os.SCHED_OTHER
         try:
-            for thread in os.listdir("/proc/self/task"):
-                with contextlib.suppress(ProcessLookupError):  # a thread that ended meanwhile
-                    os.sched_setscheduler(int(thread), policy, os.sched_param(0))
+            # Again while a pass finds threads of the other policy: one started meanwhile by a
+            # thread not yet changed (Ray's and torch's start threads at any time) took its policy.
+            for _ in range(10):
+                changed = 0
+                for thread in os.listdir("/proc/self/task"):
+                    with contextlib.suppress(ProcessLookupError):  # a thread that ended meanwhile
+                        if os.sched_getscheduler(int(thread)) != policy:
+                            os.sched_setscheduler(int(thread), policy, os.sched_param(0))
+                            changed += 1
+                if not changed:
+                    break
         except PermissionError:
             return True
         return background
