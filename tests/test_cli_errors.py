@@ -225,6 +225,48 @@ def test_ctrl_c_while_the_command_loads_ends_quietly(tmp_path):
     assert "sweep: interrupted" in err and not (tmp_path / "store").exists()
 
 
+SWALLOWING_IMPORT = """
+import builtins, signal, sys
+real_import = builtins.__import__
+
+def swallowing_import(name, *args, **kwargs):
+    if name == sys.argv[1] and not getattr(builtins, "fired", False):
+        builtins.fired = True
+        try:
+            signal.raise_signal(signal.SIGINT)  # Ctrl-C as this import begins...
+        except KeyboardInterrupt:
+            pass  # ...and its exception lost inside it, as CPython's import machinery can
+    return real_import(name, *args, **kwargs)
+
+builtins.__import__ = swallowing_import
+from sweep.command.entry import main
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+@pytest.mark.parametrize("module, started", [("pandas", False), ("ray", True)])
+def test_ctrl_c_lost_inside_an_import_still_stops_the_command(tmp_path, module, started):
+    # Seen in CI: the signal's KeyboardInterrupt vanished inside an import and `sweep run` ran its
+    # whole sweep and exited 0. The stop is recorded too, and looked at once the command has
+    # loaded (pandas: nothing started) and before Ray starts (ray: imported after the sweep's
+    # folder is made).
+    import os
+    import subprocess
+    import sys
+
+    store = tmp_path / "store"
+    proc = subprocess.run([sys.executable, "-c", SWALLOWING_IMPORT, module, "run", spec_file(tmp_path, GOOD),
+                           "--storage", str(store)], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0"})
+    assert proc.returncode == 130 and "Traceback" not in proc.stderr, proc.stderr
+    if started:
+        assert "sweep: interrupted (SIGINT): 0 of 1 bundle(s) finished training" in proc.stderr, proc.stderr
+        assert "sweep: continue with: sweep resume" in proc.stderr
+        assert not list(store.glob("*/tables/networks/*.parquet"))
+    else:
+        assert proc.stderr == "sweep: interrupted while starting; nothing was done\n" and not store.exists()
+
+
 def _alias_bomb(where: str) -> str:
     """Nine levels of nine aliases (9⁹ strings if expanded), placed where the spec parser looks."""
     items = ['&a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]']

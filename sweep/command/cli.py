@@ -44,8 +44,9 @@ class UsageError(Exception):
 
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    args = build_parser().parse_args(argv)
+    args = None
     try:
+        args = build_parser().parse_args(argv)
         with interrupts.restored():  # a program calling main keeps its own handlers
             return args.func(args) or 0
     except UsageError as exc:
@@ -501,7 +502,8 @@ def guarded(plan, command: str, args, body, *, rescore: bool = False, save: bool
             own_ray = not ray_started()
             with interrupts.catching() as restore:  # from before Ray starts: it takes seconds
                 try:
-                    start_ray(args.address, ray_log_file(plan, args.verbose))
+                    if not interrupts.requested():  # one recorded while the command loaded
+                        start_ray(args.address, ray_log_file(plan, args.verbose))
                 except SystemExit:  # ray.init's first step installs a SIGTERM handler that exits
                     interrupts.stopped_by(signal.SIGTERM)
                 except KeyboardInterrupt:

@@ -42,6 +42,29 @@ def handlers() -> dict:
     return {s: signal.getsignal(s) for s in SIGNALS}
 
 
+def _record_and_raise(signum, frame) -> None:
+    stopped_by(signum)
+    raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def loading():
+    """Ctrl-C while the command's modules load (a second or more on a busy machine) raises
+    KeyboardInterrupt as Python's own handler does, and is recorded too: CPython's import
+    machinery can clear the exception inside an import (seen here: `sweep run` then ran its whole
+    sweep and exited 0), so the command also looks at the record once it has loaded, and before
+    it starts anything (`catching` keeps a stop recorded before it). Main thread only."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    before = signal.signal(signal.SIGINT, _record_and_raise)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, before)
+        _received.clear()
+
+
 def _handle(signum, frame) -> None:
     if _received:
         raise KeyboardInterrupt  # the second: stop at once
@@ -124,13 +147,12 @@ def restored():
 @contextlib.contextmanager
 def catching():
     """Install the handlers for the command's duration (main thread only; elsewhere signals
-    keep their default behaviour). Yields the handlers it puts back afterwards, which the
+    keep their default behaviour). A stop recorded before (`loading`) stands. Yields the handlers it puts back afterwards, which the
     command may change (Ray's own go with a Ray it shut down)."""
     before = handlers()
     if threading.current_thread() is not threading.main_thread():
         yield before
         return
-    _received.clear()
     os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"  # ours asks Tune to stop instead
     for s in SIGNALS:
         signal.signal(s, _handle)
@@ -139,5 +161,6 @@ def catching():
         yield before
     finally:
         _catching.clear()
+        _received.clear()
         for s, handler in before.items():
             signal.signal(s, handler)
