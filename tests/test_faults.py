@@ -322,6 +322,27 @@ def test_a_cluster_without_a_node_for_a_trial_is_said_not_waited_on_silently(tmp
     assert code == 128 + signal.SIGINT and "continue with: sweep resume" in output, output[-3000:]
 
 
+def test_a_cluster_with_token_authentication_answers_a_driver_without_its_token_at_once(tmp_path, short_tmp, env):
+    # ray.init would retry for 20 s, a C++ warning line each second, and leave a sweep folder.
+    host = ClusterHost(short_tmp / "auth", tmp_path / "auth.log", env, worker_cpus=[])
+    spec = write_spec(tmp_path)
+    outputs = {}
+    try:
+        for name, changes in {"none": {"RAY_AUTH_MODE": None}, "other": {"RAY_AUTH_TOKEN": secrets.token_hex(32)}}.items():
+            driver_env = {k: v for k, v in {**env, **changes}.items() if v is not None}
+            driver = Session(sweep_argv("run", str(spec), "--address", host.address, "--storage",
+                                        str(tmp_path / name)), tmp_path / f"{name}.log", driver_env)
+            outputs[name] = (driver.wait(timeout=120), driver.output())
+    finally:
+        host.session.end()
+    said = f"sweep: error: the Ray cluster at --address {host.address} ({host.address}) uses token authentication, and "
+    for name, how in {"none": "this command sent no token: run `export RAY_AUTH_MODE=token`",
+                      "other": "refused this machine's token (~/.ray/auth_token or RAY_AUTH_TOKEN)"}.items():
+        code, output = outputs[name]
+        assert code == 2 and said + how in output and "gcs_client" not in output, output[-3000:]
+        assert not (tmp_path / name).exists() or not any((tmp_path / name).iterdir())  # no sweep folder
+
+
 def test_a_lost_worker_node_costs_no_rows(reference, tmp_path, short_tmp, env):
     host = ClusterHost(short_tmp / "cluster", tmp_path / "cluster.log", env, worker_cpus=[2, 2])
     driver = None

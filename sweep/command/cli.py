@@ -382,8 +382,9 @@ def interrupted(plan, command: str, *, rescore: bool = False) -> int:
 
 
 def check_reachable(address: str) -> None:
-    """Answer within seconds when nothing listens at a cluster address: ray.init would retry for
-    minutes. `auto` and localhost are resolved the way ray.init resolves them."""
+    """Answer within seconds when nothing listens at a cluster address, or when the cluster's
+    token authentication refuses this machine: ray.init would retry for minutes (and 20 s,
+    printing a line each second). `auto` and localhost are resolved the way ray.init resolves them."""
 
     from ray._private.services import canonicalize_bootstrap_address
 
@@ -406,6 +407,33 @@ def check_reachable(address: str) -> None:
             f"nothing answers at --address {address} ({resolved}: {exc}); start the head node there with "
             f"`ray start --head --port={port}`, check the host and port, or leave --address out to run locally"
         ) from None
+    check_token(address, resolved)
+
+
+def check_token(address: str, resolved: str) -> None:
+    """One try at the cluster's GCS, its C++ warning line kept off the terminal."""
+    from ray._raylet import GcsClient
+    from ray.exceptions import AuthenticationError
+
+    stderr = os.dup(2)
+    try:
+        with tempfile.TemporaryFile() as sink:
+            os.dup2(sink.fileno(), 2)
+            try:
+                GcsClient(address=resolved)
+            finally:
+                os.dup2(stderr, 2)
+    except AuthenticationError:
+        how = ("refused this machine's token (~/.ray/auth_token or RAY_AUTH_TOKEN): copy the head node's "
+               "~/.ray/auth_token here" if os.environ.get("RAY_AUTH_MODE") == "token" else
+               "this command sent no token: run `export RAY_AUTH_MODE=token`, with the head node's "
+               "~/.ray/auth_token copied to this machine's ~/.ray/auth_token (or in RAY_AUTH_TOKEN)")
+        raise UsageError(f"the Ray cluster at --address {address} ({resolved}) uses token authentication, and "
+                         f"{how}") from None
+    except Exception:  # noqa: BLE001  anything else (a GCS still starting, …): ray.init waits and says
+        return
+    finally:
+        os.close(stderr)
 
 
 def cmd_run(args) -> int:
