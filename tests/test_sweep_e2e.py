@@ -289,6 +289,12 @@ def test_a_bundle_whose_end_checkpoint_is_stored_is_not_trained_again(sweep_dir,
     tables = {path: path.read_bytes() for path in (copy / "tables").rglob("*.parquet")}
     stored = sorted(path.relative_to(copy) for path in copy.glob("bundle-*/checkpoint_*"))
     assert main(["resume", str(copy), "--no-report"]) == 0, capsys.readouterr().err
+    # Its progress counts them finished from the first line, not once their trials have looked.
+    counts = pd.read_parquet(copy / "tables" / "networks")["status"].value_counts()
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("[sweep] bundles ")]
+    assert lines and all(line.startswith(
+        f"[sweep] bundles 2/2 done, 0 running, 0 waiting | networks {counts.get('converged', 0)} converged, "
+        f"0 diverged, {counts.get('budget', 0)} at budget of 8 |") for line in lines), lines
     assert sorted(path.relative_to(copy) for path in copy.glob("bundle-*/checkpoint_*")) == stored
     assert {path: path.read_bytes() for path in (copy / "tables").rglob("*.parquet")} == tables
 

@@ -25,13 +25,19 @@ class ProgressCallback(tune.Callback):
     time and counted done in proportion to its epochs against those it is expected to train
     (`weights`: bundle_id -> (seconds, epochs), from `sweep.plan.costs.progress_weights`), and the
     rate at which that share has grown since this run's first progress line. Without weights, bundles count
-    equally and only when finished."""
+    equally and only when finished.
+
+    `finished` (bundle_id -> its networks' counts by status), for a resumed sweep: the bundles
+    finished before, counted so from the first line, not once their trials (restored as Tune's
+    last snapshot left them) have found their `end` checkpoints again."""
 
     quiet_s = 30.0  # for callbacks pickled before it was an argument (a Ray Client's resume keeps them)
 
     def __init__(self, total_bundles: int, total_networks: int, every_s: float = 5.0, stream=None,
-                 weights: dict[str, tuple[float, float]] | None = None, quiet_s: float = 30.0):
+                 weights: dict[str, tuple[float, float]] | None = None, quiet_s: float = 30.0,
+                 finished: dict[str, dict[str, int]] | None = None):
         self.total_bundles = total_bundles
+        self.finished = finished or {}
         self.total_networks = total_networks
         self.every_s = every_s
         self.quiet_s = quiet_s
@@ -83,13 +89,20 @@ class ProgressCallback(tune.Callback):
         self._printed = now
         print(self.line(trials, now - self._started), file=self._stream or sys.stdout, flush=True)
 
+    def _done(self, trial) -> bool:
+        return trial.status in ("TERMINATED", "ERROR") or trial.config["bundle"]["bundle_id"] in self.finished
+
+    def _result(self, trial) -> dict:
+        return (self.finished.get(trial.config["bundle"]["bundle_id"]) or self._last.get(trial.trial_id)
+                or trial.last_result or {})
+
     def line(self, trials, elapsed: float) -> str:
-        done = sum(t.status in ("TERMINATED", "ERROR") for t in trials)
-        running = sum(t.status == "RUNNING" for t in trials)
+        done = sum(self._done(t) for t in trials)
+        running = sum(t.status == "RUNNING" and not self._done(t) for t in trials)
         left = self.total_bundles - done - running
         totals = {"converged": 0, "diverged": 0, "budget": 0}
         for trial in trials:
-            result = self._last.get(trial.trial_id) or trial.last_result or {}
+            result = self._result(trial)
             for key in totals:
                 totals[key] += int(result.get(key, 0) or 0)
         fraction = self.fraction_done(trials)
@@ -113,10 +126,10 @@ class ProgressCallback(tune.Callback):
         done = 0.0
         for trial in trials:
             seconds, epochs = self.weights.get(trial.config["bundle"]["bundle_id"], (1.0, 0.0))
-            if trial.status in ("TERMINATED", "ERROR"):
+            if self._done(trial):
                 done += seconds
             elif epochs:
-                result = self._last.get(trial.trial_id) or trial.last_result or {}
+                result = self._result(trial)
                 # A bundle past its expected epochs is not done until it says so.
                 done += seconds * min(0.99, float(result.get("epoch", 0) or 0) / epochs)
         return min(1.0, done / total)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 
+import pyarrow
 import ray
 from ray import tune
 
@@ -112,9 +113,25 @@ def progress_weights(plan: SweepPlan) -> dict[str, tuple[float, float]]:
     return costs.progress_weights([BundleConfig.from_dict(b) for b in plan.bundles], Budget(**plan.budget), device)
 
 
+def finished_bundles(plan: SweepPlan) -> dict[str, dict[str, int]]:
+    """Per bundle with `networks` rows, none failed: its networks' counts by status (the progress
+    line's `finished`). A damaged networks file gives none here: resume names it at its end."""
+    try:
+        networks = TableWriter(plan.table_root).read("networks")
+    except (OSError, pyarrow.ArrowException):
+        return {}
+    if not len(networks):
+        return {}
+    failed = set(networks.loc[networks["status"] == "failed", "bundle_id"])
+    kept = networks[~networks["bundle_id"].isin(failed)]
+    return {str(bundle): {str(status): int(n) for status, n in rows["status"].value_counts().items()}
+            for bundle, rows in kept.groupby("bundle_id", observed=True)}
+
+
 def _run_config(plan: SweepPlan, *, score: bool, max_failures: int, progress_stream=None):
     callbacks = [
-        ProgressCallback(len(plan.bundles), plan.networks, stream=progress_stream, weights=progress_weights(plan)),
+        ProgressCallback(len(plan.bundles), plan.networks, stream=progress_stream, weights=progress_weights(plan),
+                         finished=finished_bundles(plan)),
         FailedTrialCallback(plan.table_root, plan.name),
     ]
     if score and plan.resources["scoring_actors"] != 0:
