@@ -789,6 +789,11 @@ def test_a_truncated_networks_file_is_named_by_status_and_load(reference, tmp_pa
             "state has format 999") in output and "Traceback" not in output, output[-3000:]
     # It went on to its scoring (nothing was left to score, so no count of none) and its summary.
     assert "[sweep] finished in" in output and "left unscored, failed" not in output, output[-3000:]
+    # Weights that cannot be read at all (an upload cut short) are named too, not passed over.
+    end.write_bytes(end.read_bytes()[:100])
+    code, output = resume_sweep(sweep_dir, tmp_path, env)
+    assert code == 1 and (f"could not write a networks file again from its end checkpoint: bundle {damaged_file.stem}: "
+                          f"{end} cannot be read") in output and "Traceback" not in output, output[-3000:]
 
 
 def test_a_truncated_networks_file_at_the_end_of_a_run_is_named(reference, tmp_path, capsys):

@@ -200,9 +200,14 @@ def restore_network_rows(plan: SweepPlan) -> tuple[int, list[str]]:
     restored, failures = 0, []
     for bundle_id, ref in refs.items():
         try:
-            restored += bool(ray.get(ref))
+            written = ray.get(ref)
         except ray.exceptions.RayError as exc:  # one bundle's: the others and the scoring go on
             failures.append(f"bundle {bundle_id}: {getattr(exc, 'cause', None) or exc}")
+            continue
+        if written:
+            restored += 1
+        else:  # its `end` checkpoint went between the look and the task
+            failures.append(f"bundle {bundle_id}: its end checkpoint is no longer there")
     return restored, failures
 
 

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
+from types import SimpleNamespace
 from typing import NamedTuple
 
 from sweep.plan import storage
 from sweep.plan.sweep_plan import SWEEP_FILE, SweepPlan, foreign_message, own_checkpoints
 from sweep.scoring.table_writer import TableWriter, checkpoint_key
-from sweep.training.checkpoints import META_FILE, table_keys, unscored
+from sweep.training.checkpoints import CheckpointError, read_meta, table_keys, unscored
 
 
 class Scoring(NamedTuple):
@@ -95,8 +95,8 @@ def finished_without_rows(plan: SweepPlan, recorded: set, found: list) -> tuple[
         if bundle_id in recorded:
             continue
         try:
-            meta = json.loads(storage.read_bytes(fs, f"{root}/bundle-{bundle_id}/{checkpoint}/{META_FILE}"))
-        except (OSError, ValueError):  # unreadable: not known to have finished
+            meta = read_meta(SimpleNamespace(filesystem=fs, path=f"{root}/bundle-{bundle_id}/{checkpoint}"))
+        except CheckpointError:  # unreadable: not known to have finished
             continue
         if meta.get("tag") == "end":
             ended.add(bundle_id)

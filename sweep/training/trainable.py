@@ -15,6 +15,7 @@ import json
 import tempfile
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 
@@ -22,7 +23,8 @@ from sweep.plan import storage
 from sweep.plan.networks import BundleConfig
 from sweep.plan.spec import Budget
 from sweep.scoring.table_writer import TableWriter
-from sweep.training.checkpoints import META_FILE, POPULATION_FILE, parameters_entry, stacked_parameters
+from sweep.training.checkpoints import (META_FILE, POPULATION_FILE, CheckpointError, parameters_entry, read_meta,
+                                        stacked_parameters)
 from sweep.training.data import load_dataset
 from sweep.training.population import PopulationTrainer
 
@@ -148,26 +150,32 @@ def finished_meta(sweep_dir: str, bundle_id: str) -> dict | None:
     bundle ended leaves it marked running; `sweep resume` then restarts it, and it must not train
     (and write) again what is already on the storage.
     """
-    found = end_checkpoint(sweep_dir, bundle_id)
+    try:
+        found = end_checkpoint(sweep_dir, bundle_id)
+    except CheckpointError:  # its weights unreadable (an upload cut short by the loss): train it again
+        return None
     return None if found is None else found[0]
 
 
 def end_checkpoint(sweep_dir: str, bundle_id: str) -> tuple[dict, dict] | None:
-    """(meta.json, the population file's contents) of the bundle's readable `end` checkpoint."""
+    """(meta.json, the population file's contents) of the bundle's `end` checkpoint; None where
+    none is found (a checkpoint with unreadable metadata is not known to be it). CheckpointError
+    where its population file cannot be read."""
     fs, path = storage.resolve(sweep_dir)
     bundle_dir = f"{path}/bundle-{bundle_id}"
     for checkpoint in storage.list_dirs(fs, bundle_dir, "checkpoint_"):
         directory = f"{bundle_dir}/{checkpoint}"
         try:
-            meta = json.loads(storage.read_bytes(fs, f"{directory}/{META_FILE}"))
-            if meta.get("tag") != "end":
-                continue
-            # Files are copied one by one: an upload cut short by the loss is not a finished bundle.
-            population = torch.load(io.BytesIO(storage.read_bytes(fs, f"{directory}/{POPULATION_FILE}")),
-                                    weights_only=True)
-        except Exception:  # noqa: BLE001 - unreadable for whatever reason: train it again
+            meta = read_meta(SimpleNamespace(filesystem=fs, path=directory))
+        except CheckpointError:
             continue
-        return meta, population
+        if meta.get("tag") != "end":
+            continue
+        where = f"{directory}/{POPULATION_FILE}"
+        try:  # files are copied one by one: an upload cut short leaves the metadata without the weights
+            return meta, torch.load(io.BytesIO(storage.read_bytes(fs, where)), weights_only=True)
+        except Exception as exc:  # noqa: BLE001 - torch.load's errors have no common type
+            raise CheckpointError(f"{where} cannot be read ({type(exc).__name__}: {exc})") from None
     return None
 
 
@@ -175,7 +183,8 @@ def rebuild_network_rows(config: dict) -> int:
     """Write a finished bundle's `networks` file again from its `end` checkpoint (`config` as a
     trial's), which holds the trainer's whole state: the rows it wrote when it finished. A
     trial Tune has finished never runs again, so a lost or damaged file would stay lost.
-    Returns the rows written (0 without a readable `end` checkpoint)."""
+    Returns the rows written (0 without an `end` checkpoint; CheckpointError where its weights
+    cannot be read)."""
     bundle = BundleConfig.from_dict(config["bundle"])
     found = end_checkpoint(config["sweep_dir"], bundle.bundle_id)
     if found is None:
