@@ -399,6 +399,23 @@ def test_a_checkpoint_from_another_sweep_is_left_out_of_scoring_with_a_message(s
     assert f"checkpoints: {checkpoints} written, {checkpoints} scored" in out and "no networks file" not in out, out
 
 
+def test_status_counts_networks_trained_on_to_the_budget_at_full_train_accuracy(sweep_dir, tmp_path, capsys):
+    # As budget.stop_at_full_train_acc: false records them: `budget`, though at 100% train accuracy.
+    import shutil
+
+    copy = tmp_path / "tiny"
+    shutil.copytree(sweep_dir, copy)
+    writer = TableWriter(str(copy / "tables"))
+    networks = writer.read("networks")
+    full = int((networks["train_acc"] == 1.0).sum())
+    assert full and (networks.loc[networks["train_acc"] == 1.0, "status"] == "converged").all()
+    for bundle_id, rows in networks.assign(status="budget").groupby("bundle_id", observed=True):
+        writer.write("networks", str(bundle_id), rows.to_dict("records"))
+    assert main(["status", str(copy)]) == 0
+    assert (f"networks: 8 of 8 recorded, 0 converged, 8 budget, 0 diverged, 0 failed ({full} of the budget ones at "
+            "100% train accuracy)\n") in capsys.readouterr().out
+
+
 def test_status_of_a_copy_without_the_bundle_folders_says_where_its_scores_are(sweep_dir, tmp_path, capsys):
     # README: `aws s3 sync … --exclude "bundle-*"` copies the tables but not the checkpoints
     import shutil

@@ -46,7 +46,8 @@ def describe(plan: SweepPlan, scoring: Scoring | None = None) -> str:
         f"  bundles: {len(done_bundles | ended | copied)} of {len(plan.bundles)} finished"
         + (f", {started} started (their networks are recorded when they finish)" if started else ""),
         f"  networks: {len(networks)} of {plan.networks} recorded"
-        + "".join(f", {int(counts.get(s, 0))} {s}" for s in ("converged", "budget", "diverged", "failed")),
+        + "".join(f", {int(counts.get(s, 0))} {s}" for s in ("converged", "budget", "diverged", "failed"))
+        + _full_at_budget(networks),
         f"  checkpoints: {len(found)} written, {len(found) - len(waiting)} scored"
         + (f" ({len(failed)} with a network whose scoring failed, or an unreadable scores file)" if failed else "")
         + _without_checkpoints(plan, found),
@@ -61,6 +62,14 @@ def describe(plan: SweepPlan, scoring: Scoring | None = None) -> str:
         lines.append(f"  {len(copied)} finished bundle(s) have scores but neither a networks file nor their checkpoints "
                      "here: copy tables/networks/<bundle>.parquet again from the sweep's storage")
     return "\n".join(lines)
+
+
+def _full_at_budget(networks) -> str:
+    """Budget networks at 100% train accuracy (budget.stop_at_full_train_acc: false trains them on)."""
+    if not len(networks):
+        return ""
+    full = int(((networks["status"] == "budget") & (networks["train_acc"] >= 1.0)).sum())
+    return f" ({full} of the budget ones at 100% train accuracy)" if full else ""
 
 
 def _stale_lines(plan: SweepPlan, stale: list[str], gone: list[str]) -> list[str]:
