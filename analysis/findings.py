@@ -29,7 +29,7 @@ import pandas as pd
 from scipy import stats
 
 from analysis.columns import FINAL_CHECKPOINT as FINAL
-from analysis.correlations import MIN_NETWORKS, POOLED, ResampleStatistics, percentile_intervals
+from analysis.correlations import MAX_UNDEFINED_SHARE, MIN_NETWORKS, POOLED, ResampleStatistics, percentile_intervals
 from analysis.factors import FACTORS, factor_pairs
 
 INITIAL = "init"
@@ -98,14 +98,15 @@ def not_measured(id: str, claim: str, scale: str, how: str) -> Finding:
 
 
 def findings(wide: pd.DataFrame, scores: pd.DataFrame, trajectories: pd.DataFrame, correlations: pd.DataFrame,
-             per_point: pd.DataFrame) -> list[Finding]:
-    """Every finding, in the report's order, on the networks in the statistics (`wide`)."""
+             per_point: pd.DataFrame, every: pd.DataFrame | None = None) -> list[Finding]:
+    """Every finding, in the report's order, on the networks in the statistics (`wide`); `every`
+    (the sweep's networks, before the protocol left some out) lets an unmeasured one say so."""
     ids = set(wide["network_id"].astype(str))
     found = [
         train_below_test(scores, ids),
         dips_at_anchors(trajectories, ids),
         same_class_fewer_transitions(trajectories, ids),
-        *(paired(wide, column) for column in PAIRED_TEXT),
+        *(paired(wide, column, every) for column in PAIRED_TEXT),
         ranks_gap(correlations, JACOBIAN, "jacobian_ranks_gap",
                   "The test Jacobian norm rank-correlates positively with the gap across networks."),
         predicts_errors(per_point),
@@ -217,21 +218,31 @@ PAIRED_TEXT = {
 }
 
 
-def paired(wide: pd.DataFrame, column: str) -> Finding:
+def paired(wide: pd.DataFrame, column: str, every: pd.DataFrame | None = None) -> Finding:
     """Pairs identical but for one factor: log10(Jacobian with the hurting level / with the
-    helping one); the paper found it positive."""
+    helping one); the paper found it positive. Where none is in the statistics, `every` (the
+    sweep's networks) tells a grid without the factor from pairs the protocol broke up."""
     id, claim, how = PAIRED_TEXT[column]
     scale = "median log10(Jacobian norm hurting / helping level) over pairs of networks identical but for the factor"
     factor = next(f for f in FACTORS if f.column == column)
     if column not in wide or JACOBIAN not in wide:
         return not_measured(id, claim, scale, how)
-    pairs = [factor_pairs(wide, factor, level) for level in factor.levels(wide[column])]
-    pairs = pd.concat(pairs, ignore_index=True) if pairs else pd.DataFrame()
+    pairs = _pairs(wide, factor)
     if pairs.empty:
+        grid = 0 if every is None or column not in every else len(_pairs(every, factor))
+        if grid:
+            return not_measured(id, claim, scale, f"the grid has {grid} pair(s), but none with both networks in the "
+                                                  "statistics (a pair counts only then); train them longer, or "
+                                                  "report with `sweep report --include-unconverged`")
         return not_measured(id, claim, scale, how + " (pairs count only when both networks are in the statistics)")
     ratio = pairs[f"{JACOBIAN}_bad"].to_numpy(float) / pairs[f"{JACOBIAN}_good"].to_numpy(float)
     with np.errstate(divide="ignore", invalid="ignore"):
         return median_effect(id, claim, scale, np.log10(ratio), 0.0, +1)
+
+
+def _pairs(wide: pd.DataFrame, factor) -> pd.DataFrame:
+    pairs = [factor_pairs(wide, factor, level) for level in factor.levels(wide[factor.column])]
+    return pd.concat(pairs, ignore_index=True) if pairs else pd.DataFrame()
 
 
 def ranks_gap(correlations: pd.DataFrame, metric: str, id: str, claim: str, expected: int = +1) -> Finding:
@@ -278,10 +289,14 @@ def train_loss_tracks_less(wide: pd.DataFrame) -> Finding:
         return with_jacobian(index)[0] - np.abs(with_loss(index)[0])
 
     effect = float(difference(np.arange(len(gap))))
-    (low,), (high,), _ = percentile_intervals(difference, len(gap), N_RESAMPLES, seed=0)
-    if not (np.isfinite(effect) and np.isfinite(low) and np.isfinite(high)):
+    if not np.isfinite(effect):
         return not_measured(id, claim, scale, "the Jacobian norm or the train loss is (nearly) constant over "
                                               "these networks")
+    (low,), (high,), undefined = percentile_intervals(difference, len(gap), N_RESAMPLES, seed=0)
+    if not (np.isfinite(low) and np.isfinite(high)):  # few networks: many resamples draw a constant column
+        return Finding(id, claim, effect, None, None, len(gap), "inconclusive", scale,
+                       f"no interval (bootstrap interval undefined: {undefined} of {N_RESAMPLES} resamples of the "
+                       f"{len(gap)} networks drew a constant column, more than {MAX_UNDEFINED_SHARE:.0%})")
     return Finding(id, claim, effect, float(low), float(high), len(gap), verdict(low, high, 0.0, +1), scale)
 
 

@@ -87,7 +87,7 @@ def build_report(sweep_path: str | os.PathLike, out_dir: str | os.PathLike | Non
     points_summary = summarize_per_point(points)
     profile = trajectory_profiles(tables.trajectories[tables.trajectories["network_id"].isin(wide["network_id"])],
                                   tables.networks)
-    found = tuple(findings(wide, tables.scores, tables.trajectories, corr, points))
+    found = tuple(findings(wide, tables.scores, tables.trajectories, corr, points, every=tables.wide))
     write_json(list(found), out / "findings.json")
     timings["granulated Kendall, factors, per point, trajectories, findings"] = time.perf_counter() - clock
 

@@ -95,6 +95,11 @@ def test_paired_findings(direction, column, good, bad):
     # Without the factor's two levels: not measured, saying which grid factor would measure it.
     alone = fd.paired(paired_wide(column, good, good, 0.0), column)
     assert alone.verdict == "not measured" and "grid" in alone.note and alone.effect is None
+    # The grid has the pairs, but the protocol left one side of each out: it says so, not "add it".
+    every = paired_wide(column, good, bad, PLANTED[direction])
+    broken = fd.paired(every[every[column] == good], column, every)
+    assert broken.verdict == "not measured" and broken.note.startswith(f"the grid has {N} pair(s), but none with both "
+                                                                       "networks in the statistics"), broken.note
 
 
 @pytest.mark.parametrize("interval,verdict", [((0.2, 0.6), "reproduced"), ((-0.6, -0.2), "contradicted"),
@@ -114,6 +119,15 @@ def test_bigger_networks_generalize_better_expects_a_negative_correlation():
     assert found.verdict == "reproduced"
     assert fd.ranks_gap(rows.assign(rho=0.4, rho_lo=0.2, rho_hi=0.6), "param_count", "id", "claim",
                         expected=-1).verdict == "contradicted"
+
+
+def test_train_loss_against_the_jacobian_over_too_few_networks_to_resample():
+    # Three networks: ρ is defined, most resamples repeat one and have none.
+    wide = pd.DataFrame({"gap": [0.1, 0.2, 0.3], "jacobian_softmax": [1.0, 3.0, 2.0], "train_loss": [0.3, 0.1, 0.2]})
+    found = fd.train_loss_tracks_less(wide)
+    rho_j, rho_loss = (stats.spearmanr(wide[m], wide["gap"]).statistic for m in ("jacobian_softmax", "train_loss"))
+    assert found.effect == pytest.approx(rho_j - abs(rho_loss)) and found.verdict == "inconclusive"
+    assert found.note.startswith("no interval (bootstrap interval undefined: ") and "constant" in found.note
 
 
 @pytest.mark.parametrize("tracks,verdict", [("jacobian_softmax", "reproduced"), ("train_loss", "contradicted"),
