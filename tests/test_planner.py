@@ -110,6 +110,22 @@ def test_a_network_too_large_for_the_card_is_refused_before_anything_starts(tmp_
     assert code == 2 and f"sweep: error: {spec}: grid: one network" in err and "Traceback" not in err, err
 
 
+def test_the_dry_run_names_the_part_of_the_data_and_the_augmentation_each_shape_trains_with(tmp_path, capsys):
+    spec = tmp_path / "part.yaml"
+    spec.write_text(json.dumps({"name": "part", "datasets": [{"name": "digits", "train_size": 37, "test_size": 23}],
+                                "grid": {"widths": [8], "depths": [1], "learning_rates": [0.1],
+                                         "augmentation": [False, True]},
+                                "training": {"augmentation_shift": 2}, "budget": {"max_epochs": 1}}))
+    assert main(["run", str(spec), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "data: digits (37 of 1297 train, 23 of 500 test examples); " in out, out
+    rows = [line.split() for line in out.splitlines() if line.startswith("digits ")]
+    assert sorted(row[5] for row in rows) == ["2px", "no"], rows  # digits are never flipped
+    assert main(["run", "cnn-factors", "--dry-run"]) == 0  # CIFAR-10's usual shift, and flips
+    assert {line.split()[-7] for line in capsys.readouterr().out.splitlines() if line.startswith("cifar10 ")} \
+        == {"no", "4px+flip"}
+
+
 def test_the_card_a_preset_says_it_needs_is_enough_and_a_smaller_one_is_refused(capsys):
     # cnn-factors' description: "cards of 64 GiB or more" (a full-batch NiN needs about 55 GiB).
     assert "cards of 64 GiB or more" in load_spec("cnn-factors").description

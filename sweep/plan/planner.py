@@ -30,9 +30,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from sweep.plan import costs
-from sweep.plan.datasets import dataset_info
-from sweep.plan.networks import (SHARED_IN_BUNDLE, BundleConfig, NetworkConfig, activation_sizes, conv_layers,
-                                 merged_batch_sizes, networks, param_count)
+from sweep.plan.datasets import DATASETS, dataset_info
+from sweep.plan.networks import (SHARED_IN_BUNDLE, BundleConfig, NetworkConfig, activation_sizes, augmentation_of,
+                                 conv_layers, merged_batch_sizes, networks, param_count)
 from sweep.plan.spec import AUTO, Budget, SpecError, SweepSpec
 
 CPU_BUNDLE_SIZE = 16  # `bundle_size: auto` on CPUs: what every CPU sweep used before auto
@@ -492,7 +492,7 @@ def plan_summary(spec: SweepSpec, bundles: list[BundleConfig], card: Card | None
     lines = [
         f"sweep {spec.name}: {total} networks in {len(bundles)} bundles "
         + (f"(at most {size} per bundle)" if size != AUTO else "(bundle_size auto: sized per shape)"),
-        f"data: {', '.join(d.name for d in spec.datasets)}; budget: {spec.budget.max_epochs} "
+        f"data: {', '.join(_data_label(d) for d in spec.datasets)}; budget: {spec.budget.max_epochs} "
         f"epochs" + (f" / {spec.budget.max_steps} steps" if spec.budget.max_steps else "")
         + (", stop at 100% train accuracy" if spec.budget.stop_at_full_train_acc else "")
         + f"; training precision {spec.training.precision}"
@@ -505,7 +505,7 @@ def plan_summary(spec: SweepSpec, bundles: list[BundleConfig], card: Card | None
         + (f" at {scoring_share(spec, bundles, card):g} of a card each, up to {scoring_batch(spec, bundles, card)} "
            "checkpoint(s) a call" if card and spec.resources.scoring_actors else ""),
         "",
-        f"{'data set':<14}{'shape':<{shape_width}}{'activation':<11}{'optimizer':<10}{'batch':>6}{'aug':>5}"
+        f"{'data set':<14}{'shape':<{shape_width}}{'activation':<11}{'optimizer':<10}{'batch':>6}{'aug':>9}"
         f"{'bundles':>8}{'members':>9}{'per card':>9}{'GPU share':>10}{'memory/bundle':>15}",
     ]
     by_shape: dict[tuple, list[BundleConfig]] = {}
@@ -520,13 +520,34 @@ def plan_summary(spec: SweepSpec, bundles: list[BundleConfig], card: Card | None
         share = max(shares[x.bundle_id] for x in group)
         trials = min(per_card[x.bundle_id] for x in group)
         lines.append(f"{b.dataset.name:<14}{layers_name(b):<{shape_width}}{b.activation:<11}"
-                     f"{b.optimizer:<10}{b.batch_size or 'full':>6}{'yes' if b.augmentation else 'no':>5}"
+                     f"{b.optimizer:<10}{b.batch_size or 'full':>6}{_augmentation_label(b):>9}"
                      f"{len(group):>8}{members:>9}{(trials if card else '-'):>9}{(f'{share:g}' if card else '-'):>10}"
                      f"{_mib(memory):>15}")
     lines += ["", f"largest bundle needs about {_mib(peak)} of {'card' if card else 'device'} memory", ""]
     lines += [f"note: {note}" for note in plan_notes(spec, bundles, card)]
     lines += projection_lines(spec, bundles, card, cpus)
     return "\n".join(lines)
+
+
+def _data_label(data) -> str:
+    """A data set as the dry run names it: with the part of each split used, where not all."""
+    info = DATASETS[data.name]
+    parts = [f"{used} of {whole} {split}" if whole else f"{used} {split}"
+             for split, used, whole in (("train", data.train_size, info.train_size),
+                                        ("test", data.test_size, info.test_size)) if used]
+    return data.name + (f" at {data.path}" if data.path else "") + (f" ({', '.join(parts)} examples)" if parts else "")
+
+
+def _augmentation_label(bundle: BundleConfig) -> str:
+    """`no`, or the largest shift and whether images are flipped (`4px+flip`); `yes` for an
+    image folder's usual shift, known only once its images are read."""
+    if not bundle.augmentation:
+        return "no"
+    info, net = DATASETS[bundle.dataset.name], bundle.members[0]
+    if net.augmentation_shift is None and info.image_shape is None:
+        return "yes"
+    shift, flips = augmentation_of(net, info.image_shape, info.hflip)
+    return (f"{shift}px" + ("+flip" if flips else "")) if shift else "flip"
 
 
 def reference_projection(spec: SweepSpec, bundles: list[BundleConfig], card: Card | None) -> costs.Projection:
