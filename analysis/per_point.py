@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
-from analysis.columns import FINAL_CHECKPOINT, require_checkpoint
+from analysis.columns import FINAL_CHECKPOINT, require_checkpoint, require_columns
 
 POINT_METRICS: tuple[str, ...] = ("jacobian_softmax", "jacobian_logits")
 RESULT_COLUMNS: tuple[str, ...] = (
@@ -22,7 +22,7 @@ SUMMARY_COLUMNS: tuple[str, ...] = (
 
 def per_point(
     points: pd.DataFrame,
-    metrics: Sequence[str] = POINT_METRICS,
+    metrics: Sequence[str] | None = None,
     checkpoint: str = FINAL_CHECKPOINT,
     split: str = "test",
 ) -> pd.DataFrame:
@@ -32,9 +32,13 @@ def per_point(
     Points with a missing metric, loss, label or prediction are excluded and counted. AUROC is
     NaN where a network got every point right (or every point wrong); ρ is NaN where the metric
     or the loss is constant; `note` says which. Computed with grouped ranks (ties get the average
-    rank, as in the Mann-Whitney U statistic), not a loop over networks.
+    rank, as in the Mann-Whitney U statistic), not a loop over networks. `metrics`: by default
+    those of POINT_METRICS the table has; one named that it lacks is a ValueError.
     """
-    metrics = [m for m in metrics if m in points.columns]
+    if metrics is None:
+        metrics = [m for m in POINT_METRICS if m in points.columns]
+    else:
+        require_columns(points, metrics)
     require_checkpoint(points, checkpoint)
     selected = points[(points["checkpoint"] == checkpoint) & (points["split"] == split)]
     frames = [_one_metric(selected, metric) for metric in metrics]

@@ -61,6 +61,8 @@ def test_other_checkpoints_and_splits_are_not_mixed_in():
         "jacobian_softmax"])
     result = per_point(pd.concat([df, other], ignore_index=True), metrics=["jacobian_softmax"])
     pd.testing.assert_frame_equal(result, per_point(df, metrics=["jacobian_softmax"]))
+    with pytest.raises(ValueError, match=r"columns \['jacobian_sofmax'\] are not in the table"):  # mistyped
+        per_point(df, metrics=["jacobian_sofmax"])
     with pytest.raises(ValueError, match="no rows at checkpoint 'final'; this sweep's checkpoints: end, init"):
         per_point(pd.concat([df, other], ignore_index=True), checkpoint="final")
 
