@@ -148,14 +148,21 @@ def split_by_settings(scores: pd.DataFrame, settings: Mapping | None, unrecorded
 
 
 def _plan_settings(filesystem: pafs.FileSystem, root: str) -> tuple[Mapping | None, Mapping | None]:
-    """(`scoring`, `unrecorded_scoring`) of the sweep.json beside `tables/`; Nones where it is not
-    there or cannot be read (tables copied alone)."""
+    """(`scoring`, `unrecorded_scoring`) of the sweep.json beside `tables/`; Nones where there is
+    none (tables copied alone). A damaged one is a ValueError naming it: read as absent, it would
+    change which scores are kept without a word."""
+    where = f"{root.rstrip('/').rsplit('/', 1)[0]}/sweep.json"
     try:
-        with filesystem.open_input_stream(f"{root.rstrip('/').rsplit('/', 1)[0]}/sweep.json") as stream:
-            plan = json.loads(stream.read())
-        return plan["scoring"], plan.get("unrecorded_scoring")
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        with filesystem.open_input_stream(where) as stream:
+            text = stream.read()
+    except FileNotFoundError:
         return None, None
+    try:
+        plan = json.loads(text)
+        return dict(plan["scoring"]), plan.get("unrecorded_scoring")
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ValueError(f"{where} cannot be read ({type(exc).__name__}: {exc}); copy it again from the sweep's "
+                         "storage, or move it aside to read the tables as if copied alone") from None
 
 
 def read_table(filesystem: pafs.FileSystem, directory: str) -> pd.DataFrame | None:

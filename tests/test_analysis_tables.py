@@ -247,6 +247,11 @@ def test_checkpoints_scored_with_other_settings_are_set_aside_with_their_other_r
         np.testing.assert_array_equal(wide["jacobian_softmax"], [np.nan, 2.0, 3.0, 4.0])
         assert list(zip(tables.points["network_id"], tables.points["checkpoint"].astype(str))) == [
             (ids[0], "init"), (ids[1], "end")]
+    # a damaged sweep.json is named, not read as absent (which would keep other scores)
+    for damaged in ('{"scoring": {"points": 10', "[]", '{"name": "x"}'):
+        (path / "sweep.json").write_text(damaged)
+        with pytest.raises(ValueError, match=f"{path / 'sweep.json'} cannot be read .*move it aside"):
+            analysis.load(path)
     # sweep.json asks for the settings fewer checkpoints have: those are kept
     (path / "sweep.json").write_text(json.dumps({"scoring": {"points": 1000, "seed": 0}}))
     tables = analysis.load(path)
