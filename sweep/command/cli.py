@@ -18,7 +18,6 @@ import socket
 import sys
 import tempfile
 import time
-from pathlib import Path
 
 import pyarrow
 import pyarrow.fs
@@ -28,8 +27,9 @@ from sweep.command.status import describe, scoring_state, stale_without_checkpoi
 from sweep.plan import costs, planner, storage, sweep_plan
 from sweep.plan.networks import BundleConfig, limit_networks
 from sweep.plan.planner import plan_summary
-from sweep.plan.presets import list_presets, preset_path
-from sweep.plan.spec import MAX_GPU_MEMORY_GIB, SpecError, check_sweep_name, load_spec, spec_origin, spec_schema
+from sweep.plan.presets import list_presets
+from sweep.plan.spec import (MAX_GPU_MEMORY_GIB, SpecError, check_sweep_name, load_spec, parse_spec_text, read_spec,
+                             spec_origin, spec_schema)
 from sweep.scoring.settings import METRICS, ScoringSettings
 from sweep.scoring.table_schemas import differing_settings, recorded_settings, setting_change
 from sweep.scoring.table_writer import TableWriter
@@ -165,14 +165,6 @@ def cmd_presets(args) -> int:
     return 0
 
 
-def _spec_text(source: str) -> tuple[str, str]:
-    """The spec's text and suffix, so a resume re-reads exactly what was run."""
-    path = Path(source)
-    if spec_origin(source) == str(path):  # a file, as load_spec read it
-        return path.read_text(), path.suffix
-    return preset_path(source).read_text(), ".yaml"
-
-
 def plan_run(args):
     """Validate everything the user gave before any Ray process starts. A dry run plans on a
     machine without the data or the GPUs too, and says what a real run would refuse."""
@@ -190,7 +182,8 @@ def plan_run(args):
         raise UsageError(f"--max-networks must be at least 1, got {args.max_networks}")
     problems = []
     try:
-        spec = load_spec(args.source)
+        text, suffix = read_spec(args.source)  # read once: sweep.json keeps the spec as it was run
+        spec = parse_spec_text(text, suffix, spec_origin(args.source))
         if spec.resources.uses_gpus and not args.address and planner.local_card() is None:
             also = " (and resources.gpus_per_scoring_actor)" if spec.resources.gpus_per_scoring_actor != 0 else ""
             problems.append(
@@ -231,7 +224,6 @@ def plan_run(args):
     except ValueError as exc:
         raise UsageError(f"{exc} (from {'--storage' if args.storage else 'the spec'})") from None
     name = args.name or f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    text, suffix = _spec_text(args.source)
     plan = sweep_plan.make_plan(spec, bundles, name=name, storage=where, spec_source=args.source, spec_text=text,
                             spec_suffix=suffix, gpu_shares=shares, scoring_share=scoring_share,
                             scoring_batch=planner.scoring_batch(spec, bundles, card))

@@ -513,20 +513,28 @@ def spec_origin(source: str | os.PathLike) -> str:
     return f"preset {source}"
 
 
+def read_spec(source: str | os.PathLike) -> tuple[str, str]:
+    """(text, suffix) of a .yaml/.yml/.toml spec file, or of a preset by name (".yaml"): what
+    `parse_spec_text` parses and sweep.json keeps as the spec that was run; raises SpecError."""
+    path = Path(source)
+    if spec_origin(source) == str(path):
+        return _spec_text(path), path.suffix.lower()
+    preset = preset_path(path.name)
+    if str(source) != path.name or not preset.is_file():
+        names = ", ".join(name for name, _ in list_presets())
+        raise SpecError(f"unknown preset {str(source)!r}; available presets: {names} "
+                        "(or give a path to a .yaml/.yml/.toml spec file)")
+    return preset.read_text(), ".yaml"
+
+
 def load_spec(source: str | os.PathLike) -> SweepSpec:
     """Load a preset by name or a .yaml/.yml/.toml spec file; raises SpecError."""
-    path = Path(source)
-    suffix = path.suffix.lower()
-    origin = spec_origin(source)
-    if origin == str(path):
-        text = _spec_text(path)
-    else:
-        preset = preset_path(path.name)
-        if str(source) != path.name or not preset.is_file():
-            names = ", ".join(name for name, _ in list_presets())
-            raise SpecError(f"unknown preset {str(source)!r}; available presets: {names} "
-                            "(or give a path to a .yaml/.yml/.toml spec file)")
-        text = preset.read_text()
+    return parse_spec_text(*read_spec(source), spec_origin(source))
+
+
+def parse_spec_text(text: str, suffix: str, origin: str) -> SweepSpec:
+    """The spec in `text` (TOML for suffix .toml, YAML otherwise); SpecError messages start with
+    `origin` (`spec_origin`)."""
     kind = "TOML" if suffix == ".toml" else "YAML"
     try:
         raw = tomllib.loads(text) if kind == "TOML" else _load_yaml(text, origin)

@@ -24,7 +24,7 @@ class SweepPlan:
     name: str
     storage: str
     spec_source: str
-    spec_text: str
+    spec_text: str  # the spec as it was run, and its suffix (how it parses): a record, for the user
     spec_suffix: str
     bundles: tuple[dict, ...]
     checkpoint_every_epochs: int | None
