@@ -12,7 +12,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from analysis.columns import EXCLUDED_STATUSES, TARGETS, metric_columns, require_columns
+from analysis.columns import TARGETS, metric_columns, require_columns
+from analysis.protocol import untrained
 
 POOLED = "pooled"
 MIN_NETWORKS = 3
@@ -138,10 +139,7 @@ def _pairings(n: int) -> np.ndarray:
 def included_pairs(df: pd.DataFrame, metric: str, target: str
                    ) -> tuple[np.ndarray, np.ndarray, int, str]:
     """(metric, target) of the networks that enter the statistics, and what was excluded, why."""
-    bad_status = (
-        df["status"].astype(str).isin(EXCLUDED_STATUSES).to_numpy()
-        if "status" in df.columns else np.zeros(len(df), bool)
-    )
+    bad_status = untrained(df)
     x = df[metric].to_numpy(dtype=float, na_value=np.nan)
     y = df[target].to_numpy(dtype=float, na_value=np.nan)
     missing = ~bad_status & ~(np.isfinite(x) & np.isfinite(y))

@@ -14,7 +14,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from analysis.columns import EXCLUDED_STATUSES, HYPERPARAMS, metric_columns, require_columns
+from analysis.columns import HYPERPARAMS, metric_columns, require_columns
+from analysis.protocol import untrained
 
 
 @dataclass(frozen=True)
@@ -63,7 +64,7 @@ def factor_pairs(df: pd.DataFrame, factor: Factor, level: object) -> pd.DataFram
     Columns of the good network end in `_good`, of the other in `_bad`; the shared
     hyperparameters keep their names. Diverged/failed networks are not paired.
     """
-    trained = _trained(df)
+    trained = df[~untrained(df)]
     keys = [c for c in HYPERPARAMS if c in df.columns and c != factor.column
             and c not in factor.tied]
     # Plain objects as keys: categoricals with different category sets would not merge.
@@ -95,8 +96,9 @@ def paired_factors(
         if factor.column not in df.columns:
             rows.append({**base, "comparison": "", "note": f"no {factor.column} column"})
             continue
-        levels = factor.levels(_trained(df)[factor.column])
-        if not levels or not (_trained(df)[factor.column] == factor.good).any():
+        values = df.loc[~untrained(df), factor.column]
+        levels = factor.levels(values)
+        if not levels or not (values == factor.good).any():
             rows.append({**base, "comparison": "",
                          "note": f"{factor.column} does not take both {factor.good!r} and "
                                  "another value among trained networks"})
@@ -148,9 +150,3 @@ def pair_statistics(pairs: pd.DataFrame, metric: str, target: str) -> dict[str, 
 
 def _values(df: pd.DataFrame, column: str) -> np.ndarray:
     return df[column].to_numpy(float, na_value=np.nan)
-
-
-def _trained(df: pd.DataFrame) -> pd.DataFrame:
-    if "status" not in df.columns:
-        return df
-    return df[~df["status"].astype(str).isin(EXCLUDED_STATUSES)]

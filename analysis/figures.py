@@ -13,7 +13,8 @@ from matplotlib.colors import ListedColormap
 from matplotlib.figure import Figure
 from matplotlib.ticker import NullFormatter
 
-from analysis.columns import EXCLUDED_STATUSES, LOG_SCALE, label
+from analysis.columns import LOG_SCALE, label
+from analysis.protocol import untrained
 from analysis.manifold import KIND_ORDER
 
 STYLE = {
@@ -39,7 +40,7 @@ ANCHOR_PHASES = (0.0, 1 / 3, 2 / 3)
 
 def gap_vs_capacity(wide: pd.DataFrame, path: Path) -> Path:
     """Gap against parameter count and against train loss (log x), one colour per data set."""
-    trained = _trained(wide)
+    trained = wide[~untrained(wide)]
     columns = [c for c in ("param_count", "train_loss") if c in trained.columns]
     with matplotlib.rc_context(STYLE):
         figure, axes = _figure(1, max(len(columns), 1))
@@ -53,7 +54,7 @@ def metric_vs_gap(wide: pd.DataFrame, correlations: pd.DataFrame, metric: str, p
                   target: str = "gap") -> Path:
     """One panel per data set (and pooled when several): metric against gap, ρ and τ in the
     title."""
-    trained = _trained(wide)
+    trained = wide[~untrained(wide)]
     datasets = sorted(trained["dataset"].astype(str).unique()) if "dataset" in trained else []
     panels = [*datasets, "pooled"] if len(datasets) != 1 else datasets
     stats = correlations[(correlations["metric"] == metric) & (correlations["target"] == target)]
@@ -150,7 +151,7 @@ def parallel_coordinates(wide: pd.DataFrame, hyperparams: Sequence[str], path: P
     """One line per network across its hyperparameters (those that vary), then `metric` (log10)
     and the gap, coloured by gap: which settings lead where (as W&B or Optuna show a sweep);
     None when no network is left to draw (none reached the protocol's stopping point)."""
-    trained = _trained(wide)
+    trained = wide[~untrained(wide)]
     if trained.empty:
         return None
     columns = [*hyperparams, *(c for c in (metric, "gap") if c in trained.columns)]
@@ -327,12 +328,6 @@ def _rho_text(row: pd.Series | None) -> str:
     if row is None or not np.isfinite(row["rho"]):
         return "ρ undefined" if row is None else f"ρ undefined (n={row['n']})"
     return f"ρ={row['rho']:.2f}, τ={row['tau']:.2f} (n={row['n']})"
-
-
-def _trained(df: pd.DataFrame) -> pd.DataFrame:
-    if "status" not in df.columns:
-        return df
-    return df[~df["status"].astype(str).isin(EXCLUDED_STATUSES)]
 
 
 def _figure(rows: int, cols: int, panel: tuple[float, float] = PANEL, sharey: str | bool = False

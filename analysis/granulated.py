@@ -12,7 +12,8 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
-from analysis.columns import EXCLUDED_STATUSES, HYPERPARAMS, SAMPLE_COLUMN, metric_columns, require_columns
+from analysis.columns import HYPERPARAMS, SAMPLE_COLUMN, metric_columns, require_columns
+from analysis.protocol import untrained
 from analysis.factors import FACTORS
 
 PSI = "Ψ (mean over hyperparameters)"
@@ -62,10 +63,7 @@ def granulated_kendall(
     """
     metrics = list(metric_columns(df) if metrics is None else metrics)
     require_columns(df, [*metrics, target, *(hyperparams or ())])
-    bad_status = (
-        df["status"].astype(str).isin(EXCLUDED_STATUSES).to_numpy()
-        if "status" in df.columns else np.zeros(len(df), bool)
-    )
+    bad_status = untrained(df)
     trained = as_settings(df[~bad_status])
     keys = list(varying_hyperparams(trained) if hyperparams is None else hyperparams)
     # by default the seed groups networks (only h varies in a group) but is no axis of Ψ

@@ -18,6 +18,14 @@ import pandas as pd
 from analysis.columns import EXCLUDED_STATUSES
 
 
+def untrained(df: pd.DataFrame) -> np.ndarray:
+    """[n] bool: diverged or failed networks, which have no trained model and enter no statistic
+    (none where `df` has no status column)."""
+    if "status" not in df.columns:
+        return np.zeros(len(df), bool)
+    return df["status"].astype(str).isin(EXCLUDED_STATUSES).to_numpy()
+
+
 def reached_full_train_accuracy(df: pd.DataFrame) -> np.ndarray:
     """[n] bool: converged, or stopped at the budget with 100% train accuracy (a sweep that did
     not stop there)."""
@@ -35,7 +43,7 @@ def select(df: pd.DataFrame, include_unconverged: bool = False) -> tuple[pd.Data
     """
     status = df["status"].astype(str)
     if include_unconverged:
-        out = status.isin(EXCLUDED_STATUSES).to_numpy()
+        out = untrained(df)
     else:
         out = ~reached_full_train_accuracy(df)
     left_out = df[out].assign(reason=status[out])
