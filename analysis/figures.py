@@ -15,7 +15,7 @@ from matplotlib.ticker import NullFormatter
 
 from analysis.columns import LOG_SCALE, label
 from analysis.protocol import untrained
-from analysis.manifold import KIND_ORDER
+from sweep.scoring.table_schemas import TRAJECTORY_KINDS
 
 STYLE = {
     "font.size": 11,
@@ -118,7 +118,7 @@ def trajectory_figure(profile: pd.DataFrame, dataset: str, path: Path) -> Path:
             for col, checkpoint in enumerate(checkpoints):
                 ax = axes[row][col]
                 curves = part[(part["value"] == value) & (part["checkpoint"] == checkpoint)]
-                for kind in [k for k in KIND_ORDER if k in set(curves["kind"])]:
+                for kind in [k for k in TRAJECTORY_KINDS if k in set(curves["kind"])]:
                     curve = curves[curves["kind"] == kind]
                     if value == "transition_density":
                         # Integer counts per step: their median and quartiles are mostly 0 or

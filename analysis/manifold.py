@@ -6,7 +6,6 @@ import numpy as np
 import pandas as pd
 
 PROFILE_VALUES: tuple[str, ...] = ("jacobian_softmax", "transition_density")
-KIND_ORDER: tuple[str, ...] = ("random", "different_class", "same_class")
 COLUMNS: tuple[str, ...] = ("dataset", "checkpoint", "kind", "phase", "value", "n", "mean",
                             "median", "q25", "q75")
 

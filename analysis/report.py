@@ -46,13 +46,6 @@ class Report:
     notes: tuple[str, ...] = ()  # what the statistics could not use, and what to do (report.md's header)
 
 
-def write_report(sweep_path: str | os.PathLike, out_dir: str | os.PathLike | None = None,
-                 bootstrap: bool = True, include_unconverged: bool = False) -> Path:
-    """Write `<sweep>/report/report.md` (or `out_dir/report.md`) with its figures and CSV
-    tables; returns the path of report.md."""
-    return build_report(sweep_path, out_dir, bootstrap, include_unconverged=include_unconverged).path
-
-
 def build_report(sweep_path: str | os.PathLike, out_dir: str | os.PathLike | None = None,
                  bootstrap: bool = True, n_resamples: int = DEFAULT_RESAMPLES,
                  include_unconverged: bool = False) -> Report:

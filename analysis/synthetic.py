@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from analysis.columns import NETWORK_COLUMNS, POINT_COLUMNS, SCORE_COLUMNS, TRAJECTORY_COLUMNS
+from sweep.scoring.table_schemas import TRAJECTORY_KINDS
 
 # The last key varies fastest, so a truncated grid still holds every data set and factor level.
 GRID: dict[str, tuple] = {
@@ -26,7 +27,6 @@ GRID: dict[str, tuple] = {
     "full_batch": (False, True),
     "dataset": ("digits", "mnist"),
 }
-KINDS: tuple[str, ...] = ("random", "different_class", "same_class")
 INPUT_SIZE = {"digits": 64, "mnist": 784}
 
 
@@ -174,9 +174,9 @@ def _points(bundle: pd.DataFrame, spec: SyntheticSweep, rng: np.random.Generator
 
 def _trajectories(bundle: pd.DataFrame, checkpoint: str, spec: SyntheticSweep,
                   rng: np.random.Generator) -> pd.DataFrame:
-    rows = len(bundle) * len(KINDS) * spec.ellipses * spec.k
+    rows = len(bundle) * len(TRAJECTORY_KINDS) * spec.ellipses * spec.k
     network, kind, ellipse, position = (a.ravel() for a in np.meshgrid(
-        bundle["network_id"].to_numpy(), np.array(KINDS), np.arange(spec.ellipses),
+        bundle["network_id"].to_numpy(), np.array(TRAJECTORY_KINDS), np.arange(spec.ellipses),
         np.arange(spec.k), indexing="ij"))
     theta = 2 * np.pi * position / spec.k
     # Near the anchors (θ = 0, 2π/3, 4π/3) trained networks are less sensitive, most so on

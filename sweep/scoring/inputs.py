@@ -15,9 +15,6 @@ from metrics_core.slices import plane
 from sweep.scoring.settings import ScoringSettings
 
 
-TRAJECTORY_KINDS = ("random", "different_class", "same_class")
-
-
 @dataclass(frozen=True)
 class Probe:
     """The fixed points of one split that every network of a data set is scored on."""

@@ -11,6 +11,8 @@ import pyarrow as pa
 
 CATEGORY = pa.dictionary(pa.int32(), pa.string())
 
+TRAJECTORY_KINDS: tuple[str, ...] = ("random", "different_class", "same_class")  # the ellipses' kinds
+
 SCHEMAS: dict[str, pa.Schema] = {
     "networks": pa.schema(
         [
@@ -87,7 +89,7 @@ SCHEMAS: dict[str, pa.Schema] = {
             ("transitions", pa.float64()),
         ]
     ),
-    "trajectories": pa.schema(
+    "trajectories": pa.schema(  # kind: one of TRAJECTORY_KINDS
         [
             pa.field("network_id", pa.string(), nullable=False),
             pa.field("checkpoint", CATEGORY, nullable=False),
