@@ -33,6 +33,7 @@ from scipy.optimize import nnls
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from profile_step import seconds_per_step  # noqa: E402
 from training import BATCH, CONV_IMAGE, CONV_SHAPES, sync, synthetic  # noqa: E402
 
 import metrics_core as mc  # noqa: E402
@@ -90,14 +91,8 @@ def step_seconds(shape, members: int, precision: str, device, epochs: int, steps
     bundle = BundleConfig(tuple(configs(shape, members, precision)))
     trainer = PopulationTrainer(bundle, data, Budget(max_epochs=epochs + 1, stop_at_full_train_acc=False),
                                 device=device)
-    trainer.train_epoch()  # warm-up
-    sync(device)
-    start = time.perf_counter()
-    for _ in range(epochs):
-        trainer.train_epoch()
-    sync(device)
     flops = costs.step_flops(BundleConfig(bundle.members[:1]))
-    return members, members * flops, (time.perf_counter() - start) / (epochs * steps)
+    return members, members * flops, seconds_per_step(trainer, device, epochs)
 
 
 def fit(points: list[tuple[int, float, float]]) -> tuple[float, float, float, float]:

@@ -93,7 +93,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as work:
-        images = functools.cache(lambda: image_folder("cifar10", Path(work), args.data, cpu=True))
+        images = functools.cache(lambda: image_folder("cifar10", Path(work), args.data))
 
         def cifar10(train_size: int | None) -> DataSpec:
             """CIFAR-10 from the shared JPEGs, unpacked the first time a network needs it."""

@@ -32,7 +32,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.training import CONV_IMAGE, CONV_SHAPES, conv_configs  # noqa: E402
+from bench.training import CONV_IMAGE, CONV_SHAPES, conv_configs, sync  # noqa: E402
 from metrics_core import as_mlp, jacobian_norms, stack, stack_convnets, transition_counts  # noqa: E402
 from metrics_core.jacobian import uses_gram  # noqa: E402
 from sweep.plan.datasets import DATASETS  # noqa: E402
@@ -62,11 +62,6 @@ class OnePoint(nn.Module):
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         return self.net(z) if z.dim() == 4 else self.net(z.unsqueeze(0)).squeeze(0)
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 MIN_ROUND_S = 0.05  # one sync per round: a GPU call of 1 ms timed alone measures its launch latency

@@ -91,7 +91,7 @@ def matmul_peak(cpu: bool) -> float:
 # ---- data -----------------------------------------------------------------------------------
 
 
-def image_folder(name: str, work: Path, data: Path, cpu: bool) -> tuple[Path, str]:
+def image_folder(name: str, work: Path, data: Path) -> tuple[Path, str]:
     """An image folder standing in for data set `name`, and what it is."""
     folder = work / f"data-{name}"
     if name == "cifar10" and (data / "cifar10" / "cifar10-train-jpg.tar.gz").is_file():
@@ -202,7 +202,7 @@ def run_preset(preset: str, work: Path, seconds: float, peak: float, args) -> No
 
     doc = yaml.safe_load(preset_path(preset).read_text())
     names = sorted({(d if isinstance(d, str) else d["name"]) for d in doc["datasets"]})
-    folders = {name: image_folder(name, work, args.data, args.cpu) for name in names}
+    folders = {name: image_folder(name, work, args.data) for name in names}
     sliced = fit_budget(slice_doc(doc, folders, args.cpu), seconds * TRAINING_SHARE, args.cpu)
     spec_file = work / f"{preset}.yaml"
     spec_file.write_text(yaml.safe_dump(sliced))
