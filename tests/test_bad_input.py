@@ -154,6 +154,8 @@ def test_a_bad_scoring_flag_is_named_as_the_flag(sweep_folder):
     before = (sweep_folder / "sweep.json").read_bytes()
     code, text, seconds = sweep("score", str(sweep_folder), "--metrics", "loss", "jacobain_softmax")
     assert_refused(code, text, seconds, "--metrics: scoring.metrics[1]: unknown value 'jacobain_softmax'")
+    code, text, seconds = sweep("score", str(sweep_folder), "--points", "0")
+    assert_refused(code, text, seconds, "--points: scoring.points: expected a positive integer, got 0")
     assert (sweep_folder / "sweep.json").read_bytes() == before  # its settings untouched
 
 

@@ -631,8 +631,6 @@ def cmd_score(args) -> int:
     settings = ScoringSettings.from_dict(plan.scoring)
     overrides = {}
     if args.points is not None:
-        if args.points < 1:
-            raise UsageError(f"--points must be at least 1, got {args.points}")
         # train points too, where the sweep scores them (0: no train split, kept)
         overrides.update(points=args.points, train_points=args.points if settings.train_points else 0)
     if args.metrics:
