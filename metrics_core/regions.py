@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 import torch.nn.functional as F
@@ -20,11 +20,15 @@ Trajectory = Literal["ellipse", "circle"]
 _MAX_REDRAWS = 100
 
 
+def check_layers(layers: str) -> None:
+    if layers not in get_args(Layers):
+        raise ValueError(f"layers must be 'all' or 'last', got {layers!r}")
+
+
 def hidden_pieces(mlp: MLP, hidden: list[Tensor], layers: Layers = "all") -> Tensor:
     """int8 piece index of every unit of the chosen layers, concatenated in layer order; −1
     where the pre-activation is not finite (a diverged network)."""
-    if layers not in ("all", "last"):
-        raise ValueError(f"layers must be 'all' or 'last', got {layers!r}")
+    check_layers(layers)
     chosen = hidden if layers == "all" else hidden[-1:]
     pieces = [mlp.activation.pieces(h) for h in chosen]
     for p, h in zip(pieces, chosen):
@@ -43,8 +47,7 @@ def codes(net: Net, x: Tensor, *, layers: Layers = "all", chunk_size: int | None
     b = batch(net, x)
     mlp = b.net
     mlp.activation.require_piecewise_linear("linear-region codes")
-    if layers not in ("all", "last"):
-        raise ValueError(f"layers must be 'all' or 'last', got {layers!r}")
+    check_layers(layers)
     if isinstance(mlp, ConvNet):
         width = mlp.code_width(layers)
         per_point = mlp.num_models * (mlp.code_width() + 2 * mlp.widest())

@@ -10,7 +10,7 @@ from torch import Tensor
 from .convnets import ConvNet
 from .nets import MLP, Net, as_population, check_tensor, chunks, planar_first_layer, propagate
 from .precision import exact
-from .regions import Layers, as_words, hidden_pieces, pieces_at
+from .regions import Layers, as_words, check_layers, hidden_pieces, pieces_at
 
 
 @dataclass(frozen=True)
@@ -105,8 +105,7 @@ def slice_codes(
     """
     mlp = as_population(net)
     mlp.activation.require_piecewise_linear("slice maps (linear-region codes)")
-    if layers not in ("all", "last"):
-        raise ValueError(f"layers must be 'all' or 'last', got {layers!r}")
+    check_layers(layers)
     if grid < 2:
         raise ValueError(f"grid must be at least 2 pixels, got {grid}")
     if not margin >= 0:

@@ -198,3 +198,5 @@ def test_argument_errors():
         transition_counts(net, x, partners=torch.randn(3, 2, 6), k=1)
     with pytest.raises(ValueError, match="trajectory must be"):
         transition_counts(net, x, trajectory="line", partners=torch.randn(3, 2, 6))
+    with pytest.raises(ValueError, match="layers must be 'all' or 'last', got 'first'"):
+        codes(net, x, layers="first")
