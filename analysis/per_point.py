@@ -9,7 +9,8 @@ import pandas as pd
 
 from analysis.columns import FINAL_CHECKPOINT, require_checkpoint, require_columns
 
-POINT_METRICS: tuple[str, ...] = ("jacobian_softmax", "jacobian_logits")
+# the points-table metrics whose skill at predicting a misclassified point is measured
+PREDICTORS: tuple[str, ...] = ("jacobian_softmax", "jacobian_logits")
 RESULT_COLUMNS: tuple[str, ...] = (
     "network_id", "metric", "n_points", "n_excluded", "n_misclassified", "auroc", "spearman_loss",
     "note",
@@ -33,10 +34,10 @@ def per_point(
     NaN where a network got every point right (or every point wrong); ρ is NaN where the metric
     or the loss is constant; `note` says which. Computed with grouped ranks (ties get the average
     rank, as in the Mann-Whitney U statistic), not a loop over networks. `metrics`: by default
-    those of POINT_METRICS the table has; one named that it lacks is a ValueError.
+    those of PREDICTORS the table has; one named that it lacks is a ValueError.
     """
     if metrics is None:
-        metrics = [m for m in POINT_METRICS if m in points.columns]
+        metrics = [m for m in PREDICTORS if m in points.columns]
     else:
         require_columns(points, metrics)
     require_checkpoint(points, checkpoint)

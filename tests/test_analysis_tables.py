@@ -58,6 +58,14 @@ def sweep(tmp_path):
     return tmp_path / "sweeps" / "demo", nets
 
 
+def test_the_reports_metrics_are_the_scored_ones_but_the_gaps_ingredients_and_the_count():
+    # analysis lists them without importing the scoring settings: a metric added there must be added here
+    from analysis.columns import BASELINE_COLUMNS, SCORE_METRICS, TARGET_INGREDIENTS
+    from sweep.scoring.settings import METRICS
+
+    assert sorted(SCORE_METRICS) == sorted(set(METRICS) - set(TARGET_INGREDIENTS) - set(BASELINE_COLUMNS))
+
+
 def test_load_reads_every_file_and_accepts_the_tables_dir(sweep):
     path, nets = sweep
     for given in (path, path / "tables", str(path)):

@@ -41,7 +41,7 @@ from sweep.plan.datasets import dataset_info
 from sweep.plan.networks import (BundleConfig, NetworkConfig, augmentation_of, forward_flops, layer_sizes,
                                  param_count)
 from sweep.plan.spec import Budget
-from sweep.scoring.settings import PROFILE_TAGS, UNTRAINED_TAGS, ScoringSettings
+from sweep.scoring.settings import MARGIN_METRICS, PROFILE_TAGS, SHARPNESS_METRICS, UNTRAINED_TAGS, ScoringSettings
 
 CALIBRATION_FILE = "calibration.json"
 
@@ -194,8 +194,8 @@ def train_measure_flops(forward: float, scoring: ScoringSettings, tag: str, trai
     measure one forward pass over them."""
     if tag in UNTRAINED_TAGS:
         return 0.0
-    searches = sum(m in scoring.metrics for m in ("pacbayes_sharpness", "pacbayes_mag_flatness"))
-    margins = sum(m in scoring.metrics for m in ("spectral_margin", "frobenius_margin"))
+    searches = sum(m in scoring.metrics for m in SHARPNESS_METRICS)
+    margins = sum(m in scoring.metrics for m in MARGIN_METRICS)
     passes = searches * (1 + scoring.sharpness_search_depth * scoring.sharpness_samples) + margins
     return passes * train_points * forward
 

@@ -18,7 +18,8 @@ import metrics_core as mc
 from sweep.plan.networks import BundleConfig
 from sweep.scoring.inputs import Probe, ScoringInputs, scoring_inputs
 from sweep.scoring.rows import checkpoint_rows, is_trained
-from sweep.scoring.settings import INIT_METRICS, PROFILE_TAGS, WEIGHT_METRICS, ScoringSettings
+from sweep.scoring.settings import (INIT_METRICS, MARGIN_METRICS, PROFILE_TAGS, SHARPNESS_METRICS, WEIGHT_METRICS,
+                                    ScoringSettings)
 from sweep.training.checkpoints import CheckpointError
 from sweep.training.data import Dataset
 from sweep.training.models import initial_population
@@ -295,12 +296,12 @@ def _train_measures(members: _Members, inputs: ScoringInputs, settings: ScoringS
     net, ids = members.net, members.ids
     y = train.y if members.train_labels is None else members.train_labels
     out = {}
-    for metric in ("spectral_margin", "frobenius_margin"):
+    for metric in MARGIN_METRICS:
         if metric in wanted:
             out[f"train/{metric}"] = getattr(mc, metric)(net, train.x, y, chunk_size=settings.chunk_size)
     search = {"samples": settings.sharpness_samples, "depth": settings.sharpness_search_depth,
               "target": settings.sharpness_target, "chunk_size": settings.chunk_size}
-    for metric in ("pacbayes_sharpness", "pacbayes_mag_flatness"):
+    for metric in SHARPNESS_METRICS:
         if metric in wanted:
             generators = _generators(ids, settings.seed, train.x.device)
             out[f"train/{metric}"] = getattr(mc, metric)(net, train.x, y, generator=generators, **search)

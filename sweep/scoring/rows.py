@@ -14,8 +14,8 @@ import torch
 from torch import Tensor
 
 import metrics_core as mc
-from sweep.scoring.settings import (INIT_METRICS, POINT_METRICS, TRAIN_METRICS, UNTRAINED_TAGS, WEIGHT_METRICS,
-                                    ScoringSettings)
+from sweep.scoring.settings import (INIT_METRICS, MARGIN_METRICS, POINT_METRICS, SHARPNESS_METRICS, TRAIN_METRICS,
+                                    UNTRAINED_TAGS, WEIGHT_METRICS, ScoringSettings)
 from sweep.scoring.table_schemas import SETTINGS_METADATA, recorded_settings
 from sweep.scoring.table_writer import SCHEMAS, build
 
@@ -43,10 +43,10 @@ def _params(metric: str, settings: ScoringSettings) -> str:
         if settings.trajectory == "circle":  # through the point: sweeps scored before had it centred there
             params.update(radius=settings.circle_radius, through="point")
         return json.dumps(params)
-    if metric in ("pacbayes_sharpness", "pacbayes_mag_flatness"):
+    if metric in SHARPNESS_METRICS:
         return json.dumps({"samples": settings.sharpness_samples, "depth": settings.sharpness_search_depth,
                            "target": settings.sharpness_target})
-    if metric in ("spectral_margin", "frobenius_margin"):
+    if metric in MARGIN_METRICS:
         return json.dumps({"margin_quantile": mc.measures.MARGIN_QUANTILE})
     return "{}"
 

@@ -17,7 +17,9 @@ POINT_METRICS = ("jacobian_softmax", "jacobian_logits", "transitions", "margin",
 # Jiang et al.'s measures: against the initial weights (split "weights"), and from the training
 # points (split "train": one value per network, not a mean over points).
 INIT_METRICS = ("distance_from_init",)
-TRAIN_METRICS = ("spectral_margin", "frobenius_margin", "pacbayes_sharpness", "pacbayes_mag_flatness")
+MARGIN_METRICS = ("spectral_margin", "frobenius_margin")
+SHARPNESS_METRICS = ("pacbayes_sharpness", "pacbayes_mag_flatness")
+TRAIN_METRICS = MARGIN_METRICS + SHARPNESS_METRICS
 METRICS = POINT_METRICS[:3] + WEIGHT_METRICS + INIT_METRICS + TRAIN_METRICS + POINT_METRICS[3:]
 # Checkpoints that get trajectory profiles and slices (the paper's before/after-training pictures).
 PROFILE_TAGS = ("init", "end")
