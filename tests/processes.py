@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +15,21 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 RUN_TIMEOUT_S = 300
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run_cli(capsys, *argv) -> tuple[int, str]:
+    """A `sweep` command run in this process: (its exit status, what it printed)."""
+    from sweep.command.cli import main
+
+    code = main([str(a) for a in argv])
+    captured = capsys.readouterr()
+    return code, captured.err + captured.out
 
 
 def session_pids(sid: int) -> list[int]:

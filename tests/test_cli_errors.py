@@ -5,21 +5,14 @@ import time
 from pathlib import Path
 
 import pytest
+from processes import run_cli
 from specs import MINIMAL_SPEC as GOOD
-
-from sweep.command.cli import main
 
 
 def spec_file(tmp_path: Path, text: str, suffix: str = ".yaml") -> str:
     path = tmp_path / f"spec{suffix}"
     path.write_text(text)
     return str(path)
-
-
-def run_cli(capsys, *argv):
-    code = main([str(a) for a in argv])
-    captured = capsys.readouterr()
-    return code, captured.err + captured.out
 
 
 CASES = {

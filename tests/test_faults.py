@@ -22,7 +22,6 @@ import re
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -33,7 +32,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from processes import RUN_TIMEOUT_S, Session, sweep_argv
+from processes import RUN_TIMEOUT_S, Session, free_port, sweep_argv
 
 from sweep.plan import storage
 from sweep.training.trainable import finished_meta
@@ -109,12 +108,6 @@ def short_tmp():
     path = Path(tempfile.mkdtemp(prefix="rs", dir="/tmp"))
     yield path
     shutil.rmtree(path, ignore_errors=True)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def write_spec(folder: Path, scorer_cpus: float = 0.0) -> Path:

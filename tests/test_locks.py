@@ -12,11 +12,11 @@ import time
 from pathlib import Path
 
 import pytest
+from processes import run_cli
 from specs import MINIMAL_SPEC
 
 from sweep.command import locks
 from sweep.plan import sweep_plan
-from sweep.command.cli import main
 from sweep.plan.planner import expand
 from sweep.plan.spec import parse_spec
 
@@ -31,12 +31,6 @@ def sweep_dir(tmp_path):
                             spec_text=MINIMAL_SPEC, spec_suffix=".yaml")
     sweep_plan.save_plan(plan)
     return plan.sweep_dir
-
-
-def run_cli(capsys, *argv):
-    code = main([str(a) for a in argv])
-    captured = capsys.readouterr()
-    return code, captured.err + captured.out
 
 
 def write_lock(sweep_dir: str, **holder) -> None:

@@ -34,7 +34,7 @@ import pytest
 pytest.importorskip("moto.server", reason="needs moto's S3 server: pip install 'moto[server]>=5' (the test extra)")
 
 import analysis
-from processes import Session, sweep_argv
+from processes import Session, free_port, sweep_argv
 
 pytestmark = [
     pytest.mark.cluster,
@@ -93,12 +93,6 @@ def run_to_end(argv: list[str], log: Path, env: dict) -> tuple[int, str]:
     finally:
         session.end()  # whatever of its local Ray outlived it
     return code, session.output()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # --- the S3 server ----------------------------------------------------------------------------
