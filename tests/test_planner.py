@@ -17,7 +17,7 @@ from sweep.command.cli import main
 from sweep.command import runner
 from sweep.plan import sweep_plan
 from sweep.plan import costs, planner
-from sweep.plan.datasets import dataset_info
+from sweep.plan.datasets import DATASETS, dataset_info
 from sweep.plan.networks import BundleConfig, NetworkConfig, forward_flops
 from sweep.plan.planner import Card
 from sweep.plan.presets import list_presets
@@ -124,6 +124,32 @@ def test_the_dry_run_names_the_part_of_the_data_and_the_augmentation_each_shape_
     assert main(["run", "cnn-factors", "--dry-run"]) == 0  # CIFAR-10's usual shift, and flips
     assert {line.split()[-7] for line in capsys.readouterr().out.splitlines() if line.startswith("cifar10 ")} \
         == {"no", "4px+flip"}
+
+
+def test_gap_and_flatten_heads_on_a_one_pixel_map_are_named_as_one_network_twice(tmp_path):
+    import torch
+
+    from sweep.training.models import build_network
+
+    spec = tmp_path / "heads.yaml"
+    spec.write_text(json.dumps({"name": "heads", "datasets": ["digits"], "architecture": "cnn",
+                                "grid": {"families": ["vgg", "nin"], "widths": [4], "depths": [1], "stages": [2, 3],
+                                         "heads": ["gap", "flatten"], "learning_rates": [0.1]},
+                                "budget": {"max_epochs": 1}}))
+    parsed = load_spec(str(spec))
+    bundles = planner.expand(parsed, None)
+    notes = [note for note in planner.plan_notes(parsed, bundles, None) if note.startswith("grid.heads")]
+    assert notes == ["grid.heads: gap and flatten are one network where the last feature map is 1×1 pixel, as for "
+                     "vgg 4c×1b×3s k3 max, nin 4c×1b×3s k3 max: 2 network(s) train twice under two ids; keep one "
+                     "head for them, or use fewer stages"]
+    # The claim, checked: three stages (8×8 → 1×1) give the same function from the same initial weights, two do not.
+    nets = {(n.family, n.stages, n.head): n for b in bundles for n in b.members}
+    x = torch.randn(5, 1, 8, 8)
+    for family in ("vgg", "nin"):
+        for stages, same in ((3, True), (2, False)):
+            gap, flat = (build_network(nets[family, stages, head], DATASETS["digits"]) for head in ("gap", "flatten"))
+            assert (nets[family, stages, "gap"].network_id != nets[family, stages, "flatten"].network_id)
+            assert torch.allclose(gap(x), flat(x)) == same, (family, stages)
 
 
 def test_the_card_a_preset_says_it_needs_is_enough_and_a_smaller_one_is_refused(capsys):

@@ -428,7 +428,7 @@ def plan_notes(spec: SweepSpec, bundles: list[BundleConfig], card: Card | None) 
     into a full batch, more points asked for than a split holds, and a fixed scoring share below
     the memory one checkpoint's scoring takes."""
     notes = merged_batch_sizes(spec) + points_notes(spec.scoring.points, spec.scoring.train_points,
-                                                    [b.dataset for b in bundles])
+                                                    [b.dataset for b in bundles]) + one_pixel_heads(bundles)
     share = spec.resources.gpus_per_scoring_actor
     if card and spec.resources.scoring_actors != 0 and share != AUTO and share > 0:
         need = scoring_bytes(bundles, 1)
@@ -439,6 +439,26 @@ def plan_notes(spec: SweepSpec, bundles: list[BundleConfig], card: Card | None) 
                 "takes for one checkpoint of this sweep's largest bundle (its context, chunks, data sets and weights), "
                 "so it may run out of memory; use auto (its share from that memory) or a larger share")
     return notes
+
+
+def one_pixel_heads(bundles: list[BundleConfig]) -> list[str]:
+    """Heads `gap` and `flatten` on a last feature map of one pixel make one network twice (the
+    same layers, parameters and initial weights) under two ids."""
+    nets = [net for b in bundles for net in b.members if net.architecture == "cnn"]
+    if not {"gap", "flatten"} <= {net.head for net in nets}:
+        return []
+    shapes = collections.Counter()
+    for net in nets:
+        info = dataset_info(net.dataset)
+        if net.head == "flatten" and info.image_shape:
+            before_head = conv_layers(net, info.image_shape, info.num_classes)[-3].shape
+            if before_head[1:] == (1, 1):
+                shapes[layers_name(net).removesuffix(" flatten")] += 1
+    if not shapes:
+        return []
+    return [f"grid.heads: gap and flatten are one network where the last feature map is 1×1 pixel, as for "
+            f"{', '.join(shapes)}: {sum(shapes.values())} network(s) train twice under two ids; keep one head for "
+            "them, or use fewer stages"]
 
 
 def points_notes(points: int, train_points: int, datasets) -> list[str]:
