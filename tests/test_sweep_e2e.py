@@ -462,6 +462,21 @@ def test_a_checkpoint_whose_scoring_failed_is_counted_and_scored_again(sweep_dir
     assert code == 2 and "finished in" in captured.out and "the report could not be made" in captured.err
 
 
+def test_scoring_stopped_by_a_signal_counts_only_what_it_scored(sweep_dir, tmp_path):
+    # `sweep resume` printed "scored 16 checkpoint(s) left unscored" for a catch-up a signal cut short.
+    import shutil
+
+    copy = tmp_path / "tiny"
+    shutil.copytree(sweep_dir, copy)
+    shutil.rmtree(copy / "tables" / "scores")
+    plan = sweep_plan.load_plan(str(copy))
+    with interrupts.catching():
+        os.kill(os.getpid(), signal.SIGINT)
+        summary = runner.score(plan, ScoringSettings.from_dict(plan.scoring))
+    assert summary["checkpoints"] > 0 and summary["scored"] == 0, summary
+    assert runner.score(plan, ScoringSettings.from_dict(plan.scoring))["scored"] == summary["checkpoints"]
+
+
 def test_a_stop_asked_before_tunes_loop_starts_still_stops_it(ray_session, tmp_path):
     # Ctrl-C while torch is imported or the Tuner is built: Tune's handler is not there yet, so
     # the stop is passed on when its loop sets up its callbacks, and no bundle trains.

@@ -227,7 +227,8 @@ def score(plan: SweepPlan, settings, *, rescore: bool = False) -> dict:
         pool.submit(tune.Checkpoint(uri))
     stats = pool.drain(progress=drain_printer())
     pool.shutdown()
-    return {"checkpoints": len(found), "scored": len(todo), "foreign": foreign, **stats}
+    # scored, or recorded as failed: not those a signal left queued or running
+    return {"checkpoints": len(found), "scored": stats["done"] + stats["failed"], "foreign": foreign, **stats}
 
 
 def resume(plan: SweepPlan):
