@@ -4,7 +4,7 @@
     python bench/sweep_gpu.py --minutes 3 --presets paper-capacity
     python bench/sweep_gpu.py --cpu --minutes 3                # a smoke run on a CPU: no GPU figures
 
-Each preset runs as a user runs it (`python -m sweep.command.cli run SPEC --no-report`: Ray's start, Ray
+Each preset runs as a user runs it (`python -m sweep run SPEC --no-report`: Ray's start, Ray
 Tune trials, the scoring actors, Parquet), on a slice of its grid that fits its share of
 `--minutes`: at most three widths and two depths (smallest, middle, largest), the first
 activation, two seeds, every other factor whole (learning rates, label noise, augmentation and
@@ -214,7 +214,7 @@ def run_preset(preset: str, work: Path, seconds: float, peak: float, args) -> No
         print(f"   data {name}: {what}")
     sampler = BusySampler(not args.cpu)
     started = time.time()
-    command = [sys.executable, "-m", "sweep.command.cli", "run", str(spec_file), "--storage", str(storage), "--name", preset,
+    command = [sys.executable, "-m", "sweep", "run", str(spec_file), "--storage", str(storage), "--name", preset,
                "--no-report"]
     code, stderr = run_within(command, max(90.0, 1.6 * seconds))
     ended = time.time()

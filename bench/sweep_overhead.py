@@ -117,7 +117,7 @@ def command_timer(source: str, storage: str, address: str | None = None):
     joining the cluster at `address`."""
 
     def sweep(name: str, score: bool) -> float:
-        command = [sys.executable, "-m", "sweep.command.cli", "run", source, "--no-report",
+        command = [sys.executable, "-m", "sweep", "run", source, "--no-report",
                    "--storage", storage, "--name", name] + ([] if score else ["--no-score"])
         command += ["--address", address] if address else []
         start = time.perf_counter()

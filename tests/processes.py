@@ -75,4 +75,4 @@ class Session:
 
 
 def sweep_argv(*args: str) -> list[str]:
-    return [sys.executable, "-m", "sweep.command.cli", *args]
+    return [sys.executable, "-m", "sweep", *args]

@@ -37,7 +37,7 @@ def sweep(*args: str, **env: str) -> tuple[int, str, float]:
     values = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     values.update(RAY_USAGE_STATS_ENABLED="0", **env)
     started = time.monotonic()
-    done = subprocess.run([sys.executable, "-m", "sweep.command.cli", *args], capture_output=True, text=True,
+    done = subprocess.run([sys.executable, "-m", "sweep", *args], capture_output=True, text=True,
                           env=values, cwd=ROOT, timeout=300)
     return done.returncode, done.stdout + done.stderr, time.monotonic() - started
 
@@ -226,7 +226,7 @@ def test_output_into_a_pipe_its_reader_closed_ends_quietly(args):
     read, write = os.pipe()
     os.close(read)
     try:
-        done = subprocess.run([sys.executable, "-m", "sweep.command.cli", *args], stdout=write, stderr=subprocess.PIPE,
+        done = subprocess.run([sys.executable, "-m", "sweep", *args], stdout=write, stderr=subprocess.PIPE,
                               cwd=ROOT, env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}, timeout=120)
     finally:
         os.close(write)

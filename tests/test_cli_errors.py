@@ -1,6 +1,7 @@
 """The bad-input catalogue (docs/failures.md): every case exits non-zero with a message that
 names the problem, before any Ray process starts, and never with a bare traceback."""
 
+import signal
 import time
 from pathlib import Path
 
@@ -216,6 +217,30 @@ def test_ctrl_c_while_the_command_loads_ends_quietly(tmp_path):
     assert loading, "the sweep had started before the signal could be sent"
     assert proc.returncode == 130 and "Traceback" not in err, err
     assert "sweep: interrupted" in err and not (tmp_path / "store").exists()
+
+
+SIGNAL_AT_EXIT = """
+import atexit, os, signal, sys
+from sweep.command.entry import main
+atexit.register(lambda: os.kill(os.getpid(), int(sys.argv[1])))  # as the local Ray's shutdown runs at exit
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+@pytest.mark.parametrize("argv, code", [(["presets"], None), (["status", "/nonexistent/sweep"], 2)])
+def test_a_signal_while_the_process_exits_ends_it_with_the_commands_status(signum, argv, code):
+    # Seen after an interrupted run: a second Ctrl-C while the process exited ended it by the
+    # signal's default action, not with the command's status (130, here 2), or 128 + the signal.
+    import os
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", SIGNAL_AT_EXIT, str(int(signum)), *argv], capture_output=True,
+                          text=True, timeout=120, env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0"})
+    assert done.returncode == (code or 128 + signum) and "Traceback" not in done.stderr, done.stderr
+    plain = subprocess.run([sys.executable, "-m", "sweep", *argv], capture_output=True, text=True, timeout=120)
+    assert done.stdout == plain.stdout  # its output whole, though the exit skipped Python's own flush
 
 
 SWALLOWING_IMPORT = """

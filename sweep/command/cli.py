@@ -715,6 +715,3 @@ def _report(sweep_dir: str, *, bootstrap: bool, include_unconverged: bool = Fals
         print(f"[sweep] left out of the statistics: {len(report.left_out)} network(s) ("
               + ", ".join(f"{n} {r}" for r, n in reasons.items()) + "); listed in the report")
     print(f"[sweep] report: {report.path}")
-
-if __name__ == "__main__":
-    sys.exit(main())

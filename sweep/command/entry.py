@@ -19,4 +19,6 @@ def main(argv: list[str] | None = None) -> int:
         except KeyboardInterrupt:
             print("sweep: interrupted while starting; nothing was done", file=sys.stderr)
             return 130
-        return cli.main(argv)
+        code = cli.main(argv)
+    interrupts.leaving(code)
+    return code

@@ -89,7 +89,25 @@ def settle() -> None:
 
 
 def _exit_now(signum, frame) -> None:
-    os._exit(128 + (requested() or signum))
+    _leave(128 + (requested() or signum))
+
+
+def _leave(code: int) -> None:
+    for stream in (sys.stdout, sys.stderr):  # os._exit skips the flush at exit: a pipe would lose the last lines
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(code)
+
+
+def leaving(code: int) -> None:
+    """The command has ended with `code` and the process exits (the Ray it started shuts down at
+    exit): a signal now ends it at once with that status (128 + the signal after a success),
+    never by the signal's default action or a traceback from inside the shutdown. Main thread only."""
+    if threading.current_thread() is threading.main_thread():
+        for s in SIGNALS:
+            signal.signal(s, lambda signum, frame: _leave(code or 128 + signum))
 
 
 def stopped_by(signum: int) -> None:
