@@ -542,8 +542,9 @@ def plan_summary(spec: SweepSpec, bundles: list[BundleConfig], card: Card | None
         lines.append(f"{b.dataset.name:<14}{layers_name(b):<{shape_width}}{b.activation:<11}"
                      f"{b.optimizer:<10}{b.batch_size or 'full':>6}{_augmentation_label(b):>9}"
                      f"{len(group):>8}{members:>9}{(trials if card else '-'):>9}{(f'{share:g}' if card else '-'):>10}"
-                     f"{_mib(memory):>15}")
-    lines += ["", f"largest bundle needs about {_mib(peak)} of {'card' if card else 'device'} memory", ""]
+                     f" {_mib(memory):>14}")
+    lines += ["", f"largest bundle needs about {_mib(peak)} of {'card' if card else 'device'} memory" if peak
+              else "the bundles' memory is unknown until their image folder can be read", ""]
     lines += [f"note: {note}" for note in plan_notes(spec, bundles, card)]
     lines += projection_lines(spec, bundles, card, cpus)
     return "\n".join(lines)
@@ -559,11 +560,11 @@ def _data_label(data) -> str:
 
 
 def _augmentation_label(bundle: BundleConfig) -> str:
-    """`no`, or the largest shift and whether images are flipped (`4px+flip`); `yes` for an
-    image folder's usual shift, known only once its images are read."""
+    """`no`, or the largest shift and whether images are flipped (`4px+flip`); `yes` for the usual
+    shift of an image folder that cannot be read here."""
     if not bundle.augmentation:
         return "no"
-    info, net = DATASETS[bundle.dataset.name], bundle.members[0]
+    info, net = dataset_info(bundle.dataset), bundle.members[0]
     if net.augmentation_shift is None and info.image_shape is None:
         return "yes"
     shift, flips = augmentation_of(net, info.image_shape, info.hflip)
