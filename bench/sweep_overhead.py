@@ -88,14 +88,13 @@ def sweep_timer(source: str, storage: str):
 
     from sweep.command import runner
     from sweep.plan import sweep_plan
-    from sweep.command.cli import _spec_text
     from sweep.plan.networks import limit_networks
     from sweep.plan.planner import expand
-    from sweep.plan.spec import load_spec
+    from sweep.plan.spec import parse_spec_text, read_spec, spec_origin
 
-    spec = load_spec(source)
+    text, suffix = read_spec(source)
+    spec = parse_spec_text(text, suffix, spec_origin(source))
     bundles = expand(spec)
-    text, suffix = _spec_text(source)
     ray.init(**runner.LOCAL_RAY)  # as `sweep run` starts it
     quiet = open(os.devnull, "w")
 

@@ -326,8 +326,23 @@ def test_a_cluster_with_token_authentication_answers_a_driver_without_its_token_
             driver = Session(sweep_argv("run", str(spec), "--address", host.address, "--storage",
                                         str(tmp_path / name)), tmp_path / f"{name}.log", driver_env)
             outputs[name] = (driver.wait(timeout=120), driver.output())
+        # With the token: it joins (then Ctrl-C), the try at the cluster costing no message.
+        driver = Session(sweep_argv("run", str(spec), "--address", host.address, "--storage", str(tmp_path / "ok")),
+                         tmp_path / "ok.log", env)
+        try:
+            deadline = time.monotonic() + 120
+            while "[sweep] joined the Ray cluster" not in driver.output() and driver.proc.poll() is None \
+                    and time.monotonic() < deadline:
+                time.sleep(0.2)
+            os.kill(driver.proc.pid, signal.SIGINT)
+            outputs["ok"] = (driver.wait(timeout=120), driver.output())
+        finally:
+            driver.end()
     finally:
         host.session.end()
+    code, output = outputs["ok"]
+    assert code == 130 and f"[sweep] joined the Ray cluster at {host.address}" in output, output[-3000:]
+    assert "gcs_client" not in output and "uses token authentication" not in output, output[-3000:]
     said = f"sweep: error: the Ray cluster at --address {host.address} ({host.address}) uses token authentication, and "
     for name, how in {"none": "this command sent no token: run `export RAY_AUTH_MODE=token`",
                       "other": "refused this machine's token (~/.ray/auth_token or RAY_AUTH_TOKEN)"}.items():

@@ -31,7 +31,9 @@ class ProgressCallback(tune.Callback):
     finished before, counted so from the first line, not once their trials (restored as Tune's
     last snapshot left them) have found their `end` checkpoints again."""
 
-    quiet_s = 30.0  # for callbacks pickled before it was an argument (a Ray Client's resume keeps them)
+    # for callbacks pickled before these were arguments (a Ray Client's resume keeps them); never mutated
+    quiet_s = 30.0
+    finished: dict[str, dict[str, int]] = {}
 
     def __init__(self, total_bundles: int, total_networks: int, every_s: float = 5.0, stream=None,
                  weights: dict[str, tuple[float, float]] | None = None, quiet_s: float = 30.0,

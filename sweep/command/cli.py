@@ -16,6 +16,7 @@ import select
 import signal
 import socket
 import sys
+import subprocess
 import tempfile
 import time
 
@@ -402,30 +403,43 @@ def check_reachable(address: str) -> None:
     check_token(address, resolved)
 
 
-def check_token(address: str, resolved: str) -> None:
-    """One try at the cluster's GCS, its C++ warning line kept off the terminal."""
-    from ray._raylet import GcsClient
-    from ray.exceptions import AuthenticationError
+TOKEN_PROBE_S = 15.0
+# One try at a cluster's GCS with the token ray.init would send (`--address auto` without
+# RAY_ADDRESS sends a local one, as ray.init does for a cluster it finds on this machine); exits 3
+# if refused without a token, 4 with one.
+TOKEN_PROBE = """
+import os, sys
+from ray._private.authentication.authentication_token_setup import maybe_enable_token_auth_if_token_available
+from ray._raylet import GcsClient
+from ray.exceptions import AuthenticationError
 
-    stderr = os.dup(2)
+if sys.argv[2] == "auto" and not os.environ.get("RAY_ADDRESS"):
+    maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
+try:
+    GcsClient(address=sys.argv[1])
+except AuthenticationError:
+    sys.exit(4 if os.environ.get("RAY_AUTH_MODE") == "token" else 3)
+except Exception:
+    pass
+"""
+
+
+def check_token(address: str, resolved: str) -> None:
+    """Name a cluster's refusal of this machine's token. The try runs in a process of its own: its
+    C++ warning line stays off the terminal, and a port that answers but is no GCS (which holds a
+    GcsClient for 40 s) costs at most TOKEN_PROBE_S; anything but a refusal is left to ray.init."""
     try:
-        with tempfile.TemporaryFile() as sink:
-            os.dup2(sink.fileno(), 2)
-            try:
-                GcsClient(address=resolved)
-            finally:
-                os.dup2(stderr, 2)
-    except AuthenticationError:
+        done = subprocess.run([sys.executable, "-c", TOKEN_PROBE, resolved, address], capture_output=True,
+                              timeout=TOKEN_PROBE_S)
+    except subprocess.TimeoutExpired:
+        return
+    if done.returncode in (3, 4):
         how = ("refused this machine's token (~/.ray/auth_token or RAY_AUTH_TOKEN): copy the head node's "
-               "~/.ray/auth_token here" if os.environ.get("RAY_AUTH_MODE") == "token" else
+               "~/.ray/auth_token here" if done.returncode == 4 else
                "this command sent no token: run `export RAY_AUTH_MODE=token`, with the head node's "
                "~/.ray/auth_token copied to this machine's ~/.ray/auth_token (or in RAY_AUTH_TOKEN)")
         raise UsageError(f"the Ray cluster at --address {address} ({resolved}) uses token authentication, and "
-                         f"{how}") from None
-    except Exception:  # noqa: BLE001  anything else (a GCS still starting, …): ray.init waits and says
-        return
-    finally:
-        os.close(stderr)
+                         f"{how}")
 
 
 def cmd_run(args) -> int:

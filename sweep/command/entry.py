@@ -10,6 +10,9 @@ from sweep.command import interrupts
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The console script's (`sweep`, `python -m sweep`): it owns the process, whose handlers it
+    leaves set to end it on a signal once the command is done. A program runs a command with
+    `sweep.command.cli.main`, which keeps the program's handlers."""
     with interrupts.loading():
         try:
             from sweep.command import cli

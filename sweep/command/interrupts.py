@@ -23,6 +23,7 @@ import threading
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 _received: list[int] = []
 _catching: list[bool] = []  # non-empty while a command's handlers are installed
+_ended: list[int] = []  # the console command's exit status, once it has ended (`leaving`)
 
 
 def requested() -> int | None:
@@ -89,7 +90,7 @@ def settle() -> None:
 
 
 def _exit_now(signum, frame) -> None:
-    _leave(128 + (requested() or signum))
+    _leave((_ended[-1] if _ended else 0) or 128 + (requested() or signum))
 
 
 def _leave(code: int) -> None:
@@ -105,9 +106,10 @@ def leaving(code: int) -> None:
     """The command has ended with `code` and the process exits (the Ray it started shuts down at
     exit): a signal now ends it at once with that status (128 + the signal after a success),
     never by the signal's default action or a traceback from inside the shutdown. Main thread only."""
+    _ended.append(code)  # for _exit_now, should an atexit hook put it back in place
     if threading.current_thread() is threading.main_thread():
         for s in SIGNALS:
-            signal.signal(s, lambda signum, frame: _leave(code or 128 + signum))
+            signal.signal(s, _exit_now)
 
 
 def stopped_by(signum: int) -> None:

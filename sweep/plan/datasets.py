@@ -114,13 +114,16 @@ def augmentation_pad(image_shape: tuple[int, int, int]) -> int:
     return max(1, image_shape[1] // 8)
 
 
+def whole_dataset_info(data: DataSpec) -> DatasetInfo:
+    """`dataset_info` of all of each split, whatever part the spec uses."""
+    return _image_folder_info(data.path) if data.name == "image_folder" and data.path else DATASETS[data.name]
+
+
 def dataset_info(data: DataSpec) -> DatasetInfo:
     """What is known of a data set before it is loaded, with its train/test sizes as used. An
     image folder's are counted from its files, one image opened for its shape; where the folder
     cannot be read they stay unknown (None), and loading it says why."""
-    info = DATASETS[data.name]
-    if data.name == "image_folder" and data.path:
-        info = _image_folder_info(data.path)
+    info = whole_dataset_info(data)
     n, n_test = info.train_size, info.test_size
     return dataclasses.replace(
         info,

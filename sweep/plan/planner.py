@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from sweep.plan import costs
-from sweep.plan.datasets import DATASETS, dataset_info
+from sweep.plan.datasets import dataset_info, whole_dataset_info
 from sweep.plan.networks import (SHARED_IN_BUNDLE, BundleConfig, NetworkConfig, activation_sizes, augmentation_of,
                                  conv_layers, merged_batch_sizes, networks, param_count)
 from sweep.plan.spec import AUTO, Budget, SpecError, SweepSpec
@@ -453,7 +453,7 @@ def one_pixel_heads(bundles: list[BundleConfig]) -> list[str]:
         if net.head == "flatten" and info.image_shape:
             before_head = conv_layers(net, info.image_shape, info.num_classes)[-3].shape
             if before_head[1:] == (1, 1):
-                shapes[layers_name(net).removesuffix(" flatten")] += 1
+                shapes[" ".join(part for part in layers_name(net).split() if part != "flatten")] += 1
     if not shapes:
         return []
     return [f"grid.heads: gap and flatten are one network where the last feature map is 1×1 pixel, as for "
@@ -552,7 +552,7 @@ def plan_summary(spec: SweepSpec, bundles: list[BundleConfig], card: Card | None
 
 def _data_label(data) -> str:
     """A data set as the dry run names it: with the part of each split used, where not all."""
-    info = DATASETS[data.name]
+    info = whole_dataset_info(data)
     parts = [f"{used} of {whole} {split}" if whole else f"{used} {split}"
              for split, used, whole in (("train", data.train_size, info.train_size),
                                         ("test", data.test_size, info.test_size)) if used]
