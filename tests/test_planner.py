@@ -121,6 +121,22 @@ def test_the_dry_run_names_the_part_of_the_data_and_the_augmentation_each_shape_
     assert "data: digits (37 of 1297 train, 23 of 500 test examples); " in out, out
     rows = [line.split() for line in out.splitlines() if line.startswith("digits ")]
     assert sorted(row[5] for row in rows) == ["2px", "no"], rows  # digits are never flipped
+    # An image folder's sizes and shape as read from its files: 32×32 images shift by up to 4 and flip.
+    from PIL import Image
+
+    for split in ("train", "test"):
+        for label in ("a", "b"):
+            (tmp_path / "images" / split / label).mkdir(parents=True)
+            for i in range(4):
+                Image.new("RGB", (32, 32), (i * 60, 0, 0)).save(tmp_path / "images" / split / label / f"{i}.png")
+    spec.write_text(json.dumps({"name": "folder", "datasets": [{"name": "image_folder", "path": str(tmp_path / "images"),
+                                                                "train_size": 5}],
+                                "grid": {"widths": [8], "depths": [1], "learning_rates": [0.1], "augmentation": [True]},
+                                "budget": {"max_epochs": 1}}))
+    assert main(["run", str(spec), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert f"data: image_folder at {tmp_path / 'images'} (5 of 8 train examples); " in out, out
+    assert [line.split()[5] for line in out.splitlines() if line.startswith("image_folder ")] == ["4px+flip"], out
     assert main(["run", "cnn-factors", "--dry-run"]) == 0  # CIFAR-10's usual shift, and flips
     assert {line.split()[-7] for line in capsys.readouterr().out.splitlines() if line.startswith("cifar10 ")} \
         == {"no", "4px+flip"}
