@@ -74,6 +74,23 @@ def test_run_on_an_unreachable_address(tmp_path, spec_file):
     assert [p.name for p in tmp_path.iterdir()] == ["spec.yaml"]  # refused before anything was written
 
 
+def test_run_on_an_address_where_something_else_listens(tmp_path, spec_file):
+    # The dashboard's port given for the GCS's, say: ray.init would retry for minutes, past Ctrl-C.
+    import threading
+
+    server = socket.create_server(("", 0))  # on every interface, as a service there would be
+    accepted = []
+    threading.Thread(target=lambda: accepted.extend(server.accept() for _ in range(1000)), daemon=True).start()
+    address = f"127.0.0.1:{server.getsockname()[1]}"
+    try:
+        code, text, seconds = sweep("run", str(spec_file), "--storage", str(tmp_path), "--address", address)
+    finally:
+        server.close()
+    assert_refused(code, text, seconds, f"something listens at --address {address}", "does not answer as a Ray "
+                   "cluster", "not the dashboard's (8265)")
+    assert [p.name for p in tmp_path.iterdir()] == ["spec.yaml"]  # refused before anything was written
+
+
 def test_a_run_whose_ray_cannot_start_leaves_its_name_free(tmp_path, spec_file, monkeypatch, capsys):
     # The plan is written before Ray starts (a sweep stopped then resumes from it); a Ray that
     # cannot start (refused credentials, a version mismatch) must not leave the name taken.

@@ -375,9 +375,9 @@ def interrupted(plan, command: str, *, rescore: bool = False) -> int:
 
 
 def check_reachable(address: str) -> None:
-    """Answer within seconds when nothing listens at a cluster address, or when the cluster's
-    token authentication refuses this machine: ray.init would retry for minutes (and 20 s,
-    printing a line each second). `auto` and localhost are resolved the way ray.init resolves them."""
+    """Answer within seconds when nothing listens at a cluster address, and before ray.init
+    (`check_gcs`) when what listens is no GCS or refuses this machine's token: ray.init would retry
+    for minutes. `auto` and localhost are resolved the way ray.init resolves them."""
 
     from ray._private.services import canonicalize_bootstrap_address
 
@@ -400,18 +400,19 @@ def check_reachable(address: str) -> None:
             f"nothing answers at --address {address} ({resolved}: {exc}); start the head node there with "
             f"`ray start --head --port={port}`, check the host and port, or leave --address out to run locally"
         ) from None
-    check_token(address, resolved)
+    check_gcs(address, resolved)
 
 
-TOKEN_PROBE_S = 15.0
-# One try at a cluster's GCS with the token ray.init would send (`--address auto` without
-# RAY_ADDRESS sends a local one, as ray.init does for a cluster it finds on this machine); exits 3
-# if refused without a token, 4 with one.
-TOKEN_PROBE = """
+GCS_PROBE_S = 30.0
+# One try at a cluster's GCS, with the token ray.init would send (`--address auto` without
+# RAY_ADDRESS sends a local one, as ray.init does for a cluster it finds on this machine), and its
+# connection timeout cut to 3 s (about 14 s in all); exits 3 if refused without a token, 4 with
+# one, 5 where nothing answers as a GCS.
+GCS_PROBE = """
 import os, sys
 from ray._private.authentication.authentication_token_setup import maybe_enable_token_auth_if_token_available
 from ray._raylet import GcsClient
-from ray.exceptions import AuthenticationError
+from ray.exceptions import AuthenticationError, RpcError
 
 if sys.argv[2] == "auto" and not os.environ.get("RAY_ADDRESS"):
     maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
@@ -419,20 +420,27 @@ try:
     GcsClient(address=sys.argv[1])
 except AuthenticationError:
     sys.exit(4 if os.environ.get("RAY_AUTH_MODE") == "token" else 3)
+except RpcError as exc:
+    sys.exit(5 if "Timed out" in str(exc) else 0)
 except Exception:
     pass
 """
 
 
-def check_token(address: str, resolved: str) -> None:
-    """Name a cluster's refusal of this machine's token. The try runs in a process of its own: its
-    C++ warning line stays off the terminal, and a port that answers but is no GCS (which holds a
-    GcsClient for 40 s) costs at most TOKEN_PROBE_S; anything but a refusal is left to ray.init."""
+def check_gcs(address: str, resolved: str) -> None:
+    """Name what ray.init would only retry on, silently and past Ctrl-C, for minutes: a cluster
+    that refuses this machine's token, and a port that answers but not as a GCS (the dashboard's
+    8265, say). The try runs in a process of its own, so that its C++ warnings stay off the
+    terminal and it costs at most GCS_PROBE_S; anything else is left to ray.init."""
     try:
-        done = subprocess.run([sys.executable, "-c", TOKEN_PROBE, resolved, address], capture_output=True,
-                              timeout=TOKEN_PROBE_S)
+        done = subprocess.run([sys.executable, "-c", GCS_PROBE, resolved, address], capture_output=True,
+                              timeout=GCS_PROBE_S, env={**os.environ, "RAY_py_gcs_connect_timeout_s": "3"})
     except subprocess.TimeoutExpired:
         return
+    if done.returncode == 5:
+        raise UsageError(f"something listens at --address {address} ({resolved}) but does not answer as a Ray "
+                         "cluster: pass the head node's GCS port (`ray start --head` prints it: "
+                         "`ray start --address='HOST:6379'`), not the dashboard's (8265) or another service's")
     if done.returncode in (3, 4):
         how = ("refused this machine's token (~/.ray/auth_token or RAY_AUTH_TOKEN): copy the head node's "
                "~/.ray/auth_token here" if done.returncode == 4 else
