@@ -167,8 +167,9 @@ def restored():
 @contextlib.contextmanager
 def catching():
     """Install the handlers for the command's duration (main thread only; elsewhere signals
-    keep their default behaviour). A stop recorded before (`loading`) stands. Yields the handlers it puts back afterwards, which the
-    command may change (Ray's own go with a Ray it shut down)."""
+    keep their default behaviour); a stop recorded before (`loading`) stands. Yields the
+    handlers it puts back afterwards, which the command may change (Ray's own go with a Ray it
+    shut down)."""
     before = handlers()
     if threading.current_thread() is not threading.main_thread():
         yield before
