@@ -425,8 +425,8 @@ def scoring_share(spec: SweepSpec, bundles: list[BundleConfig], card: Card | Non
 
 def plan_notes(spec: SweepSpec, bundles: list[BundleConfig], card: Card | None) -> list[str]:
     """What the plan does that the spec does not say and a run should print: batch sizes merged
-    into a full batch, more points asked for than a split holds, and a fixed scoring share below
-    the memory one checkpoint's scoring takes."""
+    into a full batch, more points asked for than a split holds, heads that make one network twice,
+    and a fixed scoring share below the memory one checkpoint's scoring takes."""
     notes = merged_batch_sizes(spec) + points_notes(spec.scoring.points, spec.scoring.train_points,
                                                     [b.dataset for b in bundles]) + one_pixel_heads(bundles)
     share = spec.resources.gpus_per_scoring_actor
